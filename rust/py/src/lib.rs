@@ -1,0 +1,139 @@
+//! pyo3 bindings: `qdispatch._native`. Inputs are pulled into Rust values, the work runs
+//! with the GIL released, and results are converted back; all logic lives in
+//! `qdispatch-core`.
+
+use std::collections::{HashMap, HashSet};
+
+use pyo3::create_exception;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use qdispatch_core::{envelope, qobj, CoreError};
+
+create_exception!(
+    qdispatch._native,
+    MalformedPayloadError,
+    PyValueError,
+    "The payload is not JSON, or not JSON of the expected shape."
+);
+create_exception!(
+    qdispatch._native,
+    InvalidQobjError,
+    PyValueError,
+    "The Qobj is well-formed JSON but cannot run on the backend; the message says why."
+);
+
+struct NativeError(CoreError);
+
+impl From<CoreError> for NativeError {
+    fn from(err: CoreError) -> Self {
+        NativeError(err)
+    }
+}
+
+impl From<NativeError> for PyErr {
+    fn from(err: NativeError) -> PyErr {
+        match err.0 {
+            CoreError::Json(msg) => MalformedPayloadError::new_err(msg),
+            CoreError::InvalidQobj(msg) => InvalidQobjError::new_err(msg),
+        }
+    }
+}
+
+/// What a backend accepts; built once per backend and reused for every submission.
+#[pyclass(module = "qdispatch._native", frozen)]
+struct BackendSpec(qobj::BackendSpec);
+
+#[pymethods]
+impl BackendSpec {
+    #[new]
+    #[pyo3(signature = (name, n_qubits, max_shots, max_experiments, gates, coupling_map=None))]
+    fn new(
+        name: String,
+        n_qubits: u32,
+        max_shots: u64,
+        max_experiments: usize,
+        gates: HashMap<String, (Option<u32>, Option<u32>)>,
+        coupling_map: Option<Vec<(u32, u32)>>,
+    ) -> Self {
+        let gates = gates
+            .into_iter()
+            .map(|(name, (num_qubits, num_params))| {
+                let spec = qobj::GateSpec {
+                    num_qubits,
+                    num_params,
+                };
+                (name, spec)
+            })
+            .collect();
+        let coupling = coupling_map.map(|edges| edges.into_iter().collect::<HashSet<_>>());
+        BackendSpec(qobj::BackendSpec {
+            name,
+            n_qubits,
+            max_shots,
+            max_experiments,
+            gates,
+            coupling,
+        })
+    }
+
+    #[getter]
+    fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "BackendSpec(name={:?}, n_qubits={}, max_shots={}, max_experiments={})",
+            self.0.name, self.0.n_qubits, self.0.max_shots, self.0.max_experiments
+        )
+    }
+}
+
+/// What the service needs to know of a valid Qobj.
+#[pyclass(module = "qdispatch._native", frozen, get_all)]
+struct QobjSummary {
+    qobj_id: Option<String>,
+    n_experiments: usize,
+    shots: Option<u64>,
+    n_instructions: usize,
+    max_qubits: u32,
+}
+
+/// Validates a QasmQobj (JSON bytes) against a backend; raises `InvalidQobjError` or
+/// `MalformedPayloadError` with a message naming the problem.
+#[pyfunction]
+fn validate_qobj(py: Python<'_>, qobj: &[u8], backend: &BackendSpec) -> PyResult<QobjSummary> {
+    let summary = py
+        .detach(|| qobj::validate(qobj, &backend.0))
+        .map_err(NativeError)?;
+    Ok(QobjSummary {
+        qobj_id: summary.qobj_id,
+        n_experiments: summary.n_experiments,
+        shots: summary.shots,
+        n_instructions: summary.n_instructions,
+        max_qubits: summary.max_qubits,
+    })
+}
+
+/// Splits a job-submission body into (envelope JSON without `qobj`, raw `qobj` bytes or None).
+#[pyfunction]
+fn split_submission<'py>(
+    py: Python<'py>,
+    body: &[u8],
+) -> PyResult<(Bound<'py, PyBytes>, Option<Bound<'py, PyBytes>>)> {
+    let split = py
+        .detach(|| envelope::split_submission(body))
+        .map_err(NativeError)?;
+    let qobj = split.qobj.map(|q| PyBytes::new(py, &q));
+    Ok((PyBytes::new(py, &split.envelope), qobj))
+}
+
+#[pymodule]
+mod _native {
+    #[pymodule_export]
+    use super::{
+        split_submission, validate_qobj, BackendSpec, InvalidQobjError, MalformedPayloadError,
+        QobjSummary,
+    };
+}

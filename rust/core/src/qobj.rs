@@ -94,11 +94,29 @@ struct InstructionIn<'a> {
     #[serde(default)]
     memory: Vec<i64>,
     #[serde(default)]
-    register: Vec<i64>,
+    register: Option<Register>,
     #[serde(default)]
     conditional: Option<i64>,
     #[serde(default)]
     mask: Option<Cow<'a, str>>,
+}
+
+/// `register` is a list for `measure` but a single slot for `bfunc` in qiskit's
+/// assembler; both forms are accepted everywhere.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Register {
+    One(i64),
+    Many(Vec<i64>),
+}
+
+impl Register {
+    fn as_slice(&self) -> &[i64] {
+        match self {
+            Register::One(slot) => std::slice::from_ref(slot),
+            Register::Many(slots) => slots,
+        }
+    }
 }
 
 /// Checks a QasmQobj (raw JSON bytes) against `backend`.
@@ -267,7 +285,7 @@ fn check_classical(
             ))
         }
         "bfunc" => {
-            let &[register] = inst.register.as_slice() else {
+            let &[register] = inst.register.as_ref().map_or(&[][..], Register::as_slice) else {
                 return Err("bfunc needs exactly one register".into());
             };
             let mask = inst.mask.as_deref().unwrap_or_default();
@@ -390,6 +408,9 @@ mod tests {
                 {"name": "h", "qubits": [0], "conditional": 3}"#,
         );
         validate(ok.as_bytes(), &backend()).expect("valid conditional");
+        // qiskit's assembler wrote a bfunc's register as a bare integer.
+        let ok = ok.replace(r#""register": [3]"#, r#""register": 3"#);
+        validate(ok.as_bytes(), &backend()).expect("valid conditional, integer register");
     }
 
     #[test]

@@ -1,0 +1,127 @@
+"""The ``qdispatch`` command: ``serve`` the job service, ``token create`` for a user."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+from pathlib import Path
+
+import platformdirs
+
+
+def default_data_dir() -> Path:
+    """Where the embedded service keeps its store and state file."""
+    return Path(platformdirs.user_data_dir("qdispatch", appauthor=False))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .server.app import ServiceConfig, create_app
+
+    db = Path(args.db).expanduser() if args.db else default_data_dir() / "jobs.db"
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as exc:
+        print(f"qdispatch serve: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 2
+    port = sock.getsockname()[1]
+    config = ServiceConfig(
+        db=db,
+        host=args.host,
+        port=port,
+        workers=args.workers,
+        executor=args.executor,
+        scheduler_address=args.scheduler,
+        threads_per_worker=args.threads_per_worker,
+        max_active_jobs=args.max_active_jobs,
+        max_request_bytes=args.max_request_mb * 1024 * 1024,
+        heartbeat_seconds=args.heartbeat,
+    )
+    if args.state_file:
+        config.state_file = Path(args.state_file).expanduser()
+    elif config.loopback:
+        config.state_file = db.parent / "server.json"
+    if args.executor == "dask" and not args.scheduler:
+        print("qdispatch serve: --executor dask needs --scheduler ADDRESS", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config),
+            log_level=args.log_level,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=5,
+        )
+    )
+    host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
+    print(f"qdispatch service on http://{host}:{port} (store {db})", flush=True)
+    server.run(sockets=[sock])
+    return 0
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    from .server.store import Store
+
+    db = Path(args.db).expanduser() if args.db else default_data_dir() / "jobs.db"
+    store = Store(db)
+    try:
+        print(store.create_token(args.user, args.project))
+    except ValueError as exc:
+        print(f"qdispatch token create: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``qdispatch``."""
+    top = argparse.ArgumentParser(prog="qdispatch", description=__doc__)
+    sub = top.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the job service")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
+    serve.add_argument("--db", help="SQLite store (default: the user data directory)")
+    serve.add_argument("--workers", type=int, default=2, help="local worker processes")
+    serve.add_argument("--executor", choices=["local", "dask"], default="local")
+    serve.add_argument("--scheduler", help="dask scheduler address, with --executor dask")
+    serve.add_argument("--threads-per-worker", type=int, default=1, help="Aer threads per job")
+    serve.add_argument("--max-active-jobs", type=int, default=None, help="per-user limit")
+    serve.add_argument("--max-request-mb", type=int, default=64, help="request size limit")
+    serve.add_argument("--heartbeat", type=float, default=10.0, help="stream heartbeat seconds")
+    serve.add_argument(
+        "--state-file",
+        help="where to write url/token/pid (loopback default: server.json beside the store)",
+    )
+    serve.add_argument(
+        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+    )
+    serve.set_defaults(func=_serve)
+
+    token = sub.add_parser("token", help="manage access tokens")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    create = token_sub.add_parser("create", help="create a user's token and print it")
+    create.add_argument("--user", required=True)
+    create.add_argument("--project", help="project the user belongs to (for share_level=project)")
+    create.add_argument("--db", help="SQLite store (default: the user data directory)")
+    create.set_defaults(func=_token_create)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``qdispatch`` command."""
+    args = parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The qdispatch job service: REST + WebSocket API, job store, executors and backends."""

@@ -1,0 +1,771 @@
+"""The service's REST + WebSocket API (FastAPI on uvicorn); docs/protocol.md describes it.
+
+``create_app(config)`` builds the application; its lifespan opens the store, recovers
+jobs left over from a previous run, starts the executor and the dispatcher, and (for a
+service on loopback) writes the state file that local clients find it by.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import ipaddress
+import logging
+import os
+import re
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends, FastAPI, Query, Request, WebSocket
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from .. import __version__, _native
+from . import backends as bk
+from . import errors as E
+from .errors import ServiceError, not_found
+from .executors import DaskExecutor, Executor, LocalExecutor
+from .scheduler import Scheduler
+from .store import FINAL, SHARE_LEVELS, Job, JobFilter, NewJob, Store, utcnow
+from .stream import CLOSE_UNAUTHORIZED, Hub, StreamSession
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SHOTS = 1024
+
+
+@dataclass
+class ServiceConfig:
+    """Everything ``qdispatch serve`` can be told."""
+
+    db: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 2
+    executor: str = "local"
+    scheduler_address: str | None = None
+    threads_per_worker: int = 1
+    max_active_jobs: int | None = None
+    max_request_bytes: int = 64 * 1024 * 1024
+    heartbeat_seconds: float = 10.0
+    max_attempts: int = 3
+    state_file: Path | None = None
+    local_user: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def loopback(self) -> bool:
+        """Whether the service listens on a loopback address only."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated user of a request."""
+
+    user: str
+    project: str | None
+
+
+def visible(user: str, project: str | None, job: Job, owner_project: str | None = None) -> bool:
+    """Whether ``user`` may see ``job``: its owner, or as the job's share level allows."""
+    if job.owner == user or job.share_level == "global":
+        return True
+    return job.share_level == "project" and project is not None and owner_project == project
+
+
+def json_response(
+    content: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """A JSON response serialized by orjson."""
+    return Response(orjson.dumps(content), status, headers, media_type="application/json")
+
+
+def _iso(ts: str | None) -> str | None:
+    """Normalize a client-given timestamp to the store's UTC ISO form (naive = UTC)."""
+    if ts is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ServiceError(400, E.INVALID_REQUEST, f"not an ISO 8601 timestamp: {ts!r}") from exc
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+# -- request models (documentation of bodies in the OpenAPI spec) ----------------------
+
+
+class JobCreate(BaseModel):
+    """Body of ``POST /jobs``. The ``qobj`` is read by the Rust core, not by pydantic."""
+
+    backend: str = Field(description="Name of the backend to run on.")
+    qobj: dict[str, Any] = Field(description="A QasmQobj (docs/protocol.md).")
+    name: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    share_level: str = Field("none", description="none | project | global")
+    session_id: str | None = None
+    experiment_id: str | None = None
+    client_info: dict[str, str] | None = None
+
+
+class TagsUpdate(BaseModel):
+    """Body of ``PUT /jobs/{id}/tags``: the complete new list of tags."""
+
+    tags: list[str]
+
+
+class NameUpdate(BaseModel):
+    """Body of ``PUT /jobs/{id}/name``."""
+
+    name: str | None
+
+
+class BulkStatus(BaseModel):
+    """Body of ``POST /jobs:status``."""
+
+    ids: list[str]
+
+
+# -- the application --------------------------------------------------------------------
+
+
+class Service:
+    """State shared by the routes: the store, the backends, the scheduler, the hub."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.store = Store(config.db)
+        self.catalog = bk.catalog()
+        self.specs = {name: bk.native_spec(defn) for name, defn in self.catalog.items()}
+        self.hub = Hub(self.visible)
+        self.scheduler = Scheduler(self.store, self.hub, self._executor(), config.max_attempts)
+        self._properties_ids: dict[str, int] = {}
+        self._project_cache: dict[str, str | None] = {}
+
+    def _executor(self) -> Executor:
+        if self.config.executor == "local":
+            return LocalExecutor(self.config.workers, self.config.threads_per_worker)
+        if self.config.executor == "dask":
+            if not self.config.scheduler_address:
+                raise ValueError("--executor dask needs --scheduler ADDRESS")
+            return DaskExecutor(self.config.scheduler_address, None, self.config.threads_per_worker)
+        raise ValueError(f"unknown executor {self.config.executor!r} (local, dask)")
+
+    def visible(self, user: str, project: str | None, job: Job) -> bool:
+        """Whether ``user`` (of ``project``) may see ``job``."""
+        if job.owner == user or job.share_level == "global":
+            return True
+        if job.owner not in self._project_cache:
+            self._project_cache[job.owner] = self.store.project_of(job.owner)
+        return visible(user, project, job, self._project_cache[job.owner])
+
+    def calibrate(self) -> None:
+        """Snapshot each noisy device's properties, dated when this store first saw them."""
+        for name, defn in self.catalog.items():
+            key = f"calibration_date:{name}"
+            date = self.store.meta(key)
+            if date is None:
+                date = utcnow()
+                self.store.set_meta(key, date)
+            props = bk.properties(defn, datetime.fromisoformat(date.replace("Z", "+00:00")))
+            if props is not None:
+                self._properties_ids[name] = self.store.properties_snapshot(
+                    name, orjson.dumps(props), props["last_update_date"]
+                )
+
+    def caller(self, token: str | None) -> Caller:
+        """Authenticate a bearer token."""
+        if not token:
+            raise ServiceError(
+                401, E.UNAUTHORIZED, "missing bearer token (Authorization: Bearer …)"
+            )
+        found = self.store.user_for_token(token)
+        if found is None:
+            raise ServiceError(401, E.UNAUTHORIZED, "invalid token")
+        return Caller(*found)
+
+    def get_job(self, caller: Caller, job_id: str) -> Job:
+        """A job the caller may see, else 404 (never 403: existence is not disclosed)."""
+        job = self.store.job(job_id)
+        if job is None or not self.visible(caller.user, caller.project, job):
+            raise not_found(job_id)
+        return job
+
+    def own_job(self, caller: Caller, job_id: str) -> Job:
+        """A job the caller may change: only its owner may."""
+        job = self.get_job(caller, job_id)
+        if job.owner != caller.user:
+            raise ServiceError(403, E.READ_ONLY, f"job '{job_id}' is shared with you read-only")
+        return job
+
+    def view(self, job: Job) -> dict[str, Any]:
+        """The JSON form of a job."""
+        return {
+            "id": job.id,
+            "backend": job.backend,
+            "kind": job.kind,
+            "program_id": job.program_id,
+            "name": job.name,
+            "tags": job.tags,
+            "status": job.status,
+            "creation_date": job.created,
+            "time_per_step": job.time_per_step,
+            "share_level": job.share_level,
+            "owner": job.owner,
+            "session_id": job.session_id,
+            "experiment_id": job.experiment_id,
+            "client_info": job.client_info,
+            "n_experiments": job.n_experiments,
+            "shots": job.shots,
+            "error": job.error,
+            "run_mode": "fairshare",
+            "queue_info": self.scheduler.queue_info(job),
+            "last_seq": job.last_seq,
+            "run_seconds": job.run_seconds,
+        }
+
+    def backend_status(self, name: str) -> dict[str, Any]:
+        """``BackendStatus``-shaped dict."""
+        return {
+            "backend_name": name,
+            "backend_version": __version__,
+            "operational": True,
+            "pending_jobs": self.scheduler.pending_jobs(name),
+            "status_msg": "active",
+        }
+
+    def backend(self, name: str) -> bk.BackendDef:
+        """A backend of the catalog, else 404."""
+        try:
+            return self.catalog[name]
+        except KeyError:
+            raise ServiceError(
+                404, E.UNKNOWN_BACKEND, f"unknown backend '{name}' (available: {self._names()})"
+            ) from None
+
+    def _names(self) -> str:
+        return ", ".join(sorted(self.catalog))
+
+
+def service_of(request: Request) -> Service:
+    """The service a request is for."""
+    svc: Service = request.app.state.service
+    return svc
+
+
+def caller_of(request: Request) -> Caller:
+    """The authenticated caller of a request (401 otherwise)."""
+    header = request.headers.get("authorization", "")
+    token = header[7:].strip() if header.lower().startswith("bearer ") else None
+    return service_of(request).caller(token)
+
+
+Svc = Annotated[Service, Depends(service_of)]
+Who = Annotated[Caller, Depends(caller_of)]
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, decompressed, refusing anything over ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit, int(declared))
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit, size)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise ServiceError(
+            415,
+            E.UNSUPPORTED_ENCODING,
+            f"unsupported Content-Encoding '{encoding}' (gzip, deflate)",
+        )
+    # Bounded decompression: a small bomb must not become gigabytes in memory.
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise ServiceError(
+            400, E.MALFORMED_JSON, f"body is not valid {encoding} data: {exc}"
+        ) from exc
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise _too_large(limit, len(out))
+    return out
+
+
+def _too_large(limit: int, size: int) -> ServiceError:
+    return ServiceError(
+        413,
+        E.PAYLOAD_TOO_LARGE,
+        f"request body of {size} bytes is over the service's limit of {limit} bytes; "
+        "split the experiments over more jobs",
+        limit=limit,
+    )
+
+
+def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ServiceError(400, E.MALFORMED_JSON, f"{what} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ServiceError(400, E.MALFORMED_JSON, f"{what} must be a JSON object")
+    return value
+
+
+def _field(
+    envelope: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any = None
+) -> Any:
+    value = envelope.get(key, default)
+    if value is not None and not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ServiceError(400, E.INVALID_REQUEST, f"'{key}' must be {names}, got {value!r}")
+    return value
+
+
+def _tags(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise ServiceError(
+            400, E.INVALID_REQUEST, f"'tags' must be a list of strings, got {value!r}"
+        )
+    return list(dict.fromkeys(value))
+
+
+def create_app(config: ServiceConfig) -> FastAPI:
+    """Build the service application for ``config``."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = Service(config)
+        app.state.service = service
+        service.calibrate()
+        requeued, failed = await service.scheduler.start()
+        if requeued or failed:
+            log.warning(
+                "recovered after restart: %d requeued, %d failed", len(requeued), len(failed)
+            )
+        state_written = _write_state(service) if config.state_file else None
+        try:
+            yield
+        finally:
+            await service.scheduler.stop()
+            service.store.close()
+            if state_written and config.state_file and config.state_file.exists():
+                with contextlib.suppress(OSError):
+                    if orjson.loads(config.state_file.read_bytes()).get("pid") == os.getpid():
+                        config.state_file.unlink()
+
+    app = FastAPI(
+        title="qdispatch job service",
+        version=__version__,
+        description="Jobs of quantum circuits, queued per backend and run on qiskit-aer.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> Response:
+        return json_response(exc.body(), exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
+        )
+        return json_response({"error": {"code": E.INVALID_REQUEST, "message": problems}}, 400)
+
+    @app.get("/info", tags=["service"])
+    async def info(svc: Svc) -> Response:
+        """Service version and the limits clients pace and split their work by."""
+        return json_response(
+            {
+                "version": __version__,
+                "max_request_bytes": config.max_request_bytes,
+                "max_active_jobs": config.max_active_jobs,
+                "executor": config.executor,
+                "capacity": svc.scheduler.executor.capacity,
+                "heartbeat_seconds": config.heartbeat_seconds,
+            }
+        )
+
+    @app.get("/backends", tags=["backends"])
+    async def list_backends(svc: Svc, who: Who) -> Response:
+        """The backends of this service, with their status."""
+        out = []
+        for name, defn in sorted(svc.catalog.items()):
+            out.append(
+                {
+                    "name": name,
+                    "n_qubits": defn.n_qubits,
+                    "simulator": defn.simulator,
+                    "description": defn.description,
+                    **svc.backend_status(name),
+                }
+            )
+        return json_response({"backends": out})
+
+    @app.get("/backends/{name}/configuration", tags=["backends"])
+    async def backend_configuration(name: str, svc: Svc, who: Who) -> Response:
+        """The backend's configuration (``BackendConfiguration`` shape)."""
+        return json_response(bk.configuration(svc.backend(name)))
+
+    @app.get("/backends/{name}/properties", tags=["backends"])
+    async def backend_properties(
+        name: str,
+        svc: Svc,
+        who: Who,
+        when: Annotated[str | None, Query(alias="datetime")] = None,
+    ) -> Response:
+        """The backend's calibration data, or as it was at ``datetime``; null for an ideal
+        simulator."""
+        defn = svc.backend(name)
+        if when is not None:
+            data = svc.store.properties_at(name, _iso(when) or "")
+            return Response(data or b"null", media_type="application/json")
+        pid = svc._properties_ids.get(defn.name)
+        data = svc.store.properties(pid) if pid is not None else None
+        return Response(data or b"null", media_type="application/json")
+
+    @app.get("/backends/{name}/status", tags=["backends"])
+    async def backend_status(name: str, svc: Svc, who: Who) -> Response:
+        """Whether the backend is operational and how many jobs wait for it."""
+        return json_response(svc.backend_status(svc.backend(name).name))
+
+    @app.post(
+        "/jobs",
+        tags=["jobs"],
+        status_code=201,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": JobCreate.model_json_schema()}},
+            },
+            "parameters": [
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "A retried POST with the same key returns the same job.",
+                }
+            ],
+        },
+    )
+    async def create_job(request: Request, svc: Svc, who: Who) -> Response:
+        """Submit a job: a QasmQobj for a backend. Answers 201 with the job, or 200 with the
+        job created earlier under the same ``Idempotency-Key``."""
+        key = request.headers.get("idempotency-key")
+        if key:
+            earlier = svc.store.job_by_idempotency_key(who.user, key)
+            if earlier is not None:
+                return json_response(svc.view(earlier), 200)
+        body = await read_body(request, config.max_request_bytes)
+        try:
+            envelope_raw, qobj = _native.split_submission(body)
+        except _native.MalformedPayloadError as exc:
+            raise ServiceError(400, E.MALFORMED_JSON, str(exc)) from exc
+        envelope = _json_object(envelope_raw, "request body")
+        backend_name = _field(envelope, "backend", str)
+        if not backend_name:
+            raise ServiceError(400, E.INVALID_REQUEST, "'backend' is required")
+        if backend_name not in svc.catalog:
+            raise ServiceError(
+                400,
+                E.UNKNOWN_BACKEND,
+                f"unknown backend '{backend_name}' (available: {svc._names()})",
+            )
+        if qobj is None:
+            raise ServiceError(400, E.INVALID_REQUEST, "'qobj' is required")
+        share_level = _field(envelope, "share_level", str, "none") or "none"
+        if share_level not in SHARE_LEVELS:
+            raise ServiceError(
+                400, E.INVALID_REQUEST, f"share_level must be one of {', '.join(SHARE_LEVELS)}"
+            )
+        try:
+            summary = _native.validate_qobj(qobj, svc.specs[backend_name])
+        except _native.MalformedPayloadError as exc:
+            raise ServiceError(400, E.MALFORMED_JSON, str(exc)) from exc
+        except _native.InvalidQobjError as exc:
+            raise ServiceError(400, E.INVALID_QOBJ, str(exc)) from exc
+        if config.max_active_jobs is not None:
+            active = svc.store.count_active(who.user)
+            if active >= config.max_active_jobs:
+                raise ServiceError(
+                    429,
+                    E.ACTIVE_JOB_LIMIT,
+                    f"user '{who.user}' has {active} active jobs, the limit is "
+                    f"{config.max_active_jobs}; submit more when some have finished",
+                    active_jobs=active,
+                    limit=config.max_active_jobs,
+                )
+        client_info = _field(envelope, "client_info", dict)
+        job, event = svc.store.create_job(
+            NewJob(
+                owner=who.user,
+                backend=backend_name,
+                kind="circuit",
+                inputs=qobj,
+                n_experiments=summary.n_experiments,
+                shots=summary.shots or DEFAULT_SHOTS,
+                n_instructions=summary.n_instructions,
+                name=_field(envelope, "name", str),
+                tags=_tags(envelope.get("tags")),
+                share_level=share_level,
+                session_id=_field(envelope, "session_id", str),
+                idempotency_key=key,
+                client_info={str(k): str(v) for k, v in client_info.items()}
+                if client_info
+                else None,
+                experiment_id=_field(envelope, "experiment_id", str),
+                properties_id=svc._properties_ids.get(backend_name),
+            )
+        )
+        svc.scheduler.submit(job)
+        svc.hub.publish(job, [event])
+        return json_response(svc.view(job), 201)
+
+    @app.get("/jobs", tags=["jobs"])
+    async def list_jobs(
+        svc: Svc,
+        who: Who,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 10,
+        skip: Annotated[int, Query(ge=0)] = 0,
+        backend: str | None = None,
+        status: Annotated[list[str] | None, Query()] = None,
+        name: Annotated[
+            str | None, Query(description="regular expression, matched partially")
+        ] = None,
+        tags: Annotated[list[str] | None, Query()] = None,
+        tags_operator: Annotated[str, Query(pattern="^(OR|AND)$")] = "OR",
+        session_id: str | None = None,
+        program_id: str | None = None,
+        kind: str | None = None,
+        created_after: str | None = None,
+        created_before: str | None = None,
+        descending: bool = True,
+    ) -> Response:
+        """Jobs the caller may see, newest first, with filters and paging."""
+        if name is not None:
+            try:
+                re.compile(name)
+            except re.error as exc:
+                raise ServiceError(
+                    400, E.INVALID_REQUEST, f"bad name pattern {name!r}: {exc}"
+                ) from exc
+        statuses = [s.upper() for s in status or []]
+        filters = JobFilter(
+            backend=backend,
+            statuses=statuses,
+            name_regex=name,
+            tags=tags or [],
+            tags_operator=tags_operator,
+            session_id=session_id,
+            program_id=program_id,
+            kind=kind,
+            created_after=_iso(created_after),
+            created_before=_iso(created_before),
+        )
+        jobs, total = svc.store.list_jobs((who.user, who.project), filters, limit, skip, descending)
+        return json_response({"jobs": [svc.view(j) for j in jobs], "count": total})
+
+    @app.post("/jobs:status", tags=["jobs"])
+    async def bulk_status(body: BulkStatus, svc: Svc, who: Who) -> Response:
+        """Status of many jobs in one call; ids the caller cannot see are ``missing``."""
+        found = svc.store.jobs_by_ids(body.ids)
+        out: dict[str, Any] = {}
+        for job_id, job in found.items():
+            if svc.visible(who.user, who.project, job):
+                out[job_id] = {
+                    "status": job.status,
+                    "error": job.error,
+                    "last_seq": job.last_seq,
+                    "queue_info": svc.scheduler.queue_info(job),
+                }
+        return json_response({"statuses": out, "missing": [i for i in body.ids if i not in out]})
+
+    @app.get("/jobs/{job_id}", tags=["jobs"])
+    async def get_job(job_id: str, svc: Svc, who: Who) -> Response:
+        """One job."""
+        return json_response(svc.view(svc.get_job(who, job_id)))
+
+    @app.get("/jobs/{job_id}/qobj", tags=["jobs"])
+    async def get_qobj(job_id: str, request: Request, svc: Svc, who: Who) -> Response:
+        """The Qobj the job was submitted with."""
+        svc.get_job(who, job_id)
+        return _stored_blob(request, svc.store.data(job_id, "inputs"))
+
+    @app.get("/jobs/{job_id}/results", tags=["jobs"])
+    async def get_results(job_id: str, request: Request, svc: Svc, who: Who) -> Response:
+        """The job's result (qiskit ``Result`` dict). A failed job's partial result is
+        returned when it has one; the job's ``error`` says what failed."""
+        job = svc.get_job(who, job_id)
+        blob = svc.store.data(job_id, "result")
+        if blob is None:
+            if not job.final:
+                raise ServiceError(
+                    409, E.JOB_NOT_FINISHED, f"job '{job_id}' is {job.status}; it has no result yet"
+                )
+            reason = f": {job.error['message']}" if job.error else ""
+            raise ServiceError(
+                409,
+                E.JOB_HAS_NO_RESULT,
+                f"job '{job_id}' ended {job.status} without a result{reason}",
+            )
+        return _stored_blob(request, blob)
+
+    @app.get("/jobs/{job_id}/properties", tags=["jobs"])
+    async def get_job_properties(job_id: str, svc: Svc, who: Who) -> Response:
+        """The backend properties as they were when the job ran (null for ideal simulators)."""
+        job = svc.get_job(who, job_id)
+        data = svc.store.properties(job.properties_id) if job.properties_id else None
+        return Response(data or b"null", media_type="application/json")
+
+    @app.get("/jobs/{job_id}/interim_results", tags=["jobs"])
+    async def get_interim_results(job_id: str, svc: Svc, who: Who) -> Response:
+        """Interim results the job has published so far, oldest first."""
+        svc.get_job(who, job_id)
+        items = [
+            orjson.Fragment(e.data)
+            for e in svc.store.events_since(job_id, 0)
+            if e.type == "interim" and e.data is not None
+        ]
+        return json_response(items)
+
+    @app.get("/jobs/{job_id}/logs", tags=["jobs"])
+    async def get_logs(job_id: str, svc: Svc, who: Who) -> Response:
+        """The job's log lines (its program's output), as text."""
+        svc.get_job(who, job_id)
+        lines = [
+            orjson.loads(e.data).get("text", "")
+            for e in svc.store.events_since(job_id, 0)
+            if e.type == "log" and e.data is not None
+        ]
+        return Response("".join(lines), media_type="text/plain")
+
+    @app.get("/jobs/{job_id}/metrics", tags=["jobs"])
+    async def get_metrics(job_id: str, svc: Svc, who: Who) -> Response:
+        """Timestamps of each step and the execution time."""
+        job = svc.get_job(who, job_id)
+        steps = job.time_per_step
+        return json_response(
+            {
+                "timestamps": {
+                    "created": steps.get("CREATED"),
+                    "queued": steps.get("QUEUED"),
+                    "running": steps.get("RUNNING"),
+                    "finished": steps.get("COMPLETED")
+                    or steps.get("ERROR")
+                    or steps.get("CANCELLED"),
+                },
+                "time_per_step": steps,
+                "usage": {"seconds": job.run_seconds},
+                "n_experiments": job.n_experiments,
+                "shots": job.shots,
+                "attempts": job.attempts,
+            }
+        )
+
+    @app.post("/jobs/{job_id}/cancel", tags=["jobs"])
+    async def cancel_job(job_id: str, svc: Svc, who: Who) -> Response:
+        """Cancel a queued or running job; 409 if it has already finished."""
+        job = svc.own_job(who, job_id)
+        if job.status in FINAL:
+            raise ServiceError(
+                409,
+                E.JOB_FINISHED,
+                f"job '{job_id}' is already {job.status} and cannot be cancelled",
+            )
+        svc.scheduler.cancel(job)
+        return json_response(svc.view(svc.get_job(who, job_id)))
+
+    @app.put("/jobs/{job_id}/tags", tags=["jobs"])
+    async def put_tags(job_id: str, body: TagsUpdate, svc: Svc, who: Who) -> Response:
+        """Replace the job's tags."""
+        svc.own_job(who, job_id)
+        svc.store.update_tags(job_id, list(dict.fromkeys(body.tags)))
+        return json_response(svc.view(svc.get_job(who, job_id)))
+
+    @app.put("/jobs/{job_id}/name", tags=["jobs"])
+    async def put_name(job_id: str, body: NameUpdate, svc: Svc, who: Who) -> Response:
+        """Rename the job."""
+        svc.own_job(who, job_id)
+        svc.store.update_name(job_id, body.name)
+        return json_response(svc.view(svc.get_job(who, job_id)))
+
+    @app.websocket("/stream")
+    async def stream(ws: WebSocket) -> None:
+        """Status, result, interim and log events of subscribed jobs (see stream.py)."""
+        svc: Service = ws.app.state.service
+        await ws.accept()
+        header = ws.headers.get("authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else None
+        token = token or ws.query_params.get("token")
+        try:
+            who = svc.caller(token)
+        except ServiceError as exc:
+            await ws.send_text(orjson.dumps({"type": "error", **exc.body()["error"]}).decode())
+            await ws.close(CLOSE_UNAUTHORIZED, exc.message)
+            return
+        session = StreamSession(
+            ws, svc.store, svc.hub, svc.visible, who.user, who.project, config.heartbeat_seconds
+        )
+        await session.run()
+
+    return app
+
+
+def _stored_blob(request: Request, blob: bytes | None) -> Response:
+    """Serve a zlib-compressed blob: as-is to clients that accept deflate, else inflated."""
+    if blob is None:
+        return Response(b"null", media_type="application/json")
+    if "deflate" in request.headers.get("accept-encoding", ""):
+        return Response(
+            blob, media_type="application/json", headers={"Content-Encoding": "deflate"}
+        )
+    return Response(zlib.decompress(blob), media_type="application/json")
+
+
+def _write_state(service: Service) -> bool:
+    """Write the state file local clients find the service by (url, token, pid), mode 0600."""
+    config = service.config
+    assert config.state_file is not None
+    token = None
+    if config.loopback:
+        # One local user, with a fresh token each start: clients read it from this file.
+        token = service.store.create_token(config.local_user or getpass.getuser())
+    state = {
+        "url": f"http://{config.host}:{config.port}",
+        "token": token,
+        "pid": os.getpid(),
+        "db": str(config.db),
+        "version": __version__,
+        "started": utcnow(),
+    }
+    path = config.state_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(orjson.dumps(state))
+    os.replace(tmp, path)
+    return True

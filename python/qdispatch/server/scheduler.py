@@ -1,0 +1,307 @@
+"""Queues and dispatch: one queue per backend, fair share between users.
+
+Jobs wait in per-backend, per-user FIFO queues. Whenever the executor has a free slot the
+scheduler takes, across backends, the head that has waited longest, where each backend's
+head is chosen by fair share: the user with the fewest jobs running goes first (ties: the
+user whose next job is oldest). One user's ten thousand jobs therefore never starve
+another user's one.
+
+Queue positions follow the same rule, and estimated start and completion times come from
+the execution rate measured per backend (an exponential moving average of seconds per
+experiment, kept in the store so that it survives restarts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+
+from .executors import Executor, Outcome, Task
+from .store import CANCELLED, DONE, ERROR, QUEUED, RUNNING, Event, Job, Store
+from .stream import Hub
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_RATE = 0.002  # seconds per experiment until a backend has been measured
+_RATE_WEIGHT = 0.2
+
+
+@dataclass
+class _Queued:
+    job_id: str
+    owner: str
+    backend: str
+    n_experiments: int
+    order: int  # arrival order, for fairness ties and for "oldest head first"
+
+
+@dataclass
+class _Running:
+    owner: str
+    backend: str
+    n_experiments: int
+    started: float
+    task: asyncio.Task[None] | None = None
+    cancelled: bool = False
+
+
+class Scheduler:
+    """Owns the queues and the executor; every status change goes through here."""
+
+    def __init__(self, store: Store, hub: Hub, executor: Executor, max_attempts: int = 3):
+        self.store = store
+        self.hub = hub
+        self.executor = executor
+        self.max_attempts = max_attempts
+        self._queues: dict[str, dict[str, deque[_Queued]]] = defaultdict(dict)
+        self._queued: dict[str, _Queued] = {}
+        self._running: dict[str, _Running] = {}
+        self._running_per_user: dict[str, int] = defaultdict(int)
+        self._arrivals = itertools.count()
+        self._rates: dict[str, float] = {}
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._order_cache: dict[str, tuple[int, dict[str, int]]] = {}
+        self._version = 0
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def start(self) -> tuple[list[str], list[str]]:
+        """Recover after a restart, load the queues from the store, start dispatching."""
+        requeued, failed = self.store.recover(self.max_attempts)
+        for job_id in requeued + failed:
+            job = self.store.job(job_id)
+            if job is not None:
+                self.hub.publish(job, self.store.events_since(job_id, job.last_seq - 1))
+        for job in self.store.jobs_with_status(QUEUED):
+            self._enqueue(job)
+        await self.executor.start()
+        self._loop_task = asyncio.get_running_loop().create_task(self._dispatch_loop())
+        return requeued, failed
+
+    async def stop(self) -> None:
+        """Stop dispatching. Running jobs stay RUNNING in the store and are requeued by the
+        next start, so a clean stop and a crash recover the same way."""
+        if self._loop_task:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        tasks = [r.task for r in self._running.values() if r.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.executor.close()
+
+    # -- queueing -----------------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        """Queue a job the store has just accepted."""
+        self._enqueue(job)
+
+    def _enqueue(self, job: Job) -> None:
+        entry = _Queued(job.id, job.owner, job.backend, job.n_experiments, next(self._arrivals))
+        self._queues[job.backend].setdefault(job.owner, deque()).append(entry)
+        self._queued[job.id] = entry
+        self._changed()
+
+    def _changed(self) -> None:
+        self._version += 1
+        self._wake.set()
+
+    def pending_jobs(self, backend: str) -> int:
+        """How many jobs wait in ``backend``'s queue."""
+        return sum(len(q) for q in self._queues.get(backend, {}).values())
+
+    def _fair_order(self, backend: str) -> dict[str, int]:
+        """Every queued job of ``backend`` → its 1-based position in dispatch order."""
+        cached = self._order_cache.get(backend)
+        if cached and cached[0] == self._version:
+            return cached[1]
+        running = dict(self._running_per_user)
+        heads = [
+            (running.get(user, 0), q[0].order, user, 0)
+            for user, q in self._queues.get(backend, {}).items()
+            if q
+        ]
+        heapq.heapify(heads)
+        positions: dict[str, int] = {}
+        while heads:
+            n_running, _, user, index = heapq.heappop(heads)
+            queue = self._queues[backend][user]
+            positions[queue[index].job_id] = len(positions) + 1
+            if index + 1 < len(queue):
+                heapq.heappush(heads, (n_running + 1, queue[index + 1].order, user, index + 1))
+        self._order_cache[backend] = (self._version, positions)
+        return positions
+
+    def _next(self) -> _Queued | None:
+        best: _Queued | None = None
+        best_key: tuple[int, int] | None = None
+        for users in self._queues.values():
+            for user, queue in users.items():
+                if not queue:
+                    continue
+                key = (self._running_per_user.get(user, 0), queue[0].order)
+                # Fair share within a backend; across backends, the oldest head.
+                if best_key is None or key < best_key:
+                    best, best_key = queue[0], key
+        return best
+
+    def _dequeue(self, entry: _Queued) -> None:
+        queue = self._queues[entry.backend][entry.owner]
+        queue.remove(entry)
+        if not queue:
+            del self._queues[entry.backend][entry.owner]
+        del self._queued[entry.job_id]
+        self._changed()
+
+    # -- dispatch and completion --------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while len(self._running) < self.executor.capacity:
+                entry = self._next()
+                if entry is None:
+                    break
+                self._dequeue(entry)
+                self._start(entry)
+
+    def _start(self, entry: _Queued) -> None:
+        job = self.store.job(entry.job_id)
+        if job is None or job.status != QUEUED:
+            return
+        running = _Running(entry.owner, entry.backend, entry.n_experiments, time.monotonic())
+        self._running[job.id] = running
+        self._running_per_user[job.owner] += 1
+        self._publish(job.id, self.store.set_status(job.id, RUNNING, count_attempt=True))
+        task = Task(job.id, job.backend, job.kind, self.store.inputs(job.id))
+        running.task = asyncio.get_running_loop().create_task(self._run(task, running))
+
+    async def _run(self, task: Task, running: _Running) -> None:
+        try:
+            outcome = await self.executor.execute(task)
+        except asyncio.CancelledError:
+            raise  # the service is stopping: the job stays RUNNING and is requeued on start
+        except Exception as exc:  # an executor bug must not kill the dispatcher
+            log.exception("executor failed on job %s", task.job_id)
+            outcome = Outcome("error", error=f"internal error while running the job: {exc}")
+        finally:
+            self._running.pop(task.job_id, None)
+            self._running_per_user[running.owner] -= 1
+            self._changed()
+        if running.cancelled:
+            return  # already CANCELLED when cancel() was called
+        self._finish(task.job_id, running, outcome)
+
+    def _finish(self, job_id: str, running: _Running, outcome: Outcome) -> None:
+        if outcome.status == "cancelled":
+            events = self.store.set_status(job_id, CANCELLED)
+        elif outcome.status == "done" and outcome.result is not None:
+            self._measured(running.backend, outcome.seconds, running.n_experiments)
+            error = _result_error(outcome.result)
+            events = self.store.set_status(
+                job_id,
+                ERROR if error else DONE,
+                result=outcome.result,
+                error=error,
+                run_seconds=outcome.seconds,
+            )
+        else:
+            events = self.store.set_status(
+                job_id,
+                ERROR,
+                error={"code": "execution_failed", "message": outcome.error or "unknown error"},
+                run_seconds=outcome.seconds,
+            )
+        self._publish(job_id, events)
+
+    def _measured(self, backend: str, seconds: float, n_experiments: int) -> None:
+        sample = seconds / max(1, n_experiments)
+        old = self._rate(backend)
+        self._rates[backend] = (
+            old + _RATE_WEIGHT * (sample - old) if backend in self._rates else sample
+        )
+        self.store.set_meta(f"rate:{backend}", repr(self._rates[backend]))
+
+    def _rate(self, backend: str) -> float:
+        if backend not in self._rates:
+            stored = self.store.meta(f"rate:{backend}")
+            if stored is None:
+                return _DEFAULT_RATE
+            self._rates[backend] = float(stored)
+        return self._rates[backend]
+
+    def _publish(self, job_id: str, events: list[Event]) -> None:
+        job = self.store.job(job_id)
+        if job is not None:
+            self.hub.publish(job, events)
+
+    # -- requests -----------------------------------------------------------------------
+
+    def cancel(self, job: Job) -> list[Event]:
+        """Cancel a queued or running job (the caller checked it is not final)."""
+        entry = self._queued.get(job.id)
+        if entry is not None:
+            self._dequeue(entry)
+        running = self._running.get(job.id)
+        if running is not None:
+            running.cancelled = True
+            self.executor.cancel(job.id)
+        events = self.store.set_status(job.id, CANCELLED)
+        self._publish(job.id, events)
+        return events
+
+    def queue_info(self, job: Job) -> dict[str, Any] | None:
+        """Position and estimated start/completion of a queued job; ``None`` otherwise."""
+        if job.status != QUEUED or job.id not in self._queued:
+            return None
+        positions = self._fair_order(job.backend)
+        position = positions[job.id]
+        rate = self._rate(job.backend)
+        now = time.monotonic()
+        busy = sum(
+            max(0.0, self._rate(r.backend) * r.n_experiments - (now - r.started))
+            for r in self._running.values()
+        )
+        ahead = sum(self._queued[j].n_experiments for j, p in positions.items() if p < position)
+        capacity = max(1, self.executor.capacity)
+        start_in = (busy + rate * ahead) / capacity
+        utc = datetime.now(timezone.utc)
+        start = utc + timedelta(seconds=start_in)
+        complete = start + timedelta(seconds=rate * job.n_experiments)
+        return {
+            "position": position,
+            "status": "PENDING_IN_QUEUE",
+            "estimated_start_time": start.isoformat().replace("+00:00", "Z"),
+            "estimated_complete_time": complete.isoformat().replace("+00:00", "Z"),
+            "seconds_per_experiment": rate,
+        }
+
+
+def _result_error(result: bytes) -> dict[str, Any] | None:
+    """The job's error if the result says some experiments failed (it is kept, partial)."""
+    parsed = orjson.loads(result)
+    if parsed.get("success", True):
+        return None
+    failed = [
+        f"experiment {i}: {r.get('status', 'failed')}"
+        for i, r in enumerate(parsed.get("results", []))
+        if not r.get("success", False)
+    ]
+    return {
+        "code": "experiments_failed",
+        "message": f"{len(failed)} experiment(s) failed; partial results are available. "
+        + "; ".join(failed[:5]),
+    }

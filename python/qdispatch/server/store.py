@@ -1,0 +1,611 @@
+"""The durable job store: SQLite in WAL mode.
+
+Everything the service knows lives here, so that a crash and restart loses nothing: users
+and hashed tokens, jobs with a timestamp per status step, their inputs and results
+(zlib-compressed, in a side table so that listing jobs never reads a blob), and the event
+log that WebSocket clients resume from. The store is used from the service's event-loop
+thread only; each public method is one transaction.
+
+WAL with ``synchronous=NORMAL`` survives a crash of the process (``kill -9``) with every
+committed transaction intact; only a power loss can lose the last few.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import secrets
+import sqlite3
+import uuid
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+SCHEMA_VERSION = 1
+
+# Job statuses as stored and sent. FINAL statuses never change again.
+QUEUED = "QUEUED"
+RUNNING = "RUNNING"
+DONE = "DONE"
+ERROR = "ERROR"
+CANCELLED = "CANCELLED"
+FINAL = frozenset({DONE, ERROR, CANCELLED})
+ACTIVE = (QUEUED, RUNNING)
+
+SHARE_LEVELS = ("none", "project", "global")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    project TEXT,
+    created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    hash TEXT PRIMARY KEY,
+    user TEXT NOT NULL REFERENCES users(name),
+    created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    program_id TEXT,
+    name TEXT,
+    tags TEXT NOT NULL,
+    status TEXT NOT NULL,
+    time_per_step TEXT NOT NULL,
+    created TEXT NOT NULL,
+    share_level TEXT NOT NULL,
+    session_id TEXT,
+    idempotency_key TEXT,
+    client_info TEXT,
+    experiment_id TEXT,
+    n_experiments INTEGER NOT NULL,
+    shots INTEGER NOT NULL,
+    n_instructions INTEGER NOT NULL,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    properties_id INTEGER,
+    run_seconds REAL,
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (owner, idempotency_key)
+);
+CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, backend);
+CREATE TABLE IF NOT EXISTS job_tags (
+    tag TEXT NOT NULL,
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    PRIMARY KEY (tag, job_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS job_data (
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    kind TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (job_id, kind)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    data BLOB,
+    PRIMARY KEY (job_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS properties (
+    id INTEGER PRIMARY KEY,
+    backend TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    last_update_date TEXT NOT NULL,
+    data BLOB NOT NULL,
+    UNIQUE (backend, digest)
+);
+"""
+
+
+def utcnow() -> str:
+    """The current time as the ISO 8601 UTC string every timestamp here uses."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def hash_token(token: str) -> str:
+    """Tokens are random 256-bit strings, so a plain SHA-256 is a sufficient one-way hash."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def compress(data: bytes) -> bytes:
+    """zlib format, which is exactly HTTP's ``Content-Encoding: deflate``."""
+    return zlib.compress(data, 3)
+
+
+@dataclass
+class Job:
+    """One row of ``jobs``, decoded."""
+
+    id: str
+    owner: str
+    backend: str
+    kind: str
+    program_id: str | None
+    name: str | None
+    tags: list[str]
+    status: str
+    time_per_step: dict[str, str]
+    created: str
+    share_level: str
+    session_id: str | None
+    idempotency_key: str | None
+    client_info: dict[str, str] | None
+    experiment_id: str | None
+    n_experiments: int
+    shots: int
+    n_instructions: int
+    error: dict[str, Any] | None
+    attempts: int
+    properties_id: int | None
+    run_seconds: float | None
+    last_seq: int
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Job:
+        """Decode a row selected with ``SELECT *``."""
+        values = dict(row)
+        for key in ("tags", "time_per_step", "client_info", "error"):
+            if values[key] is not None:
+                values[key] = orjson.loads(values[key])
+        return cls(**values)
+
+    @property
+    def final(self) -> bool:
+        """Whether the job's status can no longer change."""
+        return self.status in FINAL
+
+
+@dataclass
+class NewJob:
+    """What the service knows of a job before it is stored."""
+
+    owner: str
+    backend: str
+    kind: str
+    inputs: bytes
+    n_experiments: int
+    shots: int
+    n_instructions: int
+    program_id: str | None = None
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+    share_level: str = "none"
+    session_id: str | None = None
+    idempotency_key: str | None = None
+    client_info: dict[str, str] | None = None
+    experiment_id: str | None = None
+    properties_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of a job's event log. ``data`` is JSON bytes; for ``result`` events it is
+    ``None`` in the log (the result itself is stored once, in ``job_data``)."""
+
+    job_id: str
+    seq: int
+    type: str
+    data: bytes | None
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """The filters of ``GET /jobs``."""
+
+    backend: str | None = None
+    statuses: Sequence[str] = ()
+    name_regex: str | None = None
+    tags: Sequence[str] = ()
+    tags_operator: str = "OR"
+    session_id: str | None = None
+    program_id: str | None = None
+    kind: str | None = None
+    created_after: str | None = None
+    created_before: str | None = None
+
+
+def _regexp(pattern: str, value: str | None) -> bool:
+    return value is not None and re.search(pattern, value) is not None
+
+
+class Store:
+    """The job store. One instance per service process; not thread-safe by design."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.create_function("regexp", 2, _regexp, deterministic=True)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.executescript(_SCHEMA)  # idempotent; executescript commits on its own
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+
+    def close(self) -> None:
+        """Close the connection; the WAL is checkpointed by SQLite."""
+        self._db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; rolled back if the block raises."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- meta ---------------------------------------------------------------------------
+
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        """A value of the ``meta`` table."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a value of the ``meta`` table."""
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    # -- users and tokens ---------------------------------------------------------------
+
+    def create_token(self, user: str, project: str | None = None) -> str:
+        """Create ``user`` if needed and return a new bearer token for it (stored hashed)."""
+        if not user or not user.strip():
+            raise ValueError("user name must not be empty")
+        token = secrets.token_urlsafe(32)
+        now = utcnow()
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO users VALUES (?, ?, ?)", (user, project, now))
+            if project is not None:
+                db.execute("UPDATE users SET project = ? WHERE name = ?", (project, user))
+            db.execute("INSERT INTO tokens VALUES (?, ?, ?)", (hash_token(token), user, now))
+        return token
+
+    def user_for_token(self, token: str) -> tuple[str, str | None] | None:
+        """``(user, project)`` for a valid token, else ``None``."""
+        row = self._db.execute(
+            "SELECT u.name, u.project FROM tokens t JOIN users u ON u.name = t.user "
+            "WHERE t.hash = ?",
+            (hash_token(token),),
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def project_of(self, user: str) -> str | None:
+        """The project a user belongs to, if any."""
+        row = self._db.execute("SELECT project FROM users WHERE name = ?", (user,)).fetchone()
+        return row[0] if row else None
+
+    # -- properties snapshots -----------------------------------------------------------
+
+    def properties_snapshot(self, backend: str, data: bytes, last_update_date: str) -> int:
+        """Store a backend-properties snapshot once; return its id for jobs to refer to."""
+        digest = hashlib.sha256(data).hexdigest()
+        row = self._db.execute(
+            "SELECT id FROM properties WHERE backend = ? AND digest = ?", (backend, digest)
+        ).fetchone()
+        if row:
+            return int(row[0])
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO properties (backend, digest, last_update_date, data) "
+                "VALUES (?, ?, ?, ?)",
+                (backend, digest, last_update_date, compress(data)),
+            )
+        return int(cur.lastrowid or 0)
+
+    def properties(self, properties_id: int) -> bytes | None:
+        """A stored properties snapshot (JSON bytes)."""
+        row = self._db.execute(
+            "SELECT data FROM properties WHERE id = ?", (properties_id,)
+        ).fetchone()
+        return zlib.decompress(row[0]) if row else None
+
+    def properties_at(self, backend: str, when: str) -> bytes | None:
+        """The newest snapshot of ``backend`` dated at or before ``when``."""
+        row = self._db.execute(
+            "SELECT data FROM properties WHERE backend = ? AND last_update_date <= ? "
+            "ORDER BY last_update_date DESC LIMIT 1",
+            (backend, when),
+        ).fetchone()
+        return zlib.decompress(row[0]) if row else None
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    def job_by_idempotency_key(self, owner: str, key: str) -> Job | None:
+        """The job ``owner`` created earlier with the same idempotency key."""
+        row = self._db.execute(
+            "SELECT * FROM jobs WHERE owner = ? AND idempotency_key = ?", (owner, key)
+        ).fetchone()
+        return Job.from_row(row) if row else None
+
+    def create_job(self, new: NewJob) -> tuple[Job, Event]:
+        """Store a new job as QUEUED, with its inputs and its first event."""
+        job_id = uuid.uuid4().hex[:24]
+        now = utcnow()
+        steps = {"CREATED": now, "VALIDATED": now, QUEUED: now}
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO jobs (id, owner, backend, kind, program_id, name, tags, status, "
+                "time_per_step, created, share_level, session_id, idempotency_key, "
+                "client_info, experiment_id, n_experiments, shots, n_instructions, "
+                "properties_id, last_seq) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1)",
+                (
+                    job_id,
+                    new.owner,
+                    new.backend,
+                    new.kind,
+                    new.program_id,
+                    new.name,
+                    orjson.dumps(new.tags).decode(),
+                    QUEUED,
+                    orjson.dumps(steps).decode(),
+                    now,
+                    new.share_level,
+                    new.session_id,
+                    new.idempotency_key,
+                    orjson.dumps(new.client_info).decode() if new.client_info else None,
+                    new.experiment_id,
+                    new.n_experiments,
+                    new.shots,
+                    new.n_instructions,
+                    new.properties_id,
+                ),
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO job_tags VALUES (?, ?)", [(t, job_id) for t in new.tags]
+            )
+            db.execute(
+                "INSERT INTO job_data VALUES (?, 'inputs', ?)", (job_id, compress(new.inputs))
+            )
+            event = Event(job_id, 1, "status", orjson.dumps({"status": QUEUED, "time": now}))
+            db.execute("INSERT INTO events VALUES (?, ?, ?, ?)", (job_id, 1, "status", event.data))
+        job = self.job(job_id)
+        assert job is not None
+        return job, event
+
+    def job(self, job_id: str) -> Job | None:
+        """One job by id, or ``None``."""
+        row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return Job.from_row(row) if row else None
+
+    def jobs_by_ids(self, job_ids: Iterable[str]) -> dict[str, Job]:
+        """Many jobs by id in one query (ids that do not exist are absent)."""
+        ids = list(dict.fromkeys(job_ids))
+        found: dict[str, Job] = {}
+        for start in range(0, len(ids), 500):  # stay under SQLite's variable limit
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self._db.execute(f"SELECT * FROM jobs WHERE id IN ({marks})", chunk):
+                job = Job.from_row(row)
+                found[job.id] = job
+        return found
+
+    def jobs_with_status(self, *statuses: str) -> list[Job]:
+        """Jobs in any of ``statuses``, oldest first."""
+        marks = ",".join("?" * len(statuses))
+        rows = self._db.execute(
+            f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY created, rowid", statuses
+        )
+        return [Job.from_row(row) for row in rows]
+
+    def count_active(self, owner: str) -> int:
+        """How many of ``owner``'s jobs are queued or running."""
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE owner = ? AND status IN (?, ?)", (owner, *ACTIVE)
+        ).fetchone()
+        return int(row[0])
+
+    def list_jobs(
+        self,
+        visible_to: tuple[str, str | None],
+        filters: JobFilter,
+        limit: int,
+        skip: int,
+        descending: bool,
+    ) -> tuple[list[Job], int]:
+        """A page of the jobs ``visible_to`` (user, project) may see, and the total count."""
+        user, project = visible_to
+        where = [
+            "(owner = ? OR share_level = 'global' OR (share_level = 'project' AND "
+            "? IS NOT NULL AND owner IN (SELECT name FROM users WHERE project = ?)))"
+        ]
+        args: list[Any] = [user, project, project]
+        if filters.backend:
+            where.append("backend = ?")
+            args.append(filters.backend)
+        if filters.statuses:
+            where.append(f"status IN ({','.join('?' * len(filters.statuses))})")
+            args.extend(filters.statuses)
+        if filters.name_regex:
+            where.append("regexp(?, name)")
+            args.append(filters.name_regex)
+        if filters.session_id:
+            where.append("session_id = ?")
+            args.append(filters.session_id)
+        if filters.program_id:
+            where.append("program_id = ?")
+            args.append(filters.program_id)
+        if filters.kind:
+            where.append("kind = ?")
+            args.append(filters.kind)
+        if filters.created_after:
+            where.append("created >= ?")
+            args.append(filters.created_after)
+        if filters.created_before:
+            where.append("created <= ?")
+            args.append(filters.created_before)
+        if filters.tags:
+            marks = ",".join("?" * len(filters.tags))
+            if filters.tags_operator == "AND":
+                where.append(
+                    f"(SELECT COUNT(*) FROM job_tags t WHERE t.job_id = jobs.id "
+                    f"AND t.tag IN ({marks})) = ?"
+                )
+                args.extend(filters.tags)
+                args.append(len(set(filters.tags)))
+            else:
+                where.append(f"id IN (SELECT job_id FROM job_tags WHERE tag IN ({marks}))")
+                args.extend(filters.tags)
+        clause = " AND ".join(where)
+        total = int(
+            self._db.execute(f"SELECT COUNT(*) FROM jobs WHERE {clause}", args).fetchone()[0]
+        )
+        order = "DESC" if descending else "ASC"
+        rows = self._db.execute(
+            f"SELECT * FROM jobs WHERE {clause} ORDER BY created {order}, rowid {order} "
+            "LIMIT ? OFFSET ?",
+            [*args, limit, skip],
+        )
+        return [Job.from_row(row) for row in rows], total
+
+    def job_ids_with_tag(self, tag: str) -> list[str]:
+        """Ids of every job carrying ``tag``."""
+        return [r[0] for r in self._db.execute("SELECT job_id FROM job_tags WHERE tag = ?", (tag,))]
+
+    def inputs(self, job_id: str) -> bytes:
+        """The job's inputs (its Qobj, or a program's parameters) as JSON bytes."""
+        blob = self.data(job_id, "inputs")
+        if blob is None:
+            raise KeyError(f"job '{job_id}' has no stored inputs")
+        return zlib.decompress(blob)
+
+    def data(self, job_id: str, kind: str) -> bytes | None:
+        """A stored blob of the job, still compressed (zlib)."""
+        row = self._db.execute(
+            "SELECT data FROM job_data WHERE job_id = ? AND kind = ?", (job_id, kind)
+        ).fetchone()
+        return bytes(row[0]) if row else None
+
+    def _append_event(
+        self, db: sqlite3.Connection, job_id: str, kind: str, data: bytes | None
+    ) -> Event:
+        seq = db.execute(
+            "UPDATE jobs SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq", (job_id,)
+        ).fetchone()[0]
+        db.execute("INSERT INTO events VALUES (?, ?, ?, ?)", (job_id, seq, kind, data))
+        return Event(job_id, seq, kind, data)
+
+    def set_status(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        error: dict[str, Any] | None = None,
+        result: bytes | None = None,
+        run_seconds: float | None = None,
+        count_attempt: bool = False,
+        step: str | None = None,
+        note: str | None = None,
+    ) -> list[Event]:
+        """Move a job to ``status`` (with its result or error) and log the events.
+
+        ``step`` names the time-per-step entry (defaults to the status); ``note`` goes into
+        the status event, e.g. why a job was requeued.
+        """
+        now = utcnow()
+        events: list[Event] = []
+        with self.transaction() as db:
+            row = db.execute("SELECT time_per_step FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            steps = orjson.loads(row[0])
+            steps[step or ("COMPLETED" if status == DONE else status)] = now
+            db.execute(
+                "UPDATE jobs SET status = ?, time_per_step = ?, error = ?, "
+                "run_seconds = COALESCE(?, run_seconds), attempts = attempts + ? WHERE id = ?",
+                (
+                    status,
+                    orjson.dumps(steps).decode(),
+                    orjson.dumps(error).decode() if error else None,
+                    run_seconds,
+                    1 if count_attempt else 0,
+                    job_id,
+                ),
+            )
+            if result is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO job_data VALUES (?, 'result', ?)",
+                    (job_id, compress(result)),
+                )
+            payload: dict[str, Any] = {"status": status, "time": now}
+            if error:
+                payload["error"] = error
+            if note:
+                payload["note"] = note
+            events.append(self._append_event(db, job_id, "status", orjson.dumps(payload)))
+            if result is not None:
+                events.append(self._append_event(db, job_id, "result", None))
+        return events
+
+    def append_event(self, job_id: str, kind: str, data: bytes) -> Event:
+        """Log one event (interim result, log line) for a job."""
+        with self.transaction() as db:
+            return self._append_event(db, job_id, kind, data)
+
+    def events_since(self, job_id: str, after_seq: int) -> list[Event]:
+        """The job's events with ``seq > after_seq``, in order."""
+        rows = self._db.execute(
+            "SELECT job_id, seq, type, data FROM events WHERE job_id = ? AND seq > ? ORDER BY seq",
+            (job_id, after_seq),
+        )
+        return [Event(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def update_name(self, job_id: str, name: str | None) -> None:
+        """Rename a job."""
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET name = ? WHERE id = ?", (name, job_id))
+
+    def update_tags(self, job_id: str, tags: list[str]) -> None:
+        """Replace a job's tags."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET tags = ? WHERE id = ?", (orjson.dumps(tags).decode(), job_id)
+            )
+            db.execute("DELETE FROM job_tags WHERE job_id = ?", (job_id,))
+            db.executemany(
+                "INSERT OR IGNORE INTO job_tags VALUES (?, ?)", [(t, job_id) for t in tags]
+            )
+
+    def recover(self, max_attempts: int) -> tuple[list[str], list[str]]:
+        """After a restart: requeue jobs that were RUNNING, or fail those that have been
+        dispatched ``max_attempts`` times already. Returns (requeued ids, failed ids)."""
+        requeued: list[str] = []
+        failed: list[str] = []
+        for job in self.jobs_with_status(RUNNING):
+            if job.attempts >= max_attempts:
+                self.set_status(
+                    job.id,
+                    ERROR,
+                    error={
+                        "code": "service_restarted",
+                        "message": (
+                            f"the service stopped while this job was running, "
+                            f"{job.attempts} times; not trying again"
+                        ),
+                    },
+                )
+                failed.append(job.id)
+            else:
+                self.set_status(
+                    job.id, QUEUED, step="REQUEUED", note="requeued after a service restart"
+                )
+                requeued.append(job.id)
+        return requeued, failed

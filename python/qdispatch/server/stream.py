@@ -1,0 +1,241 @@
+"""The event stream: ``WS /stream``, one multiplexed connection per client.
+
+A client subscribes to job ids and/or tags and receives every event of those jobs:
+``{"job_id", "seq", "type": "status"|"result"|"interim"|"log", "data"}``. ``seq`` counts
+each job's events from 1; events are stored before they are published, so a client that
+reconnects and says the last ``seq`` it saw per job gets exactly the events it missed, in
+order, and never one twice — across reconnects and across service restarts.
+
+Client → service messages::
+
+    {"op": "subscribe", "job_ids": [...], "tags": [...], "since": {job_id: seq},
+     "inline_results": true}
+    {"op": "unsubscribe", "job_ids": [...], "tags": [...]}
+    {"op": "ping"}
+
+Service → client control messages carry ``type`` but no ``job_id``: ``subscribed`` (with
+the ids found and the ``missing`` ones), ``heartbeat`` (every few seconds when idle),
+``pong`` and ``error``. A client too slow to keep up is disconnected with close code
+4008 and resumes from its last ``seq``; a bad token closes with 4401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import zlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from .store import Event, Job, Store, utcnow
+
+log = logging.getLogger(__name__)
+
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_TOO_SLOW = 4008
+_BACKLOG = 20_000
+
+Visible = Callable[[str, str | None, Job], bool]
+
+
+class Subscription:
+    """One connection's interest: job ids and tags, and its queue of live events."""
+
+    def __init__(self, user: str, project: str | None) -> None:
+        self.user = user
+        self.project = project
+        self.job_ids: set[str] = set()
+        self.tags: set[str] = set()
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(_BACKLOG)
+        self.overflowed = asyncio.Event()
+
+    def push(self, event: Event) -> None:
+        """Queue a live event; a full backlog marks the subscription for disconnection."""
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.overflowed.set()
+
+
+class Hub:
+    """Fans stored events out to the subscriptions that want them."""
+
+    def __init__(self, visible: Visible) -> None:
+        self._visible = visible
+        self._subs: set[Subscription] = set()
+
+    def add(self, sub: Subscription) -> None:
+        """Start delivering to ``sub``."""
+        self._subs.add(sub)
+
+    def remove(self, sub: Subscription) -> None:
+        """Stop delivering to ``sub``."""
+        self._subs.discard(sub)
+
+    def publish(self, job: Job, events: Iterable[Event]) -> None:
+        """Deliver ``events`` (already stored) of ``job`` to every interested subscription."""
+        if not self._subs:
+            return
+        events = list(events)
+        for sub in self._subs:
+            if job.id in sub.job_ids or (
+                sub.tags.intersection(job.tags) and self._visible(sub.user, sub.project, job)
+            ):
+                for event in events:
+                    sub.push(event)
+
+
+def encode_event(store: Store, event: Event, inline_results: bool) -> bytes:
+    """The wire form of a stored event; result events carry the stored result."""
+    data: Any = None
+    if event.type == "result":
+        if inline_results:
+            blob = store.data(event.job_id, "result")
+            data = orjson.Fragment(zlib.decompress(blob)) if blob else None
+    elif event.data is not None:
+        data = orjson.Fragment(event.data)
+    return orjson.dumps(
+        {"job_id": event.job_id, "seq": event.seq, "type": event.type, "data": data}
+    )
+
+
+class StreamSession:
+    """Serves one WebSocket connection."""
+
+    def __init__(
+        self,
+        ws: WebSocket,
+        store: Store,
+        hub: Hub,
+        visible: Visible,
+        user: str,
+        project: str | None,
+        heartbeat: float,
+    ) -> None:
+        self.ws = ws
+        self.store = store
+        self.hub = hub
+        self.visible = visible
+        self.sub = Subscription(user, project)
+        self.heartbeat = heartbeat
+        self.inline_results = True
+        self.delivered: dict[str, int] = {}
+        self.lock = asyncio.Lock()
+
+    async def run(self) -> None:
+        """Receive requests and send events until the client goes away."""
+        self.hub.add(self.sub)
+        sender = asyncio.create_task(self._send_live())
+        try:
+            while True:
+                raw = await self.ws.receive_text()
+                await self._handle(raw)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self.hub.remove(self.sub)
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
+
+    async def _send(self, payload: bytes) -> None:
+        await self.ws.send_text(payload.decode())
+
+    async def _control(self, kind: str, **fields: Any) -> None:
+        await self._send(orjson.dumps({"type": kind, **fields}))
+
+    async def _handle(self, raw: str) -> None:
+        try:
+            msg = orjson.loads(raw)
+            if not isinstance(msg, dict):
+                raise TypeError("a message must be a JSON object")
+        except (orjson.JSONDecodeError, TypeError) as exc:
+            await self._control("error", message=f"malformed message: {exc}")
+            return
+        op = msg.get("op")
+        if op == "ping":
+            await self._control("pong", time=utcnow())
+        elif op == "subscribe":
+            await self._subscribe(msg)
+        elif op == "unsubscribe":
+            self.sub.job_ids.difference_update(_strings(msg.get("job_ids")))
+            self.sub.tags.difference_update(_strings(msg.get("tags")))
+        else:
+            await self._control(
+                "error", message=f"unknown op {op!r} (subscribe, unsubscribe, ping)"
+            )
+
+    async def _subscribe(self, msg: dict[str, Any]) -> None:
+        since = msg.get("since") or {}
+        if not isinstance(since, dict):
+            await self._control("error", message="'since' must map job ids to sequence numbers")
+            return
+        if "inline_results" in msg:
+            self.inline_results = bool(msg["inline_results"])
+        job_ids = _strings(msg.get("job_ids"))
+        tags = _strings(msg.get("tags"))
+        async with self.lock:
+            # Register before reading the log: anything published from here on is queued,
+            # and the sender drops what the replay below already delivered.
+            jobs = self.store.jobs_by_ids(job_ids)
+            found = [
+                j
+                for j in job_ids
+                if j in jobs and self.visible(self.sub.user, self.sub.project, jobs[j])
+            ]
+            missing = [j for j in job_ids if j not in found]
+            self.sub.job_ids.update(found)
+            self.sub.tags.update(tags)
+            replay = list(found)
+            for tag in tags:
+                tagged = self.store.jobs_by_ids(self.store.job_ids_with_tag(tag))
+                replay.extend(
+                    j.id
+                    for j in tagged.values()
+                    if self.visible(self.sub.user, self.sub.project, j)
+                )
+            await self._control("subscribed", job_ids=found, tags=tags, missing=missing)
+            for job_id in dict.fromkeys(replay):
+                after = max(int(since.get(job_id, 0) or 0), self.delivered.get(job_id, 0))
+                for event in self.store.events_since(job_id, after):
+                    await self._deliver(event)
+
+    async def _deliver(self, event: Event) -> None:
+        if event.seq <= self.delivered.get(event.job_id, 0):
+            return
+        await self._send(encode_event(self.store, event, self.inline_results))
+        self.delivered[event.job_id] = event.seq
+
+    async def _send_live(self) -> None:
+        overflow = asyncio.create_task(self.sub.overflowed.wait())
+        try:
+            while True:
+                get = asyncio.create_task(self.sub.queue.get())
+                done, _ = await asyncio.wait(
+                    {get, overflow}, timeout=self.heartbeat, return_when=asyncio.FIRST_COMPLETED
+                )
+                if overflow in done:
+                    get.cancel()
+                    await self.ws.close(CLOSE_TOO_SLOW, "event backlog too large; resume by seq")
+                    return
+                if not done:
+                    get.cancel()
+                    await self._control("heartbeat", time=utcnow())
+                    continue
+                event = get.result()
+                async with self.lock:
+                    await self._deliver(event)
+        finally:
+            overflow.cancel()
+
+
+def _strings(value: Any) -> list[str]:
+    if not value:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]

@@ -2,9 +2,10 @@
 
 Jobs wait in per-backend, per-user FIFO queues. Whenever the executor has a free slot the
 scheduler takes, across backends, the head that has waited longest, where each backend's
-head is chosen by fair share: the user with the fewest jobs running goes first (ties: the
-user whose next job is oldest). One user's ten thousand jobs therefore never starve
-another user's one.
+head is chosen by fair share: the user with the fewest jobs running goes first, then the
+one who has used the least execution time lately (usage decays with a half-life of
+``USAGE_HALF_LIFE`` seconds), then the one whose next job is oldest. One user's ten
+thousand jobs therefore never starve another user's one.
 
 Queue positions follow the same rule, and estimated start and completion times come from
 the execution rate measured per backend (an exponential moving average of seconds per
@@ -32,6 +33,7 @@ from .stream import Hub
 
 log = logging.getLogger(__name__)
 
+USAGE_HALF_LIFE = 600.0
 _DEFAULT_RATE = 0.002  # seconds per experiment until a backend has been measured
 _RATE_WEIGHT = 0.2
 
@@ -67,6 +69,7 @@ class Scheduler:
         self._queued: dict[str, _Queued] = {}
         self._running: dict[str, _Running] = {}
         self._running_per_user: dict[str, int] = defaultdict(int)
+        self._usage: dict[str, tuple[float, float]] = {}  # user -> (seconds, as of when)
         self._arrivals = itertools.count()
         self._rates: dict[str, float] = {}
         self._wake = asyncio.Event()
@@ -122,36 +125,51 @@ class Scheduler:
         """How many jobs wait in ``backend``'s queue."""
         return sum(len(q) for q in self._queues.get(backend, {}).values())
 
+    def _recent_usage(self, user: str, now: float) -> float:
+        seconds, since = self._usage.get(user, (0.0, now))
+        return seconds * 0.5 ** ((now - since) / USAGE_HALF_LIFE)
+
+    def _charge(self, user: str, seconds: float) -> None:
+        now = time.monotonic()
+        self._usage[user] = (self._recent_usage(user, now) + seconds, now)
+
     def _fair_order(self, backend: str) -> dict[str, int]:
         """Every queued job of ``backend`` → its 1-based position in dispatch order."""
         cached = self._order_cache.get(backend)
         if cached and cached[0] == self._version:
             return cached[1]
         running = dict(self._running_per_user)
+        now = time.monotonic()
         heads = [
-            (running.get(user, 0), q[0].order, user, 0)
+            (running.get(user, 0), self._recent_usage(user, now), q[0].order, user, 0)
             for user, q in self._queues.get(backend, {}).items()
             if q
         ]
         heapq.heapify(heads)
         positions: dict[str, int] = {}
         while heads:
-            n_running, _, user, index = heapq.heappop(heads)
+            n_running, usage, _, user, index = heapq.heappop(heads)
             queue = self._queues[backend][user]
             positions[queue[index].job_id] = len(positions) + 1
             if index + 1 < len(queue):
-                heapq.heappush(heads, (n_running + 1, queue[index + 1].order, user, index + 1))
+                nxt = (n_running + 1, usage, queue[index + 1].order, user, index + 1)
+                heapq.heappush(heads, nxt)
         self._order_cache[backend] = (self._version, positions)
         return positions
 
     def _next(self) -> _Queued | None:
         best: _Queued | None = None
-        best_key: tuple[int, int] | None = None
+        best_key: tuple[int, float, int] | None = None
+        now = time.monotonic()
         for users in self._queues.values():
             for user, queue in users.items():
                 if not queue:
                     continue
-                key = (self._running_per_user.get(user, 0), queue[0].order)
+                key = (
+                    self._running_per_user.get(user, 0),
+                    self._recent_usage(user, now),
+                    queue[0].order,
+                )
                 # Fair share within a backend; across backends, the oldest head.
                 if best_key is None or key < best_key:
                     best, best_key = queue[0], key
@@ -200,6 +218,7 @@ class Scheduler:
         finally:
             self._running.pop(task.job_id, None)
             self._running_per_user[running.owner] -= 1
+            self._charge(running.owner, time.monotonic() - running.started)
             self._changed()
         if running.cancelled:
             return  # already CANCELLED when cancel() was called

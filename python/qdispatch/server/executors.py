@@ -1,7 +1,8 @@
 """Where jobs run: a pool of local worker processes, or a dask.distributed cluster.
 
 Both present the same small interface to the scheduler: ``capacity`` jobs at once,
-``await execute(task)`` → :class:`Outcome`, and ``cancel(job_id)`` for a running job.
+``await execute(task, started)`` → :class:`Outcome` (``started()`` is called when a worker
+has actually taken the task), and ``cancel(job_id)`` for a running job.
 
 Local workers are started with *spawn*, not fork: the service holds SQLite connections,
 an event loop and threads that must not be duplicated into a child. A worker that dies
@@ -18,6 +19,7 @@ import multiprocessing
 import os
 import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -55,7 +57,7 @@ class Executor(Protocol):
 
     async def start(self) -> None: ...
 
-    async def execute(self, task: Task) -> Outcome: ...
+    async def execute(self, task: Task, started: Callable[[], None]) -> Outcome: ...
 
     def cancel(self, job_id: str) -> bool: ...
 
@@ -155,7 +157,7 @@ class LocalExecutor:
         """Process ids of the live workers."""
         return [w.process.pid for w in self._all if w.process.pid is not None]
 
-    async def execute(self, task: Task) -> Outcome:
+    async def execute(self, task: Task, started: Callable[[], None]) -> Outcome:
         """Run ``task`` on the next idle worker."""
         worker = await self._idle.get()
         worker.job_id = task.job_id
@@ -165,6 +167,7 @@ class LocalExecutor:
         start = time.perf_counter()
         try:
             worker.conn.send(task)
+            started()
             reply = await loop.run_in_executor(self._waiters, worker.conn.recv)
         except (EOFError, OSError, BrokenPipeError):
             reply = None
@@ -253,21 +256,19 @@ class DaskExecutor:
             ) from exc
         self._client = await Client(self.scheduler, asynchronous=True, timeout="30s")
         if not self.capacity:
-            info = self._client.scheduler_info()
-            threads = sum(w.get("nthreads", 1) for w in info.get("workers", {}).values())
-            self.capacity = max(1, threads)
+            # A cluster whose workers are still starting (dask-jobqueue) has none yet.
+            await self._client.wait_for_workers(1, timeout=120)
+            identity = await self._client.scheduler.identity()
+            workers = identity.get("workers", {}).values()
+            self.capacity = max(1, sum(int(w.get("nthreads", 1)) for w in workers))
 
-    async def execute(self, task: Task) -> Outcome:
+    async def execute(self, task: Task, started: Callable[[], None]) -> Outcome:
         """Submit ``task`` to the cluster and wait for its result."""
         start = time.perf_counter()
-        future = self._client.submit(
-            _dask_run,
-            task,
-            self._threads,
-            pure=False,
-            key=f"qdispatch-{task.job_id}-{time.time_ns()}",
-        )
+        key = f"qdispatch-{task.job_id}-{time.time_ns()}"
+        future = self._client.submit(_dask_run, task, self._threads, pure=False, key=key)
         self._futures[task.job_id] = future
+        started()  # the cluster's own scheduler decides when it runs; to us it is running
         try:
             result = await future
             return Outcome("done", result=result, seconds=time.perf_counter() - start)

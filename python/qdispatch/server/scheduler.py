@@ -55,6 +55,7 @@ class _Running:
     started: float
     task: asyncio.Task[None] | None = None
     cancelled: bool = False
+    on_worker: bool = False
 
 
 class Scheduler:
@@ -203,13 +204,19 @@ class Scheduler:
         running = _Running(entry.owner, entry.backend, entry.n_experiments, time.monotonic())
         self._running[job.id] = running
         self._running_per_user[job.owner] += 1
-        self._publish(job.id, self.store.set_status(job.id, RUNNING, count_attempt=True))
         task = Task(job.id, job.backend, job.kind, self.store.inputs(job.id))
         running.task = asyncio.get_running_loop().create_task(self._run(task, running))
 
+    def _started(self, job_id: str, running: _Running) -> None:
+        """A worker has taken the job: only now is it RUNNING (and an attempt counted)."""
+        running.started = time.monotonic()
+        running.on_worker = True
+        if not running.cancelled:
+            self._publish(job_id, self.store.set_status(job_id, RUNNING, count_attempt=True))
+
     async def _run(self, task: Task, running: _Running) -> None:
         try:
-            outcome = await self.executor.execute(task)
+            outcome = await self.executor.execute(task, lambda: self._started(task.job_id, running))
         except asyncio.CancelledError:
             raise  # the service is stopping: the job stays RUNNING and is requeued on start
         except Exception as exc:  # an executor bug must not kill the dispatcher
@@ -277,7 +284,10 @@ class Scheduler:
         running = self._running.get(job.id)
         if running is not None:
             running.cancelled = True
-            self.executor.cancel(job.id)
+            if running.on_worker:
+                self.executor.cancel(job.id)
+            elif running.task is not None:
+                running.task.cancel()  # still waiting for a free worker: just stop waiting
         events = self.store.set_status(job.id, CANCELLED)
         self._publish(job.id, events)
         return events

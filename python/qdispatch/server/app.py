@@ -211,8 +211,9 @@ class Service:
             raise ServiceError(403, E.READ_ONLY, f"job '{job_id}' is shared with you read-only")
         return job
 
-    def view(self, job: Job) -> dict[str, Any]:
-        """The JSON form of a job."""
+    def view(self, job: Job, queue_info: bool = True) -> dict[str, Any]:
+        """The JSON form of a job (``queue_info`` only when asked: it costs a pass over
+        the backend's queue the first time after each change)."""
         return {
             "id": job.id,
             "backend": job.backend,
@@ -232,7 +233,7 @@ class Service:
             "shots": job.shots,
             "error": job.error,
             "run_mode": "fairshare",
-            "queue_info": self.scheduler.queue_info(job),
+            "queue_info": self.scheduler.queue_info(job) if queue_info else None,
             "last_seq": job.last_seq,
             "run_seconds": job.run_seconds,
         }
@@ -478,7 +479,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         if key:
             earlier = svc.store.job_by_idempotency_key(who.user, key)
             if earlier is not None:
-                return json_response(svc.view(earlier), 200)
+                return json_response(svc.view(earlier, queue_info=False), 200)
         body = await read_body(request, config.max_request_bytes)
         try:
             envelope_raw, qobj = _native.split_submission(body)
@@ -542,7 +543,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         )
         svc.scheduler.submit(job)
         svc.hub.publish(job, [event])
-        return json_response(svc.view(job), 201)
+        return json_response(svc.view(job, queue_info=False), 201)
 
     @app.get("/jobs", tags=["jobs"])
     async def list_jobs(

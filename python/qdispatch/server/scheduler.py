@@ -75,7 +75,7 @@ class Scheduler:
         self._rates: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
-        self._order_cache: dict[str, tuple[int, dict[str, int]]] = {}
+        self._order_cache: dict[str, tuple[int, dict[str, tuple[int, int]]]] = {}
         self._version = 0
 
     # -- life cycle ---------------------------------------------------------------------
@@ -134,8 +134,9 @@ class Scheduler:
         now = time.monotonic()
         self._usage[user] = (self._recent_usage(user, now) + seconds, now)
 
-    def _fair_order(self, backend: str) -> dict[str, int]:
-        """Every queued job of ``backend`` → its 1-based position in dispatch order."""
+    def _fair_order(self, backend: str) -> dict[str, tuple[int, int]]:
+        """Every queued job of ``backend`` → (1-based position in dispatch order, number of
+        experiments queued ahead of it). Cached until the queues next change."""
         cached = self._order_cache.get(backend)
         if cached and cached[0] == self._version:
             return cached[1]
@@ -147,16 +148,18 @@ class Scheduler:
             if q
         ]
         heapq.heapify(heads)
-        positions: dict[str, int] = {}
+        order: dict[str, tuple[int, int]] = {}
+        ahead = 0
         while heads:
             n_running, usage, _, user, index = heapq.heappop(heads)
             queue = self._queues[backend][user]
-            positions[queue[index].job_id] = len(positions) + 1
+            order[queue[index].job_id] = (len(order) + 1, ahead)
+            ahead += queue[index].n_experiments
             if index + 1 < len(queue):
                 nxt = (n_running + 1, usage, queue[index + 1].order, user, index + 1)
                 heapq.heappush(heads, nxt)
-        self._order_cache[backend] = (self._version, positions)
-        return positions
+        self._order_cache[backend] = (self._version, order)
+        return order
 
     def _next(self) -> _Queued | None:
         best: _Queued | None = None
@@ -296,15 +299,13 @@ class Scheduler:
         """Position and estimated start/completion of a queued job; ``None`` otherwise."""
         if job.status != QUEUED or job.id not in self._queued:
             return None
-        positions = self._fair_order(job.backend)
-        position = positions[job.id]
+        position, ahead = self._fair_order(job.backend)[job.id]
         rate = self._rate(job.backend)
         now = time.monotonic()
         busy = sum(
             max(0.0, self._rate(r.backend) * r.n_experiments - (now - r.started))
             for r in self._running.values()
         )
-        ahead = sum(self._queued[j].n_experiments for j, p in positions.items() if p < position)
         capacity = max(1, self.executor.capacity)
         start_in = (busy + rate * ahead) / capacity
         utc = datetime.now(timezone.utc)

@@ -34,11 +34,18 @@ mod tests {
 
     #[test]
     fn splits_qobj_from_envelope() {
-        let body = br#"{"backend": "aer_simulator", "qobj": {"experiments": [1, 2]}, "tags": ["a"]}"#;
+        let body =
+            br#"{"backend": "aer_simulator", "qobj": {"experiments": [1, 2]}, "tags": ["a"]}"#;
         let split = split_submission(body).expect("valid body");
-        assert_eq!(split.qobj.as_deref(), Some(&br#"{"experiments": [1, 2]}"#[..]));
+        assert_eq!(
+            split.qobj.as_deref(),
+            Some(&br#"{"experiments": [1, 2]}"#[..])
+        );
         let env: serde_json::Value = serde_json::from_slice(&split.envelope).expect("json");
-        assert_eq!(env, serde_json::json!({"backend": "aer_simulator", "tags": ["a"]}));
+        assert_eq!(
+            env,
+            serde_json::json!({"backend": "aer_simulator", "tags": ["a"]})
+        );
     }
 
     #[test]

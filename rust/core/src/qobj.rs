@@ -384,7 +384,10 @@ mod tests {
     #[test]
     fn names_qubit_out_of_range() {
         let msg = error(&bell(r#", {"name": "h", "qubits": [5]}"#));
-        assert!(msg.contains("uses qubit 5, but backend 'fake' has 3 qubits"), "{msg}");
+        assert!(
+            msg.contains("uses qubit 5, but backend 'fake' has 3 qubits"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -399,8 +402,13 @@ mod tests {
 
     #[test]
     fn checks_memory_and_conditionals() {
-        let msg = error(&bell(r#", {"name": "measure", "qubits": [0], "memory": [4]}"#));
-        assert!(msg.contains("memory slot 4 is outside the 2 memory slots"), "{msg}");
+        let msg = error(&bell(
+            r#", {"name": "measure", "qubits": [0], "memory": [4]}"#,
+        ));
+        assert!(
+            msg.contains("memory slot 4 is outside the 2 memory slots"),
+            "{msg}"
+        );
         let msg = error(&bell(r#", {"name": "h", "qubits": [0], "conditional": 3}"#));
         assert!(msg.contains("no earlier bfunc sets"), "{msg}");
         let ok = bell(
@@ -416,9 +424,15 @@ mod tests {
     #[test]
     fn checks_shots_and_experiment_count() {
         let msg = error(&bell("").replace("\"shots\": 100", "\"shots\": 5000"));
-        assert!(msg.contains("shots=5000 is more than backend 'fake' allows"), "{msg}");
+        assert!(
+            msg.contains("shots=5000 is more than backend 'fake' allows"),
+            "{msg}"
+        );
         let msg = error(&bell("").replace("\"shots\": 100", "\"shots\": -1"));
-        assert!(msg.contains("shots must be a positive integer, got -1"), "{msg}");
+        assert!(
+            msg.contains("shots must be a positive integer, got -1"),
+            "{msg}"
+        );
         let three = r#"{"experiments": [{"instructions": []}, {"instructions": []},
                        {"instructions": []}]}"#;
         assert!(error(three).contains("3 experiments; backend 'fake' accepts at most 2"));
@@ -429,6 +443,9 @@ mod tests {
     fn rejects_pulse_and_malformed() {
         assert!(error(r#"{"type": "PULSE", "experiments": []}"#).contains("Pulse"));
         let msg = error(r#"{"experiments": [{"instructions": [{"qubits": [0]}]}]}"#);
-        assert!(msg.starts_with("malformed JSON: Qobj: missing field `name`"), "{msg}");
+        assert!(
+            msg.starts_with("malformed JSON: Qobj: missing field `name`"),
+            "{msg}"
+        );
     }
 }

@@ -4,10 +4,13 @@
 
 use std::collections::{HashMap, HashSet};
 
+mod capi;
+
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyDict, PyString};
+use qdispatch_core::assemble::QobjWriter;
 use qdispatch_core::{envelope, qobj, CoreError};
 
 create_exception!(
@@ -129,11 +132,46 @@ fn split_submission<'py>(
     Ok((PyBytes::new(py, &split.envelope), qobj))
 }
 
+/// Whether circuits are read through Qiskit's C API: the installed qiskit exports it, at
+/// a version whose function table this module knows. Otherwise every circuit goes through
+/// the Python path of `qdispatch.assembler`.
+#[pyfunction]
+fn capi_available(py: Python<'_>) -> bool {
+    capi::api(py).is_some()
+}
+
+/// The QasmQobj JSON bytes of `circuits` (a list of `QuantumCircuit`).
+///
+/// `config` holds the run options (shots, memory, ...); `memory_slots` and `n_qubits` are
+/// computed and appended. `header` is the Qobj header. Circuits are read through the C API
+/// where it can represent them, else through `qdispatch.assembler` (per circuit); the bytes
+/// are written with the GIL released.
+#[pyfunction]
+fn circuits_to_qobj_json<'py>(
+    py: Python<'py>,
+    circuits: Vec<Bound<'py, PyAny>>,
+    config: &Bound<'py, PyDict>,
+    qobj_id: &Bound<'py, PyString>,
+    header: &Bound<'py, PyDict>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let api = capi::api(py);
+    let experiments = circuits
+        .iter()
+        .map(|circuit| capi::read_circuit(py, api, circuit))
+        .collect::<PyResult<Vec<_>>>()?;
+    let config_json = capi::dumps(py, config.as_any())?;
+    let header_json = capi::dumps(py, header.as_any())?;
+    let qobj_id = qobj_id.to_str()?.to_owned();
+    let out =
+        py.detach(|| QobjWriter::new().write(&qobj_id, &header_json, &config_json, &experiments));
+    Ok(PyBytes::new(py, &out))
+}
+
 #[pymodule]
 mod _native {
     #[pymodule_export]
     use super::{
-        split_submission, validate_qobj, BackendSpec, InvalidQobjError, MalformedPayloadError,
-        QobjSummary,
+        capi_available, circuits_to_qobj_json, split_submission, validate_qobj, BackendSpec,
+        InvalidQobjError, MalformedPayloadError, QobjSummary,
     };
 }

@@ -1,0 +1,514 @@
+"""The Qobj data model: ``QasmQobj`` (the wire format jobs are submitted in) and ``PulseQobj``.
+
+qiskit >= 2 removed ``qiskit.qobj``; these classes keep the shapes qiskit 0.x users know:
+keyword constructors, ``to_dict()`` / ``from_dict()`` round trips, equality by content, and
+extra fields kept as attributes (as qiskit's did). ``QasmQobj.to_json()`` gives the wire
+bytes. Pulse schedules cannot be built or run with qiskit >= 2; ``PulseQobj`` is a data
+model only, for reading and writing existing payloads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar, TypeVar
+
+import orjson
+
+__all__ = [
+    "PulseLibraryItem",
+    "PulseQobj",
+    "PulseQobjConfig",
+    "PulseQobjExperiment",
+    "PulseQobjExperimentConfig",
+    "PulseQobjInstruction",
+    "QasmQobj",
+    "QasmQobjConfig",
+    "QasmQobjExperiment",
+    "QasmQobjExperimentConfig",
+    "QasmQobjExperimentHeader",
+    "QasmQobjInstruction",
+    "QobjExperimentHeader",
+    "QobjHeader",
+]
+
+_T = TypeVar("_T", bound="_Fields")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, complex):
+        return [value.real, value.imag]
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+class _Fields:
+    """A bag of fields: set as keyword arguments, kept in order, compared by content."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.__dict__.update(kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict (a shallow copy)."""
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls: type[_T], data: dict[str, Any]) -> _T:
+        """Builds the object from a dict as :meth:`to_dict` returns it."""
+        obj = cls.__new__(cls)
+        obj.__dict__.update(data)
+        return obj
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items())
+        return f"{type(self).__name__}({fields})"
+
+
+def _set(obj: Any, **fields: Any) -> None:
+    # qiskit's Qobj classes omitted optional fields that were not given.
+    for key, value in fields.items():
+        if value is not None:
+            setattr(obj, key, value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared
+# ---------------------------------------------------------------------------------------------
+
+
+class QobjHeader(_Fields):
+    """The Qobj header: free-form fields returned in the result header (``backend_name``…)."""
+
+
+class QobjExperimentHeader(_Fields):
+    """An experiment header: free-form fields returned with that experiment's result."""
+
+
+# ---------------------------------------------------------------------------------------------
+# QASM
+# ---------------------------------------------------------------------------------------------
+
+
+class QasmQobjExperimentHeader(QobjExperimentHeader):
+    """A QASM experiment header: ``name``, ``n_qubits``, ``memory_slots``, ``qreg_sizes``,
+    ``creg_sizes``, ``qubit_labels``, ``clbit_labels``, ``global_phase``, ``metadata``."""
+
+
+class QasmQobjExperimentConfig(_Fields):
+    """Per-experiment configuration (``n_qubits``, ``memory_slots``, any run option)."""
+
+
+class QasmQobjConfig(_Fields):
+    """The Qobj configuration: ``shots``, ``memory``, ``memory_slots``, ``n_qubits``,
+    ``seed_simulator`` and any other run option."""
+
+    def __init__(
+        self,
+        shots: int | None = None,
+        seed_simulator: int | None = None,
+        memory: bool | None = None,
+        memory_slots: int | None = None,
+        n_qubits: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        _set(
+            self,
+            shots=shots,
+            seed_simulator=seed_simulator,
+            memory=memory,
+            memory_slots=memory_slots,
+            n_qubits=n_qubits,
+        )
+        self.__dict__.update(kwargs)
+
+
+class QasmQobjInstruction(_Fields):
+    """One QASM instruction: ``name``, ``qubits``, ``params``, ``memory``; ``bfunc``s carry
+    ``register``, ``mask``, ``relation`` and ``val``, and the instructions they gate carry
+    ``conditional``."""
+
+    def __init__(
+        self,
+        name: str,
+        params: list[Any] | None = None,
+        qubits: list[int] | None = None,
+        register: int | list[int] | None = None,
+        memory: list[int] | None = None,
+        condition: Any = None,
+        conditional: int | None = None,
+        label: str | None = None,
+        mask: str | None = None,
+        relation: str | None = None,
+        val: str | None = None,
+        snapshot_type: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.name = name
+        _set(
+            self,
+            qubits=qubits,
+            params=params,
+            memory=memory,
+            register=register,
+            condition=condition,
+            conditional=conditional,
+            label=label,
+            mask=mask,
+            relation=relation,
+            val=val,
+            snapshot_type=snapshot_type,
+        )
+        self.__dict__.update(kwargs)
+
+
+class QasmQobjExperiment:
+    """One experiment (one circuit): header, config and instructions."""
+
+    def __init__(
+        self,
+        config: QasmQobjExperimentConfig | None = None,
+        header: QasmQobjExperimentHeader | None = None,
+        instructions: Sequence[QasmQobjInstruction] | None = None,
+    ) -> None:
+        self.config = config or QasmQobjExperimentConfig()
+        self.header = header or QasmQobjExperimentHeader()
+        self.instructions = list(instructions or [])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The experiment as a dict, in the wire layout."""
+        return {
+            "header": self.header.to_dict(),
+            "config": self.config.to_dict(),
+            "instructions": [inst.to_dict() for inst in self.instructions],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QasmQobjExperiment:
+        """Builds an experiment from a dict as :meth:`to_dict` returns it."""
+        return cls(
+            config=QasmQobjExperimentConfig.from_dict(data.get("config") or {}),
+            header=QasmQobjExperimentHeader.from_dict(data.get("header") or {}),
+            instructions=[QasmQobjInstruction.from_dict(i) for i in data.get("instructions", [])],
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, QasmQobjExperiment):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        name = getattr(self.header, "name", None)
+        return f"QasmQobjExperiment(name={name!r}, instructions={len(self.instructions)})"
+
+
+class QasmQobj:
+    """A QASM Qobj: the circuits of one job and how to run them (``type == "QASM"``)."""
+
+    type: ClassVar[str] = "QASM"
+
+    def __init__(
+        self,
+        qobj_id: str | None = None,
+        config: QasmQobjConfig | None = None,
+        experiments: Sequence[QasmQobjExperiment] | None = None,
+        header: QobjHeader | None = None,
+    ) -> None:
+        self.qobj_id = qobj_id
+        self.config = config or QasmQobjConfig()
+        self.experiments = list(experiments or [])
+        self.header = header or QobjHeader()
+        self.schema_version = "1.3.0"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The Qobj as a dict, in the wire layout."""
+        return {
+            "qobj_id": self.qobj_id,
+            "type": self.type,
+            "schema_version": self.schema_version,
+            "header": self.header.to_dict(),
+            "config": self.config.to_dict(),
+            "experiments": [exp.to_dict() for exp in self.experiments],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QasmQobj:
+        """Builds a Qobj from a dict as :meth:`to_dict` returns it."""
+        kind = data.get("type", "QASM")
+        if kind != "QASM":
+            raise ValueError(f"not a QASM Qobj: type is {kind!r}")
+        qobj = cls(
+            qobj_id=data.get("qobj_id"),
+            config=QasmQobjConfig.from_dict(data.get("config") or {}),
+            experiments=[QasmQobjExperiment.from_dict(e) for e in data.get("experiments", [])],
+            header=QobjHeader.from_dict(data.get("header") or {}),
+        )
+        qobj.schema_version = str(data.get("schema_version", qobj.schema_version))
+        return qobj
+
+    def to_json(self) -> bytes:
+        """The wire bytes: compact JSON, complex numbers as ``[re, im]`` pairs."""
+        return orjson.dumps(
+            self.to_dict(), default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, QasmQobj):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"QasmQobj(qobj_id={self.qobj_id!r}, experiments={len(self.experiments)})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Pulse (data model only)
+# ---------------------------------------------------------------------------------------------
+
+
+def _complex(sample: Any) -> complex:
+    if isinstance(sample, (list, tuple)):
+        return complex(sample[0], sample[1])
+    return complex(sample)
+
+
+class PulseLibraryItem:
+    """A named sampled pulse (``samples`` are complex amplitudes)."""
+
+    def __init__(self, name: str, samples: Sequence[Any]) -> None:
+        self.name = name
+        self.samples = [_complex(s) for s in samples]
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"name", "samples"}``; samples stay complex (``to_json`` writes ``[re, im]``)."""
+        return {"name": self.name, "samples": list(self.samples)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PulseLibraryItem:
+        """Builds an item from a dict; samples may be complex or ``[re, im]`` pairs."""
+        return cls(data["name"], data["samples"])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PulseLibraryItem):
+            return NotImplemented
+        return self.name == other.name and self.samples == other.samples
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"PulseLibraryItem(name={self.name!r}, samples=<{len(self.samples)}>)"
+
+
+class PulseQobjInstruction(_Fields):
+    """One pulse instruction: ``name`` and start time ``t0``, plus the fields of its kind
+    (``ch``, ``phase``, ``frequency``, ``duration``, ``qubits``, ``memory_slot``, ``kernels``,
+    ``discriminators``, ``pulse_shape``, ``parameters``…)."""
+
+    def __init__(
+        self,
+        name: str,
+        t0: int,
+        ch: str | None = None,
+        conditional: int | None = None,
+        val: Any = None,
+        phase: float | None = None,
+        duration: int | None = None,
+        qubits: list[int] | None = None,
+        memory_slot: list[int] | None = None,
+        register_slot: list[int] | None = None,
+        kernels: list[Any] | None = None,
+        discriminators: list[Any] | None = None,
+        label: str | None = None,
+        type: str | None = None,
+        pulse_shape: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        frequency: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.name = name
+        self.t0 = t0
+        _set(
+            self,
+            ch=ch,
+            conditional=conditional,
+            val=val,
+            phase=phase,
+            frequency=frequency,
+            duration=duration,
+            qubits=qubits,
+            memory_slot=memory_slot,
+            register_slot=register_slot,
+            kernels=kernels,
+            discriminators=discriminators,
+            label=label,
+            type=type,
+            pulse_shape=pulse_shape,
+            parameters=parameters,
+        )
+        self.__dict__.update(kwargs)
+
+
+class PulseQobjExperimentConfig(_Fields):
+    """Per-experiment pulse configuration (``qubit_lo_freq``, ``meas_lo_freq``…)."""
+
+
+class PulseQobjConfig(_Fields):
+    """The pulse Qobj configuration: ``meas_level``, ``meas_return``, ``pulse_library``,
+    ``qubit_lo_freq``, ``meas_lo_freq`` and optional run settings."""
+
+    def __init__(
+        self,
+        meas_level: int,
+        meas_return: str,
+        pulse_library: Sequence[PulseLibraryItem],
+        qubit_lo_freq: list[float],
+        meas_lo_freq: list[float],
+        memory_slot_size: int | None = None,
+        rep_time: int | None = None,
+        rep_delay: float | None = None,
+        shots: int | None = None,
+        max_credits: int | None = None,
+        seed_simulator: int | None = None,
+        memory_slots: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.meas_level = meas_level
+        self.meas_return = meas_return
+        self.pulse_library = list(pulse_library)
+        self.qubit_lo_freq = qubit_lo_freq
+        self.meas_lo_freq = meas_lo_freq
+        _set(
+            self,
+            memory_slot_size=memory_slot_size,
+            rep_time=rep_time,
+            rep_delay=rep_delay,
+            shots=shots,
+            max_credits=max_credits,
+            seed_simulator=seed_simulator,
+            memory_slots=memory_slots,
+        )
+        self.__dict__.update(kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a dict; the pulse library as a list of dicts."""
+        out = dict(self.__dict__)
+        out["pulse_library"] = [item.to_dict() for item in self.pulse_library]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PulseQobjConfig:
+        """Builds a config from a dict as :meth:`to_dict` returns it."""
+        obj = cls.__new__(cls)
+        obj.__dict__.update(data)
+        obj.pulse_library = [
+            item if isinstance(item, PulseLibraryItem) else PulseLibraryItem.from_dict(item)
+            for item in data.get("pulse_library", [])
+        ]
+        return obj
+
+
+class PulseQobjExperiment:
+    """One pulse experiment (one schedule): instructions, optional config and header."""
+
+    def __init__(
+        self,
+        instructions: Sequence[PulseQobjInstruction],
+        config: PulseQobjExperimentConfig | None = None,
+        header: QobjExperimentHeader | None = None,
+    ) -> None:
+        self.instructions = list(instructions)
+        self.config = config
+        self.header = header
+
+    def to_dict(self) -> dict[str, Any]:
+        """The experiment as a dict (``config``/``header`` only when set)."""
+        out: dict[str, Any] = {"instructions": [i.to_dict() for i in self.instructions]}
+        if self.config is not None:
+            out["config"] = self.config.to_dict()
+        if self.header is not None:
+            out["header"] = self.header.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PulseQobjExperiment:
+        """Builds an experiment from a dict as :meth:`to_dict` returns it."""
+        config = data.get("config")
+        header = data.get("header")
+        return cls(
+            instructions=[PulseQobjInstruction.from_dict(i) for i in data["instructions"]],
+            config=PulseQobjExperimentConfig.from_dict(config) if config is not None else None,
+            header=QobjExperimentHeader.from_dict(header) if header is not None else None,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PulseQobjExperiment):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class PulseQobj:
+    """A Pulse Qobj (``type == "PULSE"``): a data model only; the service runs QASM Qobjs."""
+
+    type: ClassVar[str] = "PULSE"
+
+    def __init__(
+        self,
+        qobj_id: str,
+        config: PulseQobjConfig,
+        experiments: Sequence[PulseQobjExperiment],
+        header: QobjHeader | None = None,
+    ) -> None:
+        self.qobj_id = qobj_id
+        self.config = config
+        self.experiments = list(experiments)
+        self.header = header or QobjHeader()
+        self.schema_version = "1.2.0"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The Qobj as a dict."""
+        return {
+            "qobj_id": self.qobj_id,
+            "type": self.type,
+            "schema_version": self.schema_version,
+            "header": self.header.to_dict(),
+            "config": self.config.to_dict(),
+            "experiments": [exp.to_dict() for exp in self.experiments],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PulseQobj:
+        """Builds a Qobj from a dict as :meth:`to_dict` returns it."""
+        kind = data.get("type", "PULSE")
+        if kind != "PULSE":
+            raise ValueError(f"not a Pulse Qobj: type is {kind!r}")
+        qobj = cls(
+            qobj_id=data["qobj_id"],
+            config=PulseQobjConfig.from_dict(data["config"]),
+            experiments=[PulseQobjExperiment.from_dict(e) for e in data["experiments"]],
+            header=QobjHeader.from_dict(data.get("header") or {}),
+        )
+        qobj.schema_version = str(data.get("schema_version", qobj.schema_version))
+        return qobj
+
+    def to_json(self) -> bytes:
+        """Compact JSON; complex samples as ``[re, im]`` pairs."""
+        return orjson.dumps(
+            self.to_dict(), default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PulseQobj):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]

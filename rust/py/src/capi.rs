@@ -1,0 +1,419 @@
+//! Reading circuits through Qiskit's C API, exported to other extensions as the capsules
+//! `qiskit._accelerate.capi.QK_FFI_CIRCUIT` and `QK_FFI_QI` (tables of function pointers).
+//!
+//! Only the handful of functions the Qobj writer needs are bound, by hand, from the slot
+//! layout in `qiskit/capi/include/qiskit/funcs_py_generated.h` of qiskit 2.6. The table is
+//! append-only within a major version, so any qiskit 2.x with x >= 6 is accepted; any other
+//! version (or a qiskit without the capsule) makes [`api`] return `None`, and every circuit
+//! then goes through the Python path.
+//!
+//! Everything here runs attached to the interpreter: the `QkCircuit` pointers are borrowed
+//! from Python objects, which the GIL keeps alive and unmutated while we read them.
+
+use std::ffi::{c_char, c_void, CStr};
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyString};
+use pyo3::{ffi, intern};
+use qdispatch_core::assemble::{Experiment, ExperimentHeader, InstructionList, Param, Register};
+
+/// Opaque `QkCircuit`.
+#[repr(C)]
+pub struct QkCircuit {
+    _private: [u8; 0],
+}
+/// Opaque `QkQuantumRegister` / `QkClassicalRegister`.
+#[repr(C)]
+pub struct QkRegister {
+    _private: [u8; 0],
+}
+/// Opaque `QkParam`; its size is only known at run time (`qk_param_stride`).
+#[repr(C)]
+pub struct QkParam {
+    _private: [u8; 0],
+}
+
+/// `QkCircuitInstructionView`: pointers borrowed from the circuit; `name` is not
+/// nul-terminated.
+#[repr(C)]
+struct InstructionView {
+    name: *const u8,
+    qubits: *const u32,
+    clbits: *const u32,
+    params: *const QkParam,
+    name_len: usize,
+    num_qubits: u32,
+    num_clbits: u32,
+    num_params: usize,
+}
+
+// `QkOperationKind`, `QkParamKind` and `QkDelayUnit` are `uint8_t` in the C ABI.
+const KIND_GATE: u8 = 0;
+const KIND_BARRIER: u8 = 1;
+const KIND_DELAY: u8 = 2;
+const KIND_MEASURE: u8 = 3;
+const KIND_RESET: u8 = 4;
+const PARAM_REAL: u8 = 1;
+const PARAM_INT: u8 = 3;
+const DELAY_UNITS: [&str; 6] = ["s", "ms", "us", "ns", "ps", "dt"];
+const DELAY_DT: u8 = 5;
+
+type VersionFn = unsafe extern "C" fn() -> u32;
+type CountFn = unsafe extern "C" fn(*const QkCircuit) -> u32;
+type SizeFn = unsafe extern "C" fn(*const QkCircuit) -> usize;
+type KindFn = unsafe extern "C" fn(*const QkCircuit, usize) -> u8;
+type ViewFn = unsafe extern "C" fn(*const QkCircuit, usize, *mut InstructionView);
+type BorrowFn = unsafe extern "C" fn(*mut ffi::PyObject) -> *mut QkCircuit;
+type GetRegisterFn = unsafe extern "C" fn(*const QkCircuit, usize) -> *const QkRegister;
+type RegisterNameFn = unsafe extern "C" fn(*const QkRegister) -> *mut c_char;
+type RegisterBitsFn = unsafe extern "C" fn(*const QkRegister) -> usize;
+type StrFreeFn = unsafe extern "C" fn(*mut c_char);
+type StrideFn = unsafe extern "C" fn() -> usize;
+type ParamKindFn = unsafe extern "C" fn(*const QkParam) -> u8;
+type ParamRealFn = unsafe extern "C" fn(*const QkParam) -> f64;
+type ParamIntFn = unsafe extern "C" fn(*const QkParam, *mut i64) -> bool;
+
+/// The C API functions we use, read once from the capsules.
+pub struct CApi {
+    num_qubits: CountFn,
+    num_clbits: CountFn,
+    instruction_kind: KindFn,
+    num_instructions: SizeFn,
+    borrow_from_python: BorrowFn,
+    num_quantum_registers: SizeFn,
+    get_quantum_register: GetRegisterFn,
+    quantum_register_name: RegisterNameFn,
+    quantum_register_num_bits: RegisterBitsFn,
+    num_classical_registers: SizeFn,
+    get_classical_register: GetRegisterFn,
+    classical_register_name: RegisterNameFn,
+    classical_register_num_bits: RegisterBitsFn,
+    view_instruction: ViewFn,
+    delay_unit: KindFn,
+    param_as_real: ParamRealFn,
+    param_stride: usize,
+    param_as_int: ParamIntFn,
+    param_kind: ParamKindFn,
+    str_free: StrFreeFn,
+}
+
+/// Lowest qiskit (major, minor) whose table has every slot used here at these positions.
+const MIN_VERSION: (u32, u32) = (2, 6);
+
+static API: PyOnceLock<Option<CApi>> = PyOnceLock::new();
+
+/// The C API, or `None` when qiskit does not export it or its version does not match.
+pub fn api(py: Python<'_>) -> Option<&'static CApi> {
+    API.get_or_init(py, || load(py)).as_ref()
+}
+
+fn import_table(py: Python<'_>, name: &CStr) -> Option<*const *const c_void> {
+    // SAFETY: attached to the interpreter (we hold `py`); `name` is nul-terminated.
+    let table = unsafe { ffi::PyCapsule_Import(name.as_ptr(), 0) };
+    if table.is_null() {
+        // No such capsule (an older qiskit): not an error, the Python path is used.
+        let _ = PyErr::take(py);
+        return None;
+    }
+    Some(table as *const *const c_void)
+}
+
+fn load(py: Python<'_>) -> Option<CApi> {
+    // The capsules are created when `qiskit._accelerate` is imported.
+    py.import("qiskit._accelerate").ok()?;
+    let circuit = import_table(py, c"qiskit._accelerate.capi.QK_FFI_CIRCUIT")?;
+    let qi = import_table(py, c"qiskit._accelerate.capi.QK_FFI_QI")?;
+    // SAFETY: slot 0 of the circuit table is `qk_api_version` in every qiskit that exports
+    // the capsule; the capsule lives as long as the (never unloaded) qiskit module.
+    let version = unsafe {
+        let slot = *circuit;
+        if slot.is_null() {
+            return None;
+        }
+        std::mem::transmute::<*const c_void, VersionFn>(slot)()
+    };
+    let (major, minor) = (version >> 24, (version >> 16) & 0xff);
+    if major != MIN_VERSION.0 || minor < MIN_VERSION.1 {
+        return None;
+    }
+    /// Reads slot `$index` of `$table` as a function pointer of type `$ty`.
+    macro_rules! slot {
+        ($table:expr, $index:expr, $ty:ty) => {{
+            // SAFETY: the version check above guarantees the table has this slot, holding
+            // a function with the signature of `funcs_py_generated.h` (qiskit 2.6), which
+            // `$ty` transcribes.
+            let ptr = unsafe { *$table.add($index) };
+            if ptr.is_null() {
+                return None;
+            }
+            unsafe { std::mem::transmute::<*const c_void, $ty>(ptr) }
+        }};
+    }
+    let param_stride = slot!(circuit, 231, StrideFn);
+    Some(CApi {
+        num_qubits: slot!(circuit, 13, CountFn),
+        num_clbits: slot!(circuit, 14, CountFn),
+        instruction_kind: slot!(circuit, 28, KindFn),
+        num_instructions: slot!(circuit, 30, SizeFn),
+        borrow_from_python: slot!(circuit, 41, BorrowFn),
+        quantum_register_name: slot!(circuit, 53, RegisterNameFn),
+        quantum_register_num_bits: slot!(circuit, 54, RegisterBitsFn),
+        classical_register_name: slot!(circuit, 56, RegisterNameFn),
+        classical_register_num_bits: slot!(circuit, 57, RegisterBitsFn),
+        num_quantum_registers: slot!(circuit, 59, SizeFn),
+        get_quantum_register: slot!(circuit, 60, GetRegisterFn),
+        num_classical_registers: slot!(circuit, 61, SizeFn),
+        get_classical_register: slot!(circuit, 62, GetRegisterFn),
+        view_instruction: slot!(circuit, 94, ViewFn),
+        delay_unit: slot!(circuit, 96, KindFn),
+        param_as_real: slot!(circuit, 230, ParamRealFn),
+        // SAFETY: `qk_param_stride` takes no argument and has no precondition.
+        param_stride: unsafe { param_stride() },
+        param_as_int: slot!(circuit, 232, ParamIntFn),
+        param_kind: slot!(circuit, 233, ParamKindFn),
+        str_free: slot!(qi, 26, StrFreeFn),
+    })
+}
+
+/// Python helpers of `qdispatch.assembler` that both paths share.
+struct Helpers {
+    dumps: Py<PyAny>,
+    experiment_json: Py<PyAny>,
+}
+
+static HELPERS: PyOnceLock<Helpers> = PyOnceLock::new();
+
+fn helpers(py: Python<'_>) -> PyResult<&'static Helpers> {
+    HELPERS.get_or_try_init(py, || {
+        let module = py.import("qdispatch.assembler")?;
+        Ok(Helpers {
+            dumps: module.getattr("_dumps")?.unbind(),
+            experiment_json: module.getattr("_experiment_json")?.unbind(),
+        })
+    })
+}
+
+/// `qdispatch.assembler._dumps(value)`: the JSON both paths write for config, header and
+/// metadata values.
+pub fn dumps(py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    let out = helpers(py)?.dumps.bind(py).call1((value,))?;
+    Ok(out.extract::<&[u8]>()?.to_vec())
+}
+
+/// One circuit as an [`Experiment`]: natively when the C API can represent all of it,
+/// otherwise through the Python path (which also raises the errors users see).
+pub fn read_circuit(
+    py: Python<'_>,
+    api: Option<&CApi>,
+    circuit: &Bound<'_, PyAny>,
+) -> PyResult<Experiment> {
+    if let Some(api) = api {
+        if let Some(experiment) = read_native(py, api, circuit)? {
+            return Ok(experiment);
+        }
+    }
+    let out = helpers(py)?.experiment_json.bind(py).call1((circuit,))?;
+    let (json, n_qubits, memory_slots): (Vec<u8>, u32, u32) = out.extract()?;
+    Ok(Experiment::Raw {
+        json,
+        n_qubits,
+        memory_slots,
+    })
+}
+
+/// Reads a circuit through the C API; `Ok(None)` when it holds something the C API path
+/// does not represent (control flow, unitary, custom or parameterized instructions).
+fn read_native(
+    py: Python<'_>,
+    api: &CApi,
+    circuit: &Bound<'_, PyAny>,
+) -> PyResult<Option<Experiment>> {
+    let Ok(global_phase) = circuit
+        .getattr(intern!(py, "global_phase"))?
+        .extract::<f64>()
+    else {
+        return Ok(None);
+    };
+    let data = circuit.getattr(intern!(py, "_data"))?;
+    // SAFETY: attached to the interpreter; `data` is a live object we hold a reference to.
+    let qc = unsafe { (api.borrow_from_python)(data.as_ptr()) } as *const QkCircuit;
+    if qc.is_null() {
+        // Not a `CircuitData` (a QuantumCircuit subclass doing odd things): Python path.
+        let _ = PyErr::take(py);
+        return Ok(None);
+    }
+    // From here on `qc` is borrowed from `data`, which lives (and, the GIL held and no
+    // Python code run on it, stays unmutated) until this function returns.
+    let Some(instructions) = read_instructions(api, qc) else {
+        return Ok(None);
+    };
+    let name = circuit.getattr(intern!(py, "name"))?;
+    let name = name
+        .cast::<PyString>()
+        .map_err(|_| PyTypeError::new_err("circuit name is not a string"))?
+        .to_str()?
+        .to_owned();
+    let metadata = circuit.getattr(intern!(py, "metadata"))?;
+    let metadata_json = match metadata.cast::<PyDict>() {
+        Ok(dict) if dict.is_empty() => None,
+        _ => Some(dumps(py, &metadata)?),
+    };
+    // SAFETY (the four calls): `qc` is a valid circuit pointer, see above; register
+    // indices are below the counts the C API returned.
+    let (n_qubits, memory_slots) = unsafe { ((api.num_qubits)(qc), (api.num_clbits)(qc)) };
+    let qregs = unsafe {
+        registers(
+            api,
+            (api.num_quantum_registers)(qc),
+            |i| (api.get_quantum_register)(qc, i),
+            api.quantum_register_name,
+            api.quantum_register_num_bits,
+        )
+    };
+    let cregs = unsafe {
+        registers(
+            api,
+            (api.num_classical_registers)(qc),
+            |i| (api.get_classical_register)(qc, i),
+            api.classical_register_name,
+            api.classical_register_num_bits,
+        )
+    };
+    Ok(Some(Experiment::Native {
+        header: ExperimentHeader {
+            name,
+            n_qubits,
+            memory_slots,
+            qregs,
+            cregs,
+            global_phase,
+            metadata_json,
+        },
+        instructions,
+    }))
+}
+
+/// # Safety
+/// `get(i)` must return a valid register pointer for every `i < count`, and `name_fn` /
+/// `bits_fn` must be the C API functions for that kind of register.
+unsafe fn registers(
+    api: &CApi,
+    count: usize,
+    get: impl Fn(usize) -> *const QkRegister,
+    name_fn: RegisterNameFn,
+    bits_fn: RegisterBitsFn,
+) -> Vec<Register> {
+    (0..count)
+        .map(|i| {
+            let reg = get(i);
+            // SAFETY: `reg` is valid (caller's contract). The name is a fresh nul-terminated
+            // C string we own and free with `qk_str_free`, as the C API documents.
+            unsafe {
+                let raw = name_fn(reg);
+                let name = CStr::from_ptr(raw).to_string_lossy().into_owned();
+                (api.str_free)(raw);
+                Register {
+                    name,
+                    size: bits_fn(reg) as u32,
+                }
+            }
+        })
+        .collect()
+}
+
+/// The circuit's instructions, or `None` at the first one the native path does not write.
+fn read_instructions(api: &CApi, qc: *const QkCircuit) -> Option<InstructionList> {
+    // SAFETY: `qc` is a valid circuit (caller's contract, see `read_native`).
+    let n = unsafe { (api.num_instructions)(qc) };
+    let mut list = InstructionList::with_capacity(n);
+    let mut params: Vec<Param> = Vec::with_capacity(4);
+    for index in 0..n {
+        // SAFETY: `index < n`, the circuit's instruction count.
+        let kind = unsafe { (api.instruction_kind)(qc, index) };
+        if !matches!(
+            kind,
+            KIND_GATE | KIND_BARRIER | KIND_DELAY | KIND_MEASURE | KIND_RESET
+        ) {
+            return None;
+        }
+        let mut view = InstructionView {
+            name: std::ptr::null(),
+            qubits: std::ptr::null(),
+            clbits: std::ptr::null(),
+            params: std::ptr::null(),
+            name_len: 0,
+            num_qubits: 0,
+            num_clbits: 0,
+            num_params: 0,
+        };
+        // SAFETY: `index < n`; `view` is a valid, aligned `QkCircuitInstructionView` to
+        // write. Its pointers borrow from the circuit, which outlives this loop iteration.
+        unsafe { (api.view_instruction)(qc, index, &mut view) };
+        // SAFETY: the view's arrays hold `name_len` / `num_*` elements (null when empty);
+        // the name is UTF-8 (it is a Rust `str` inside qiskit; the C API documents it as
+        // UTF-8), so it is not validated again, which cost ~3% of the whole call.
+        let (name, qubits, clbits) = unsafe {
+            (
+                std::str::from_utf8_unchecked(raw_slice(view.name, view.name_len)),
+                raw_slice(view.qubits, view.num_qubits as usize),
+                raw_slice(view.clbits, view.num_clbits as usize),
+            )
+        };
+        params.clear();
+        let mut unit = None;
+        for k in 0..view.num_params {
+            // SAFETY: `params` points at `num_params` QkParams laid out `param_stride`
+            // bytes apart, as `qk_param_stride` documents.
+            let param = unsafe {
+                view.params
+                    .cast::<u8>()
+                    .add(k * api.param_stride)
+                    .cast::<QkParam>()
+            };
+            // SAFETY: `param` is a valid QkParam (above).
+            let value = match unsafe { (api.param_kind)(param) } {
+                PARAM_REAL => Param::Float(unsafe { (api.param_as_real)(param) }),
+                PARAM_INT => {
+                    let mut value = 0i64;
+                    // SAFETY: `param` is valid; `value` is a valid i64 to write.
+                    if !unsafe { (api.param_as_int)(param, &mut value) } {
+                        return None;
+                    }
+                    if kind == KIND_DELAY {
+                        Param::Int(value)
+                    } else {
+                        // Gate parameters are written as floats, whatever Python held.
+                        Param::Float(value as f64)
+                    }
+                }
+                // Unbound parameters (and anything else): the Python path names the problem.
+                _ => return None,
+            };
+            params.push(value);
+        }
+        if kind == KIND_DELAY {
+            // SAFETY: instruction `index` is a delay (its kind says so).
+            let code = unsafe { (api.delay_unit)(qc, index) };
+            match DELAY_UNITS.get(code as usize) {
+                Some(_) if code == DELAY_DT => {}
+                Some(name) => unit = Some(*name),
+                None => return None,
+            }
+        }
+        list.push(name, qubits, clbits, params.iter().copied(), unit);
+    }
+    Some(list)
+}
+
+/// # Safety
+/// `ptr` must point at `len` initialized elements, or `len` must be 0.
+unsafe fn raw_slice<'a, T>(ptr: *const T, len: usize) -> &'a [T] {
+    if len == 0 || ptr.is_null() {
+        &[]
+    } else {
+        // SAFETY: caller's contract.
+        unsafe { std::slice::from_raw_parts(ptr, len) }
+    }
+}

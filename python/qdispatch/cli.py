@@ -1,4 +1,5 @@
-"""The ``qdispatch`` command: ``serve`` the job service, ``token create`` for a user."""
+"""The ``qdispatch`` command: ``serve`` the job service, ``token create`` for a user,
+``demo`` for a run of random circuits through the local service."""
 
 from __future__ import annotations
 
@@ -8,12 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
-import platformdirs
-
-
-def default_data_dir() -> Path:
-    """Where the embedded service keeps its store and state file."""
-    return Path(platformdirs.user_data_dir("qdispatch", appauthor=False))
+from .local import default_data_dir
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -81,6 +77,13 @@ def _token_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    summary = run_demo(args.circuits, args.backend, args.shots, args.workers)
+    return 1 if summary["failed_jobs"] else 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line of ``qdispatch``."""
     top = argparse.ArgumentParser(prog="qdispatch", description=__doc__)
@@ -113,6 +116,12 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--project", help="project the user belongs to (for share_level=project)")
     create.add_argument("--db", help="SQLite store (default: the user data directory)")
     create.set_defaults(func=_token_create)
+    demo = sub.add_parser("demo", help="run random circuits through the local service")
+    demo.add_argument("--circuits", type=int, default=3000)
+    demo.add_argument("--backend", default="aer_simulator")
+    demo.add_argument("--shots", type=int, default=1024)
+    demo.add_argument("--workers", type=int, default=None, help="if a service is started")
+    demo.set_defaults(func=_demo)
     return top
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -117,6 +118,35 @@ def test_compressed_request_bodies(service: ServiceProcess) -> None:
         response = client.post("/jobs", content=data, headers={"Content-Encoding": encoding})
         assert response.status_code == 201, response.text
         assert wait_final(client, response.json()["id"])["status"] == "DONE"
+
+
+def test_concurrent_retries_with_one_key_make_one_job(service: ServiceProcess) -> None:
+    client = service.client()
+    body = orjson.dumps({"backend": "aer_simulator", "qobj": qobj([ghz(5)] * 250)})
+    headers = {"Idempotency-Key": "racing-key"}
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(
+            pool.map(lambda _: client.post("/jobs", content=body, headers=headers), range(6))
+        )
+    assert sorted(a.status_code for a in answers) == [200, 200, 200, 200, 200, 201]
+    assert len({a.json()["id"] for a in answers}) == 1
+
+
+def test_every_error_has_the_error_shape(service: ServiceProcess) -> None:
+    client = service.client()
+    missing = client.get("/no/such/path")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
+    wrong = client.delete("/jobs")
+    assert wrong.status_code == 405
+    assert wrong.json()["error"]["code"] == "method_not_allowed"
+    gz = gzip.compress(orjson.dumps({"ids": ["x"]}))
+    headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    bulk = client.post("/jobs:status", content=gz, headers=headers)
+    assert bulk.status_code == 200  # every route takes compressed bodies
+    assert bulk.json()["missing"] == ["x"]
+    deflate_refused = client.get("/jobs/x/results", headers={"Accept-Encoding": "deflate;q=0"})
+    assert deflate_refused.status_code == 404
 
 
 def test_idempotency_key_returns_the_same_job(service: ServiceProcess) -> None:

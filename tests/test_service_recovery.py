@@ -63,6 +63,9 @@ def test_clean_stop_and_restart_keeps_everything(service_factory: Any) -> None:
     client = svc.client()
     assert wait_final(client, blocker["id"])["status"] == "DONE"
     assert wait_final(client, waiting["id"])["status"] == "DONE"
+    # A clean stop requeues without counting it against the job's attempts.
+    assert "REQUEUED" in client.get(f"/jobs/{blocker['id']}").json()["time_per_step"]
+    assert client.get(f"/jobs/{blocker['id']}/metrics").json()["attempts"] == 1
     assert client.get("/jobs", params={"tags": "kept"}).json()["count"] == 1
 
 

@@ -129,6 +129,14 @@ def test_heartbeats_and_control_errors(streaming: ServiceProcess) -> None:
         assert "unknown op 'dance'" in next_message(ws)["message"]
         reply = subscribe(ws, job_ids=["no-such-job"])
         assert reply["missing"] == ["no-such-job"]
+        ws.send(orjson.dumps({"op": "subscribe", "job_ids": 5}).decode())
+        error = next_message(ws)
+        assert error["code"] == "invalid_request"
+        assert "expected a list of strings, got 5" in error["message"]
+        ws.send(orjson.dumps({"op": "subscribe", "job_ids": [], "since": {"a": "x"}}).decode())
+        assert "integer sequence numbers" in next_message(ws)["message"]
+        ws.send(orjson.dumps({"op": "ping"}).decode())
+        assert next_message(ws)["type"] == "pong"  # still connected
 
 
 def test_other_users_jobs_and_bad_tokens(streaming: ServiceProcess) -> None:

@@ -38,6 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_active_jobs=args.max_active_jobs,
         max_request_bytes=args.max_request_mb * 1024 * 1024,
         heartbeat_seconds=args.heartbeat,
+        max_attempts=args.max_attempts,
     )
     if args.state_file:
         config.state_file = Path(args.state_file).expanduser()
@@ -99,6 +100,12 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads-per-worker", type=int, default=1, help="Aer threads per job")
     serve.add_argument("--max-active-jobs", type=int, default=None, help="per-user limit")
     serve.add_argument("--max-request-mb", type=int, default=64, help="request size limit")
+    serve.add_argument(
+        "--max-attempts",
+        type=int,
+        default=3,
+        help="times a job may be interrupted by a service crash before it is failed",
+    )
     serve.add_argument("--heartbeat", type=float, default=10.0, help="stream heartbeat seconds")
     serve.add_argument(
         "--state-file",

@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import os
 import re
+import sqlite3
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -25,10 +26,12 @@ from fastapi import Depends, FastAPI, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__, _native
 from . import backends as bk
 from . import errors as E
+from .bodies import RequestBodies
 from .errors import ServiceError, not_found
 from .executors import DaskExecutor, Executor, LocalExecutor
 from .scheduler import Scheduler
@@ -58,6 +61,12 @@ class ServiceConfig:
     state_file: Path | None = None
     local_user: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        """The service's base URL (IPv6 addresses in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     @property
     def loopback(self) -> bool:
@@ -153,7 +162,6 @@ class Service:
         self.hub = Hub(self.visible)
         self.scheduler = Scheduler(self.store, self.hub, self._executor(), config.max_attempts)
         self._properties_ids: dict[str, int] = {}
-        self._project_cache: dict[str, str | None] = {}
 
     def _executor(self) -> Executor:
         if self.config.executor == "local":
@@ -168,9 +176,9 @@ class Service:
         """Whether ``user`` (of ``project``) may see ``job``."""
         if job.owner == user or job.share_level == "global":
             return True
-        if job.owner not in self._project_cache:
-            self._project_cache[job.owner] = self.store.project_of(job.owner)
-        return visible(user, project, job, self._project_cache[job.owner])
+        if job.share_level != "project" or project is None:
+            return False
+        return visible(user, project, job, self.store.project_of(job.owner))
 
     def calibrate(self) -> None:
         """Snapshot each noisy device's properties, dated when this store first saw them."""
@@ -278,51 +286,6 @@ Svc = Annotated[Service, Depends(service_of)]
 Who = Annotated[Caller, Depends(caller_of)]
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, decompressed, refusing anything over ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit, int(declared))
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit, size)
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding in ("", "identity"):
-        return body
-    if encoding not in ("gzip", "deflate"):
-        raise ServiceError(
-            415,
-            E.UNSUPPORTED_ENCODING,
-            f"unsupported Content-Encoding '{encoding}' (gzip, deflate)",
-        )
-    # Bounded decompression: a small bomb must not become gigabytes in memory.
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise ServiceError(
-            400, E.MALFORMED_JSON, f"body is not valid {encoding} data: {exc}"
-        ) from exc
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise _too_large(limit, len(out))
-    return out
-
-
-def _too_large(limit: int, size: int) -> ServiceError:
-    return ServiceError(
-        413,
-        E.PAYLOAD_TOO_LARGE,
-        f"request body of {size} bytes is over the service's limit of {limit} bytes; "
-        "split the experiments over more jobs",
-        limit=limit,
-    )
-
-
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
         value = orjson.loads(raw)
@@ -384,9 +347,23 @@ def create_app(config: ServiceConfig) -> FastAPI:
         lifespan=lifespan,
     )
 
+    app.add_middleware(RequestBodies, limit=config.max_request_bytes)
+
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> Response:
         return json_response(exc.body(), exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        body = {"error": {"code": code, "message": str(exc.detail)}}
+        return json_response(body, exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> Response:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        return json_response({"error": {"code": "internal_error", "message": message}}, 500)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -480,7 +457,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
             earlier = svc.store.job_by_idempotency_key(who.user, key)
             if earlier is not None:
                 return json_response(svc.view(earlier, queue_info=False), 200)
-        body = await read_body(request, config.max_request_bytes)
+        body = await request.body()  # limited and decompressed by RequestBodies
         try:
             envelope_raw, qobj = _native.split_submission(body)
         except _native.MalformedPayloadError as exc:
@@ -520,27 +497,31 @@ def create_app(config: ServiceConfig) -> FastAPI:
                     limit=config.max_active_jobs,
                 )
         client_info = _field(envelope, "client_info", dict)
-        job, event = svc.store.create_job(
-            NewJob(
-                owner=who.user,
-                backend=backend_name,
-                kind="circuit",
-                inputs=qobj,
-                n_experiments=summary.n_experiments,
-                shots=summary.shots or DEFAULT_SHOTS,
-                n_instructions=summary.n_instructions,
-                name=_field(envelope, "name", str),
-                tags=_tags(envelope.get("tags")),
-                share_level=share_level,
-                session_id=_field(envelope, "session_id", str),
-                idempotency_key=key,
-                client_info={str(k): str(v) for k, v in client_info.items()}
-                if client_info
-                else None,
-                experiment_id=_field(envelope, "experiment_id", str),
-                properties_id=svc._properties_ids.get(backend_name),
-            )
+        new = NewJob(
+            owner=who.user,
+            backend=backend_name,
+            kind="circuit",
+            inputs=qobj,
+            n_experiments=summary.n_experiments,
+            shots=summary.shots or DEFAULT_SHOTS,
+            n_instructions=summary.n_instructions,
+            name=_field(envelope, "name", str),
+            tags=_tags(envelope.get("tags")),
+            share_level=share_level,
+            session_id=_field(envelope, "session_id", str),
+            idempotency_key=key,
+            client_info={str(k): str(v) for k, v in client_info.items()} if client_info else None,
+            experiment_id=_field(envelope, "experiment_id", str),
+            properties_id=svc._properties_ids.get(backend_name),
         )
+        try:
+            job, event = svc.store.create_job(new)
+        except sqlite3.IntegrityError:
+            # A concurrent retry with the same Idempotency-Key won the race: its job is ours.
+            earlier = svc.store.job_by_idempotency_key(who.user, key or "")
+            if earlier is None:
+                raise
+            return json_response(svc.view(earlier, queue_info=False), 200)
         svc.scheduler.submit(job)
         svc.hub.publish(job, [event])
         return json_response(svc.view(job, queue_info=False), 201)
@@ -636,7 +617,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     @app.get("/jobs/{job_id}/properties", tags=["jobs"])
     async def get_job_properties(job_id: str, svc: Svc, who: Who) -> Response:
-        """The backend properties as they were when the job ran (null for ideal simulators)."""
+        """The backend properties in force when the job was submitted (null for ideal
+        simulators)."""
         job = svc.get_job(who, job_id)
         data = svc.store.properties(job.properties_id) if job.properties_id else None
         return Response(data or b"null", media_type="application/json")
@@ -739,11 +721,27 @@ def _stored_blob(request: Request, blob: bytes | None) -> Response:
     """Serve a zlib-compressed blob: as-is to clients that accept deflate, else inflated."""
     if blob is None:
         return Response(b"null", media_type="application/json")
-    if "deflate" in request.headers.get("accept-encoding", ""):
-        return Response(
-            blob, media_type="application/json", headers={"Content-Encoding": "deflate"}
-        )
-    return Response(zlib.decompress(blob), media_type="application/json")
+    vary = {"Vary": "Accept-Encoding"}
+    if _accepts(request.headers.get("accept-encoding", ""), "deflate"):
+        headers = {**vary, "Content-Encoding": "deflate"}
+        return Response(blob, media_type="application/json", headers=headers)
+    return Response(zlib.decompress(blob), media_type="application/json", headers=vary)
+
+
+def _accepts(header: str, coding: str) -> bool:
+    """Whether an Accept-Encoding header accepts ``coding`` (q-values honoured)."""
+    for item in header.split(","):
+        name, _, params = item.strip().partition(";")
+        if name.strip().lower() not in (coding, "*"):
+            continue
+        q = params.strip().lower()
+        if q.startswith("q="):
+            try:
+                return float(q[2:]) > 0
+            except ValueError:
+                return False
+        return True
+    return False
 
 
 def _write_state(service: Service) -> bool:
@@ -753,9 +751,12 @@ def _write_state(service: Service) -> bool:
     token = None
     if config.loopback:
         # One local user, with a fresh token each start: clients read it from this file.
-        token = service.store.create_token(config.local_user or getpass.getuser())
+        # Tokens of earlier starts are revoked: only the state file's token is valid.
+        user = config.local_user or getpass.getuser()
+        service.store.revoke_tokens(user, origin="state-file")
+        token = service.store.create_token(user, origin="state-file")
     state = {
-        "url": f"http://{config.host}:{config.port}",
+        "url": config.url,
         "token": token,
         "pid": os.getpid(),
         "db": str(config.db),

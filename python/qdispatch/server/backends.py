@@ -40,6 +40,8 @@ __all__ = [
 BACKEND_VERSION = "0.1.0"
 #: Instructions every backend accepts whatever its basis gates (the validator allows them).
 DIRECTIVES: tuple[str, ...] = ("measure", "reset", "barrier", "delay")
+# Accepted on every backend besides the directives: a Qobj's classical-condition test.
+_CONDITION = "bfunc"
 # Fixed so that the fake devices' calibration data, and so their noise, never change.
 _FAKE_SEED_5Q = 5_000_001
 _FAKE_SEED_27Q = 27_000_001
@@ -249,7 +251,7 @@ def configuration(defn: BackendDef) -> dict[str, Any]:
         "credits_required": False,
         "online_date": _ONLINE_DATE,
         "description": defn.description,
-        "supported_instructions": [*defn.basis_gates, *DIRECTIVES],
+        "supported_instructions": [*defn.basis_gates, *DIRECTIVES, _CONDITION],
         "dt": dt_ns,
         "dtm": dt_ns,
         "processor_type": None,

@@ -1,9 +1,9 @@
 """Queues and dispatch: one queue per backend, fair share between users.
 
 Jobs wait in per-backend, per-user FIFO queues. Whenever the executor has a free slot the
-scheduler takes, across backends, the head that has waited longest, where each backend's
-head is chosen by fair share: the user with the fewest jobs running goes first, then the
-one who has used the least execution time lately (usage decays with a half-life of
+scheduler takes the head of the user queue that ranks first by fair share, over all
+backends (the workers are shared): the user with the fewest jobs running goes first, then
+the one who has used the least execution time lately (usage decays with a half-life of
 ``USAGE_HALF_LIFE`` seconds), then the one whose next job is oldest. One user's ten
 thousand jobs therefore never starve another user's one.
 
@@ -100,11 +100,19 @@ class Scheduler:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
-        tasks = [r.task for r in self._running.values() if r.task is not None]
+        running = list(self._running.items())
+        tasks = [r.task for _, r in running if r.task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.executor.close()
+        # A clean stop is not the job's fault: requeue without counting the attempt (a
+        # crash leaves them RUNNING, and the next start requeues them counting it).
+        for job_id, run in running:
+            if run.on_worker and not run.cancelled:
+                self.store.set_status(
+                    job_id, QUEUED, step="REQUEUED", note="the service stopped", attempts_delta=-1
+                )
 
     # -- queueing -----------------------------------------------------------------------
 
@@ -174,7 +182,6 @@ class Scheduler:
                     self._recent_usage(user, now),
                     queue[0].order,
                 )
-                # Fair share within a backend; across backends, the oldest head.
                 if best_key is None or key < best_key:
                     best, best_key = queue[0], key
         return best
@@ -215,7 +222,7 @@ class Scheduler:
         running.started = time.monotonic()
         running.on_worker = True
         if not running.cancelled:
-            self._publish(job_id, self.store.set_status(job_id, RUNNING, count_attempt=True))
+            self._publish(job_id, self.store.set_status(job_id, RUNNING, attempts_delta=1))
 
     async def _run(self, task: Task, running: _Running) -> None:
         try:
@@ -314,8 +321,10 @@ class Scheduler:
         return {
             "position": position,
             "status": "PENDING_IN_QUEUE",
-            "estimated_start_time": start.isoformat().replace("+00:00", "Z"),
-            "estimated_complete_time": complete.isoformat().replace("+00:00", "Z"),
+            "estimated_start_time": start.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "estimated_complete_time": complete.isoformat(timespec="microseconds").replace(
+                "+00:00", "Z"
+            ),
             "seconds_per_experiment": rate,
         }
 

@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS users (
 CREATE TABLE IF NOT EXISTS tokens (
     hash TEXT PRIMARY KEY,
     user TEXT NOT NULL REFERENCES users(name),
-    created TEXT NOT NULL
+    created TEXT NOT NULL,
+    origin TEXT NOT NULL DEFAULT 'cli'
 );
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -268,8 +269,12 @@ class Store:
 
     # -- users and tokens ---------------------------------------------------------------
 
-    def create_token(self, user: str, project: str | None = None) -> str:
-        """Create ``user`` if needed and return a new bearer token for it (stored hashed)."""
+    def create_token(self, user: str, project: str | None = None, origin: str = "cli") -> str:
+        """Create ``user`` if needed and return a new bearer token for it (stored hashed).
+
+        ``origin`` says who made it: ``cli`` (``qdispatch token create``) or
+        ``state-file`` (a loopback service, for its local user; see :meth:`revoke_tokens`).
+        """
         if not user or not user.strip():
             raise ValueError("user name must not be empty")
         token = secrets.token_urlsafe(32)
@@ -278,8 +283,16 @@ class Store:
             db.execute("INSERT OR IGNORE INTO users VALUES (?, ?, ?)", (user, project, now))
             if project is not None:
                 db.execute("UPDATE users SET project = ? WHERE name = ?", (project, user))
-            db.execute("INSERT INTO tokens VALUES (?, ?, ?)", (hash_token(token), user, now))
+            db.execute(
+                "INSERT INTO tokens VALUES (?, ?, ?, ?)", (hash_token(token), user, now, origin)
+            )
         return token
+
+    def revoke_tokens(self, user: str, origin: str) -> int:
+        """Revoke ``user``'s tokens of ``origin``; returns how many there were."""
+        with self.transaction() as db:
+            cur = db.execute("DELETE FROM tokens WHERE user = ? AND origin = ?", (user, origin))
+        return cur.rowcount
 
     def user_for_token(self, token: str) -> tuple[str, str | None] | None:
         """``(user, project)`` for a valid token, else ``None``."""
@@ -513,7 +526,7 @@ class Store:
         error: dict[str, Any] | None = None,
         result: bytes | None = None,
         run_seconds: float | None = None,
-        count_attempt: bool = False,
+        attempts_delta: int = 0,
         step: str | None = None,
         note: str | None = None,
     ) -> list[Event]:
@@ -536,7 +549,7 @@ class Store:
                     orjson.dumps(steps).decode(),
                     orjson.dumps(error).decode() if error else None,
                     run_seconds,
-                    1 if count_attempt else 0,
+                    attempts_delta,
                     job_id,
                 ),
             )

@@ -154,26 +154,28 @@ class StreamSession:
             if not isinstance(msg, dict):
                 raise TypeError("a message must be a JSON object")
         except (orjson.JSONDecodeError, TypeError) as exc:
-            await self._control("error", message=f"malformed message: {exc}")
+            await self._control("error", code="malformed_json", message=f"malformed message: {exc}")
             return
         op = msg.get("op")
-        if op == "ping":
-            await self._control("pong", time=utcnow())
-        elif op == "subscribe":
-            await self._subscribe(msg)
-        elif op == "unsubscribe":
-            self.sub.job_ids.difference_update(_strings(msg.get("job_ids")))
-            self.sub.tags.difference_update(_strings(msg.get("tags")))
-        else:
-            await self._control(
-                "error", message=f"unknown op {op!r} (subscribe, unsubscribe, ping)"
-            )
+        try:
+            if op == "ping":
+                await self._control("pong", time=utcnow())
+            elif op == "subscribe":
+                await self._subscribe(msg)
+            elif op == "unsubscribe":
+                self.sub.job_ids.difference_update(_strings(msg.get("job_ids")))
+                self.sub.tags.difference_update(_strings(msg.get("tags")))
+            else:
+                raise ValueError(f"unknown op {op!r} (subscribe, unsubscribe, ping)")
+        except (TypeError, ValueError) as exc:
+            await self._control("error", code="invalid_request", message=str(exc))
 
     async def _subscribe(self, msg: dict[str, Any]) -> None:
         since = msg.get("since") or {}
-        if not isinstance(since, dict):
-            await self._control("error", message="'since' must map job ids to sequence numbers")
-            return
+        if not isinstance(since, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in since.values()
+        ):
+            raise ValueError("'since' must map job ids to integer sequence numbers")
         if "inline_results" in msg:
             self.inline_results = bool(msg["inline_results"])
         job_ids = _strings(msg.get("job_ids"))
@@ -200,7 +202,7 @@ class StreamSession:
                 )
             await self._control("subscribed", job_ids=found, tags=tags, missing=missing)
             for job_id in dict.fromkeys(replay):
-                after = max(int(since.get(job_id, 0) or 0), self.delivered.get(job_id, 0))
+                after = max(since.get(job_id, 0), self.delivered.get(job_id, 0))
                 for event in self.store.events_since(job_id, after):
                     await self._deliver(event)
 
@@ -234,8 +236,11 @@ class StreamSession:
 
 
 def _strings(value: Any) -> list[str]:
-    if not value:
+    """A list of ids or tags as sent: a list of strings, one string, or nothing."""
+    if value is None:
         return []
     if isinstance(value, str):
         return [value]
-    return [str(v) for v in value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise TypeError(f"expected a list of strings, got {value!r}")

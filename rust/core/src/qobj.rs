@@ -95,10 +95,35 @@ struct InstructionIn<'a> {
     memory: Vec<i64>,
     #[serde(default)]
     register: Option<Register>,
-    #[serde(default)]
-    conditional: Option<i64>,
-    #[serde(default)]
+    #[serde(borrow, default)]
+    conditional: Option<Conditional<'a>>,
+    #[serde(borrow, default)]
     mask: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    relation: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    val: Option<Cow<'a, str>>,
+}
+
+/// A conditional is a register slot set by an earlier `bfunc`, or (in the oldest Qobj
+/// schema) an inline `{"mask", "val"}` over the memory slots.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Conditional<'a> {
+    Slot(i64),
+    Inline {
+        #[serde(borrow)]
+        mask: Cow<'a, str>,
+        #[serde(borrow)]
+        val: Cow<'a, str>,
+    },
+}
+
+fn check_hex(what: &str, value: &str) -> Result<(), String> {
+    match value.strip_prefix("0x") {
+        Some(digits) if u128::from_str_radix(digits, 16).is_ok() => Ok(()),
+        _ => Err(format!("{what} '{value}' is not a hex string like '0x1f'")),
+    }
 }
 
 /// `register` is a list for `measure` but a single slot for `bfunc` in qiskit's
@@ -288,20 +313,27 @@ fn check_classical(
             let &[register] = inst.register.as_ref().map_or(&[][..], Register::as_slice) else {
                 return Err("bfunc needs exactly one register".into());
             };
-            let mask = inst.mask.as_deref().unwrap_or_default();
-            if !mask.starts_with("0x") || u128::from_str_radix(&mask[2..], 16).is_err() {
-                return Err(format!("bfunc mask '{mask}' is not a hex string"));
+            check_hex("bfunc mask", inst.mask.as_deref().unwrap_or_default())?;
+            check_hex("bfunc val", inst.val.as_deref().unwrap_or_default())?;
+            let relation = inst.relation.as_deref().unwrap_or_default();
+            if relation != "==" && relation != "!=" {
+                return Err(format!("bfunc relation '{relation}' is not '==' or '!='"));
             }
             registers_set.insert(register);
         }
         _ => {}
     }
-    if let Some(register) = inst.conditional {
-        if !registers_set.contains(&register) {
+    match &inst.conditional {
+        Some(Conditional::Slot(register)) if !registers_set.contains(register) => {
             return Err(format!(
                 "is conditional on register {register}, which no earlier bfunc sets"
             ));
         }
+        Some(Conditional::Inline { mask, val }) => {
+            check_hex("conditional mask", mask)?;
+            check_hex("conditional val", val)?;
+        }
+        _ => {}
     }
     Ok(())
 }
@@ -419,6 +451,17 @@ mod tests {
         // qiskit's assembler wrote a bfunc's register as a bare integer.
         let ok = ok.replace(r#""register": [3]"#, r#""register": 3"#);
         validate(ok.as_bytes(), &backend()).expect("valid conditional, integer register");
+        let bad = ok.replace(r#""relation": "==""#, r#""relation": "<""#);
+        let msg = error(&bad);
+        assert!(
+            msg.contains("bfunc relation '<' is not '==' or '!='"),
+            "{msg}"
+        );
+        let msg = error(&ok.replace(r#""val": "0x1""#, r#""val": "one""#));
+        assert!(msg.contains("bfunc val 'one' is not a hex string"), "{msg}");
+        let inline =
+            bell(r#", {"name": "h", "qubits": [1], "conditional": {"mask": "0x1", "val": "0x1"}}"#);
+        validate(inline.as_bytes(), &backend()).expect("valid inline conditional");
     }
 
     #[test]

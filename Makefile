@@ -37,6 +37,7 @@ lint: install
 	$(BIN)/ruff check python tests benches
 	$(BIN)/ruff format --check python tests benches
 	$(BIN)/mypy
+	$(BIN)/python -m mypy.stubtest qdispatch._native --mypy-config-file pyproject.toml
 
 bench: install
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'

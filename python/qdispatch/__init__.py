@@ -9,6 +9,22 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from qdispatch.assembler import AssembleError, assemble
+    from qdispatch.backend import QDispatchBackend
+    from qdispatch.exceptions import (
+        IBMQApiError,
+        IBMQBackendApiError,
+        IBMQBackendError,
+        IBMQBackendJobLimitError,
+        IBMQBackendValueError,
+        IBMQError,
+        IBMQJobApiError,
+        IBMQJobError,
+        IBMQJobFailureError,
+        IBMQJobInvalidStateError,
+        IBMQJobTimeoutError,
+    )
+    from qdispatch.job import IBMQJob
+    from qdispatch.models import BackendProperties, QueueInfo
     from qdispatch.qobj import (
         PulseQobj,
         QasmQobj,
@@ -19,10 +35,28 @@ if TYPE_CHECKING:
         QasmQobjInstruction,
         QobjHeader,
     )
+    from qdispatch.service import QDispatchService, connect
 
 # qiskit costs ~0.5 s to import; `import qdispatch` (the CLI, the service) should not pay
 # for it until the assembler or the Qobj classes are used.
 _LAZY = {
+    "connect": "qdispatch.service",
+    "QDispatchService": "qdispatch.service",
+    "QDispatchBackend": "qdispatch.backend",
+    "IBMQJob": "qdispatch.job",
+    "QueueInfo": "qdispatch.models",
+    "BackendProperties": "qdispatch.models",
+    "IBMQError": "qdispatch.exceptions",
+    "IBMQApiError": "qdispatch.exceptions",
+    "IBMQJobError": "qdispatch.exceptions",
+    "IBMQJobApiError": "qdispatch.exceptions",
+    "IBMQJobFailureError": "qdispatch.exceptions",
+    "IBMQJobInvalidStateError": "qdispatch.exceptions",
+    "IBMQJobTimeoutError": "qdispatch.exceptions",
+    "IBMQBackendError": "qdispatch.exceptions",
+    "IBMQBackendApiError": "qdispatch.exceptions",
+    "IBMQBackendValueError": "qdispatch.exceptions",
+    "IBMQBackendJobLimitError": "qdispatch.exceptions",
     "AssembleError": "qdispatch.assembler",
     "assemble": "qdispatch.assembler",
     "PulseQobj": "qdispatch.qobj",
@@ -52,7 +86,22 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "AssembleError",
+    "BackendProperties",
+    "IBMQApiError",
+    "IBMQBackendApiError",
+    "IBMQBackendError",
+    "IBMQBackendJobLimitError",
+    "IBMQBackendValueError",
+    "IBMQError",
+    "IBMQJob",
+    "IBMQJobApiError",
+    "IBMQJobError",
+    "IBMQJobFailureError",
+    "IBMQJobInvalidStateError",
+    "IBMQJobTimeoutError",
     "PulseQobj",
+    "QDispatchBackend",
+    "QDispatchService",
     "QasmQobj",
     "QasmQobjConfig",
     "QasmQobjExperiment",
@@ -60,6 +109,8 @@ __all__ = [
     "QasmQobjExperimentHeader",
     "QasmQobjInstruction",
     "QobjHeader",
+    "QueueInfo",
     "__version__",
     "assemble",
+    "connect",
 ]

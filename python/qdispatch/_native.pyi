@@ -5,12 +5,17 @@ from typing import Any, final
 from qiskit.circuit import QuantumCircuit
 
 __all__ = [
+    "ApiError",
     "BackendSpec",
+    "Client",
+    "ConnectionFailedError",
     "InvalidQobjError",
     "MalformedPayloadError",
     "QobjSummary",
+    "StreamTimeoutError",
     "capi_available",
     "circuits_to_qobj_json",
+    "counts_from_result",
     "split_submission",
     "validate_qobj",
 ]
@@ -65,3 +70,61 @@ def circuits_to_qobj_json(
     circuits: list[QuantumCircuit], config: dict[str, Any], qobj_id: str, header: dict[str, Any]
 ) -> bytes:
     """The QasmQobj JSON bytes of ``circuits``."""
+
+class ApiError(Exception):
+    """The job service answered with an error, or could not be reached."""
+
+    status: int
+    code: str
+    message: str
+    body: str
+
+class ConnectionFailedError(ApiError):
+    """The job service could not be reached after every retry (status 0)."""
+
+class StreamTimeoutError(TimeoutError):
+    """Waiting on the event stream timed out."""
+
+@final
+class Client:
+    """A client of one job service: pooled HTTP with retries and idempotent POSTs, and one
+    multiplexed event WebSocket. Thread-safe; blocking calls release the GIL."""
+
+    def __new__(
+        cls, url: str, token: str, *, timeout: float = 30.0, max_attempts: int = 6
+    ) -> Client: ...
+    @property
+    def url(self) -> str: ...
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        *,
+        query: list[tuple[str, str]] | None = None,
+        idempotency_key: str | None = None,
+        gzip: bool = False,
+        timeout: float | None = None,
+    ) -> bytes:
+        """Sends a request and returns the (decompressed) response body."""
+    def submit(self, envelope: bytes, qobj: bytes, *, idempotency_key: str | None = None) -> bytes:
+        """``POST /jobs`` with ``qobj`` spliced into ``envelope``, gzip-compressed."""
+    def watch(self, job_ids: list[str]) -> None:
+        """Subscribes ``job_ids`` on the event stream (does not block)."""
+    def unwatch(self, job_ids: list[str]) -> None:
+        """Stops following ``job_ids``."""
+    def last_status(self, job_id: str) -> str | None:
+        """The latest status seen for ``job_id``; None if none yet."""
+    def wait_final(self, job_id: str, timeout: float | None = None) -> str | None:
+        """Blocks until ``job_id`` is final and returns its status; None on timeout."""
+    def wait_any_final(self, job_ids: list[str], timeout: float | None = None) -> list[str]:
+        """Blocks until one of ``job_ids`` is final; returns all that are final."""
+    def next_events(self, timeout: float) -> list[tuple[str, int, str, bytes | None]]:
+        """Queued events ``(job_id, seq, type, data)``; waits up to ``timeout`` for one."""
+    def stream_connected(self) -> bool:
+        """Whether the event WebSocket is open now."""
+    def close(self) -> None:
+        """Closes the socket and stops the background tasks."""
+
+def counts_from_result(result_json: bytes) -> list[dict[str, int] | None]:
+    """Each experiment's counts as ``qiskit.result.Result.get_counts`` gives them."""

@@ -39,6 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_request_bytes=args.max_request_mb * 1024 * 1024,
         heartbeat_seconds=args.heartbeat,
         max_attempts=args.max_attempts,
+        idle_timeout=args.idle_timeout,
     )
     if args.state_file:
         config.state_file = Path(args.state_file).expanduser()
@@ -78,10 +79,18 @@ def _token_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop(args: argparse.Namespace) -> int:
+    from .local import stop
+
+    pid = stop()
+    print(f"stopped the local service (pid {pid})" if pid else "no local service is running")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    summary = run_demo(args.circuits, args.backend, args.shots, args.workers)
+    summary = run_demo(args.circuits, args.backend, args.shots)
     return 1 if summary["failed_jobs"] else 0
 
 
@@ -106,6 +115,12 @@ def parser() -> argparse.ArgumentParser:
         default=3,
         help="times a job may be interrupted by a service crash before it is failed",
     )
+    serve.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=None,
+        help="stop after this many seconds without jobs, streams or requests",
+    )
     serve.add_argument("--heartbeat", type=float, default=10.0, help="stream heartbeat seconds")
     serve.add_argument(
         "--state-file",
@@ -123,11 +138,13 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--project", help="project the user belongs to (for share_level=project)")
     create.add_argument("--db", help="SQLite store (default: the user data directory)")
     create.set_defaults(func=_token_create)
+    stop = sub.add_parser("stop", help="stop the local service")
+    stop.set_defaults(func=_stop)
+
     demo = sub.add_parser("demo", help="run random circuits through the local service")
     demo.add_argument("--circuits", type=int, default=3000)
     demo.add_argument("--backend", default="aer_simulator")
     demo.add_argument("--shots", type=int, default=1024)
-    demo.add_argument("--workers", type=int, default=None, help="if a service is started")
     demo.set_defaults(func=_demo)
     return top
 

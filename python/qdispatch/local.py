@@ -8,6 +8,7 @@ that file, checks the service still answers, and otherwise starts one.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -67,11 +68,25 @@ def read_state(data_dir: Path) -> LocalService | None:
     return LocalService(state["url"], state["token"], int(state["pid"]))
 
 
+DEFAULT_IDLE_TIMEOUT = 600.0
+
+
 def find_or_start(
-    data_dir: Path | None = None, workers: int | None = None, timeout: float = 60.0
+    data_dir: Path | None = None,
+    workers: int | None = None,
+    timeout: float = 60.0,
+    *,
+    detached: bool = False,
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
 ) -> LocalService:
     """The running local service, or a new one on 127.0.0.1 with its store in
-    ``data_dir`` (a new one is stopped by :meth:`LocalService.stop`)."""
+    ``data_dir``.
+
+    A *detached* service runs in its own session: it outlives this process (jobs keep
+    running after the script exits) and stops itself after ``idle_timeout`` seconds
+    without work; ``qdispatch stop`` stops it at once. Otherwise :meth:`LocalService.stop`
+    stops a service this call started.
+    """
     data_dir = data_dir or default_data_dir()
     found = read_state(data_dir)
     if found is not None:
@@ -95,8 +110,16 @@ def find_or_start(
     ]
     if workers:
         cmd += ["--workers", str(workers)]
+    if idle_timeout:
+        cmd += ["--idle-timeout", str(idle_timeout)]
     log = open(data_dir / "service.log", "ab")  # noqa: SIM115 - handed to the child
-    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        cmd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=detached,  # no SIGINT from our terminal, no death with our session
+    )
     log.close()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -107,7 +130,25 @@ def find_or_start(
             )
         found = read_state(data_dir)
         if found is not None and found.pid == process.pid:
-            return LocalService(found.url, found.token, found.pid, process)
+            return LocalService(found.url, found.token, found.pid, None if detached else process)
         time.sleep(0.05)
     process.kill()
     raise RuntimeError(f"the local qdispatch service did not start within {timeout:.0f} s")
+
+
+def stop(data_dir: Path | None = None, timeout: float = 30.0) -> int | None:
+    """Stop the local service (SIGTERM, then wait); returns its pid, or None if none ran."""
+    found = read_state(data_dir or default_data_dir())
+    if found is None:
+        return None
+    os.kill(found.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(found.pid, 0)
+        except ProcessLookupError:
+            return found.pid
+        time.sleep(0.05)
+    raise RuntimeError(
+        f"the local qdispatch service (pid {found.pid}) did not stop in {timeout:.0f} s"
+    )

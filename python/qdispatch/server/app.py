@@ -7,13 +7,16 @@ service on loopback) writes the state file that local clients find it by.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import getpass
 import ipaddress
 import logging
 import os
 import re
+import signal
 import sqlite3
+import time
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -60,6 +63,7 @@ class ServiceConfig:
     max_attempts: int = 3
     state_file: Path | None = None
     local_user: str | None = None
+    idle_timeout: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -162,6 +166,7 @@ class Service:
         self.hub = Hub(self.visible)
         self.scheduler = Scheduler(self.store, self.hub, self._executor(), config.max_attempts)
         self._properties_ids: dict[str, int] = {}
+        self.last_request = time.monotonic()
 
     def _executor(self) -> Executor:
         if self.config.executor == "local":
@@ -279,7 +284,9 @@ def caller_of(request: Request) -> Caller:
     """The authenticated caller of a request (401 otherwise)."""
     header = request.headers.get("authorization", "")
     token = header[7:].strip() if header.lower().startswith("bearer ") else None
-    return service_of(request).caller(token)
+    svc = service_of(request)
+    svc.last_request = time.monotonic()
+    return svc.caller(token)
 
 
 Svc = Annotated[Service, Depends(service_of)]
@@ -330,9 +337,14 @@ def create_app(config: ServiceConfig) -> FastAPI:
                 "recovered after restart: %d requeued, %d failed", len(requeued), len(failed)
             )
         state_written = _write_state(service) if config.state_file else None
+        watchdog = None
+        if config.idle_timeout:
+            watchdog = asyncio.get_running_loop().create_task(_stop_when_idle(service))
         try:
             yield
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             await service.scheduler.stop()
             service.store.close()
             if state_written and config.state_file and config.state_file.exists():
@@ -742,6 +754,22 @@ def _accepts(header: str, coding: str) -> bool:
                 return False
         return True
     return False
+
+
+async def _stop_when_idle(service: Service) -> None:
+    """Stop the service (as SIGTERM would) once it has had no job queued or running, no
+    stream open and no request for ``idle_timeout`` seconds: the local service started by
+    ``qdispatch.connect()`` goes away by itself when nobody needs it."""
+    timeout = service.config.idle_timeout or 0.0
+    while True:
+        await asyncio.sleep(min(1.0, timeout / 4))
+        busy = service.scheduler.active_jobs() or service.hub.subscriptions()
+        if busy:
+            service.last_request = time.monotonic()
+        elif time.monotonic() - service.last_request > timeout:
+            log.warning("idle for %.0f s: stopping", timeout)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
 
 
 def _write_state(service: Service) -> bool:

@@ -130,6 +130,10 @@ class Scheduler:
         self._version += 1
         self._wake.set()
 
+    def active_jobs(self) -> int:
+        """How many jobs are queued or running, on every backend."""
+        return len(self._queued) + len(self._running)
+
     def pending_jobs(self, backend: str) -> int:
         """How many jobs wait in ``backend``'s queue."""
         return sum(len(q) for q in self._queues.get(backend, {}).values())

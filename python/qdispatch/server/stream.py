@@ -68,6 +68,10 @@ class Hub:
         self._visible = visible
         self._subs: set[Subscription] = set()
 
+    def subscriptions(self) -> int:
+        """How many stream connections are open."""
+        return len(self._subs)
+
     def add(self, sub: Subscription) -> None:
         """Start delivering to ``sub``."""
         self._subs.add(sub)

@@ -5,10 +5,18 @@
 //! * [`assemble`]: writing circuits (read by the bindings) as QasmQobj JSON bytes.
 //! * [`envelope`]: splitting a job-submission body into its small envelope and its
 //!   (large) Qobj without parsing the Qobj twice.
+//! * [`client`]: the HTTP client of the job service (pooled connections, retries with
+//!   backoff, idempotent POSTs).
+//! * [`stream`]: the one multiplexed event WebSocket per client, with resume by sequence
+//!   number and a polling fallback.
+//! * [`results`]: counts of a qiskit Result dict in qiskit's bitstring form.
 
 pub mod assemble;
+pub mod client;
 pub mod envelope;
 pub mod error;
 pub mod qobj;
+pub mod results;
+pub mod stream;
 
-pub use error::CoreError;
+pub use error::{ClientError, CoreError};

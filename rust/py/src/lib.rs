@@ -1,10 +1,11 @@
 //! pyo3 bindings: `qdispatch._native`. Inputs are pulled into Rust values, the work runs
 //! with the GIL released, and results are converted back; all logic lives in
-//! `qdispatch-core`.
+//! `qdispatch-core`. One tokio runtime serves the process (see `client` for fork safety).
 
 use std::collections::{HashMap, HashSet};
 
 mod capi;
+mod client;
 
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
@@ -174,4 +175,14 @@ mod _native {
         capi_available, circuits_to_qobj_json, split_submission, validate_qobj, BackendSpec,
         InvalidQobjError, MalformedPayloadError, QobjSummary,
     };
+
+    #[pymodule_export]
+    use super::client::{
+        counts_from_result, ApiError, Client, ConnectionFailedError, StreamTimeoutError,
+    };
+
+    #[pymodule_init]
+    fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
+        super::client::init_exceptions(m.py())
+    }
 }

@@ -1,0 +1,216 @@
+"""A service backend as a qiskit ``BackendV2``: its Target, options and ``run``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import qiskit
+from qiskit.circuit import Parameter, QuantumCircuit
+from qiskit.circuit.controlflow import IfElseOp
+from qiskit.circuit.delay import Delay
+from qiskit.circuit.library import get_standard_gate_name_mapping
+from qiskit.circuit.measure import Measure
+from qiskit.circuit.reset import Reset
+from qiskit.providers import BackendV2, Options
+from qiskit.transpiler import InstructionProperties, Target
+
+from . import __version__
+from .exceptions import IBMQBackendApiError, IBMQBackendValueError
+from .models import BackendProperties
+
+if TYPE_CHECKING:
+    from .job import IBMQJob
+    from .service import QDispatchService
+
+# What a Qobj config carries besides run options; never passed back as options.
+_QOBJ_ONLY = frozenset({"memory_slots", "n_qubits"})
+
+
+class QDispatchBackend(BackendV2):
+    """A backend of a qdispatch service. ``run`` submits circuits as one job."""
+
+    def __init__(self, service: QDispatchService, configuration: dict[str, Any]) -> None:
+        super().__init__(
+            provider=service,
+            name=configuration["backend_name"],
+            description=configuration.get("description"),
+            online_date=configuration.get("online_date"),
+            backend_version=configuration.get("backend_version"),
+        )
+        self._service = service
+        self._configuration = configuration
+        self._target: Target | None = None
+        self._properties: BackendProperties | None = None
+
+    def __repr__(self) -> str:
+        return f"<QDispatchBackend('{self.name}') on {self._service.url}>"
+
+    @classmethod
+    def _default_options(cls) -> Options:
+        return Options(shots=1024, memory=False, seed_simulator=None)
+
+    @property
+    def service(self) -> QDispatchService:
+        """The service this backend belongs to."""
+        return self._service
+
+    @property
+    def max_circuits(self) -> int:
+        """How many circuits one job may hold (the service's ``max_experiments``)."""
+        return int(self._configuration["max_experiments"])
+
+    @property
+    def target(self) -> Target:
+        """The Target built from the backend's configuration (and, for devices, its
+        calibration), so ``transpile(circuits, backend)`` produces what the backend runs."""
+        if self._target is None:
+            self._target = _build_target(self._configuration, self.properties())
+        return self._target
+
+    def configuration(self) -> dict[str, Any]:
+        """The backend's configuration, as the service describes it."""
+        return self._configuration
+
+    def properties(
+        self, refresh: bool = False, datetime: datetime | None = None
+    ) -> BackendProperties | None:
+        """The backend's calibration data (``None`` for an ideal simulator); with
+        ``datetime``, as it was then."""
+        if datetime is not None:
+            from .service import _utc
+
+            data = self._service.call(
+                "GET",
+                f"/backends/{self.name}/properties",
+                query=[("datetime", _utc(datetime))],
+                error=IBMQBackendApiError,
+            )
+            return BackendProperties.from_dict(data) if data else None
+        if self._properties is None or refresh:
+            data = self._service.call(
+                "GET", f"/backends/{self.name}/properties", error=IBMQBackendApiError
+            )
+            self._properties = BackendProperties.from_dict(data) if data else None
+        return self._properties
+
+    def status(self) -> dict[str, Any]:
+        """Whether the backend is operational and how many jobs wait for it."""
+        status: dict[str, Any] = self._service.call(
+            "GET", f"/backends/{self.name}/status", error=IBMQBackendApiError
+        )
+        return status
+
+    def run(
+        self,
+        circuits: QuantumCircuit | Sequence[QuantumCircuit],
+        job_name: str | None = None,
+        job_share_level: str | None = None,
+        job_tags: Sequence[str] | None = None,
+        experiment_id: str | None = None,
+        header: dict[str, Any] | None = None,
+        **run_config: Any,
+    ) -> IBMQJob:
+        """Run circuits as one job and return it (it is queued; ``result()`` waits).
+
+        ``run_config`` holds run options (``shots``, ``memory``, ``seed_simulator``, and any
+        option qiskit-aer takes); unset ones come from ``backend.options``.
+        """
+        from .assembler import circuits_to_qobj_json
+        from .job import IBMQJob
+
+        options = {k: v for k, v in self.options.__dict__.items() if v is not None}
+        options.update({k: v for k, v in run_config.items() if v is not None})
+        try:
+            qobj = circuits_to_qobj_json(circuits, self, qobj_header=header, **options)
+        except (TypeError, ValueError, qiskit.exceptions.QiskitError) as exc:
+            raise IBMQBackendValueError(str(exc)) from exc
+        envelope: dict[str, Any] = {
+            "backend": self.name,
+            "client_info": {"qdispatch": __version__, "qiskit": qiskit.__version__},
+        }
+        if job_name is not None:
+            envelope["name"] = job_name
+        if job_tags:
+            if isinstance(job_tags, str) or not all(isinstance(t, str) for t in job_tags):
+                raise IBMQBackendValueError(f"job_tags must be a list of strings, got {job_tags!r}")
+            envelope["tags"] = list(job_tags)
+        if job_share_level is not None:
+            envelope["share_level"] = str(getattr(job_share_level, "value", job_share_level))
+        if experiment_id is not None:
+            envelope["experiment_id"] = experiment_id
+        info = self._service.submit(orjson.dumps(envelope), qobj)
+        return IBMQJob.from_info(self, self._service, info)
+
+    def retrieve_job(self, job_id: str) -> IBMQJob:
+        """A job of this backend by id."""
+        job = self._service.job(job_id)
+        if job.backend().name != self.name:
+            raise IBMQBackendApiError(
+                f"job '{job_id}' ran on '{job.backend().name}', not '{self.name}'"
+            )
+        return job
+
+    def jobs(self, limit: int | None = 10, skip: int = 0, **filters: Any) -> list[IBMQJob]:
+        """This backend's jobs (the filters of ``QDispatchService.jobs``)."""
+        return self._service.jobs(limit, skip, backend_name=self.name, **filters)
+
+
+def _build_target(config: dict[str, Any], props: BackendProperties | None) -> Target:
+    n_qubits = int(config["n_qubits"])
+    dt = config.get("dt")
+    target = Target(
+        description=config.get("description"),
+        num_qubits=n_qubits,
+        dt=dt * 1e-9 if dt else None,
+    )
+    gates = get_standard_gate_name_mapping()
+    coupling = config.get("coupling_map")
+    edges = [tuple(e) for e in coupling] if coupling else None
+
+    def qargs_props(
+        name: str, arity: int
+    ) -> dict[tuple[int, ...], InstructionProperties | None] | None:
+        if arity == 1:
+            qargs: list[tuple[int, ...]] = [(q,) for q in range(n_qubits)]
+        elif arity == 2 and edges is not None:
+            qargs = [tuple(e) for e in edges]
+        elif edges is None:
+            return None  # all-to-all: a global instruction
+        else:
+            return {}
+        out: dict[tuple[int, ...], InstructionProperties | None] = {}
+        for q in qargs:
+            error = duration = None
+            if props is not None:
+                try:
+                    error = props.gate_error(name, list(q))
+                    duration = props.gate_length(name, list(q))
+                except Exception:  # not calibrated: no properties, still supported
+                    pass
+            out[q] = InstructionProperties(duration=duration, error=error)
+        return out
+
+    for name in config["basis_gates"]:
+        if name not in gates:
+            continue  # 'unitary' and other non-standard names are run, not targeted
+        gate = gates[name]
+        qprops = qargs_props(name, gate.num_qubits)
+        if qprops == {}:
+            continue
+        target.add_instruction(gate, qprops, name=name)
+    for op in (Measure(), Reset(), Delay(Parameter("t"))):
+        qprops = qargs_props(op.name, 1)
+        if op.name == "measure" and props is not None and qprops:
+            for q in list(qprops):
+                try:
+                    err = props.readout_error(q[0])
+                    length = props.readout_length(q[0])
+                except Exception:
+                    continue
+                qprops[q] = InstructionProperties(duration=length, error=err)
+        target.add_instruction(op, qprops)
+    target.add_instruction(IfElseOp, name="if_else")
+    return target

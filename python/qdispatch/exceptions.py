@@ -1,0 +1,73 @@
+"""The exceptions users catch, with the names and bases of the Qiskit job API."""
+
+from __future__ import annotations
+
+from qiskit.exceptions import QiskitError
+from qiskit.providers.exceptions import JobError, JobTimeoutError
+
+
+class IBMQError(QiskitError):
+    """Base class for errors raised by qdispatch's IBMQ-compatible classes."""
+
+
+class IBMQApiError(IBMQError):
+    """An error answered by the job service, or no answer at all.
+
+    ``status`` is the HTTP status (0 when the service could not be reached) and ``code``
+    the service's error code (docs/protocol.md), so callers can branch on either.
+    """
+
+    def __init__(self, message: str, status: int = 0, code: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+
+
+class IBMQJobError(JobError, IBMQError):
+    """Base class for errors raised by a job."""
+
+
+class IBMQJobApiError(IBMQJobError):
+    """Errors that occur unexpectedly when querying the server about a job."""
+
+    def __init__(self, message: str, status: int = 0, code: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+
+
+class IBMQJobFailureError(IBMQJobError):
+    """Errors raised when a job failed."""
+
+
+class IBMQJobInvalidStateError(IBMQJobError):
+    """Errors raised when a job is not in a valid state for the operation."""
+
+
+class IBMQJobTimeoutError(JobTimeoutError, IBMQJobError):
+    """Errors raised when a job operation times out."""
+
+
+class IBMQBackendError(IBMQError):
+    """Base class for errors raised by a backend."""
+
+
+class IBMQBackendApiError(IBMQBackendError):
+    """Errors that occur unexpectedly when querying the server about a backend, or when
+    the server refuses a submission (the message is the server's, naming the problem)."""
+
+    def __init__(self, message: str, status: int = 0, code: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+
+
+class IBMQBackendValueError(IBMQBackendError, ValueError):
+    """Value errors raised by a backend: what was given to ``run`` cannot be run."""
+
+
+class IBMQBackendJobLimitError(IBMQBackendError):
+    """The user has reached the service's limit of active jobs; wait for some to finish."""

@@ -1,0 +1,190 @@
+"""Data models of the job API: ``QueueInfo`` and ``BackendProperties``.
+
+Qiskit >= 2 removed ``qiskit.providers.models``; these keep the shapes and accessors
+users of the IBMQ provider know, built from the service's JSON.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from .exceptions import IBMQError
+
+
+def local_time(value: str | datetime | None) -> datetime | None:
+    """A service timestamp (UTC ISO 8601) as an aware datetime in local time."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return value.astimezone()
+
+
+class QueueInfo:
+    """Queue information for a job."""
+
+    def __init__(
+        self,
+        position: int | None = None,
+        status: str | None = None,
+        estimated_start_time: str | datetime | None = None,
+        estimated_complete_time: str | datetime | None = None,
+        hub_priority: float | None = None,
+        group_priority: float | None = None,
+        project_priority: float | None = None,
+        job_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.position = position
+        self._status = status
+        self.estimated_start_time = local_time(estimated_start_time)
+        self.estimated_complete_time = local_time(estimated_complete_time)
+        self.hub_priority = hub_priority
+        self.group_priority = group_priority
+        self.project_priority = project_priority
+        self.job_id = job_id
+        self._data = kwargs
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["_data"][name]
+        except KeyError:
+            raise AttributeError(f"'QueueInfo' object has no attribute '{name}'") from None
+
+    def __repr__(self) -> str:
+        return (
+            f"QueueInfo(job_id={self.job_id!r}, position={self.position!r}, "
+            f"status={self._status!r}, estimated_start_time={self.estimated_start_time!r}, "
+            f"estimated_complete_time={self.estimated_complete_time!r})"
+        )
+
+    def format(self) -> str:
+        """Build a user-friendly report for the job queue information."""
+        when = "unknown"
+        if self.estimated_start_time is not None:
+            when = self.estimated_start_time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        done = "unknown"
+        if self.estimated_complete_time is not None:
+            done = self.estimated_complete_time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        return "\n".join(
+            [
+                f"Job {self.job_id} queue information:",
+                f"    queue position: {self.position}",
+                f"    status: {self._status}",
+                f"    estimated start time: {when}",
+                f"    estimated completion time: {done}",
+            ]
+        )
+
+
+class BackendProperties:
+    """Calibration data of a backend (qubits, gates), each value dated.
+
+    ``to_dict()`` gives back the JSON the service sent; the accessors follow the IBMQ
+    provider's ``BackendProperties``: ``t1``, ``t2``, ``frequency``, ``readout_error``,
+    ``readout_length``, ``gate_error``, ``gate_length``, ``qubit_property``,
+    ``gate_property``.
+    """
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+        self.backend_name: str = data.get("backend_name", "")
+        self.backend_version: str = data.get("backend_version", "")
+        self.last_update_date = local_time(data.get("last_update_date"))
+        self.qubits: list[list[dict[str, Any]]] = data.get("qubits", [])
+        self.gates: list[dict[str, Any]] = data.get("gates", [])
+        self.general: list[dict[str, Any]] = data.get("general", [])
+        self._qubit_props = [{p["name"]: p for p in q} for q in self.qubits]
+        self._gate_props = {
+            (g["gate"], tuple(g["qubits"])): {p["name"]: p for p in g.get("parameters", [])}
+            for g in self.gates
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BackendProperties:
+        """Build from the service's JSON (``GET /backends/{name}/properties``)."""
+        return cls(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return self._data
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BackendProperties) and other._data == self._data
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"BackendProperties(backend_name={self.backend_name!r}, "
+            f"last_update_date={self.last_update_date!r})"
+        )
+
+    def qubit_property(self, qubit: int, name: str | None = None) -> Any:
+        """A qubit's properties as ``{name: (value, date)}``, or one of them."""
+        try:
+            props = self._qubit_props[qubit]
+        except IndexError:
+            raise IBMQError(f"couldn't find the properties of qubit {qubit}") from None
+        pairs = {n: (p["value"], local_time(p.get("date"))) for n, p in props.items()}
+        if name is None:
+            return pairs
+        if name not in pairs:
+            raise IBMQError(f"couldn't find the property '{name}' of qubit {qubit}")
+        return pairs[name]
+
+    def gate_property(
+        self, gate: str, qubits: int | list[int] | None = None, name: str | None = None
+    ) -> Any:
+        """A gate's properties as ``{name: (value, date)}`` (on ``qubits``), or one of them."""
+        key_qubits = (qubits,) if isinstance(qubits, int) else tuple(qubits or ())
+        props = self._gate_props.get((gate, key_qubits))
+        if props is None:
+            raise IBMQError(f"couldn't find the properties of gate {gate} on qubits {key_qubits}")
+        pairs = {n: (p["value"], local_time(p.get("date"))) for n, p in props.items()}
+        if name is None:
+            return pairs
+        if name not in pairs:
+            raise IBMQError(f"couldn't find the property '{name}' of gate {gate}")
+        return pairs[name]
+
+    def _qubit_value(self, qubit: int, name: str, scale: dict[str, float]) -> float:
+        prop = self._qubit_props[qubit].get(name) if qubit < len(self._qubit_props) else None
+        if prop is None:
+            raise IBMQError(f"couldn't find the property '{name}' of qubit {qubit}")
+        return float(prop["value"]) * scale.get(prop.get("unit", ""), 1.0)
+
+    def t1(self, qubit: int) -> float:
+        """T1 of ``qubit``, in seconds."""
+        return self._qubit_value(qubit, "T1", {"us": 1e-6, "ns": 1e-9, "ms": 1e-3})
+
+    def t2(self, qubit: int) -> float:
+        """T2 of ``qubit``, in seconds."""
+        return self._qubit_value(qubit, "T2", {"us": 1e-6, "ns": 1e-9, "ms": 1e-3})
+
+    def frequency(self, qubit: int) -> float:
+        """Frequency of ``qubit``, in Hz."""
+        return self._qubit_value(qubit, "frequency", {"GHz": 1e9, "MHz": 1e6, "kHz": 1e3})
+
+    def readout_error(self, qubit: int) -> float:
+        """Readout error of ``qubit``."""
+        return self._qubit_value(qubit, "readout_error", {})
+
+    def readout_length(self, qubit: int) -> float:
+        """Readout length of ``qubit``, in seconds."""
+        return self._qubit_value(qubit, "readout_length", {"ns": 1e-9, "us": 1e-6})
+
+    def gate_error(self, gate: str, qubits: int | list[int]) -> float:
+        """Error of ``gate`` on ``qubits``."""
+        value, _ = self.gate_property(gate, qubits, "gate_error")
+        return float(value)
+
+    def gate_length(self, gate: str, qubits: int | list[int]) -> float:
+        """Duration of ``gate`` on ``qubits``, in seconds."""
+        key = (qubits,) if isinstance(qubits, int) else tuple(qubits)
+        prop = self._gate_props.get((gate, key), {}).get("gate_length")
+        if prop is None:
+            raise IBMQError(f"couldn't find the length of gate {gate} on qubits {key}")
+        scale = {"ns": 1e-9, "us": 1e-6, "s": 1.0}.get(prop.get("unit", "s"), 1.0)
+        return float(prop["value"]) * scale

@@ -1,0 +1,250 @@
+"""``qdispatch.connect()``: a handle on a job service, local or shared.
+
+With no URL (and no ``QDISPATCH_URL``/``QDISPATCH_TOKEN`` in the environment) it finds the
+local service through its state file in the user's data directory, or starts one as a
+detached process on 127.0.0.1 with a persistent store: jobs keep running after the script
+exits, a later script finds them, and the service stops itself after an idle period
+(``qdispatch stop`` stops it at once).
+
+Every call goes through one native client (``qdispatch._native.Client``): pooled HTTP
+with retries and idempotent POSTs, and one multiplexed WebSocket that pushes job statuses.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+
+from . import _native
+from .exceptions import IBMQApiError, IBMQBackendApiError
+from .local import LocalService, default_data_dir, find_or_start, read_state
+
+if TYPE_CHECKING:
+    from .backend import QDispatchBackend
+    from .job import IBMQJob
+
+E = TypeVar("E", bound=Exception)
+
+
+class QDispatchService:
+    """A connection to a qdispatch job service: backends, jobs, and the shared client."""
+
+    def __init__(self, url: str, token: str, local: bool = False, timeout: float = 30.0) -> None:
+        self._local = local
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._client = _native.Client(url, token, timeout=timeout)
+        self._backends: dict[str, QDispatchBackend] = {}
+
+    def __repr__(self) -> str:
+        return f"<QDispatchService {self.url}>"
+
+    @property
+    def url(self) -> str:
+        """The service's base URL."""
+        return str(self._client.url)
+
+    @property
+    def client(self) -> _native.Client:
+        """The native client (HTTP and stream) every call goes through."""
+        return self._client
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        *,
+        query: Sequence[tuple[str, str]] | None = None,
+        error: Callable[[str, int, str], E] | None = None,
+    ) -> Any:
+        """One JSON call; a service error becomes ``error(message, status, code)``
+        (default :class:`IBMQApiError`)."""
+        raw = self.raw_call(method, path, body, query=query, error=error)
+        return orjson.loads(raw) if raw else None
+
+    def raw_call(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        *,
+        query: Sequence[tuple[str, str]] | None = None,
+        error: Callable[[str, int, str], E] | None = None,
+    ) -> bytes:
+        """One call returning the raw (decompressed) body."""
+        make: Callable[[str, int, str], Exception] = error or IBMQApiError
+        try:
+            return self._with_fresh_token(
+                lambda c: c.request(method, path, body, query=list(query or []))
+            )
+        except _native.ApiError as exc:
+            raise make(str(exc.message), int(exc.status), str(exc.code)) from exc
+
+    def submit(self, envelope: bytes, qobj: bytes) -> dict[str, Any]:
+        """``POST /jobs`` with a Qobj spliced into ``envelope``; answers the new job."""
+        try:
+            raw = self._with_fresh_token(lambda c: c.submit(envelope, qobj))
+        except _native.ApiError as exc:
+            from .exceptions import IBMQBackendJobLimitError
+
+            if exc.code == "active_job_limit":
+                raise IBMQBackendJobLimitError(str(exc.message)) from exc
+            raise IBMQBackendApiError(str(exc.message), int(exc.status), str(exc.code)) from exc
+        job: dict[str, Any] = orjson.loads(raw)
+        return job
+
+    def _with_fresh_token(self, call: Callable[[_native.Client], bytes]) -> bytes:
+        client = self._client
+        try:
+            return call(client)
+        except _native.ApiError as exc:
+            # A restarted local service revoked our token and wrote a new one.
+            if exc.status != 401 or not self._local:
+                raise
+            state = read_state(default_data_dir())
+            if state is None:
+                raise
+            with self._lock:
+                if self._client is client:
+                    self._client = _native.Client(state.url, state.token, timeout=self._timeout)
+                    client.close()
+            return call(self._client)
+
+    # -- backends ---------------------------------------------------------------------------
+
+    def backends(self, name: str | None = None, **filters: Any) -> list[QDispatchBackend]:
+        """The service's backends, optionally only the one called ``name`` or those whose
+        configuration matches every ``filters`` item (e.g. ``simulator=False``)."""
+        from .backend import QDispatchBackend
+
+        listed = self.call("GET", "/backends", error=IBMQBackendApiError)["backends"]
+        out: list[QDispatchBackend] = []
+        for entry in listed:
+            if name is not None and entry["name"] != name:
+                continue
+            backend = self._backends.get(entry["name"])
+            if backend is None:
+                config = self.call(
+                    "GET", f"/backends/{entry['name']}/configuration", error=IBMQBackendApiError
+                )
+                backend = self._backends.setdefault(entry["name"], QDispatchBackend(self, config))
+            if all(backend.configuration().get(k) == v for k, v in filters.items()):
+                out.append(backend)
+        return out
+
+    def backend(self, name: str) -> QDispatchBackend:
+        """The backend called ``name``."""
+        if name in self._backends:
+            return self._backends[name]
+        found = self.backends(name)
+        if not found:
+            names = ", ".join(b.name for b in self.backends())
+            raise IBMQBackendApiError(f"unknown backend '{name}' (available: {names})", 404)
+        return found[0]
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def job(self, job_id: str) -> IBMQJob:
+        """The job ``job_id``, as the service knows it now."""
+        from .exceptions import IBMQJobApiError
+        from .job import IBMQJob
+
+        info = self.call("GET", f"/jobs/{job_id}", error=IBMQJobApiError)
+        return IBMQJob.from_info(self.backend(info["backend"]), self, info)
+
+    def jobs(
+        self,
+        limit: int | None = 10,
+        skip: int = 0,
+        backend_name: str | None = None,
+        status: str | Any | Sequence[str | Any] | None = None,
+        job_name: str | None = None,
+        start_datetime: datetime | None = None,
+        end_datetime: datetime | None = None,
+        job_tags: Sequence[str] | None = None,
+        job_tags_operator: str = "OR",
+        descending: bool = True,
+    ) -> list[IBMQJob]:
+        """Jobs matching the filters, newest first unless ``descending=False``.
+
+        ``limit=None`` returns every matching job. ``status`` is a ``JobStatus`` or its
+        name (or a list of them); ``job_name`` is a regular expression matched partially;
+        ``job_tags`` match any tag (``job_tags_operator="AND"``: all of them).
+        """
+        from .job import IBMQJob
+
+        query: list[tuple[str, str]] = [("descending", str(descending).lower())]
+        if backend_name:
+            query.append(("backend", backend_name))
+        statuses = status if isinstance(status, (list, tuple)) else [status] if status else []
+        for s in statuses:
+            query.append(("status", _status_name(s)))
+        if job_name:
+            query.append(("name", job_name))
+        if start_datetime:
+            query.append(("created_after", _utc(start_datetime)))
+        if end_datetime:
+            query.append(("created_before", _utc(end_datetime)))
+        for tag in job_tags or []:
+            query.append(("tags", tag))
+        query.append(("tags_operator", job_tags_operator.upper()))
+        jobs: list[IBMQJob] = []
+        while limit is None or len(jobs) < limit:
+            page = 1000 if limit is None else min(1000, limit - len(jobs))
+            paging = [("limit", str(page)), ("skip", str(skip + len(jobs)))]
+            answer = self.call("GET", "/jobs", query=query + paging, error=IBMQBackendApiError)
+            for info in answer["jobs"]:
+                jobs.append(IBMQJob.from_info(self.backend(info["backend"]), self, info))
+            if len(answer["jobs"]) < page:
+                break
+        return jobs
+
+    def close(self) -> None:
+        """Close the stream and the connections (the service itself keeps running)."""
+        self._client.close()
+
+    def __enter__(self) -> QDispatchService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _status_name(status: Any) -> str:
+    name = getattr(status, "name", status)
+    return str(name).upper()
+
+
+def _utc(when: datetime) -> str:
+    if when.tzinfo is None:
+        when = when.astimezone()  # naive datetimes are local time, as users expect
+    return when.astimezone(timezone.utc).isoformat()
+
+
+def connect(
+    url: str | None = None, token: str | None = None, *, timeout: float = 30.0
+) -> QDispatchService:
+    """Connect to a job service.
+
+    ``connect()`` uses ``QDISPATCH_URL`` and ``QDISPATCH_TOKEN`` if set, else the local
+    service (found through its state file, or started detached on 127.0.0.1).
+    ``connect(url, token=...)`` talks to a shared service.
+    """
+    url = url or os.environ.get("QDISPATCH_URL")
+    token = token or os.environ.get("QDISPATCH_TOKEN")
+    if url:
+        if not token:
+            raise IBMQApiError(
+                f"a token is needed to connect to {url} (token=… or QDISPATCH_TOKEN)"
+            )
+        return QDispatchService(url.rstrip("/"), token, timeout=timeout)
+    local: LocalService = find_or_start(detached=True)
+    return QDispatchService(local.url, local.token, local=True, timeout=timeout)

@@ -1,0 +1,232 @@
+//! Counts of a qiskit Result dict, in the bitstring form `qiskit.result.Result.get_counts`
+//! gives: hex keys (`"0x3"`) become binary, zero-padded to the header's `memory_slots` and
+//! split into space-separated groups by `creg_sizes` (last register first), as
+//! `qiskit.result.postprocess.format_counts` does.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::ClientError;
+
+#[derive(Deserialize)]
+struct ResultDict {
+    #[serde(default)]
+    results: Vec<ExperimentResult>,
+}
+
+#[derive(Deserialize)]
+struct ExperimentResult {
+    #[serde(default)]
+    data: Option<ExperimentData>,
+    #[serde(default)]
+    header: Option<CountsHeader>,
+}
+
+#[derive(Deserialize)]
+struct ExperimentData {
+    #[serde(default)]
+    counts: Option<CountsMap>,
+}
+
+#[derive(Deserialize, Default)]
+struct CountsHeader {
+    #[serde(default)]
+    memory_slots: Option<u64>,
+    #[serde(default)]
+    creg_sizes: Option<Vec<(Box<RawValue>, u64)>>,
+}
+
+/// One experiment's counts: `(bitstring, count)` pairs in the order of the result.
+pub type Counts = Vec<(String, u64)>;
+
+/// For each experiment of `json` (a qiskit Result dict), its counts as `(bitstring, count)`
+/// pairs in the order of the result, or `None` for an experiment without counts.
+pub fn counts_from_result(json: &[u8]) -> Result<Vec<Option<Counts>>, ClientError> {
+    let result: ResultDict = serde_json::from_slice(json)?;
+    result
+        .results
+        .into_iter()
+        .map(|exp| {
+            let Some(counts) = exp.data.and_then(|d| d.counts) else {
+                return Ok(None);
+            };
+            let header = exp.header.unwrap_or_default();
+            let slots = header.memory_slots.filter(|&n| n > 0);
+            let cregs: Vec<u64> = header
+                .creg_sizes
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(_, size)| size)
+                .collect();
+            counts
+                .0
+                .into_iter()
+                .map(|(key, n)| Ok((format_key(&key, slots, &cregs)?, n)))
+                .collect::<Result<Vec<_>, ClientError>>()
+                .map(Some)
+        })
+        .collect()
+}
+
+/// A JSON object read as its `(key, value)` pairs in document order.
+struct CountsMap(Vec<(String, u64)>);
+
+impl<'de> Deserialize<'de> for CountsMap {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Pairs;
+        impl<'de> serde::de::Visitor<'de> for Pairs {
+            type Value = CountsMap;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a counts object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some((k, v)) = map.next_entry::<String, u64>()? {
+                    out.push((k, v));
+                }
+                Ok(CountsMap(out))
+            }
+        }
+        d.deserialize_map(Pairs)
+    }
+}
+
+/// One key, formatted as `format_counts_memory` formats it.
+fn format_key(key: &str, slots: Option<u64>, cregs: &[u64]) -> Result<String, ClientError> {
+    let bits = if let Some(hex) = key.strip_prefix("0x") {
+        hex_to_bin(hex).ok_or_else(|| bad_key(key))?
+    } else if slots.is_none() && cregs.is_empty() {
+        // qiskit keeps bitstrings as they are when there is nothing to format them with.
+        return Ok(key.to_owned());
+    } else {
+        let digits: String = key
+            .strip_prefix("0b")
+            .unwrap_or(key)
+            .chars()
+            .filter(|c| *c != ' ' && *c != '_')
+            .collect();
+        if digits.is_empty() || !digits.bytes().all(|b| b == b'0' || b == b'1') {
+            return Err(bad_key(key));
+        }
+        let trimmed = digits.trim_start_matches('0');
+        if trimmed.is_empty() {
+            "0".to_owned()
+        } else {
+            trimmed.to_owned()
+        }
+    };
+    let Some(slots) = slots else {
+        return Ok(bits);
+    };
+    let width = usize::try_from(slots).map_err(|_| bad_key(key))?;
+    let padded = if bits.len() < width {
+        let mut s = "0".repeat(width - bits.len());
+        s.push_str(&bits);
+        s
+    } else {
+        bits
+    };
+    if cregs.is_empty() {
+        return Ok(padded);
+    }
+    // `_separate_bitstring`: slices of the padded string, last register first, clamped to
+    // its length like Python slicing.
+    let mut out = String::with_capacity(padded.len() + cregs.len());
+    let mut start = 0usize;
+    for (i, &size) in cregs.iter().rev().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        let lo = start.min(padded.len());
+        let hi = start.saturating_add(size).min(padded.len());
+        out.push_str(&padded[lo..hi]);
+        start = start.saturating_add(size);
+    }
+    Ok(out)
+}
+
+fn bad_key(key: &str) -> ClientError {
+    ClientError::Json(format!("counts key {key:?} is not a hex or binary string"))
+}
+
+/// `bin(int(hex, 16))[2:]` for hex strings of any length.
+fn hex_to_bin(hex: &str) -> Option<String> {
+    if hex.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(hex.len() * 4);
+    for c in hex.chars() {
+        let v = c.to_digit(16)?;
+        for shift in (0..4).rev() {
+            let bit = (v >> shift) & 1;
+            if bit == 1 || !out.is_empty() {
+                out.push(if bit == 1 { '1' } else { '0' });
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push('0');
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(json: &str) -> Vec<Option<Vec<(String, u64)>>> {
+        counts_from_result(json.as_bytes()).expect("valid result")
+    }
+
+    fn pairs(v: &[(&str, u64)]) -> Option<Vec<(String, u64)>> {
+        Some(v.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect())
+    }
+
+    #[test]
+    fn pads_to_memory_slots_and_splits_registers() {
+        let json = r#"{"results": [
+            {"data": {"counts": {"0x0": 3, "0x5": 4, "0x1f": 1}},
+             "header": {"memory_slots": 5, "creg_sizes": [["a", 2], ["b", 3]]}},
+            {"data": {"counts": {"0x3": 8}}, "header": {"memory_slots": 4}},
+            {"data": {}, "header": {"memory_slots": 2}},
+            {"data": {"counts": {"0x6": 2, "0x0": 1}}}
+        ]}"#;
+        assert_eq!(
+            counts(json),
+            vec![
+                pairs(&[("000 00", 3), ("001 01", 4), ("111 11", 1)]),
+                pairs(&[("0011", 8)]),
+                None,
+                pairs(&[("110", 2), ("0", 1)]),
+            ]
+        );
+    }
+
+    #[test]
+    fn wide_registers_beyond_64_bits() {
+        let json = r#"{"results": [{"data": {"counts": {"0x10000000000000000000": 1}},
+            "header": {"memory_slots": 81, "creg_sizes": [["c", 80], ["d", 1]]}}]}"#;
+        let got = counts(json);
+        let key = &got[0].as_ref().expect("counts")[0].0;
+        assert_eq!(key.len(), 82);
+        assert!(key.starts_with("0 0001"), "{key}");
+    }
+
+    #[test]
+    fn creg_sizes_without_memory_slots_do_not_split() {
+        let json = r#"{"results": [{"data": {"counts": {"0x2": 1}},
+            "header": {"creg_sizes": [["c", 2], ["d", 2]]}}]}"#;
+        assert_eq!(counts(json), vec![pairs(&[("10", 1)])]);
+    }
+
+    #[test]
+    fn bad_keys_are_errors() {
+        let json = r#"{"results": [{"data": {"counts": {"0xzz": 1}}}]}"#;
+        assert!(counts_from_result(json.as_bytes()).is_err());
+        assert!(counts_from_result(b"[1]").is_err());
+    }
+}

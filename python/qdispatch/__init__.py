@@ -21,9 +21,16 @@ if TYPE_CHECKING:
         IBMQJobError,
         IBMQJobFailureError,
         IBMQJobInvalidStateError,
+        IBMQJobManagerError,
+        IBMQJobManagerInvalidStateError,
+        IBMQJobManagerJobNotFound,
+        IBMQJobManagerTimeoutError,
+        IBMQJobManagerUnknownJobSet,
         IBMQJobTimeoutError,
+        IBMQManagedResultDataNotAvailable,
     )
     from qdispatch.job import IBMQJob
+    from qdispatch.managed import IBMQJobManager, ManagedJob, ManagedJobSet, ManagedResults
     from qdispatch.models import BackendProperties, QueueInfo
     from qdispatch.qobj import (
         PulseQobj,
@@ -40,6 +47,16 @@ if TYPE_CHECKING:
 # qiskit costs ~0.5 s to import; `import qdispatch` (the CLI, the service) should not pay
 # for it until the assembler or the Qobj classes are used.
 _LAZY = {
+    "IBMQJobManager": "qdispatch.managed",
+    "ManagedJobSet": "qdispatch.managed",
+    "ManagedJob": "qdispatch.managed",
+    "ManagedResults": "qdispatch.managed",
+    "IBMQJobManagerError": "qdispatch.exceptions",
+    "IBMQJobManagerInvalidStateError": "qdispatch.exceptions",
+    "IBMQJobManagerTimeoutError": "qdispatch.exceptions",
+    "IBMQJobManagerJobNotFound": "qdispatch.exceptions",
+    "IBMQJobManagerUnknownJobSet": "qdispatch.exceptions",
+    "IBMQManagedResultDataNotAvailable": "qdispatch.exceptions",
     "connect": "qdispatch.service",
     "QDispatchService": "qdispatch.service",
     "QDispatchBackend": "qdispatch.backend",
@@ -98,7 +115,17 @@ __all__ = [
     "IBMQJobError",
     "IBMQJobFailureError",
     "IBMQJobInvalidStateError",
+    "IBMQJobManager",
+    "IBMQJobManagerError",
+    "IBMQJobManagerInvalidStateError",
+    "IBMQJobManagerJobNotFound",
+    "IBMQJobManagerTimeoutError",
+    "IBMQJobManagerUnknownJobSet",
     "IBMQJobTimeoutError",
+    "IBMQManagedResultDataNotAvailable",
+    "ManagedJob",
+    "ManagedJobSet",
+    "ManagedResults",
     "PulseQobj",
     "QDispatchBackend",
     "QDispatchService",

@@ -119,14 +119,35 @@ class QDispatchBackend(BackendV2):
         option qiskit-aer takes); unset ones come from ``backend.options``.
         """
         from .assembler import circuits_to_qobj_json
-        from .job import IBMQJob
 
-        options = {k: v for k, v in self.options.__dict__.items() if v is not None}
-        options.update({k: v for k, v in run_config.items() if v is not None})
+        options = self.run_options(**run_config)
         try:
             qobj = circuits_to_qobj_json(circuits, self, qobj_header=header, **options)
         except (TypeError, ValueError, qiskit.exceptions.QiskitError) as exc:
             raise IBMQBackendValueError(str(exc)) from exc
+        return self.submit_qobj(qobj, job_name, job_share_level, job_tags, experiment_id)
+
+    def run_options(self, **run_config: Any) -> dict[str, Any]:
+        """``backend.options`` overridden by ``run_config`` (``None`` values dropped)."""
+        options = {k: v for k, v in self.options.__dict__.items() if v is not None}
+        options.update({k: v for k, v in run_config.items() if v is not None})
+        return options
+
+    def submit_qobj(
+        self,
+        qobj: bytes,
+        job_name: str | None = None,
+        job_share_level: str | None = None,
+        job_tags: Sequence[str] | None = None,
+        experiment_id: str | None = None,
+    ) -> IBMQJob:
+        """Submit an already serialized QasmQobj (JSON bytes) as one job.
+
+        What ``run`` does after serializing; the job manager serializes every chunk first
+        and then submits them concurrently through this (the GIL is released meanwhile).
+        """
+        from .job import IBMQJob
+
         envelope: dict[str, Any] = {
             "backend": self.name,
             "client_info": {"qdispatch": __version__, "qiskit": qiskit.__version__},

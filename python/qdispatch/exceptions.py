@@ -71,3 +71,27 @@ class IBMQBackendValueError(IBMQBackendError, ValueError):
 
 class IBMQBackendJobLimitError(IBMQBackendError):
     """The user has reached the service's limit of active jobs; wait for some to finish."""
+
+
+class IBMQJobManagerError(IBMQError):
+    """Base class for errors raised by the job manager."""
+
+
+class IBMQJobManagerInvalidStateError(IBMQJobManagerError):
+    """Errors raised when an operation is invalid in the current state."""
+
+
+class IBMQJobManagerTimeoutError(JobTimeoutError, IBMQJobManagerError):
+    """Errors raised when a job manager operation times out."""
+
+
+class IBMQJobManagerJobNotFound(IBMQJobManagerError):
+    """Errors raised when a job cannot be found."""
+
+
+class IBMQManagedResultDataNotAvailable(IBMQJobManagerError):
+    """Errors raised when result data is not available (its job failed or was cancelled)."""
+
+
+class IBMQJobManagerUnknownJobSet(IBMQJobManagerError):
+    """Errors raised when the job set ID is unknown."""

@@ -118,6 +118,12 @@ class QDispatchService:
                     client.close()
             return call(self._client)
 
+    def info(self) -> dict[str, Any]:
+        """The service's version and limits (``max_request_bytes``, ``max_active_jobs``…)."""
+        if not hasattr(self, "_info"):
+            self._info: dict[str, Any] = self.call("GET", "/info")
+        return self._info
+
     # -- backends ---------------------------------------------------------------------------
 
     def backends(self, name: str | None = None, **filters: Any) -> list[QDispatchBackend]:

@@ -16,6 +16,7 @@ from qiskit.providers import JobStatus
 from qiskit_aer import AerSimulator
 
 import qdispatch
+from circuits import slow_circuit
 from qdispatch import (
     IBMQBackendApiError,
     IBMQBackendValueError,
@@ -46,18 +47,8 @@ def ghz(n: int) -> QuantumCircuit:
     return qc
 
 
-def slow(shots: int = 3000) -> QuantumCircuit:
-    """Seconds of work: mid-circuit measure and reset force shot-by-shot simulation."""
-    qc = QuantumCircuit(12, 12, name="slow")
-    for layer in range(10):
-        qc.h(range(12))
-        qc.rz(0.3, range(12))
-        for q in range(11):
-            qc.cx(q, q + 1)
-        qc.measure(layer, layer)
-        qc.reset(layer)
-    qc.measure(range(12), range(12))
-    return qc
+def slow() -> QuantumCircuit:
+    return slow_circuit()
 
 
 @pytest.fixture(scope="module")

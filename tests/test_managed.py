@@ -16,6 +16,7 @@ from qiskit.result import Result
 from qiskit_aer import AerSimulator
 
 import qdispatch
+from circuits import slow_circuit
 from qdispatch import (
     IBMQJobManager,
     IBMQJobManagerInvalidStateError,
@@ -39,16 +40,7 @@ def rotation(i: int, n: int = 3) -> QuantumCircuit:
 
 
 def slow(i: int) -> QuantumCircuit:
-    qc = QuantumCircuit(12, 12, name=f"slow-{i}")
-    for layer in range(10):
-        qc.h(range(12))
-        qc.rz(0.3, range(12))
-        for q in range(11):
-            qc.cx(q, q + 1)
-        qc.measure(layer, layer)
-        qc.reset(layer)
-    qc.measure(range(12), range(12))
-    return qc
+    return slow_circuit(f"slow-{i}")
 
 
 @pytest.fixture(scope="module")

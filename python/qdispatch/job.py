@@ -25,7 +25,7 @@ from .exceptions import (
     IBMQJobInvalidStateError,
     IBMQJobTimeoutError,
 )
-from .models import BackendProperties, QueueInfo, local_time
+from .models import BackendProperties, QueueInfo, local_time, updated_tags
 from .qobj import PulseQobj, QasmQobj
 
 if TYPE_CHECKING:
@@ -436,8 +436,6 @@ class IBMQJob(JobV1):
             ):
                 raise IBMQJobInvalidStateError(f"tags must be a list of strings, got {arg!r}")
         self.refresh()
-        tags = list(replacement_tags) if replacement_tags is not None else list(self._tags)
-        tags += [t for t in additional_tags or [] if t not in tags]
-        tags = [t for t in tags if t not in set(removal_tags or [])]
+        tags = updated_tags(self._tags, replacement_tags, additional_tags, removal_tags)
         self._update(self._call("PUT", "/tags", {"tags": tags}))
         return list(self._tags)

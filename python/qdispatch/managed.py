@@ -47,6 +47,7 @@ from .exceptions import (
     IBMQJobManagerUnknownJobSet,
     IBMQManagedResultDataNotAvailable,
 )
+from .models import updated_tags
 
 if TYPE_CHECKING:
     from .backend import QDispatchBackend
@@ -762,9 +763,8 @@ class ManagedJobSet:
             raise IBMQJobManagerInvalidStateError(
                 "none of replacement_tags, additional_tags or removal_tags was given"
             )
-        tags = list(replacement_tags) if replacement_tags is not None else list(self._tags)
-        tags += [t for t in additional_tags or [] if t not in tags]
-        tags = [t for t in tags if t not in set(removal_tags or []) and not t.startswith(_INTERNAL)]
+        tags = updated_tags(self._tags, replacement_tags, additional_tags, removal_tags)
+        tags = [t for t in tags if not t.startswith(_INTERNAL)]
         for mjob in self.managed_jobs():
             if mjob.job is not None:
                 internal = [t for t in mjob.job.tags() if t.startswith(_INTERNAL)]

@@ -6,6 +6,7 @@ users of the IBMQ provider know, built from the service's JSON.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +20,20 @@ def local_time(value: str | datetime | None) -> datetime | None:
     if isinstance(value, str):
         value = datetime.fromisoformat(value.replace("Z", "+00:00"))
     return value.astimezone()
+
+
+def updated_tags(
+    current: Sequence[str],
+    replacement: Sequence[str] | None,
+    additional: Sequence[str] | None,
+    removal: Sequence[str] | None,
+) -> list[str]:
+    """Tags after an ``update_tags`` call: ``replacement`` (if given) replaces ``current``,
+    then ``additional`` are added and ``removal`` removed; order kept, no duplicates."""
+    tags = list(replacement) if replacement is not None else list(current)
+    tags += [t for t in additional or [] if t not in tags]
+    removed = set(removal or [])
+    return [t for t in dict.fromkeys(tags) if t not in removed]
 
 
 class QueueInfo:

@@ -109,6 +109,11 @@ class Client:
         """Sends a request and returns the (decompressed) response body."""
     def submit(self, envelope: bytes, qobj: bytes, *, idempotency_key: str | None = None) -> bytes:
         """``POST /jobs`` with ``qobj`` spliced into ``envelope``, gzip-compressed."""
+    def submit_many(
+        self, envelopes: list[bytes], qobjs: list[bytes], *, concurrency: int = 8
+    ) -> list[bytes | ApiError]:
+        """Many ``POST /jobs`` at once: per chunk, its job record or its error (not
+        raised); a chunk over the active-job limit waits for a job to finish."""
     def watch(self, job_ids: list[str]) -> None:
         """Subscribes ``job_ids`` on the event stream (does not block)."""
     def unwatch(self, job_ids: list[str]) -> None:

@@ -133,6 +133,30 @@ class QDispatchBackend(BackendV2):
         options.update({k: v for k, v in run_config.items() if v is not None})
         return options
 
+    def envelope(
+        self,
+        job_name: str | None = None,
+        job_share_level: str | None = None,
+        job_tags: Sequence[str] | None = None,
+        experiment_id: str | None = None,
+    ) -> bytes:
+        """The JSON of a job submission to this backend, without its Qobj."""
+        envelope: dict[str, Any] = {
+            "backend": self.name,
+            "client_info": {"qdispatch": __version__, "qiskit": qiskit.__version__},
+        }
+        if job_name is not None:
+            envelope["name"] = job_name
+        if job_tags:
+            if isinstance(job_tags, str) or not all(isinstance(t, str) for t in job_tags):
+                raise IBMQBackendValueError(f"job_tags must be a list of strings, got {job_tags!r}")
+            envelope["tags"] = list(job_tags)
+        if job_share_level is not None:
+            envelope["share_level"] = str(getattr(job_share_level, "value", job_share_level))
+        if experiment_id is not None:
+            envelope["experiment_id"] = experiment_id
+        return orjson.dumps(envelope)
+
     def submit_qobj(
         self,
         qobj: bytes,
@@ -148,21 +172,8 @@ class QDispatchBackend(BackendV2):
         """
         from .job import IBMQJob
 
-        envelope: dict[str, Any] = {
-            "backend": self.name,
-            "client_info": {"qdispatch": __version__, "qiskit": qiskit.__version__},
-        }
-        if job_name is not None:
-            envelope["name"] = job_name
-        if job_tags:
-            if isinstance(job_tags, str) or not all(isinstance(t, str) for t in job_tags):
-                raise IBMQBackendValueError(f"job_tags must be a list of strings, got {job_tags!r}")
-            envelope["tags"] = list(job_tags)
-        if job_share_level is not None:
-            envelope["share_level"] = str(getattr(job_share_level, "value", job_share_level))
-        if experiment_id is not None:
-            envelope["experiment_id"] = experiment_id
-        info = self._service.submit(orjson.dumps(envelope), qobj)
+        envelope = self.envelope(job_name, job_share_level, job_tags, experiment_id)
+        info = self._service.submit(envelope, qobj)
         return IBMQJob.from_info(self, self._service, info)
 
     def retrieve_job(self, job_id: str) -> IBMQJob:

@@ -466,6 +466,9 @@ class ManagedJobSet:
 
         for start in range(0, len(circuits), size):
             serialize(start, min(size, len(circuits) - start))
+        envelopes: list[bytes] = []
+        qobjs: list[bytes] = []
+        waiting: list[ManagedJob] = []
         for index, (start, count, payload) in enumerate(chunks):
             mjob = ManagedJob(start, count)
             mjob.job_index = index
@@ -474,15 +477,34 @@ class ManagedJobSet:
             if isinstance(payload, Exception):
                 mjob.submit_error = payload
                 continue
-            mjob.submit_qobj(
-                payload,
-                self._job_name(index),
-                backend,
-                executor,
-                self._lock,
-                job_share_level,
-                self._job_tags(index, start, count, len(chunks)),
-            )
+            tags = self._job_tags(index, start, count, len(chunks))
+            envelopes.append(backend.envelope(self._job_name(index), job_share_level, tags))
+            qobjs.append(payload)
+            waiting.append(mjob)
+        batch = executor.submit(self._submit_batch, backend, waiting, envelopes, qobjs)
+        for mjob in waiting:
+            mjob.future = batch
+
+    @staticmethod
+    def _submit_batch(
+        backend: QDispatchBackend,
+        mjobs: list[ManagedJob],
+        envelopes: list[bytes],
+        qobjs: list[bytes],
+    ) -> None:
+        """All chunks in one native call: concurrent POSTs, the GIL released, each chunk's
+        outcome kept in its place; the active-job limit is waited out, never failed on."""
+        from .job import IBMQJob
+
+        service = backend.service
+        outcomes = service.client.submit_many(envelopes, qobjs)
+        for mjob, outcome in zip(mjobs, outcomes, strict=True):
+            if isinstance(outcome, bytes):
+                mjob.job = IBMQJob.from_info(backend, service, orjson.loads(outcome))
+            else:
+                mjob.submit_error = IBMQBackendApiError(
+                    str(outcome.message), int(outcome.status), str(outcome.code)
+                )
 
     def _wait_submitted(self) -> None:
         for mjob in self._managed_jobs:

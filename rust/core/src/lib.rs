@@ -10,6 +10,7 @@
 //! * [`stream`]: the one multiplexed event WebSocket per client, with resume by sequence
 //!   number and a polling fallback.
 //! * [`results`]: counts of a qiskit Result dict in qiskit's bitstring form.
+//! * [`submit`]: many jobs submitted concurrently (the job manager's chunks).
 
 pub mod assemble;
 pub mod client;
@@ -18,5 +19,6 @@ pub mod error;
 pub mod qobj;
 pub mod results;
 pub mod stream;
+pub mod submit;
 
 pub use error::{ClientError, CoreError};

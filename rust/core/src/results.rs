@@ -3,29 +3,32 @@
 //! split into space-separated groups by `creg_sizes` (last register first), as
 //! `qiskit.result.postprocess.format_counts` does.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use serde::de::IgnoredAny;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use crate::ClientError;
 
 #[derive(Deserialize)]
-struct ResultDict {
-    #[serde(default)]
-    results: Vec<ExperimentResult>,
+struct ResultDict<'a> {
+    #[serde(default, borrow)]
+    results: Vec<ExperimentResult<'a>>,
 }
 
 #[derive(Deserialize)]
-struct ExperimentResult {
-    #[serde(default)]
-    data: Option<ExperimentData>,
+struct ExperimentResult<'a> {
+    #[serde(default, borrow)]
+    data: Option<ExperimentData<'a>>,
     #[serde(default)]
     header: Option<CountsHeader>,
 }
 
 #[derive(Deserialize)]
-struct ExperimentData {
-    #[serde(default)]
-    counts: Option<CountsMap>,
+struct ExperimentData<'a> {
+    #[serde(default, borrow)]
+    counts: Option<CountsMap<'a>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -33,49 +36,181 @@ struct CountsHeader {
     #[serde(default)]
     memory_slots: Option<u64>,
     #[serde(default)]
-    creg_sizes: Option<Vec<(Box<RawValue>, u64)>>,
+    creg_sizes: Option<Vec<(IgnoredAny, u64)>>,
 }
 
 /// One experiment's counts: `(bitstring, count)` pairs in the order of the result.
 pub type Counts = Vec<(String, u64)>;
 
+/// The counts of every experiment of a Result, each distinct bitstring stored once.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CountsTable {
+    /// The distinct bitstrings.
+    pub keys: Vec<String>,
+    /// `(index into keys, count)` pairs of all experiments, in order.
+    pub pairs: Vec<(u32, u64)>,
+    /// Per experiment, its range of `pairs`, or `None` for an experiment without counts.
+    pub experiments: Vec<Option<(usize, usize)>>,
+}
+
+impl CountsTable {
+    /// Experiment `i`'s `(key index, count)` pairs, `None` when it has no counts.
+    pub fn experiment(&self, i: usize) -> Option<&[(u32, u64)]> {
+        self.experiments[i].map(|(a, b)| &self.pairs[a..b])
+    }
+}
+
 /// For each experiment of `json` (a qiskit Result dict), its counts as `(bitstring, count)`
 /// pairs in the order of the result, or `None` for an experiment without counts.
 pub fn counts_from_result(json: &[u8]) -> Result<Vec<Option<Counts>>, ClientError> {
-    let result: ResultDict = serde_json::from_slice(json)?;
-    result
-        .results
-        .into_iter()
-        .map(|exp| {
-            let Some(counts) = exp.data.and_then(|d| d.counts) else {
-                return Ok(None);
-            };
-            let header = exp.header.unwrap_or_default();
-            let slots = header.memory_slots.filter(|&n| n > 0);
-            let cregs: Vec<u64> = header
-                .creg_sizes
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(_, size)| size)
-                .collect();
-            counts
-                .0
-                .into_iter()
-                .map(|(key, n)| Ok((format_key(&key, slots, &cregs)?, n)))
-                .collect::<Result<Vec<_>, ClientError>>()
-                .map(Some)
+    let table = counts_table(json)?;
+    Ok((0..table.experiments.len())
+        .map(|i| {
+            table.experiment(i).map(|pairs| {
+                pairs
+                    .iter()
+                    .map(|&(k, n)| (table.keys[k as usize].clone(), n))
+                    .collect()
+            })
         })
-        .collect()
+        .collect())
+}
+
+/// Hex keys below this are looked up in a per-layout table.
+const DIRECT: u64 = 1024;
+
+/// The bitstrings of one register layout (`memory_slots`, `creg_sizes`) made so far.
+struct Layout {
+    slots: Option<u64>,
+    cregs: Vec<u64>,
+    /// `direct[v]`: index + 1 of the bitstring of hex value `v`, 0 when not made yet.
+    direct: Vec<u32>,
+}
+
+/// Like [`counts_from_result`], with each distinct bitstring formatted (and stored) once.
+pub fn counts_table(json: &[u8]) -> Result<CountsTable, ClientError> {
+    let result: ResultDict<'_> = serde_json::from_slice(json)?;
+    let mut table = CountsTable {
+        keys: Vec::new(),
+        pairs: Vec::new(),
+        experiments: Vec::with_capacity(result.results.len()),
+    };
+    let total: usize = result
+        .results
+        .iter()
+        .filter_map(|e| e.data.as_ref()?.counts.as_ref().map(|c| c.0.len()))
+        .sum();
+    table.pairs.reserve(total);
+    let mut layouts: Vec<Layout> = Vec::new();
+    let mut others: HashMap<(usize, String), u32> = HashMap::new();
+    for exp in result.results {
+        let Some(counts) = exp.data.and_then(|d| d.counts) else {
+            table.experiments.push(None);
+            continue;
+        };
+        let header = exp.header.unwrap_or_default();
+        let slots = header.memory_slots.filter(|&n| n > 0);
+        let cregs = header.creg_sizes.unwrap_or_default();
+        let same = |l: &Layout| {
+            l.slots == slots
+                && l.cregs.len() == cregs.len()
+                && l.cregs.iter().zip(&cregs).all(|(a, b)| *a == b.1)
+        };
+        let layout = match layouts.iter().rposition(same) {
+            Some(i) => i,
+            None => {
+                layouts.push(Layout {
+                    slots,
+                    cregs: cregs.iter().map(|c| c.1).collect(),
+                    direct: Vec::new(),
+                });
+                layouts.len() - 1
+            }
+        };
+        let start = table.pairs.len();
+        for (key, n) in counts.0 {
+            let index = match small_hex(&key) {
+                Some(v) => {
+                    let l = &mut layouts[layout];
+                    if l.direct.is_empty() {
+                        l.direct = vec![0; DIRECT as usize];
+                    }
+                    match l.direct[v as usize] {
+                        0 => {
+                            let text = format_key(&key, l.slots, &l.cregs)?;
+                            table.keys.push(text);
+                            let index = (table.keys.len() - 1) as u32;
+                            l.direct[v as usize] = index + 1;
+                            index
+                        }
+                        i => i - 1,
+                    }
+                }
+                None => {
+                    let l = &layouts[layout];
+                    let text = format_key(&key, l.slots, &l.cregs)?;
+                    match others.get(&(layout, text)) {
+                        Some(&i) => i,
+                        None => {
+                            let text = format_key(&key, l.slots, &l.cregs)?;
+                            table.keys.push(text.clone());
+                            let index = (table.keys.len() - 1) as u32;
+                            others.insert((layout, text), index);
+                            index
+                        }
+                    }
+                }
+            };
+            table.pairs.push((index, n));
+        }
+        table.experiments.push(Some((start, table.pairs.len())));
+    }
+    Ok(table)
+}
+
+/// The value of a hex key `0x...` when it is below [`DIRECT`].
+fn small_hex(key: &str) -> Option<u64> {
+    let hex = key.strip_prefix("0x")?.as_bytes();
+    if hex.is_empty() || hex.len() > 8 {
+        return None;
+    }
+    let mut v = 0u64;
+    for &c in hex {
+        v = v * 16 + (c as char).to_digit(16)? as u64;
+    }
+    (v < DIRECT).then_some(v)
+}
+
+/// A JSON string, borrowed from the document when it has no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Key<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(Visit(std::marker::PhantomData))
+    }
 }
 
 /// A JSON object read as its `(key, value)` pairs in document order.
-struct CountsMap(Vec<(String, u64)>);
+struct CountsMap<'a>(Vec<(Cow<'a, str>, u64)>);
 
-impl<'de> Deserialize<'de> for CountsMap {
+impl<'de: 'a, 'a> Deserialize<'de> for CountsMap<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Pairs;
-        impl<'de> serde::de::Visitor<'de> for Pairs {
-            type Value = CountsMap;
+        struct Pairs<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Pairs<'a> {
+            type Value = CountsMap<'a>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a counts object")
             }
@@ -83,14 +218,14 @@ impl<'de> Deserialize<'de> for CountsMap {
                 self,
                 mut map: M,
             ) -> Result<Self::Value, M::Error> {
-                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0));
-                while let Some((k, v)) = map.next_entry::<String, u64>()? {
-                    out.push((k, v));
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(16));
+                while let Some((k, v)) = map.next_entry::<Key<'a>, u64>()? {
+                    out.push((k.0, v));
                 }
                 Ok(CountsMap(out))
             }
         }
-        d.deserialize_map(Pairs)
+        d.deserialize_map(Pairs(std::marker::PhantomData))
     }
 }
 

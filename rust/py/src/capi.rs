@@ -12,12 +12,11 @@
 
 use std::ffi::{c_char, c_void, CStr};
 
-use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyString};
+use pyo3::types::{PyDict, PyString, PyType};
 use pyo3::{ffi, intern};
-use qdispatch_core::assemble::{Experiment, ExperimentHeader, InstructionList, Param, Register};
+use qdispatch_core::assemble::{ExperimentHeader, Param, QobjWriter};
 
 /// Opaque `QkCircuit`.
 #[repr(C)]
@@ -74,11 +73,15 @@ type StrideFn = unsafe extern "C" fn() -> usize;
 type ParamKindFn = unsafe extern "C" fn(*const QkParam) -> u8;
 type ParamRealFn = unsafe extern "C" fn(*const QkParam) -> f64;
 type ParamIntFn = unsafe extern "C" fn(*const QkParam, *mut i64) -> bool;
+type GlobalPhaseFn = unsafe extern "C" fn(*const QkCircuit) -> *mut QkParam;
+type ParamFreeFn = unsafe extern "C" fn(*mut QkParam);
 
 /// The C API functions we use, read once from the capsules.
 pub struct CApi {
     num_qubits: CountFn,
     num_clbits: CountFn,
+    global_phase: GlobalPhaseFn,
+    param_free: ParamFreeFn,
     instruction_kind: KindFn,
     num_instructions: SizeFn,
     borrow_from_python: BorrowFn,
@@ -155,6 +158,8 @@ fn load(py: Python<'_>) -> Option<CApi> {
     Some(CApi {
         num_qubits: slot!(circuit, 13, CountFn),
         num_clbits: slot!(circuit, 14, CountFn),
+        global_phase: slot!(circuit, 50, GlobalPhaseFn),
+        param_free: slot!(circuit, 207, ParamFreeFn),
         instruction_kind: slot!(circuit, 28, KindFn),
         num_instructions: slot!(circuit, 30, SizeFn),
         borrow_from_python: slot!(circuit, 41, BorrowFn),
@@ -202,155 +207,222 @@ pub fn dumps(py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
     Ok(out.extract::<&[u8]>()?.to_vec())
 }
 
-/// One circuit as an [`Experiment`]: natively when the C API can represent all of it,
+/// Attributes of `QuantumCircuit` read directly, skipping its Python properties.
+struct CircuitType {
+    ty: Py<PyType>,
+}
+
+static CIRCUIT_TYPE: PyOnceLock<Option<CircuitType>> = PyOnceLock::new();
+
+fn circuit_type(py: Python<'_>) -> Option<&Bound<'_, PyType>> {
+    CIRCUIT_TYPE
+        .get_or_init(py, || {
+            let ty = py
+                .import("qiskit.circuit")
+                .and_then(|m| m.getattr("QuantumCircuit"))
+                .ok()?;
+            Some(CircuitType {
+                ty: ty.cast_into::<PyType>().ok()?.unbind(),
+            })
+        })
+        .as_ref()
+        .map(|c| c.ty.bind(py))
+}
+
+/// Appends one circuit to `writer`: natively when the C API can represent all of it,
 /// otherwise through the Python path (which also raises the errors users see).
-pub fn read_circuit(
+pub fn write_circuit(
     py: Python<'_>,
     api: Option<&CApi>,
+    scratch: &mut Scratch,
     circuit: &Bound<'_, PyAny>,
-) -> PyResult<Experiment> {
+    writer: &mut QobjWriter,
+) -> PyResult<()> {
     if let Some(api) = api {
-        if let Some(experiment) = read_native(py, api, circuit)? {
-            return Ok(experiment);
+        if write_native(py, api, scratch, circuit, writer)? {
+            return Ok(());
         }
     }
     let out = helpers(py)?.experiment_json.bind(py).call1((circuit,))?;
     let (json, n_qubits, memory_slots): (Vec<u8>, u32, u32) = out.extract()?;
-    Ok(Experiment::Raw {
-        json,
-        n_qubits,
-        memory_slots,
-    })
+    writer.raw_experiment(&json, n_qubits, memory_slots);
+    Ok(())
 }
 
-/// Reads a circuit through the C API; `Ok(None)` when it holds something the C API path
-/// does not represent (control flow, unitary, custom or parameterized instructions).
-fn read_native(
+/// Buffers reused from one circuit to the next.
+#[derive(Default)]
+pub struct Scratch {
+    params: Vec<Param>,
+}
+
+/// `circuit._data`, and `circuit.global_phase` when it is not what `_data` holds (a
+/// subclass, or a circuit open on a control-flow scope), `circuit.metadata`.
+type Attributes<'py> = (
+    Bound<'py, PyAny>,
+    Option<Bound<'py, PyAny>>,
+    Bound<'py, PyAny>,
+);
+
+fn attributes<'py>(py: Python<'py>, circuit: &Bound<'py, PyAny>) -> PyResult<Attributes<'py>> {
+    let data = circuit.getattr(intern!(py, "_data"))?;
+    if circuit_type(py).is_some_and(|ty| circuit.get_type().is(ty)) {
+        // What the `global_phase` and `metadata` properties return, without running them.
+        let scopes = circuit.getattr(intern!(py, "_control_flow_scopes"))?;
+        if !scopes.is_truthy()? {
+            let metadata = circuit.getattr(intern!(py, "_metadata"))?;
+            return Ok((data, None, metadata));
+        }
+    }
+    Ok((
+        data,
+        Some(circuit.getattr(intern!(py, "global_phase"))?),
+        circuit.getattr(intern!(py, "metadata"))?,
+    ))
+}
+
+/// The circuit's global phase as a number, `None` when it is a parameter expression.
+fn global_phase(api: &CApi, qc: *const QkCircuit) -> Option<f64> {
+    // SAFETY: `qc` is valid (caller's contract); the phase is a fresh QkParam we own and
+    // free with `qk_param_free`, as the C API documents.
+    unsafe {
+        let param = (api.global_phase)(qc);
+        if param.is_null() {
+            return None;
+        }
+        let value = match (api.param_kind)(param) {
+            PARAM_REAL => Some((api.param_as_real)(param)),
+            PARAM_INT => {
+                let mut value = 0i64;
+                (api.param_as_int)(param, &mut value).then_some(value as f64)
+            }
+            _ => None,
+        };
+        (api.param_free)(param);
+        value
+    }
+}
+
+/// Writes a circuit through the C API; `Ok(false)` (nothing written) when it holds
+/// something the C API path does not represent (control flow, unitary, custom or
+/// parameterized instructions), or metadata or a name the Python path should judge.
+fn write_native(
     py: Python<'_>,
     api: &CApi,
+    scratch: &mut Scratch,
     circuit: &Bound<'_, PyAny>,
-) -> PyResult<Option<Experiment>> {
-    let Ok(global_phase) = circuit
-        .getattr(intern!(py, "global_phase"))?
-        .extract::<f64>()
-    else {
-        return Ok(None);
-    };
-    let data = circuit.getattr(intern!(py, "_data"))?;
+    writer: &mut QobjWriter,
+) -> PyResult<bool> {
+    let (data, phase, metadata) = attributes(py, circuit)?;
     // SAFETY: attached to the interpreter; `data` is a live object we hold a reference to.
     let qc = unsafe { (api.borrow_from_python)(data.as_ptr()) } as *const QkCircuit;
     if qc.is_null() {
         // Not a `CircuitData` (a QuantumCircuit subclass doing odd things): Python path.
         let _ = PyErr::take(py);
-        return Ok(None);
+        return Ok(false);
     }
     // From here on `qc` is borrowed from `data`, which lives (and, the GIL held and no
     // Python code run on it, stays unmutated) until this function returns.
-    let Some(instructions) = read_instructions(api, qc) else {
-        return Ok(None);
+    let global_phase = match phase {
+        None => global_phase(api, qc),
+        Some(phase) => phase.extract::<f64>().ok(),
+    };
+    let Some(global_phase) = global_phase else {
+        return Ok(false);
     };
     let name = circuit.getattr(intern!(py, "name"))?;
-    let name = name
-        .cast::<PyString>()
-        .map_err(|_| PyTypeError::new_err("circuit name is not a string"))?
-        .to_str()?
-        .to_owned();
-    let metadata = circuit.getattr(intern!(py, "metadata"))?;
+    let Ok(name) = name.cast::<PyString>() else {
+        return Ok(false);
+    };
+    let name = name.to_str()?;
     let metadata_json = match metadata.cast::<PyDict>() {
         Ok(dict) if dict.is_empty() => None,
-        _ => Some(dumps(py, &metadata)?),
+        _ => match dumps(py, &metadata) {
+            Ok(json) => Some(json),
+            Err(_) => return Ok(false),
+        },
     };
-    // SAFETY (the four calls): `qc` is a valid circuit pointer, see above; register
+    writer.clear_registers();
+    // SAFETY (all calls below): `qc` is a valid circuit pointer, see above; register
     // indices are below the counts the C API returned.
     let (n_qubits, memory_slots) = unsafe { ((api.num_qubits)(qc), (api.num_clbits)(qc)) };
-    let qregs = unsafe {
-        registers(
-            api,
-            (api.num_quantum_registers)(qc),
-            |i| (api.get_quantum_register)(qc, i),
-            api.quantum_register_name,
-            api.quantum_register_num_bits,
-        )
-    };
-    let cregs = unsafe {
-        registers(
-            api,
-            (api.num_classical_registers)(qc),
-            |i| (api.get_classical_register)(qc, i),
-            api.classical_register_name,
-            api.classical_register_num_bits,
-        )
-    };
-    Ok(Some(Experiment::Native {
-        header: ExperimentHeader {
-            name,
-            n_qubits,
-            memory_slots,
-            qregs,
-            cregs,
-            global_phase,
-            metadata_json,
-        },
-        instructions,
-    }))
-}
-
-/// # Safety
-/// `get(i)` must return a valid register pointer for every `i < count`, and `name_fn` /
-/// `bits_fn` must be the C API functions for that kind of register.
-unsafe fn registers(
-    api: &CApi,
-    count: usize,
-    get: impl Fn(usize) -> *const QkRegister,
-    name_fn: RegisterNameFn,
-    bits_fn: RegisterBitsFn,
-) -> Vec<Register> {
-    (0..count)
-        .map(|i| {
-            let reg = get(i);
-            // SAFETY: `reg` is valid (caller's contract). The name is a fresh nul-terminated
-            // C string we own and free with `qk_str_free`, as the C API documents.
-            unsafe {
-                let raw = name_fn(reg);
-                let name = CStr::from_ptr(raw).to_string_lossy().into_owned();
-                (api.str_free)(raw);
-                Register {
-                    name,
-                    size: bits_fn(reg) as u32,
-                }
-            }
-        })
-        .collect()
-}
-
-/// The circuit's instructions, or `None` at the first one the native path does not write.
-fn read_instructions(api: &CApi, qc: *const QkCircuit) -> Option<InstructionList> {
-    // SAFETY: `qc` is a valid circuit (caller's contract, see `read_native`).
-    let n = unsafe { (api.num_instructions)(qc) };
-    let mut list = InstructionList::with_capacity(n);
-    let mut params: Vec<Param> = Vec::with_capacity(4);
-    for index in 0..n {
-        // SAFETY: `index < n`, the circuit's instruction count.
-        let kind = unsafe { (api.instruction_kind)(qc, index) };
-        if !matches!(
-            kind,
-            KIND_GATE | KIND_BARRIER | KIND_DELAY | KIND_MEASURE | KIND_RESET
-        ) {
-            return None;
+    unsafe {
+        for i in 0..(api.num_quantum_registers)(qc) {
+            let reg = (api.get_quantum_register)(qc, i);
+            let size = (api.quantum_register_num_bits)(reg) as u32;
+            register_name(api, api.quantum_register_name, reg, |n| {
+                writer.add_qreg(n, size)
+            });
         }
-        let mut view = InstructionView {
-            name: std::ptr::null(),
-            qubits: std::ptr::null(),
-            clbits: std::ptr::null(),
-            params: std::ptr::null(),
-            name_len: 0,
-            num_qubits: 0,
-            num_clbits: 0,
-            num_params: 0,
+        for i in 0..(api.num_classical_registers)(qc) {
+            let reg = (api.get_classical_register)(qc, i);
+            let size = (api.classical_register_num_bits)(reg) as u32;
+            register_name(api, api.classical_register_name, reg, |n| {
+                writer.add_creg(n, size)
+            });
+        }
+    }
+    writer.begin_experiment(&ExperimentHeader {
+        name,
+        n_qubits,
+        memory_slots,
+        global_phase,
+        metadata_json: metadata_json.as_deref(),
+    });
+    if write_instructions(api, qc, &mut scratch.params, writer) {
+        writer.end_experiment();
+        Ok(true)
+    } else {
+        writer.abort_experiment();
+        Ok(false)
+    }
+}
+
+/// Calls `with` on the name of register `reg`.
+///
+/// # Safety
+/// `reg` must be a valid register pointer and `name_fn` the C API function for its kind.
+unsafe fn register_name(
+    api: &CApi,
+    name_fn: RegisterNameFn,
+    reg: *const QkRegister,
+    with: impl FnOnce(&str),
+) {
+    // SAFETY: `reg` is valid (caller's contract). The name is a fresh nul-terminated C
+    // string we own and free with `qk_str_free`, as the C API documents.
+    unsafe {
+        let raw = name_fn(reg);
+        with(&CStr::from_ptr(raw).to_string_lossy());
+        (api.str_free)(raw);
+    }
+}
+
+/// Writes the circuit's instructions; `false` at the first one the native path does not
+/// write (the caller then drops the experiment).
+fn write_instructions(
+    api: &CApi,
+    qc: *const QkCircuit,
+    params: &mut Vec<Param>,
+    writer: &mut QobjWriter,
+) -> bool {
+    // SAFETY: `qc` is a valid circuit (caller's contract, see `write_native`).
+    let n = unsafe { (api.num_instructions)(qc) };
+    writer.reserve(n * 48);
+    // Software-pipelined: instruction `index + 1` is viewed (and the arrays it points at
+    // prefetched) before instruction `index` is written, so that the cache misses on the
+    // circuit's memory overlap with the writing.
+    let mut next = if n > 0 { fetch(api, qc, 0) } else { None };
+    for index in 0..n {
+        let Some((kind, view)) = next.take() else {
+            return false;
         };
-        // SAFETY: `index < n`; `view` is a valid, aligned `QkCircuitInstructionView` to
-        // write. Its pointers borrow from the circuit, which outlives this loop iteration.
-        unsafe { (api.view_instruction)(qc, index, &mut view) };
+        if index + 1 < n {
+            next = fetch(api, qc, index + 1);
+            if let Some((_, v)) = &next {
+                prefetch(v.qubits);
+                prefetch(v.params);
+                prefetch(v.clbits);
+            }
+        }
         // SAFETY: the view's arrays hold `name_len` / `num_*` elements (null when empty);
         // the name is UTF-8 (it is a Rust `str` inside qiskit; the C API documents it as
         // UTF-8), so it is not validated again, which cost ~3% of the whole call.
@@ -379,7 +451,7 @@ fn read_instructions(api: &CApi, qc: *const QkCircuit) -> Option<InstructionList
                     let mut value = 0i64;
                     // SAFETY: `param` is valid; `value` is a valid i64 to write.
                     if !unsafe { (api.param_as_int)(param, &mut value) } {
-                        return None;
+                        return false;
                     }
                     if kind == KIND_DELAY {
                         Param::Int(value)
@@ -389,7 +461,7 @@ fn read_instructions(api: &CApi, qc: *const QkCircuit) -> Option<InstructionList
                     }
                 }
                 // Unbound parameters (and anything else): the Python path names the problem.
-                _ => return None,
+                _ => return false,
             };
             params.push(value);
         }
@@ -399,12 +471,52 @@ fn read_instructions(api: &CApi, qc: *const QkCircuit) -> Option<InstructionList
             match DELAY_UNITS.get(code as usize) {
                 Some(_) if code == DELAY_DT => {}
                 Some(name) => unit = Some(*name),
-                None => return None,
+                None => return false,
             }
         }
-        list.push(name, qubits, clbits, params.iter().copied(), unit);
+        writer.instruction(name, qubits, clbits, params, unit);
     }
-    Some(list)
+    true
+}
+
+/// The kind and view of instruction `index`, `None` when it is of a kind the native path
+/// does not write. `qc` must be a valid circuit and `index` below its instruction count.
+fn fetch(api: &CApi, qc: *const QkCircuit, index: usize) -> Option<(u8, InstructionView)> {
+    // SAFETY: `qc` is valid and `index` in range (caller's contract).
+    let kind = unsafe { (api.instruction_kind)(qc, index) };
+    if !matches!(
+        kind,
+        KIND_GATE | KIND_BARRIER | KIND_DELAY | KIND_MEASURE | KIND_RESET
+    ) {
+        return None;
+    }
+    let mut view = InstructionView {
+        name: std::ptr::null(),
+        qubits: std::ptr::null(),
+        clbits: std::ptr::null(),
+        params: std::ptr::null(),
+        name_len: 0,
+        num_qubits: 0,
+        num_clbits: 0,
+        num_params: 0,
+    };
+    // SAFETY: as above; `view` is a valid, aligned `QkCircuitInstructionView` to write. Its
+    // pointers borrow from the circuit, which the caller keeps alive and unmutated.
+    unsafe { (api.view_instruction)(qc, index, &mut view) };
+    Some((kind, view))
+}
+
+/// Hints the CPU to load the cache line at `ptr` (a no-op elsewhere than x86-64).
+#[inline(always)]
+fn prefetch<T>(ptr: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults, whatever the address; SSE is baseline on x86-64.
+    #[allow(unused_unsafe)]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(ptr.cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = ptr;
 }
 
 /// # Safety

@@ -14,11 +14,12 @@ use bytes::Bytes;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyRuntimeError, PyTimeoutError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBytes, PyDict, PyString};
 use qdispatch_core::client::{
     parse_method, splice_qobj, RequestOptions, RetryPolicy, ServiceClient,
 };
-use qdispatch_core::stream::{EventStream, StreamConfig};
+use qdispatch_core::stream::{is_final, EventStream, StreamConfig};
+use qdispatch_core::submit::{submit_all, Chunk};
 use qdispatch_core::{results, ClientError};
 use tokio::runtime::Runtime;
 
@@ -268,6 +269,74 @@ impl Client {
         Ok(PyBytes::new(py, &response.body))
     }
 
+    /// Submits many jobs at once (the job manager's chunks): `envelopes[i]` with
+    /// `qobjs[i]` spliced in, gzip-compressed, at most `concurrency` requests in flight,
+    /// the GIL released throughout. Returns, per chunk and in order, the job record
+    /// (bytes) or the error (an `ApiError` instance, not raised). A chunk over the user's
+    /// active-job limit waits for one of the batch's jobs to finish and tries again.
+    #[pyo3(signature = (envelopes, qobjs, *, concurrency = 8))]
+    fn submit_many<'py>(
+        &self,
+        py: Python<'py>,
+        envelopes: Vec<Vec<u8>>,
+        qobjs: Vec<Vec<u8>>,
+        concurrency: usize,
+    ) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        if envelopes.len() != qobjs.len() {
+            return Err(PyValueError::new_err(format!(
+                "{} envelopes but {} qobjs",
+                envelopes.len(),
+                qobjs.len()
+            )));
+        }
+        let rt = self.rt()?;
+        let chunks: Vec<Chunk> = envelopes
+            .into_iter()
+            .zip(qobjs)
+            .map(|(envelope, qobj)| Chunk { envelope, qobj })
+            .collect();
+        let opts = RequestOptions {
+            idempotency_key: None,
+            gzip_body: true,
+            timeout: self.timeout,
+        };
+        let stream = &self.stream;
+        let core = &self.core;
+        let outcomes = py.detach(|| {
+            rt.block_on(submit_all(
+                core,
+                chunks,
+                concurrency,
+                opts,
+                |ids| async move {
+                    let active: Vec<String> = ids
+                        .into_iter()
+                        .filter(|id| stream.last_status(id).is_none_or(|s| !is_final(&s)))
+                        .collect();
+                    if active.is_empty() {
+                        // The limit is held by jobs of other batches: check back shortly.
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        return;
+                    }
+                    if stream.watch(&active).is_ok() {
+                        let _ = stream
+                            .wait_any_final(&active, Some(Duration::from_secs(5)))
+                            .await;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                },
+            ))
+        });
+        outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                Ok(body) => Ok(PyBytes::new(py, &body).into_any()),
+                Err(err) => Ok(client_err(err).into_value(py).into_bound(py).into_any()),
+            })
+            .collect()
+    }
+
     /// Subscribes `job_ids` on the event stream (opened on first use); does not block.
     fn watch(&self, job_ids: Vec<String>) -> PyResult<()> {
         self.rt()?;
@@ -361,20 +430,24 @@ pub(crate) fn counts_from_result<'py>(
     py: Python<'py>,
     result_json: &[u8],
 ) -> PyResult<Vec<Option<Bound<'py, PyDict>>>> {
-    let parsed = py
-        .detach(|| results::counts_from_result(result_json))
+    let table = py
+        .detach(|| results::counts_table(result_json))
         .map_err(client_err)?;
-    parsed
-        .into_iter()
-        .map(|exp| {
-            exp.map(|counts| {
-                let dict = PyDict::new(py);
-                for (key, n) in counts {
-                    dict.set_item(key, n)?;
-                }
-                Ok(dict)
-            })
-            .transpose()
+    // Each distinct bitstring becomes one Python string, shared by every dict holding it
+    // (its hash is then computed once, too).
+    let keys: Vec<Bound<'py, PyString>> = table.keys.iter().map(|k| PyString::new(py, k)).collect();
+    (0..table.experiments.len())
+        .map(|i| {
+            table
+                .experiment(i)
+                .map(|pairs| {
+                    let dict = PyDict::new(py);
+                    for &(k, n) in pairs {
+                        dict.set_item(&keys[k as usize], n)?;
+                    }
+                    Ok(dict)
+                })
+                .transpose()
         })
         .collect()
 }

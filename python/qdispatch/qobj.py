@@ -9,6 +9,7 @@ model only, for reading and writing existing payloads.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -166,7 +167,51 @@ class QasmQobjInstruction(_Fields):
         self.__dict__.update(kwargs)
 
 
-class QasmQobjExperiment:
+class _ByValue(ABC):
+    """Equality by wire form: two objects are equal when their ``to_dict()`` are."""
+
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form."""
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, _ByValue)
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class _Qobj(_ByValue):
+    """What QASM and Pulse Qobjs share: the top-level layout and the wire bytes."""
+
+    type: ClassVar[str]
+    qobj_id: str | None
+    schema_version: str
+    header: QobjHeader
+    config: Any
+    experiments: list[Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The Qobj as a dict, in the wire layout."""
+        return {
+            "qobj_id": self.qobj_id,
+            "type": self.type,
+            "schema_version": self.schema_version,
+            "header": self.header.to_dict(),
+            "config": self.config.to_dict(),
+            "experiments": [exp.to_dict() for exp in self.experiments],
+        }
+
+    def to_json(self) -> bytes:
+        """The wire bytes: compact JSON, complex numbers as ``[re, im]`` pairs."""
+        return orjson.dumps(
+            self.to_dict(), default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY
+        )
+
+
+class QasmQobjExperiment(_ByValue):
     """One experiment (one circuit): header, config and instructions."""
 
     def __init__(
@@ -196,19 +241,12 @@ class QasmQobjExperiment:
             instructions=[QasmQobjInstruction.from_dict(i) for i in data.get("instructions", [])],
         )
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, QasmQobjExperiment):
-            return NotImplemented
-        return self.to_dict() == other.to_dict()
-
-    __hash__ = None  # type: ignore[assignment]
-
     def __repr__(self) -> str:
         name = getattr(self.header, "name", None)
         return f"QasmQobjExperiment(name={name!r}, instructions={len(self.instructions)})"
 
 
-class QasmQobj:
+class QasmQobj(_Qobj):
     """A QASM Qobj: the circuits of one job and how to run them (``type == "QASM"``)."""
 
     type: ClassVar[str] = "QASM"
@@ -226,17 +264,6 @@ class QasmQobj:
         self.header = header or QobjHeader()
         self.schema_version = "1.3.0"
 
-    def to_dict(self) -> dict[str, Any]:
-        """The Qobj as a dict, in the wire layout."""
-        return {
-            "qobj_id": self.qobj_id,
-            "type": self.type,
-            "schema_version": self.schema_version,
-            "header": self.header.to_dict(),
-            "config": self.config.to_dict(),
-            "experiments": [exp.to_dict() for exp in self.experiments],
-        }
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QasmQobj:
         """Builds a Qobj from a dict as :meth:`to_dict` returns it."""
@@ -251,19 +278,6 @@ class QasmQobj:
         )
         qobj.schema_version = str(data.get("schema_version", qobj.schema_version))
         return qobj
-
-    def to_json(self) -> bytes:
-        """The wire bytes: compact JSON, complex numbers as ``[re, im]`` pairs."""
-        return orjson.dumps(
-            self.to_dict(), default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, QasmQobj):
-            return NotImplemented
-        return self.to_dict() == other.to_dict()
-
-    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"QasmQobj(qobj_id={self.qobj_id!r}, experiments={len(self.experiments)})"
@@ -415,7 +429,7 @@ class PulseQobjConfig(_Fields):
         return obj
 
 
-class PulseQobjExperiment:
+class PulseQobjExperiment(_ByValue):
     """One pulse experiment (one schedule): instructions, optional config and header."""
 
     def __init__(
@@ -448,15 +462,8 @@ class PulseQobjExperiment:
             header=QobjExperimentHeader.from_dict(header) if header is not None else None,
         )
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, PulseQobjExperiment):
-            return NotImplemented
-        return self.to_dict() == other.to_dict()
 
-    __hash__ = None  # type: ignore[assignment]
-
-
-class PulseQobj:
+class PulseQobj(_Qobj):
     """A Pulse Qobj (``type == "PULSE"``): a data model only; the service runs QASM Qobjs."""
 
     type: ClassVar[str] = "PULSE"
@@ -474,17 +481,6 @@ class PulseQobj:
         self.header = header or QobjHeader()
         self.schema_version = "1.2.0"
 
-    def to_dict(self) -> dict[str, Any]:
-        """The Qobj as a dict."""
-        return {
-            "qobj_id": self.qobj_id,
-            "type": self.type,
-            "schema_version": self.schema_version,
-            "header": self.header.to_dict(),
-            "config": self.config.to_dict(),
-            "experiments": [exp.to_dict() for exp in self.experiments],
-        }
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PulseQobj:
         """Builds a Qobj from a dict as :meth:`to_dict` returns it."""
@@ -499,16 +495,3 @@ class PulseQobj:
         )
         qobj.schema_version = str(data.get("schema_version", qobj.schema_version))
         return qobj
-
-    def to_json(self) -> bytes:
-        """Compact JSON; complex samples as ``[re, im]`` pairs."""
-        return orjson.dumps(
-            self.to_dict(), default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, PulseQobj):
-            return NotImplemented
-        return self.to_dict() == other.to_dict()
-
-    __hash__ = None  # type: ignore[assignment]

@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from qdispatch.algorithms import AlgorithmJob
     from qdispatch.assembler import AssembleError, assemble
     from qdispatch.backend import QDispatchBackend
     from qdispatch.exceptions import (
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 # qiskit costs ~0.5 s to import; `import qdispatch` (the CLI, the service) should not pay
 # for it until the assembler or the Qobj classes are used.
 _LAZY = {
+    "AlgorithmJob": "qdispatch.algorithms",
     "IBMQJobManager": "qdispatch.managed",
     "ManagedJobSet": "qdispatch.managed",
     "ManagedJob": "qdispatch.managed",
@@ -102,6 +104,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
+    "AlgorithmJob",
     "AssembleError",
     "BackendProperties",
     "IBMQApiError",

@@ -34,3 +34,12 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess
     svc = ServiceProcess(tmp_path_factory.mktemp("service"), "--workers", "2").start()
     yield svc
     svc.stop()
+
+
+@pytest.fixture(scope="module")
+def connected(service: ServiceProcess) -> Iterator[Any]:
+    """``qdispatch.connect()`` to the module's service."""
+    import qdispatch
+
+    with qdispatch.connect(service.url, token=service.token) as handle:
+        yield handle

@@ -51,21 +51,8 @@ def slow() -> QuantumCircuit:
     return slow_circuit()
 
 
-@pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    proc = ServiceProcess(tmp_path_factory.mktemp("client"), "--workers", "2").start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
-def service(svc: ServiceProcess) -> Any:
-    with qdispatch.connect(svc.url, token=svc.token) as service:
-        yield service
-
-
-def test_counts_match_physics_and_aer_with_the_same_seed(service: Any) -> None:
-    backend = service.backend("aer_simulator")
+def test_counts_match_physics_and_aer_with_the_same_seed(connected: Any) -> None:
+    backend = connected.backend("aer_simulator")
     circuits = [bell(), ghz(3), ghz(5)]
     job = backend.run(circuits, shots=500, seed_simulator=42)
     assert isinstance(job, IBMQJob)
@@ -83,8 +70,8 @@ def test_counts_match_physics_and_aer_with_the_same_seed(service: Any) -> None:
     assert not job.cancelled()
 
 
-def test_noisy_device_through_its_target(service: Any) -> None:
-    backend = service.backend("fake_generic_5q")
+def test_noisy_device_through_its_target(connected: Any) -> None:
+    backend = connected.backend("fake_generic_5q")
     assert backend.num_qubits == 5
     assert backend.max_circuits == 300
     circuit = transpile(ghz(3), backend, seed_transpiler=1)
@@ -96,8 +83,8 @@ def test_noisy_device_through_its_target(service: Any) -> None:
     assert backend.target["cx"][(0, 1)].error > 0
 
 
-def test_the_job_record(service: Any) -> None:
-    backend = service.backend("aer_simulator")
+def test_the_job_record(connected: Any) -> None:
+    backend = connected.backend("aer_simulator")
     job = backend.run(
         [bell()],
         job_name="record",
@@ -144,22 +131,22 @@ def test_the_job_record(service: Any) -> None:
     assert job.update_tags(replacement_tags=[]) == []
     with pytest.raises(IBMQJobInvalidStateError, match="none of replacement_tags"):
         job.update_tags()
-    again = service.job(job.job_id())
+    again = connected.job(job.job_id())
     assert again.name() == "renamed"
     assert again.tags() == []
     assert again.result().get_counts() == job.result().get_counts()
 
 
-def test_device_job_properties_are_those_it_ran_with(service: Any) -> None:
-    backend = service.backend("fake_generic_5q")
+def test_device_job_properties_are_those_it_ran_with(connected: Any) -> None:
+    backend = connected.backend("fake_generic_5q")
     job = backend.run(transpile(bell(), backend), shots=100)
     props = job.properties()
     assert props == backend.properties()
     assert props.gate_error("cx", [0, 1]) > 0
 
 
-def test_cancel_and_the_states_around_it(svc: ServiceProcess, service: Any) -> None:
-    backend = service.backend("aer_simulator")
+def test_cancel_and_the_states_around_it(service: ServiceProcess, connected: Any) -> None:
+    backend = connected.backend("aer_simulator")
     job = backend.run(slow(), shots=6000)
     with pytest.raises(IBMQJobTimeoutError, match="Timeout while waiting for job"):
         job.result(timeout=0.2)
@@ -177,8 +164,8 @@ def test_cancel_and_the_states_around_it(svc: ServiceProcess, service: Any) -> N
 def test_queue_position_and_info(tmp_path: Path) -> None:
     proc = ServiceProcess(tmp_path, "--workers", "1").start()
     try:
-        with qdispatch.connect(proc.url, token=proc.token) as service:
-            backend = service.backend("aer_simulator")
+        with qdispatch.connect(proc.url, token=proc.token) as connected:
+            backend = connected.backend("aer_simulator")
             blocker = backend.run(slow(), shots=3000)
             waiting = [backend.run(bell()) for _ in range(2)]
             while blocker.status() is not JobStatus.RUNNING:
@@ -197,8 +184,8 @@ def test_queue_position_and_info(tmp_path: Path) -> None:
         proc.stop()
 
 
-def test_partial_results_of_a_failed_job(service: Any) -> None:
-    backend = service.backend("aer_simulator")
+def test_partial_results_of_a_failed_job(connected: Any) -> None:
+    backend = connected.backend("aer_simulator")
     # A 20-qubit density matrix is more memory than Aer allows: that experiment fails.
     job = backend.run([bell(), ghz(20)], shots=100, method="density_matrix")
     job.wait_for_final_state(timeout=60)
@@ -212,25 +199,25 @@ def test_partial_results_of_a_failed_job(service: Any) -> None:
     assert not partial.results[1].success
 
 
-def test_wait_with_callback(service: Any) -> None:
+def test_wait_with_callback(connected: Any) -> None:
     seen: list[tuple[str, JobStatus]] = []
 
     def callback(job_id: str, status: JobStatus, job: IBMQJob, queue_info: Any) -> None:
         seen.append((job_id, status))
         assert queue_info is None or isinstance(queue_info, QueueInfo)
 
-    job = service.backend("aer_simulator").run(slow(), shots=400)
+    job = connected.backend("aer_simulator").run(slow(), shots=400)
     job.wait_for_final_state(timeout=120, wait=0.2, callback=callback)
     assert seen[-1] == (job.job_id(), JobStatus.DONE)
     assert all(job_id == job.job_id() for job_id, _ in seen)
 
 
-def test_a_job_is_found_again_from_another_process(svc: ServiceProcess, service: Any) -> None:
-    job = service.backend("aer_simulator").run(bell(), shots=200, seed_simulator=5)
+def test_a_job_is_found_again_from_another_process(service: ServiceProcess, connected: Any) -> None:
+    job = connected.backend("aer_simulator").run(bell(), shots=200, seed_simulator=5)
     counts = job.result().get_counts()
     code = (
         "import qdispatch, sys\n"
-        f"s = qdispatch.connect({svc.url!r}, token={svc.token!r})\n"
+        f"s = qdispatch.connect({service.url!r}, token={service.token!r})\n"
         f"print(s.job({job.job_id()!r}).result().get_counts())\n"
     )
     out = subprocess.run(
@@ -239,34 +226,34 @@ def test_a_job_is_found_again_from_another_process(svc: ServiceProcess, service:
     assert out.stdout.strip() == str(counts)
 
 
-def test_jobs_listing_filters(service: Any) -> None:
-    backend = service.backend("aer_simulator")
+def test_jobs_listing_filters(connected: Any) -> None:
+    backend = connected.backend("aer_simulator")
     made = [backend.run(bell(), job_name=f"list-{i}", job_tags=["listing"]) for i in range(4)]
     for job in made:
         job.wait_for_final_state(timeout=60)
-    found = service.jobs(limit=None, job_tags=["listing"])
+    found = connected.jobs(limit=None, job_tags=["listing"])
     assert [j.job_id() for j in found] == [j.job_id() for j in reversed(made)]
-    assert [j.job_id() for j in service.jobs(limit=2, job_tags=["listing"])] == [
+    assert [j.job_id() for j in connected.jobs(limit=2, job_tags=["listing"])] == [
         made[3].job_id(),
         made[2].job_id(),
     ]
-    oldest = service.jobs(limit=1, job_tags=["listing"], descending=False)
+    oldest = connected.jobs(limit=1, job_tags=["listing"], descending=False)
     assert oldest[0].job_id() == made[0].job_id()
-    assert len(service.jobs(job_name="list-[12]$", job_tags=["listing"])) == 2
-    assert len(service.jobs(status=JobStatus.DONE, job_tags=["listing"])) == 4
-    assert service.jobs(status="RUNNING", job_tags=["listing"]) == []
+    assert len(connected.jobs(job_name="list-[12]$", job_tags=["listing"])) == 2
+    assert len(connected.jobs(status=JobStatus.DONE, job_tags=["listing"])) == 4
+    assert connected.jobs(status="RUNNING", job_tags=["listing"]) == []
     since = made[2].creation_date()
-    assert len(service.jobs(start_datetime=since, job_tags=["listing"])) == 2
+    assert len(connected.jobs(start_datetime=since, job_tags=["listing"])) == 2
     assert len(backend.jobs(job_tags=["listing"])) == 4
 
 
-def test_bad_input_raises_the_documented_errors(service: Any) -> None:
+def test_bad_input_raises_the_documented_errors(connected: Any) -> None:
     with pytest.raises(IBMQJobApiError, match="job 'no-such-job' not found") as missing:
-        service.job("no-such-job")
+        connected.job("no-such-job")
     assert missing.value.status == 404
     with pytest.raises(IBMQBackendApiError, match="unknown backend 'nowhere'"):
-        service.backend("nowhere")
-    device = service.backend("fake_generic_5q")
+        connected.backend("nowhere")
+    device = connected.backend("fake_generic_5q")
     wide = QuantumCircuit(6)
     wide.x(5)
     with pytest.raises(IBMQBackendApiError, match="uses qubit 5, but backend 'fake_generic_5q'"):
@@ -276,13 +263,13 @@ def test_bad_input_raises_the_documented_errors(service: Any) -> None:
     unbound = QuantumCircuit(1)
     unbound.rx(Parameter("theta"), 0)
     with pytest.raises(IBMQBackendValueError, match="theta"):
-        service.backend("aer_simulator").run(unbound)
+        connected.backend("aer_simulator").run(unbound)
 
     class Schedule:  # what qiskit < 2 users may still pass
         pass
 
     with pytest.raises(IBMQBackendValueError, match="Pulse schedules are not supported"):
-        service.backend("aer_simulator").run(Schedule())
+        connected.backend("aer_simulator").run(Schedule())
     with pytest.raises(IBMQBackendApiError, match="shots=200000 is more than"):
         device.run(transpile(bell(), device), shots=200_000)
 

@@ -43,23 +43,10 @@ def slow(i: int) -> QuantumCircuit:
     return slow_circuit(f"slow-{i}")
 
 
-@pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    proc = ServiceProcess(tmp_path_factory.mktemp("managed"), "--workers", "2").start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
-def service(svc: ServiceProcess) -> Any:
-    with qdispatch.connect(svc.url, token=svc.token) as service:
-        yield service
-
-
 def test_ten_thousand_circuits_match_aer_and_are_found_again(
-    svc: ServiceProcess, service: Any
+    service: ServiceProcess, connected: Any
 ) -> None:
-    backend = service.backend("aer_simulator")
+    backend = connected.backend("aer_simulator")
     circuits = [rotation(i) for i in range(10_000)]
     manager = IBMQJobManager()
     job_set = manager.run(
@@ -96,7 +83,7 @@ def test_ten_thousand_circuits_match_aer_and_are_found_again(
 
     code = (
         "import qdispatch\n"
-        f"service = qdispatch.connect({svc.url!r}, token={svc.token!r})\n"
+        f"service = qdispatch.connect({service.url!r}, token={service.token!r})\n"
         f"s = qdispatch.IBMQJobManager().retrieve_job_set({job_set.job_set_id()!r}, service)\n"
         "r = s.results()\n"
         "print(s.name(), len(s.jobs()), r.get_counts(0), r.get_counts(9999))\n"
@@ -109,9 +96,9 @@ def test_ten_thousand_circuits_match_aer_and_are_found_again(
 
 
 def test_a_bad_chunk_spares_the_others_and_resubmission_completes_the_set(
-    service: Any,
+    connected: Any,
 ) -> None:
-    backend = service.backend("aer_simulator")
+    backend = connected.backend("aer_simulator")
     circuits = [rotation(i) for i in range(900)]
     broken = list(circuits)
     too_wide = QuantumCircuit(31, 1, name="too-wide")
@@ -133,7 +120,7 @@ def test_a_bad_chunk_spares_the_others_and_resubmission_completes_the_set(
         results.combine_results()
 
     # Retrieval by id sees the gap too.
-    again = IBMQJobManager().retrieve_job_set(job_set.job_set_id(), service)
+    again = IBMQJobManager().retrieve_job_set(job_set.job_set_id(), connected)
     assert [m.start_index for m in again.managed_jobs()] == [0, 300, 600]
     assert again.managed_jobs()[1].job is None
 
@@ -145,8 +132,8 @@ def test_a_bad_chunk_spares_the_others_and_resubmission_completes_the_set(
     assert len(fixed.combine_results().results) == 900
 
 
-def test_cancel_timeout_names_and_tags(service: Any) -> None:
-    backend = service.backend("aer_simulator")
+def test_cancel_timeout_names_and_tags(connected: Any) -> None:
+    backend = connected.backend("aer_simulator")
     job_set = IBMQJobManager().run(
         [slow(i) for i in range(4)],
         backend,
@@ -176,7 +163,7 @@ def test_cancel_timeout_names_and_tags(service: Any) -> None:
     with pytest.raises(IBMQManagedResultDataNotAvailable, match="cancelled"):
         results.get_counts(0)
 
-    retrieved = IBMQJobManager().retrieve_job_set(job_set.job_set_id(), service)
+    retrieved = IBMQJobManager().retrieve_job_set(job_set.job_set_id(), connected)
     assert retrieved.name() == "renamed-set"
     assert retrieved.tags() == ["mine", "more"]
     assert len(retrieved.jobs()) == 4
@@ -185,11 +172,11 @@ def test_cancel_timeout_names_and_tags(service: Any) -> None:
     retrieved.cancel()
 
 
-def test_unknown_things(service: Any) -> None:
+def test_unknown_things(connected: Any) -> None:
     manager = IBMQJobManager()
     with pytest.raises(IBMQJobManagerUnknownJobSet, match="not found"):
-        manager.retrieve_job_set("no-such-set", service)
-    job_set = manager.run([rotation(i) for i in range(3)], service.backend("aer_simulator"))
+        manager.retrieve_job_set("no-such-set", connected)
+    job_set = manager.run([rotation(i) for i in range(3)], connected.backend("aer_simulator"))
     results = job_set.results(timeout=120)
     with pytest.raises(IBMQJobManagerJobNotFound, match="experiment 3 is not in this set"):
         results.get_counts(3)
@@ -201,10 +188,10 @@ def test_unknown_things(service: Any) -> None:
 def test_the_active_job_limit_paces_the_set_instead_of_failing_it(tmp_path: Path) -> None:
     proc = ServiceProcess(tmp_path, "--workers", "1", "--max-active-jobs", "2").start()
     try:
-        with qdispatch.connect(proc.url, token=proc.token) as service:
+        with qdispatch.connect(proc.url, token=proc.token) as connected:
             circuits = [rotation(i) for i in range(40)]
             job_set = IBMQJobManager().run(
-                circuits, service.backend("aer_simulator"), max_experiments_per_job=5, shots=16
+                circuits, connected.backend("aer_simulator"), max_experiments_per_job=5, shots=16
             )
             results = job_set.results(timeout=300)
             assert results.success

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ from qiskit.providers import BackendV2, Options
 from qiskit.transpiler import InstructionProperties, Target
 
 from . import __version__
-from .exceptions import IBMQBackendApiError, IBMQBackendValueError
+from .exceptions import IBMQBackendApiError, IBMQBackendValueError, IBMQError
 from .models import BackendProperties
 
 if TYPE_CHECKING:
@@ -217,11 +218,10 @@ def _build_target(config: dict[str, Any], props: BackendProperties | None) -> Ta
         for q in qargs:
             error = duration = None
             if props is not None:
-                try:
+                # Not calibrated: no properties, still supported.
+                with contextlib.suppress(IBMQError):
                     error = props.gate_error(name, list(q))
                     duration = props.gate_length(name, list(q))
-                except Exception:  # not calibrated: no properties, still supported
-                    pass
             out[q] = InstructionProperties(duration=duration, error=error)
         return out
 
@@ -240,7 +240,7 @@ def _build_target(config: dict[str, Any], props: BackendProperties | None) -> Ta
                 try:
                     err = props.readout_error(q[0])
                     length = props.readout_length(q[0])
-                except Exception:
+                except IBMQError:
                     continue
                 qprops[q] = InstructionProperties(duration=length, error=err)
         target.add_instruction(op, qprops)

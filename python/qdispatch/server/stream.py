@@ -135,11 +135,9 @@ class StreamSession:
         self.hub.add(self.sub)
         sender = asyncio.create_task(self._send_live())
         try:
-            while True:
-                raw = await self.ws.receive_text()
-                await self._handle(raw)
-        except WebSocketDisconnect:
-            pass
+            with contextlib.suppress(WebSocketDisconnect):  # the client went away
+                while True:
+                    await self._handle(await self.ws.receive_text())
         finally:
             self.hub.remove(self.sub)
             sender.cancel()

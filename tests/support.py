@@ -3,9 +3,12 @@ waiting for jobs."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -143,3 +146,65 @@ def submit(
     assert response.status_code == 201, response.text
     job: dict[str, Any] = response.json()
     return job
+
+
+class CuttableProxy:
+    """A TCP proxy on 127.0.0.1 in front of a service, whose open connections can be cut
+    at once (``cut()``): a dropped network, as a client sees it. New connections work
+    again right after a cut."""
+
+    def __init__(self, target_url: str) -> None:
+        host, port = target_url.removeprefix("http://").rsplit(":", 1)
+        self._target = (host, int(port))
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self.cuts = 0
+        self._closed = False
+        threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                downstream, _ = self._server.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self._target)
+            except OSError:
+                downstream.close()
+                continue
+            with self._lock:
+                self._open |= {downstream, upstream}
+            for src, dst in ((downstream, upstream), (upstream, downstream)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while chunk := src.recv(65536):
+                dst.sendall(chunk)
+        except OSError:
+            pass  # cut, or the other side closed
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            with self._lock:
+                self._open.discard(src)
+            src.close()
+
+    def cut(self) -> None:
+        """Drop every open connection (both directions), as a network failure would."""
+        with self._lock:
+            sockets = list(self._open)
+            self.cuts += 1
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """Stop accepting and drop every connection."""
+        self._closed = True
+        self._server.close()
+        self.cut()

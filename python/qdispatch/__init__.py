@@ -11,7 +11,11 @@ if TYPE_CHECKING:
     from qdispatch.algorithms import AlgorithmJob
     from qdispatch.assembler import AssembleError, assemble
     from qdispatch.backend import QDispatchBackend
+    from qdispatch.encoding import RuntimeDecoder, RuntimeEncoder
     from qdispatch.exceptions import (
+        IBMApiError,
+        IBMError,
+        IBMInputValueError,
         IBMQApiError,
         IBMQBackendApiError,
         IBMQBackendError,
@@ -29,10 +33,18 @@ if TYPE_CHECKING:
         IBMQJobManagerUnknownJobSet,
         IBMQJobTimeoutError,
         IBMQManagedResultDataNotAvailable,
+        IBMRuntimeError,
+        RuntimeInvalidStateError,
+        RuntimeJobFailureError,
+        RuntimeJobMaxTimeoutError,
+        RuntimeJobNotFound,
+        RuntimeJobTimeoutError,
+        RuntimeProgramNotFound,
     )
     from qdispatch.job import IBMQJob
     from qdispatch.managed import IBMQJobManager, ManagedJob, ManagedJobSet, ManagedResults
     from qdispatch.models import BackendProperties, QueueInfo
+    from qdispatch.primitives import Estimator, Sampler
     from qdispatch.qobj import (
         PulseQobj,
         QasmQobj,
@@ -43,7 +55,9 @@ if TYPE_CHECKING:
         QasmQobjInstruction,
         QobjHeader,
     )
+    from qdispatch.runtime import ResultDecoder, RunnerResult, RuntimeJob
     from qdispatch.service import QDispatchService, connect
+    from qdispatch.sessions import Batch, Session
 
 # qiskit costs ~0.5 s to import; `import qdispatch` (the CLI, the service) should not pay
 # for it until the assembler or the Qobj classes are used.
@@ -86,6 +100,25 @@ _LAZY = {
     "QasmQobjExperimentHeader": "qdispatch.qobj",
     "QasmQobjInstruction": "qdispatch.qobj",
     "QobjHeader": "qdispatch.qobj",
+    "IBMError": "qdispatch.exceptions",
+    "IBMApiError": "qdispatch.exceptions",
+    "IBMInputValueError": "qdispatch.exceptions",
+    "IBMRuntimeError": "qdispatch.exceptions",
+    "RuntimeJobFailureError": "qdispatch.exceptions",
+    "RuntimeJobNotFound": "qdispatch.exceptions",
+    "RuntimeProgramNotFound": "qdispatch.exceptions",
+    "RuntimeInvalidStateError": "qdispatch.exceptions",
+    "RuntimeJobTimeoutError": "qdispatch.exceptions",
+    "RuntimeJobMaxTimeoutError": "qdispatch.exceptions",
+    "RuntimeJob": "qdispatch.runtime",
+    "ResultDecoder": "qdispatch.runtime",
+    "RunnerResult": "qdispatch.runtime",
+    "Session": "qdispatch.sessions",
+    "Batch": "qdispatch.sessions",
+    "Sampler": "qdispatch.primitives",
+    "Estimator": "qdispatch.primitives",
+    "RuntimeEncoder": "qdispatch.encoding",
+    "RuntimeDecoder": "qdispatch.encoding",
 }
 
 
@@ -107,6 +140,11 @@ __all__ = [
     "AlgorithmJob",
     "AssembleError",
     "BackendProperties",
+    "Batch",
+    "Estimator",
+    "IBMApiError",
+    "IBMError",
+    "IBMInputValueError",
     "IBMQApiError",
     "IBMQBackendApiError",
     "IBMQBackendError",
@@ -126,6 +164,7 @@ __all__ = [
     "IBMQJobManagerUnknownJobSet",
     "IBMQJobTimeoutError",
     "IBMQManagedResultDataNotAvailable",
+    "IBMRuntimeError",
     "ManagedJob",
     "ManagedJobSet",
     "ManagedResults",
@@ -140,6 +179,19 @@ __all__ = [
     "QasmQobjInstruction",
     "QobjHeader",
     "QueueInfo",
+    "ResultDecoder",
+    "RunnerResult",
+    "RuntimeDecoder",
+    "RuntimeEncoder",
+    "RuntimeInvalidStateError",
+    "RuntimeJob",
+    "RuntimeJobFailureError",
+    "RuntimeJobMaxTimeoutError",
+    "RuntimeJobNotFound",
+    "RuntimeJobTimeoutError",
+    "RuntimeProgramNotFound",
+    "Sampler",
+    "Session",
     "__version__",
     "assemble",
     "connect",

@@ -24,6 +24,7 @@ from .models import BackendProperties
 
 if TYPE_CHECKING:
     from .job import IBMQJob
+    from .runtime import RuntimeJob
     from .service import QDispatchService
 
 # What a Qobj config carries besides run options; never passed back as options.
@@ -177,16 +178,17 @@ class QDispatchBackend(BackendV2):
         info = self._service.submit(envelope, qobj)
         return IBMQJob.from_info(self, self._service, info)
 
-    def retrieve_job(self, job_id: str) -> IBMQJob:
+    def retrieve_job(self, job_id: str) -> IBMQJob | RuntimeJob:
         """A job of this backend by id."""
         job = self._service.job(job_id)
-        if job.backend().name != self.name:
-            raise IBMQBackendApiError(
-                f"job '{job_id}' ran on '{job.backend().name}', not '{self.name}'"
-            )
+        ran_on = getattr(job.backend(), "name", None)
+        if ran_on != self.name:
+            raise IBMQBackendApiError(f"job '{job_id}' ran on '{ran_on}', not '{self.name}'")
         return job
 
-    def jobs(self, limit: int | None = 10, skip: int = 0, **filters: Any) -> list[IBMQJob]:
+    def jobs(
+        self, limit: int | None = 10, skip: int = 0, **filters: Any
+    ) -> list[IBMQJob | RuntimeJob]:
         """This backend's jobs (the filters of ``QDispatchService.jobs``)."""
         return self._service.jobs(limit, skip, backend_name=self.name, **filters)
 

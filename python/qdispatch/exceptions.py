@@ -95,3 +95,54 @@ class IBMQManagedResultDataNotAvailable(IBMQJobManagerError):
 
 class IBMQJobManagerUnknownJobSet(IBMQJobManagerError):
     """Errors raised when the job set ID is unknown."""
+
+
+# -- runtime programs (qiskit-ibm-runtime's names and bases) ------------------------------
+
+
+class IBMError(QiskitError):
+    """Base class for errors raised by qdispatch's runtime classes."""
+
+
+class IBMApiError(IBMError):
+    """An error answered by the job service about a runtime request (``status`` and
+    ``code`` as in :class:`IBMQApiError`)."""
+
+    def __init__(self, message: str, status: int = 0, code: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+
+
+class IBMInputValueError(IBMError, ValueError):
+    """The inputs of a program, session or primitive call cannot be used; the message
+    names the input and the problem."""
+
+
+class IBMRuntimeError(IBMError):
+    """Base class for errors raised by runtime jobs, programs and sessions."""
+
+
+class RuntimeJobFailureError(IBMRuntimeError, JobError):
+    """The runtime job failed; the message has the service's reason."""
+
+
+class RuntimeJobNotFound(IBMRuntimeError):
+    """No runtime job with that id (or not one the caller may see)."""
+
+
+class RuntimeProgramNotFound(IBMRuntimeError):
+    """The service has no program with that id."""
+
+
+class RuntimeInvalidStateError(IBMRuntimeError):
+    """The job (or session) is not in a state that allows the operation."""
+
+
+class RuntimeJobTimeoutError(JobTimeoutError, IBMRuntimeError):
+    """Waiting for a runtime job timed out."""
+
+
+class RuntimeJobMaxTimeoutError(IBMRuntimeError):
+    """The runtime job did not finish within the time allowed."""

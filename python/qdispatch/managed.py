@@ -804,7 +804,8 @@ class ManagedJobSet:
         """
         if self._managed_jobs and not refresh:
             return
-        jobs = provider.jobs(limit=None, job_tags=[f"{SET_TAG}{self._id}"], descending=False)
+        tagged = provider.jobs(limit=None, job_tags=[f"{SET_TAG}{self._id}"], descending=False)
+        jobs = [job for job in tagged if isinstance(job, IBMQJob)]
         if not jobs:
             raise IBMQJobManagerUnknownJobSet(f"job set {self._id} not found")
         newest: dict[int, tuple[IBMQJob, int, int]] = {}

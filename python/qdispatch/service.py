@@ -27,6 +27,7 @@ from .local import LocalService, default_data_dir, find_or_start, read_state
 if TYPE_CHECKING:
     from .backend import QDispatchBackend
     from .job import IBMQJob
+    from .runtime import EventRouter, ResultDecoder, RuntimeJob
 
 E = TypeVar("E", bound=Exception)
 
@@ -40,6 +41,7 @@ class QDispatchService:
         self._lock = threading.Lock()
         self._client = _native.Client(url, token, timeout=timeout)
         self._backends: dict[str, QDispatchBackend] = {}
+        self._events: EventRouter | None = None
 
     def __repr__(self) -> str:
         return f"<QDispatchService {self.url}>"
@@ -53,6 +55,17 @@ class QDispatchService:
     def client(self) -> _native.Client:
         """The native client (HTTP and stream) every call goes through."""
         return self._client
+
+    @property
+    def events(self) -> EventRouter:
+        """Routes the stream's events (interim results, logs) to the jobs that want them."""
+        if self._events is None:
+            from .runtime import EventRouter
+
+            with self._lock:
+                if self._events is None:
+                    self._events = EventRouter(self)
+        return self._events
 
     # -- calls ------------------------------------------------------------------------------
 
@@ -158,13 +171,81 @@ class QDispatchService:
 
     # -- jobs -------------------------------------------------------------------------------
 
-    def job(self, job_id: str) -> IBMQJob:
-        """The job ``job_id``, as the service knows it now."""
+    def job(self, job_id: str) -> IBMQJob | RuntimeJob:
+        """The job ``job_id``, as the service knows it now: a :class:`RuntimeJob` for a
+        program job, an :class:`IBMQJob` for a circuit job."""
         from .exceptions import IBMQJobApiError
-        from .job import IBMQJob
 
         info = self.call("GET", f"/jobs/{job_id}", error=IBMQJobApiError)
+        return self._job_from_info(info)
+
+    def _job_from_info(self, info: dict[str, Any]) -> IBMQJob | RuntimeJob:
+        from .job import IBMQJob
+
+        if info.get("kind") == "program":
+            from .runtime import RuntimeJob
+
+            return RuntimeJob.from_info(self, info)
         return IBMQJob.from_info(self.backend(info["backend"]), self, info)
+
+    # -- programs -------------------------------------------------------------------------
+
+    def programs(self) -> list[dict[str, Any]]:
+        """The programs the service runs: ``id``, ``version``, ``description``, ``source``."""
+        programs: list[dict[str, Any]] = self.call("GET", "/programs")["programs"]
+        return programs
+
+    def run(
+        self,
+        program_id: str,
+        inputs: dict[str, Any],
+        options: dict[str, Any] | Any | None = None,
+        callback: Callable[[str, Any], Any] | None = None,
+        result_decoder: type[ResultDecoder] | Sequence[type[ResultDecoder]] | None = None,
+        session_id: str | None = None,
+        job_tags: list[str] | None = None,
+        image: str | None = None,
+    ) -> RuntimeJob:
+        """Execute the runtime program ``program_id``.
+
+        Args:
+            program_id: Program ID (``circuit-runner``, ``sampler``, ``estimator``, or one
+                the service's operator registered; :meth:`programs` lists them).
+            inputs: Program input parameters, encoded in the runtime JSON convention
+                (:mod:`qdispatch.encoding`).
+            options: Runtime options: ``backend`` (a name or backend; without one, the
+                session's, else the service picks the least busy), ``job_tags``,
+                ``image``, ``name``, ``share_level``.
+            callback: Called with ``(job_id, result)`` for every interim result and the
+                final result.
+            result_decoder: A ``ResultDecoder`` subclass (or one for interim and one for
+                final results) used to decode job results.
+            session_id: The session to run the job in.
+            job_tags: Tags to assign to the job.
+            image: The program image to use, ``"<program_id>:<version>"``.
+
+        Returns:
+            A :class:`RuntimeJob`.
+
+        Raises:
+            RuntimeProgramNotFound: If the service has no such program.
+            IBMInputValueError: If the inputs or options cannot be used; the message names
+                the input.
+            IBMRuntimeError: If the service refused the job for another reason.
+        """
+        from .runtime import submit_program
+
+        return submit_program(
+            self,
+            program_id,
+            inputs,
+            options,
+            callback=callback,
+            result_decoder=result_decoder,
+            session_id=session_id,
+            job_tags=job_tags,
+            image=image,
+        )
 
     def jobs(
         self,
@@ -178,14 +259,16 @@ class QDispatchService:
         job_tags: Sequence[str] | None = None,
         job_tags_operator: str = "OR",
         descending: bool = True,
-    ) -> list[IBMQJob]:
+        program_id: str | None = None,
+        session_id: str | None = None,
+    ) -> list[IBMQJob | RuntimeJob]:
         """Jobs matching the filters, newest first unless ``descending=False``.
 
         ``limit=None`` returns every matching job. ``status`` is a ``JobStatus`` or its
         name (or a list of them); ``job_name`` is a regular expression matched partially;
-        ``job_tags`` match any tag (``job_tags_operator="AND"``: all of them).
+        ``job_tags`` match any tag (``job_tags_operator="AND"``: all of them). Program jobs
+        come back as :class:`RuntimeJob`, circuit jobs as :class:`IBMQJob`.
         """
-        from .job import IBMQJob
 
         query: list[tuple[str, str]] = [("descending", str(descending).lower())]
         if backend_name:
@@ -202,19 +285,25 @@ class QDispatchService:
         for tag in job_tags or []:
             query.append(("tags", tag))
         query.append(("tags_operator", job_tags_operator.upper()))
-        jobs: list[IBMQJob] = []
+        if program_id:
+            query.append(("program_id", program_id))
+        if session_id:
+            query.append(("session_id", session_id))
+        jobs: list[IBMQJob | RuntimeJob] = []
         while limit is None or len(jobs) < limit:
             page = 1000 if limit is None else min(1000, limit - len(jobs))
             paging = [("limit", str(page)), ("skip", str(skip + len(jobs)))]
             answer = self.call("GET", "/jobs", query=query + paging, error=IBMQBackendApiError)
             for info in answer["jobs"]:
-                jobs.append(IBMQJob.from_info(self.backend(info["backend"]), self, info))
+                jobs.append(self._job_from_info(info))
             if len(answer["jobs"]) < page:
                 break
         return jobs
 
     def close(self) -> None:
         """Close the stream and the connections (the service itself keeps running)."""
+        if self._events is not None:
+            self._events.close()
         self._client.close()
 
     def __enter__(self) -> QDispatchService:

@@ -101,8 +101,11 @@ class JobFeed:
     """The events of one job as they arrive: interim results kept in order, and the
     streaming callback (if any) called for each on the router's thread."""
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, pinned: set[JobFeed] | None = None) -> None:
         self.job_id = job_id
+        # Feeds live as long as their jobs, except while streaming: a callback keeps
+        # getting results even if the script dropped the job object.
+        self._pinned = pinned if pinned is not None else set()
         self._lock = threading.Lock()
         self.interim: list[bytes] = []
         self.status: str | None = None
@@ -136,12 +139,14 @@ class JobFeed:
             self._callback, self._decoder, self._fetch_result = callback, decoder, fetch_result
             self._streamed = 0
             self.idle.clear()
+            self._pinned.add(self)
         self._drain()
 
     def stop_streaming(self) -> None:
         """No more callbacks (one running now completes)."""
         with self._lock:
             self._callback = None
+            self._pinned.discard(self)
             self.idle.set()
 
     def on_event(self, kind: str, data: bytes | None) -> None:
@@ -192,6 +197,7 @@ class JobFeed:
                 with self._lock:
                     self._callback = None
                     self._delivering = False
+                    self._pinned.discard(self)
                     self.idle.set()
                 return
 
@@ -204,6 +210,7 @@ class EventRouter:
     def __init__(self, service: QDispatchService) -> None:
         self._service = weakref.ref(service)
         self._feeds: weakref.WeakValueDictionary[str, JobFeed] = weakref.WeakValueDictionary()
+        self._pinned: set[JobFeed] = set()  # feeds with a callback streaming
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -214,7 +221,7 @@ class EventRouter:
         with self._lock:
             found = self._feeds.get(job_id)
             if found is None:
-                found = JobFeed(job_id)
+                found = JobFeed(job_id, self._pinned)
                 self._feeds[job_id] = found
             if self._thread is None:
                 self._thread = threading.Thread(

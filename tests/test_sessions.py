@@ -114,6 +114,9 @@ def test_create_get_list_close_and_cancel(service: ServiceProcess) -> None:
     )
     still_open = client.patch(f"/sessions/{batch['id']}", json={"accepting_jobs": True})
     assert still_open.json()["state"] == "open"  # accepting_jobs: true on an open one: no change
+    paths = client.get("/openapi.json").json()["paths"]
+    assert set(paths["/sessions"]) == {"get", "post"}
+    assert set(paths["/sessions/{session_id}"]) == {"get", "patch", "delete"}
 
 
 def test_sessions_are_private(service: ServiceProcess) -> None:

@@ -325,12 +325,14 @@ def _tags(value: Any) -> list[str]:
 
 def create_app(config: ServiceConfig) -> FastAPI:
     """Build the service application for ``config``."""
+    from . import sessions  # it builds on this module's Service and dependencies
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service = Service(config)
         app.state.service = service
         service.calibrate()
+        deadlines = sessions.watch_deadlines(service)  # before any job is dispatched
         requeued, failed = await service.scheduler.start()
         if requeued or failed:
             log.warning(
@@ -345,6 +347,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         finally:
             if watchdog is not None:
                 watchdog.cancel()
+            deadlines.cancel()
             await service.scheduler.stop()
             service.store.close()
             if state_written and config.state_file and config.state_file.exists():
@@ -484,6 +487,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
                 E.UNKNOWN_BACKEND,
                 f"unknown backend '{backend_name}' (available: {svc._names()})",
             )
+        backend_name = sessions.check_session(
+            svc, who, _field(envelope, "session_id", str), backend_name
+        )
         if qobj is None:
             raise ServiceError(400, E.INVALID_REQUEST, "'qobj' is required")
         share_level = _field(envelope, "share_level", str, "none") or "none"
@@ -706,6 +712,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
         svc.own_job(who, job_id)
         svc.store.update_name(job_id, body.name)
         return json_response(svc.view(svc.get_job(who, job_id)))
+
+    app.include_router(sessions.router)
 
     @app.websocket("/stream")
     async def stream(ws: WebSocket) -> None:

@@ -40,6 +40,10 @@ PAYLOAD_TOO_LARGE = "payload_too_large"
 UNSUPPORTED_ENCODING = "unsupported_encoding"
 UNAUTHORIZED = "unauthorized"
 ACTIVE_JOB_LIMIT = "active_job_limit"
+UNKNOWN_SESSION = "unknown_session"
+SESSION_CLOSED = "session_closed"
+SESSION_BACKEND_MISMATCH = "session_backend_mismatch"
+SESSION_EXPIRED = "session_expired"  # a job's error code: its session ran out of time
 
 
 def not_found(job_id: str) -> ServiceError:

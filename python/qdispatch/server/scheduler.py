@@ -7,6 +7,13 @@ the one who has used the least execution time lately (usage decays with a half-l
 ``USAGE_HALF_LIFE`` seconds), then the one whose next job is oldest. One user's ten
 thousand jobs therefore never starve another user's one.
 
+The queues come in two tiers. Jobs of ``dedicated`` sessions wait in the first, every
+other job in the second, and no job of the second tier starts while the first holds one:
+a dedicated session has the workers to itself until its queued jobs have run. Within a
+tier the fair-share rule above applies (two users' dedicated sessions share fairly).
+A session's mode never changes, and its queued jobs leave the queue when it is cancelled
+or expires, so a job's tier is fixed when it is queued.
+
 Queue positions follow the same rule, and estimated start and completion times come from
 the execution rate measured per backend (an exponential moving average of seconds per
 experiment, kept in the store so that it survives restarts).
@@ -38,6 +45,14 @@ _DEFAULT_RATE = 0.002  # seconds per experiment until a backend has been measure
 _RATE_WEIGHT = 0.2
 
 
+# Tiers of queues, dispatched strictly in this order.
+_DEDICATED = 0  # jobs of dedicated sessions
+_SHARED = 1  # every other job
+
+# backend → user → FIFO of that user's jobs for the backend
+_Queues = dict[str, dict[str, "deque[_Queued]"]]
+
+
 @dataclass
 class _Queued:
     job_id: str
@@ -45,6 +60,7 @@ class _Queued:
     backend: str
     n_experiments: int
     order: int  # arrival order, for fairness ties and for "oldest head first"
+    tier: int
 
 
 @dataclass
@@ -53,6 +69,7 @@ class _Running:
     backend: str
     n_experiments: int
     started: float
+    session_id: str | None = None
     task: asyncio.Task[None] | None = None
     cancelled: bool = False
     on_worker: bool = False
@@ -66,7 +83,7 @@ class Scheduler:
         self.hub = hub
         self.executor = executor
         self.max_attempts = max_attempts
-        self._queues: dict[str, dict[str, deque[_Queued]]] = defaultdict(dict)
+        self._tiers: tuple[_Queues, _Queues] = (defaultdict(dict), defaultdict(dict))
         self._queued: dict[str, _Queued] = {}
         self._running: dict[str, _Running] = {}
         self._running_per_user: dict[str, int] = defaultdict(int)
@@ -121,8 +138,12 @@ class Scheduler:
         self._enqueue(job)
 
     def _enqueue(self, job: Job) -> None:
-        entry = _Queued(job.id, job.owner, job.backend, job.n_experiments, next(self._arrivals))
-        self._queues[job.backend].setdefault(job.owner, deque()).append(entry)
+        dedicated = job.session_id and self.store.session_mode(job.session_id) == "dedicated"
+        tier = _DEDICATED if dedicated else _SHARED
+        entry = _Queued(
+            job.id, job.owner, job.backend, job.n_experiments, next(self._arrivals), tier
+        )
+        self._tiers[tier][job.backend].setdefault(job.owner, deque()).append(entry)
         self._queued[job.id] = entry
         self._changed()
 
@@ -136,7 +157,7 @@ class Scheduler:
 
     def pending_jobs(self, backend: str) -> int:
         """How many jobs wait in ``backend``'s queue."""
-        return sum(len(q) for q in self._queues.get(backend, {}).values())
+        return sum(len(q) for tier in self._tiers for q in tier.get(backend, {}).values())
 
     def _recent_usage(self, user: str, now: float) -> float:
         seconds, since = self._usage.get(user, (0.0, now))
@@ -152,49 +173,58 @@ class Scheduler:
         cached = self._order_cache.get(backend)
         if cached and cached[0] == self._version:
             return cached[1]
+        # Dispatch is simulated as if every job ahead were still running when the next
+        # starts; the counts carry over from the first tier to the second.
         running = dict(self._running_per_user)
         now = time.monotonic()
-        heads = [
-            (running.get(user, 0), self._recent_usage(user, now), q[0].order, user, 0)
-            for user, q in self._queues.get(backend, {}).items()
-            if q
-        ]
-        heapq.heapify(heads)
         order: dict[str, tuple[int, int]] = {}
         ahead = 0
-        while heads:
-            n_running, usage, _, user, index = heapq.heappop(heads)
-            queue = self._queues[backend][user]
-            order[queue[index].job_id] = (len(order) + 1, ahead)
-            ahead += queue[index].n_experiments
-            if index + 1 < len(queue):
-                nxt = (n_running + 1, usage, queue[index + 1].order, user, index + 1)
-                heapq.heappush(heads, nxt)
+        for tier in self._tiers:
+            users = tier.get(backend, {})
+            heads = [
+                (running.get(user, 0), self._recent_usage(user, now), q[0].order, user, 0)
+                for user, q in users.items()
+                if q
+            ]
+            heapq.heapify(heads)
+            while heads:
+                n_running, usage, _, user, index = heapq.heappop(heads)
+                queue = users[user]
+                order[queue[index].job_id] = (len(order) + 1, ahead)
+                ahead += queue[index].n_experiments
+                running[user] = n_running + 1
+                if index + 1 < len(queue):
+                    nxt = (n_running + 1, usage, queue[index + 1].order, user, index + 1)
+                    heapq.heappush(heads, nxt)
         self._order_cache[backend] = (self._version, order)
         return order
 
     def _next(self) -> _Queued | None:
-        best: _Queued | None = None
-        best_key: tuple[int, float, int] | None = None
         now = time.monotonic()
-        for users in self._queues.values():
-            for user, queue in users.items():
-                if not queue:
-                    continue
-                key = (
-                    self._running_per_user.get(user, 0),
-                    self._recent_usage(user, now),
-                    queue[0].order,
-                )
-                if best_key is None or key < best_key:
-                    best, best_key = queue[0], key
-        return best
+        for tier in self._tiers:
+            best: _Queued | None = None
+            best_key: tuple[int, float, int] | None = None
+            for users in tier.values():
+                for user, queue in users.items():
+                    if not queue:
+                        continue
+                    key = (
+                        self._running_per_user.get(user, 0),
+                        self._recent_usage(user, now),
+                        queue[0].order,
+                    )
+                    if best_key is None or key < best_key:
+                        best, best_key = queue[0], key
+            if best is not None:
+                return best
+        return None
 
     def _dequeue(self, entry: _Queued) -> None:
-        queue = self._queues[entry.backend][entry.owner]
+        users = self._tiers[entry.tier][entry.backend]
+        queue = users[entry.owner]
         queue.remove(entry)
         if not queue:
-            del self._queues[entry.backend][entry.owner]
+            del users[entry.owner]
         del self._queued[entry.job_id]
         self._changed()
 
@@ -215,7 +245,9 @@ class Scheduler:
         job = self.store.job(entry.job_id)
         if job is None or job.status != QUEUED:
             return
-        running = _Running(entry.owner, entry.backend, entry.n_experiments, time.monotonic())
+        running = _Running(
+            entry.owner, entry.backend, entry.n_experiments, time.monotonic(), job.session_id
+        )
         self._running[job.id] = running
         self._running_per_user[job.owner] += 1
         task = Task(job.id, job.backend, job.kind, self.store.inputs(job.id))
@@ -227,6 +259,8 @@ class Scheduler:
         running.on_worker = True
         if not running.cancelled:
             self._publish(job_id, self.store.set_status(job_id, RUNNING, attempts_delta=1))
+            if running.session_id is not None:
+                self.store.session_started(running.session_id)
 
     async def _run(self, task: Task, running: _Running) -> None:
         try:
@@ -292,6 +326,11 @@ class Scheduler:
 
     def cancel(self, job: Job) -> list[Event]:
         """Cancel a queued or running job (the caller checked it is not final)."""
+        return self.end(job, CANCELLED)
+
+    def end(self, job: Job, status: str, error: dict[str, Any] | None = None) -> list[Event]:
+        """End a queued or running job before it finishes, as ``status`` (``CANCELLED``, or
+        ``ERROR`` with ``error``), and publish the change."""
         entry = self._queued.get(job.id)
         if entry is not None:
             self._dequeue(entry)
@@ -302,7 +341,7 @@ class Scheduler:
                 self.executor.cancel(job.id)
             elif running.task is not None:
                 running.task.cancel()  # still waiting for a free worker: just stop waiting
-        events = self.store.set_status(job.id, CANCELLED)
+        events = self.store.set_status(job.id, status, error=error)
         self._publish(job.id, events)
         return events
 

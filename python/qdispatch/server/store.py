@@ -40,6 +40,15 @@ ACTIVE = (QUEUED, RUNNING)
 
 SHARE_LEVELS = ("none", "project", "global")
 
+# Sessions: ``open`` takes jobs; ``closed`` takes no more but runs what it has queued;
+# ``cancelled`` and ``expired`` have ended (their queued jobs were cancelled or failed).
+SESSION_MODES = ("dedicated", "batch")
+SESSION_OPEN = "open"
+SESSION_CLOSED = "closed"
+SESSION_CANCELLED = "cancelled"
+SESSION_EXPIRED = "expired"
+SESSION_STATES = (SESSION_OPEN, SESSION_CLOSED, SESSION_CANCELLED, SESSION_EXPIRED)
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS users (
@@ -99,6 +108,21 @@ CREATE TABLE IF NOT EXISTS events (
     data BLOB,
     PRIMARY KEY (job_id, seq)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS jobs_by_session ON jobs (session_id) WHERE session_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    max_time REAL,
+    state TEXT NOT NULL,
+    accepting_jobs INTEGER NOT NULL,
+    created TEXT NOT NULL,
+    started TEXT,
+    closed TEXT
+);
+CREATE INDEX IF NOT EXISTS sessions_by_owner ON sessions (owner, created);
+CREATE INDEX IF NOT EXISTS sessions_by_state ON sessions (state);
 CREATE TABLE IF NOT EXISTS properties (
     id INTEGER PRIMARY KEY,
     backend TEXT NOT NULL,
@@ -215,6 +239,49 @@ class JobFilter:
     kind: str | None = None
     created_after: str | None = None
     created_before: str | None = None
+
+
+@dataclass
+class Session:
+    """One row of ``sessions``, decoded."""
+
+    id: str
+    owner: str
+    backend: str
+    mode: str
+    max_time: float | None
+    state: str
+    accepting_jobs: bool
+    created: str
+    started: str | None
+    closed: str | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Session:
+        """Decode a row selected with ``SELECT *``."""
+        values = dict(row)
+        values["accepting_jobs"] = bool(values["accepting_jobs"])
+        return cls(**values)
+
+    @property
+    def ended(self) -> bool:
+        """Whether the session was cancelled or expired (nothing of it will run any more,
+        apart from jobs already running)."""
+        return self.state in (SESSION_CANCELLED, SESSION_EXPIRED)
+
+    @property
+    def deadline(self) -> float | None:
+        """When ``max_time`` runs out, as a POSIX timestamp; ``None`` until a job of the
+        session has started, or without ``max_time``."""
+        if self.max_time is None or self.started is None:
+            return None
+        started = datetime.fromisoformat(self.started.replace("Z", "+00:00"))
+        return started.timestamp() + self.max_time
+
+
+def new_id() -> str:
+    """A fresh id for a job or a session: 24 random hex characters."""
+    return uuid.uuid4().hex[:24]
 
 
 def _regexp(pattern: str, value: str | None) -> bool:
@@ -353,7 +420,7 @@ class Store:
 
     def create_job(self, new: NewJob) -> tuple[Job, Event]:
         """Store a new job as QUEUED, with its inputs and its first event."""
-        job_id = uuid.uuid4().hex[:24]
+        job_id = new_id()
         now = utcnow()
         steps = {"CREATED": now, "VALIDATED": now, QUEUED: now}
         with self.transaction() as db:
@@ -596,6 +663,114 @@ class Store:
             db.executemany(
                 "INSERT OR IGNORE INTO job_tags VALUES (?, ?)", [(t, job_id) for t in tags]
             )
+
+    # -- sessions -----------------------------------------------------------------------
+
+    def create_session(
+        self, owner: str, backend: str, mode: str, max_time: float | None
+    ) -> Session:
+        """Store a new open session."""
+        session_id = new_id()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO sessions (id, owner, backend, mode, max_time, state, "
+                "accepting_jobs, created) VALUES (?, ?, ?, ?, ?, ?, 1, ?)",
+                (session_id, owner, backend, mode, max_time, SESSION_OPEN, utcnow()),
+            )
+        found = self.session(session_id)
+        assert found is not None
+        return found
+
+    def session(self, session_id: str) -> Session | None:
+        """One session by id, or ``None``."""
+        row = self._db.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        return Session.from_row(row) if row else None
+
+    def session_mode(self, session_id: str) -> str | None:
+        """A session's mode, or ``None`` if there is no such session."""
+        row = self._db.execute("SELECT mode FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        return row[0] if row else None
+
+    def list_sessions(
+        self,
+        owner: str,
+        state: str | None,
+        backend: str | None,
+        limit: int,
+        skip: int,
+    ) -> tuple[list[Session], int]:
+        """A page of ``owner``'s sessions, newest first, and the total count."""
+        where = ["owner = ?"]
+        args: list[Any] = [owner]
+        if state:
+            where.append("state = ?")
+            args.append(state)
+        if backend:
+            where.append("backend = ?")
+            args.append(backend)
+        clause = " AND ".join(where)
+        total = int(
+            self._db.execute(f"SELECT COUNT(*) FROM sessions WHERE {clause}", args).fetchone()[0]
+        )
+        rows = self._db.execute(
+            f"SELECT * FROM sessions WHERE {clause} ORDER BY created DESC, rowid DESC "
+            "LIMIT ? OFFSET ?",
+            [*args, limit, skip],
+        )
+        return [Session.from_row(row) for row in rows], total
+
+    def end_session(self, session_id: str, state: str) -> None:
+        """Stop a session taking jobs: ``closed``, ``cancelled`` or ``expired``. ``closed``
+        keeps the time it first stopped taking jobs."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE sessions SET state = ?, accepting_jobs = 0, closed = COALESCE(closed, ?) "
+                "WHERE id = ?",
+                (state, utcnow(), session_id),
+            )
+
+    def session_started(self, session_id: str) -> None:
+        """Record that a job of the session is running, if none had before: ``max_time``
+        counts from then."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE sessions SET started = ? WHERE id = ? AND started IS NULL",
+                (utcnow(), session_id),
+            )
+
+    def session_job_counts(self, session_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Per session: job status → how many of its jobs have it."""
+        counts: dict[str, dict[str, int]] = {s: {} for s in session_ids}
+        for start in range(0, len(session_ids), 500):  # stay under SQLite's variable limit
+            chunk = session_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT session_id, status, COUNT(*) FROM jobs WHERE session_id IN ({marks}) "
+                "GROUP BY session_id, status",
+                chunk,
+            )
+            for session_id, status, n in rows:
+                counts[session_id][status] = int(n)
+        return counts
+
+    def session_jobs(self, session_id: str, status: str) -> list[Job]:
+        """The session's jobs in ``status``, oldest first."""
+        rows = self._db.execute(
+            "SELECT * FROM jobs WHERE session_id = ? AND status = ? ORDER BY created, rowid",
+            (session_id, status),
+        )
+        return [Job.from_row(row) for row in rows]
+
+    def sessions_with_deadline(self) -> list[Session]:
+        """Sessions that can still expire: started, with a ``max_time``, and open or
+        closed with jobs still queued."""
+        rows = self._db.execute(
+            "SELECT * FROM sessions s WHERE started IS NOT NULL AND max_time IS NOT NULL AND "
+            "(state = ? OR (state = ? AND EXISTS (SELECT 1 FROM jobs j "
+            "WHERE j.session_id = s.id AND j.status = ?)))",
+            (SESSION_OPEN, SESSION_CLOSED, QUEUED),
+        )
+        return [Session.from_row(row) for row in rows]
 
     def recover(self, max_attempts: int) -> tuple[list[str], list[str]]:
         """After a restart: requeue jobs that were RUNNING, or fail those that have been

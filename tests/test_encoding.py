@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import io
 import json
 import math
 import re
@@ -29,8 +30,16 @@ from qiskit.primitives.containers.observables_array import ObservablesArray
 from qiskit.quantum_info import Operator, Pauli, SparsePauliOp
 from qiskit.result import Result
 
-from qdispatch import encoding
-from qdispatch.encoding import EncodingError, RuntimeDecoder, RuntimeEncoder, dumps, loads
+from qdispatch import _native, encoding
+from qdispatch.encoding import (
+    EncodingError,
+    FastBitArray,
+    RuntimeDecoder,
+    RuntimeEncoder,
+    bitarray_counts,
+    dumps,
+    loads,
+)
 
 Codec = tuple[Callable[[Any], Any], Callable[[Any], Any]]
 
@@ -227,6 +236,34 @@ def test_ndarray_round_trip(codec: Codec, name: str) -> None:
     assert got.flags.f_contiguous == array.flags.f_contiguous
 
 
+def test_structured_ndarray_round_trip(codec: Codec) -> None:
+    dtype = np.dtype([("a", "<i4"), ("b", "<f8", (2,))])
+    array = np.array([(1, [2.0, 3.0]), (4, [5.0, 6.0])], dtype=dtype)
+    assert_array_equal(round_trip(codec, array), array)
+
+
+def test_decoded_arrays_are_writable(codec: Codec) -> None:
+    got = round_trip(codec, {"evs": np.arange(4.0), "bits": random_bits((), 4, 3, 0)})
+    got["evs"] *= 2
+    got["bits"].array[0, 0] = 1
+    assert got["evs"].tolist() == [0.0, 2.0, 4.0, 6.0]
+
+
+def test_npy_framing_is_what_numpy_reads_and_writes() -> None:
+    for array in ARRAYS.values():
+        wire = json.loads(dumps(array))["__value__"]
+        npy = _native.unpack_payload(wire)
+        assert_array_equal(np.load(io.BytesIO(npy), allow_pickle=False), array)
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        descr, shape, fortran, data = _native.decode_ndarray(
+            _native.pack_payload(buffer.getvalue())
+        )
+        assert (np.dtype(descr), shape) == (array.dtype, array.shape)
+        assert fortran == (array.flags.f_contiguous and not array.flags.c_contiguous)
+        assert bytes(data) == array.tobytes(order="F" if fortran else "C")
+
+
 def test_object_array_travels_as_nested_list(codec: Codec) -> None:
     array = np.array([[1, "a"], [2.5, 1j]], dtype=object)
     encode, decode = codec
@@ -391,6 +428,54 @@ def test_loads_reads_nan_tokens_and_wide_integers() -> None:
     assert loads(dumps({"big": 2**70}))["big"] == pytest.approx(2**70)
 
 
+# --- BitArray counts in the Rust core ---------------------------------------------------------
+
+COUNT_CASES = [
+    (num_bits, shape) for num_bits in (1, 7, 8, 9, 64, 65) for shape in ((), (3,), (2, 3))
+]
+
+
+@pytest.mark.parametrize(("num_bits", "shape"), COUNT_CASES)
+def test_counts_equal_qiskit(num_bits: int, shape: tuple[int, ...]) -> None:
+    bits = random_bits(shape, 50, num_bits, seed=num_bits * 10 + len(shape))
+    # Few distinct outcomes too, so counts above 1 are checked.
+    few = BitArray(bits.array & 0x03, num_bits)
+    for plain in (bits, few):
+        fast = FastBitArray(plain.array, plain.num_bits)
+        assert list(fast.get_counts().items()) == list(plain.get_counts().items())
+        assert list(fast.get_int_counts().items()) == list(plain.get_int_counts().items())
+        assert list(bitarray_counts(plain).items()) == list(plain.get_counts().items())
+        per_position = bitarray_counts(plain, per_position=True)
+        assert per_position == [plain.get_counts(loc) for loc in np.ndindex(plain.shape)]
+        if shape:
+            assert fast.get_counts(0) == plain.get_counts(0)
+
+
+def test_counts_mask_bits_above_num_bits() -> None:
+    raw = np.array([[0xFF], [0x07], [0x05]], dtype=np.uint8)
+    plain, fast = BitArray(raw, 3), FastBitArray(raw, 3)
+    assert fast.get_counts() == plain.get_counts() == {"111": 2, "101": 1}
+    assert fast.get_int_counts() == plain.get_int_counts()
+
+
+def test_decoded_bit_arrays_count_in_rust(codec: Codec) -> None:
+    bits = random_bits((2,), 64, 5, 11)
+    got = round_trip(codec, sampler_result().data)["meas"]
+    assert isinstance(got, FastBitArray)
+    assert isinstance(got, BitArray)
+    got = round_trip(codec, bits)
+    assert got == bits
+    assert got.get_counts() == bits.get_counts()
+    assert got.get_counts((1,)) == bits.get_counts((1,))
+
+
+def test_native_bit_counts_refuse_ragged_data() -> None:
+    with pytest.raises(_native.PayloadError, match="not whole shots of 2 bytes"):
+        _native.bitarray_counts(b"\x01\x02\x03", 9)
+    with pytest.raises(_native.PayloadError, match="evenly into 2 positions"):
+        _native.bitarray_counts_by_position(b"\x01\x02\x03", 3, 2)
+
+
 # --- interop with qiskit-ibm-runtime ---------------------------------------------------------
 
 INTEROP_SAMPLES: dict[str, Callable[[], Any]] = {
@@ -462,6 +547,13 @@ def packed(data: bytes) -> str:
     return base64.b64encode(zlib.compress(data)).decode()
 
 
+def npy_bytes(old: bytes = b"", new: bytes = b"") -> bytes:
+    """The .npy file of a one-element float64 array, with ``old`` replaced by ``new``."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ones(1))
+    return buffer.getvalue().replace(old, new) if old else buffer.getvalue()
+
+
 def qpy_bytes() -> bytes:
     return zlib.decompress(base64.b64decode(json.loads(dumps(sample_circuit()))["__value__"]))
 
@@ -472,6 +564,15 @@ def qpy_bytes() -> bytes:
         (tagged("ndarray", "not base64!"), "ndarray", "invalid base64"),
         (tagged("ndarray", base64.b64encode(b"plain").decode()), "ndarray", "invalid zlib"),
         (tagged("ndarray", packed(b"\x93NUMPY garbage")), "ndarray", "invalid .npy"),
+        (tagged("ndarray", packed(npy_bytes()[:-3])), "ndarray", "5 data bytes"),
+        (tagged("ndarray", packed(npy_bytes(b"'<f8'", b"'|O' "))), "ndarray", "needs pickle"),
+        (tagged("ndarray", packed(npy_bytes(b"'<f8'", b"'zz' "))), "ndarray", "not a dtype"),
+        (tagged("ndarray", packed(npy_bytes(b"(1,)", b"(1) "))), "ndarray", "trailing comma"),
+        (
+            tagged("ndarray", json.loads(dumps(np.ones(2)))["__value__"][:-8]),
+            "ndarray",
+            "truncated",
+        ),
         (tagged("QuantumCircuit", packed(qpy_bytes()[:40])), "QuantumCircuit", "invalid QPY"),
         (tagged("QuantumCircuit", None), "QuantumCircuit", "expected a base64 string"),
         (
@@ -519,8 +620,10 @@ def test_unencodable_objects_raise_type_error(codec: Codec, value: Any) -> None:
 def test_public_names() -> None:
     assert set(encoding.__all__) == {
         "EncodingError",
+        "FastBitArray",
         "RuntimeDecoder",
         "RuntimeEncoder",
+        "bitarray_counts",
         "dumps",
         "loads",
     }

@@ -1,5 +1,6 @@
 """Type stubs of the native extension ``qdispatch._native`` (rust/py)."""
 
+from collections.abc import Sequence
 from typing import Any, final
 
 from qiskit.circuit import QuantumCircuit
@@ -11,12 +12,20 @@ __all__ = [
     "ConnectionFailedError",
     "InvalidQobjError",
     "MalformedPayloadError",
+    "PayloadError",
     "QobjSummary",
     "StreamTimeoutError",
+    "bitarray_counts",
+    "bitarray_counts_by_position",
+    "bitarray_int_counts",
     "capi_available",
     "circuits_to_qobj_json",
     "counts_from_result",
+    "decode_ndarray",
+    "encode_ndarray",
+    "pack_payload",
     "split_submission",
+    "unpack_payload",
     "validate_qobj",
 ]
 
@@ -133,3 +142,30 @@ class Client:
 
 def counts_from_result(result_json: bytes) -> list[dict[str, int] | None]:
     """Each experiment's counts as ``qiskit.result.Result.get_counts`` gives them."""
+
+class PayloadError(ValueError):
+    """A payload of the runtime encoding does not decode (bad base64, zlib, .npy or
+    bit-array data); the message says which and why."""
+
+def pack_payload(data: bytes) -> str:
+    """base64 of the zlib stream of ``data``."""
+
+def unpack_payload(value: str) -> bytes:
+    """The bytes of a ``pack_payload`` string."""
+
+def encode_ndarray(descr: str, shape: Sequence[int], fortran_order: bool, data: bytes) -> str:
+    """base64 of the zlib-compressed ``.npy`` file of an array's descr, shape, order and data."""
+
+def decode_ndarray(value: str) -> tuple[str, tuple[int, ...], bool, bytearray]:
+    """An ``encode_ndarray`` string as ``(descr, shape, fortran_order, data)``."""
+
+def bitarray_counts(data: bytes, num_bits: int) -> dict[str, int]:
+    """A ``BitArray``'s counts over all positions, as ``BitArray.get_counts()`` gives them."""
+
+def bitarray_counts_by_position(
+    data: bytes, num_bits: int, num_positions: int
+) -> list[dict[str, int]]:
+    """A ``BitArray``'s counts at each position (C order)."""
+
+def bitarray_int_counts(data: bytes, num_bits: int) -> dict[int, int]:
+    """A ``BitArray``'s counts over all positions, keyed by integer outcome."""

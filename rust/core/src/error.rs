@@ -10,6 +10,18 @@ pub enum CoreError {
     /// The JSON is well formed but the Qobj breaks a rule of the format or of the backend.
     #[error("{0}")]
     InvalidQobj(String),
+    /// A payload of the runtime encoding is not base64.
+    #[error("invalid base64: {0}")]
+    Base64(String),
+    /// A payload of the runtime encoding is not one complete zlib stream.
+    #[error("invalid zlib data: {0}")]
+    Zlib(String),
+    /// A `.npy` file, or what was given to frame as one, breaks the format.
+    #[error("invalid .npy data: {0}")]
+    Npy(String),
+    /// Bit-array bytes that do not fit the number of bits or positions given.
+    #[error("invalid bit array: {0}")]
+    BitArray(String),
 }
 
 impl From<serde_json::Error> for CoreError {

@@ -9,6 +9,8 @@
 //!   backoff, idempotent POSTs).
 //! * [`stream`]: the one multiplexed event WebSocket per client, with resume by sequence
 //!   number and a polling fallback.
+//! * [`payload`]: the large payloads of the runtime JSON encoding: base64 of zlib, `.npy`
+//!   framing, and counts of a primitive `BitArray`'s packed bits.
 //! * [`results`]: counts of a qiskit Result dict in qiskit's bitstring form.
 //! * [`submit`]: many jobs submitted concurrently (the job manager's chunks).
 
@@ -16,6 +18,7 @@ pub mod assemble;
 pub mod client;
 pub mod envelope;
 pub mod error;
+pub mod payload;
 pub mod qobj;
 pub mod results;
 pub mod stream;

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 mod capi;
 mod client;
+mod encoding;
 
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
@@ -27,6 +28,14 @@ create_exception!(
     "The Qobj is well-formed JSON but cannot run on the backend; the message says why."
 );
 
+create_exception!(
+    qdispatch._native,
+    PayloadError,
+    PyValueError,
+    "A payload of the runtime encoding does not decode (bad base64, zlib, .npy or bit-array \
+     data); the message says which and why."
+);
+
 struct NativeError(CoreError);
 
 impl From<CoreError> for NativeError {
@@ -40,6 +49,10 @@ impl From<NativeError> for PyErr {
         match err.0 {
             CoreError::Json(msg) => MalformedPayloadError::new_err(msg),
             CoreError::InvalidQobj(msg) => InvalidQobjError::new_err(msg),
+            err @ (CoreError::Base64(_)
+            | CoreError::Zlib(_)
+            | CoreError::Npy(_)
+            | CoreError::BitArray(_)) => PayloadError::new_err(err.to_string()),
         }
     }
 }
@@ -187,7 +200,13 @@ mod _native {
     #[pymodule_export]
     use super::{
         capi_available, circuits_to_qobj_json, split_submission, validate_qobj, BackendSpec,
-        InvalidQobjError, MalformedPayloadError, QobjSummary,
+        InvalidQobjError, MalformedPayloadError, PayloadError, QobjSummary,
+    };
+
+    #[pymodule_export]
+    use super::encoding::{
+        bitarray_counts, bitarray_counts_by_position, bitarray_int_counts, decode_ndarray,
+        encode_ndarray, pack_payload, unpack_payload,
     };
 
     #[pymodule_export]

@@ -215,11 +215,18 @@ def run_program(
         except (Exception, SystemExit) as exc:  # sys.exit() in a program must not end the worker
             timings["execute"] = time.perf_counter() - start
             # Written while the capture is on: the traceback becomes the job's last lines.
-            traceback.print_exc(file=sys.stderr)
+            # It starts at main: the frame calling it here is nothing to the program's author.
+            tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+            traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
             raise ProgramFailed(f"{type(exc).__name__}: {exc}", timings) from exc
     timings["execute"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    result = encoding.dumps(returned)
+    try:
+        result = encoding.dumps(returned)
+    except (TypeError, ValueError) as exc:
+        timings["encode_result"] = time.perf_counter() - start
+        emit("log", f"the value main returned cannot be encoded: {exc}\n")
+        raise ProgramFailed(f"{type(exc).__name__}: {exc}", timings) from exc
     timings["encode_result"] = time.perf_counter() - start
     return result, timings

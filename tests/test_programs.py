@@ -5,8 +5,10 @@ checks, usage estimation and metrics, cancel, and the dask executor."""
 from __future__ import annotations
 
 import sqlite3
+import sys
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,8 @@ from qiskit.result import Result
 
 from qdispatch import encoding
 from qdispatch.server import store as store_module
-from qdispatch.server.programs import InvalidInputs, Registry, load_module
+from qdispatch.server.programs import InvalidInputs, ProgramRef, Registry, load_module
+from qdispatch.server.programs.worker import run_program
 from qdispatch.server.store import Store
 from qobjs import bell_qobj
 from support import ServiceProcess, wait_final, wait_status
@@ -105,7 +108,7 @@ def post_program(
     return client.post("/jobs", content=orjson.dumps(body))
 
 
-def run_program(client: httpx.Client, program_id: str, inputs: Any, **fields: Any) -> Any:
+def run_job(client: httpx.Client, program_id: str, inputs: Any, **fields: Any) -> Any:
     """Submit a program job, wait for it, and return its decoded result."""
     answer = post_program(client, program_id, inputs, **fields)
     assert answer.status_code == 201, answer.text
@@ -210,6 +213,48 @@ def test_a_programs_dir_file_that_does_not_load_stops_the_service(
         service_factory("--programs-dir", str(directory))
 
 
+def test_output_is_captured_per_thread_line_by_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A dask worker runs programs in threads of one process: each gets its own output.
+    directory = write_programs(tmp_path / "programs")
+    ref = ProgramRef("chatty", str(directory / "chatty.py"), str(directory / "chatty.py"))
+    events: dict[int, list[tuple[str, Any]]] = {2: [], 3: []}
+
+    def emit_for(lines: int) -> Any:
+        def emit(kind: str, data: Any) -> None:
+            # What a transport that warns while it sends would do: no deadlock, no loop.
+            print(f"sending {kind}", file=sys.stderr)
+            events[lines].append((kind, data))
+
+        return emit
+
+    def run(lines: int) -> tuple[bytes, dict[str, float]]:
+        inputs = encoding.dumps({"count": 2, "lines": lines})
+        return run_program(ref, "aer_simulator", inputs, 1, emit_for(lines))
+
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = list(pool.map(run, [2, 3]))
+    print("the test's own line")
+    for lines, (result, timings) in zip([2, 3], outcomes, strict=True):
+        assert encoding.loads(result) == {"published": 2}
+        assert set(timings) == {"decode_inputs", "execute", "encode_result"}
+        logs = [data for kind, data in events[lines] if kind == "log"]
+        assert logs == [
+            "backend aer_simulator\n",
+            *(f"line {i}\n" for i in range(lines)),
+            "to stderr\n",
+            "no newline at the end",
+        ]
+        assert [kind for kind, _ in events[lines]].count("interim") == 2
+    captured = capsys.readouterr()
+    assert captured.out == "the test's own line\n"
+    assert captured.err.count("sending log") == 5 + 6  # what the emits printed, only
+    assert captured.err.count("sending interim") == 4
+    assert "to stderr" not in captured.err  # the programs' own output went to their logs
+    assert type(sys.stdout).__name__ != "_ThreadRoutedStream"  # put back when done
+
+
 # -- interim results and logs -------------------------------------------------------------
 
 
@@ -312,16 +357,14 @@ def test_a_raising_program_fails_its_job_with_the_traceback_in_the_logs(
 def test_circuit_runner_bell_counts(programs_service: ServiceProcess) -> None:
     client = programs_service.client()
     inputs = {"circuits": [bell()], "shots": 500, "seed_simulator": 3}
-    result = Result.from_dict(run_program(client, "circuit-runner", inputs))
+    result = Result.from_dict(run_job(client, "circuit-runner", inputs))
     counts = result.get_counts(0)
     assert set(counts) == {"00", "11"}
     assert sum(counts.values()) == 500
     assert min(counts.values()) > 150
     # A device: transpiled for its basis and coupling, and noisy.
     device = Result.from_dict(
-        run_program(
-            client, "circuit-runner", {**inputs, "circuits": bell()}, backend="fake_generic_5q"
-        )
+        run_job(client, "circuit-runner", {**inputs, "circuits": bell()}, backend="fake_generic_5q")
     ).get_counts(0)
     assert device.get("00", 0) + device.get("11", 0) > 400
     assert sum(device.values()) == 500
@@ -338,7 +381,7 @@ def test_sampler_bell_from_qpy_and_from_the_qobj_fast_path(
         "options": {"seed_simulator": 11},
         "version": 2,
     }
-    result = run_program(client, "sampler", inputs)
+    result = run_job(client, "sampler", inputs)
     assert isinstance(result, PrimitiveResult)
     qpy_pub, qobj_pub = result
     for pub, shots in ((qpy_pub, 800), (qobj_pub, 600)):
@@ -351,7 +394,7 @@ def test_sampler_bell_from_qpy_and_from_the_qobj_fast_path(
     assert qobj_pub.metadata["circuit_metadata"] == {"test": "bell"}
 
     # The same on a noisy device: the circuit is not ISA for it and is transpiled.
-    noisy = run_program(client, "sampler", inputs, backend="fake_generic_5q")
+    noisy = run_job(client, "sampler", inputs, backend="fake_generic_5q")
     counts = noisy[0].data.c.get_counts()
     assert counts.get("00", 0) + counts.get("11", 0) > 700
 
@@ -368,7 +411,7 @@ def test_sampler_registers_and_parameter_value_shapes(programs_service: ServiceP
     # theta = 0 always gives 0s, theta = pi always 1s; the shape (2, 3) is kept.
     values = np.array([[0.0, np.pi, 0.0], [np.pi, 0.0, np.pi]]).reshape(2, 3, 1)
     inputs = {"pubs": [[circuit, values, 50]], "options": {"seed_simulator": 5}}
-    (pub,) = run_program(programs_service.client(), "sampler", inputs)
+    (pub,) = run_job(programs_service.client(), "sampler", inputs)
     assert list(pub.data) == ["alpha", "beta"]
     assert pub.data.shape == (2, 3)
     assert pub.data.alpha.shape == (2, 3)
@@ -395,7 +438,7 @@ def test_estimator_bell_and_a_parametrized_circuit(programs_service: ServiceProc
         ],
         "options": {"seed_simulator": 7},
     }
-    bell_pub, ry_pub = run_program(client, "estimator", inputs)
+    bell_pub, ry_pub = run_job(client, "estimator", inputs)
     evs, stds = bell_pub.data.evs, bell_pub.data.stds
     assert evs.shape == (3,)
     for value, std in zip(evs, stds, strict=True):
@@ -413,7 +456,7 @@ def test_estimator_bell_and_a_parametrized_circuit(programs_service: ServiceProc
             assert 0 < std <= 0.02 * 1.05
     assert ry_pub.metadata["shots"] == 2500
 
-    noisy = run_program(
+    noisy = run_job(
         client, "estimator", {"pubs": [[bell(measure=False), ["ZZ"]]]}, backend="fake_generic_5q"
     )
     assert 0.8 < noisy[0].data.evs[0] < 1.0  # transpiled, observable mapped, noisy
@@ -547,7 +590,7 @@ def test_cancel_a_running_program_job(programs_service: ServiceProcess, tmp_path
     assert cancelled.status_code == 200
     assert cancelled.json()["status"] == "CANCELLED"
     # Its worker was killed and replaced: the next program job runs.
-    assert run_program(client, "chatty", {"count": 2, "lines": 0}) == {"published": 2}
+    assert run_job(client, "chatty", {"count": 2, "lines": 0}) == {"published": 2}
     final = client.get(f"/jobs/{job['id']}").json()
     assert final["status"] == "CANCELLED"
     assert client.get(f"/jobs/{job['id']}/interim_results").json() == ["waiting"]

@@ -655,8 +655,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     @app.get("/jobs/{job_id}/results", tags=["jobs"])
     async def get_results(job_id: str, request: Request, svc: Svc, who: Who) -> Response:
-        """The job's result (qiskit ``Result`` dict). A failed job's partial result is
-        returned when it has one; the job's ``error`` says what failed."""
+        """The job's result: a qiskit ``Result`` dict, or what a program's ``main``
+        returned (encoded). A failed job's partial result is returned when it has one;
+        the job's ``error`` says what failed."""
         job = svc.get_job(who, job_id)
         blob = svc.store.data(job_id, "result")
         if blob is None:
@@ -710,7 +711,10 @@ def create_app(config: ServiceConfig) -> FastAPI:
         steps = job.time_per_step
         # Time on the (simulated) quantum backend: all of a circuit job's run, and of a
         # program's only what its main took.
-        quantum_seconds = (job.timings or {}).get("execute") if job.kind == "program" else None
+        if job.kind == "program":
+            quantum_seconds = (job.timings or {}).get("execute")
+        else:
+            quantum_seconds = job.run_seconds
         return json_response(
             {
                 "timestamps": {
@@ -722,12 +726,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
                     or steps.get("CANCELLED"),
                 },
                 "time_per_step": steps,
-                "usage": {
-                    "seconds": job.run_seconds,
-                    "quantum_seconds": job.run_seconds
-                    if job.kind != "program"
-                    else quantum_seconds,
-                },
+                "usage": {"seconds": job.run_seconds, "quantum_seconds": quantum_seconds},
                 "usage_estimation": job.usage_estimation,
                 "timings": job.timings,
                 "n_experiments": job.n_experiments,

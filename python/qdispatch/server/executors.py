@@ -353,6 +353,20 @@ async def _drain(queue: Any, job_id: str, on_event: OnEvent | None) -> None:
 _DRAIN_TIMEOUT = 30.0
 
 
+async def _end_events(queue: Any, drain: asyncio.Task[None], job_id: str) -> None:
+    """Let the drain take every event the task put, then stop it."""
+    try:
+        if drain.done():
+            drain.result()  # it failed on its own (the scheduler went away): say so
+            return
+        await queue.put([_END, None])
+        await asyncio.wait_for(asyncio.shield(drain), _DRAIN_TIMEOUT)
+    except Exception:
+        log.warning("events of job %s were not all received from dask", job_id, exc_info=True)
+    finally:
+        drain.cancel()
+
+
 class DaskExecutor:
     """Runs jobs as tasks on a dask.distributed cluster (e.g. one dask-jobqueue put on
     SLURM or PBS). Cancelling a running job releases its future; the cluster may finish
@@ -403,8 +417,6 @@ class DaskExecutor:
         started()  # the cluster's own scheduler decides when it runs; to us it is running
         try:
             reply = await future
-            if drain is not None:
-                await self._end_events(queue, drain)
             return _outcome(reply, time.perf_counter() - start)
         except asyncio.CancelledError:
             if future.cancelled() or future.status == "cancelled":
@@ -419,20 +431,9 @@ class DaskExecutor:
         finally:
             self._futures.pop(task.job_id, None)
             if drain is not None:
-                await self._end_events(queue, drain)
+                # Before the outcome goes back: every event is stored ahead of the status.
+                await _end_events(queue, drain, task.job_id)
                 queue.close()
-
-    async def _end_events(self, queue: Any, drain: asyncio.Task[None]) -> None:
-        """Let the drain take every event the task put, then stop it."""
-        if drain.done():
-            return
-        try:
-            await queue.put([_END, None])
-            await asyncio.wait_for(asyncio.shield(drain), _DRAIN_TIMEOUT)
-        except Exception:
-            log.warning("events of a dask task were not all drained", exc_info=True)
-        finally:
-            drain.cancel()
 
     def cancel(self, job_id: str) -> bool:
         """Release a running job's future; ``False`` if it is not running here."""

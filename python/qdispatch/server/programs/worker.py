@@ -105,6 +105,10 @@ class _ThreadRoutedStream(io.TextIOBase):
         self.sinks: dict[int, _LineSink] = {}
 
     def _target(self) -> TextIO | _LineSink:
+        if getattr(_sending, "active", False):
+            # Output while an event is on its way (a warning of the transport itself)
+            # would be sent as another event from inside this one: it goes to the console.
+            return self.original
         return self.sinks.get(threading.get_ident(), self.original)
 
     def writable(self) -> bool:
@@ -128,6 +132,20 @@ class _ThreadRoutedStream(io.TextIOBase):
 
 _routing_lock = threading.Lock()
 _routers: dict[str, _ThreadRoutedStream] = {}
+_sending = threading.local()
+
+
+def _guarded(emit: Emit) -> Emit:
+    """``emit``, marking this thread as sending while it runs (see ``_target``)."""
+
+    def send(kind: str, data: Any) -> None:
+        _sending.active = True
+        try:
+            emit(kind, data)
+        finally:
+            _sending.active = False
+
+    return send
 
 
 @contextlib.contextmanager
@@ -207,6 +225,7 @@ def run_program(
     timings["decode_inputs"] = time.perf_counter() - start
 
     backend = program_backend(backend_name, threads)
+    emit = _guarded(emit)
     publisher = Publisher(emit)
     start = time.perf_counter()
     with _captured_output(emit):

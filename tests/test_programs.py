@@ -399,6 +399,20 @@ def test_sampler_bell_from_qpy_and_from_the_qobj_fast_path(
     assert counts.get("00", 0) + counts.get("11", 0) > 700
 
 
+def test_sampler_lowers_gates_aer_lacks_on_the_ideal_simulator(
+    programs_service: ServiceProcess,
+) -> None:
+    circuit = QuantumCircuit(3, 3)
+    circuit.x(0)
+    circuit.ch(0, 1)  # Aer has no ch: decomposed, the circuit otherwise as sent
+    circuit.iswap(0, 2)  # |1> on qubit 0 moves to qubit 2
+    circuit.measure(range(3), range(3))
+    (pub,) = run_job(programs_service.client(), "sampler", {"pubs": [[circuit, None, 400]]})
+    counts = pub.data.c.get_counts()
+    assert set(counts) == {"100", "110"}
+    assert min(counts.values()) > 100
+
+
 def test_sampler_registers_and_parameter_value_shapes(programs_service: ServiceProcess) -> None:
     qreg = QuantumRegister(2, "q")
     alpha, beta = ClassicalRegister(1, "alpha"), ClassicalRegister(1, "beta")

@@ -67,25 +67,62 @@ def check_options(options: Any, known: Sequence[str]) -> dict[str, Any]:
     return dict(options)
 
 
+def _supported(target: Target) -> dict[str, frozenset[tuple[int, ...]] | None]:
+    """Operation name -> the qubit tuples it is supported on (``None``: any)."""
+    table: dict[str, frozenset[tuple[int, ...]] | None] = {}
+    for name in target.operation_names:
+        qargs = target.qargs_for_operation_name(name)
+        table[name] = None if qargs is None else frozenset(qargs)
+    return table
+
+
 def is_isa(circuit: QuantumCircuit, target: Target) -> bool:
     """Whether every instruction of ``circuit`` (control-flow blocks included) is one the
     ``target`` supports on the qubits it acts on."""
-    return _isa(circuit, target, list(range(circuit.num_qubits)))
+    return not _unsupported(circuit, _supported(target), list(range(circuit.num_qubits)))
 
 
-def _isa(circuit: QuantumCircuit, target: Target, physical: list[int]) -> bool:
+def _unsupported(
+    circuit: QuantumCircuit,
+    supported: dict[str, frozenset[tuple[int, ...]] | None],
+    physical: list[int],
+) -> set[str]:
+    """Names of the operations of ``circuit`` the target does not support where they are
+    (the first found is enough to say it is not ISA; lowering wants them all)."""
+    where = {qubit: physical[i] for i, qubit in enumerate(circuit.qubits)}
+    bad: set[str] = set()
     for instruction in circuit.data:
         operation = instruction.operation
-        if operation.name in _ANYWHERE:
+        name = operation.name
+        if name in _ANYWHERE:
             continue
-        qargs = tuple(physical[circuit.find_bit(q).index] for q in instruction.qubits)
-        if not target.instruction_supported(operation.name, qargs):
-            return False
+        if name not in supported:
+            bad.add(name)
+            continue
+        allowed = supported[name]
+        qargs = tuple(where[q] for q in instruction.qubits)
+        if allowed is not None and qargs not in allowed:
+            bad.add(name)
+            continue
         for block in getattr(operation, "blocks", ()):
             # A block's qubits are, in order, the qubits its instruction acts on.
-            if not _isa(block, target, list(qargs)):
-                return False
-    return True
+            bad |= _unsupported(block, supported, list(qargs))
+    return bad
+
+
+def _lower(
+    circuit: QuantumCircuit, supported: dict[str, frozenset[tuple[int, ...]] | None]
+) -> QuantumCircuit:
+    """``circuit`` with the gates an all-to-all target lacks replaced by their definitions
+    (a level or two always reaches gates Aer has), the rest untouched."""
+    for _ in range(4):
+        unknown = _unsupported(circuit, supported, list(range(circuit.num_qubits)))
+        if not unknown:
+            break
+        lowered = circuit.decompose(gates_to_decompose=sorted(unknown))
+        lowered.metadata = circuit.metadata
+        circuit = lowered
+    return circuit
 
 
 def for_backend(
@@ -96,13 +133,27 @@ def for_backend(
     initial_layout: Any = None,
     force: bool = False,
 ) -> list[QuantumCircuit]:
-    """``circuits`` made fit for ``backend``: those that are not ISA for its target (or
-    all, with ``force``) are transpiled for it; the others are left exactly as they are."""
+    """``circuits`` made fit for ``backend``. Those that are ISA for its target (unless
+    ``force``) are left exactly as they are. Otherwise, on a target with a coupling map
+    (a device) they are transpiled for it; on an all-to-all one (the ideal simulator) only
+    the gates it lacks are decomposed, so that the circuits keep their qubits and layout.
+    ``force`` transpiles every circuit, whatever the target."""
     from qiskit import transpile
 
-    todo = [i for i, c in enumerate(circuits) if force or not is_isa(c, backend.target)]
+    target = backend.target
+    supported = _supported(target)
+    todo = [
+        i
+        for i, c in enumerate(circuits)
+        if force or _unsupported(c, supported, list(range(c.num_qubits)))
+    ]
     if not todo:
         return circuits
+    out = list(circuits)
+    if not force and target.build_coupling_map() is None:
+        for i in todo:
+            out[i] = _lower(circuits[i], supported)
+        return out
     transpiled = transpile(
         [circuits[i] for i in todo],
         backend=backend,
@@ -110,7 +161,6 @@ def for_backend(
         initial_layout=initial_layout,
         seed_transpiler=TRANSPILER_SEED,
     )
-    out = list(circuits)
     for i, circuit in zip(todo, transpiled, strict=True):
         out[i] = circuit
     return out

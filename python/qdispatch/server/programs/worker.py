@@ -26,7 +26,7 @@ from typing import Any, TextIO
 
 from . import BUILTIN, ENTRY_POINT, ProgramRef, load_module
 
-__all__ = ["Emit", "ProgramFailed", "Publisher", "run_program"]
+__all__ = ["Emit", "ProgramFailed", "Publisher", "program_backend", "run_program"]
 
 #: Where a program's interim results and log lines go: ``emit("interim", bytes)`` or
 #: ``emit("log", str)``.
@@ -124,6 +124,11 @@ class _ThreadRoutedStream(io.TextIOBase):
 
     def isatty(self) -> bool:
         return False
+
+    def fileno(self) -> int:
+        # For code that wants a descriptor (faulthandler): what is written to it is not
+        # captured, as the documentation says of output below Python.
+        return self.original.fileno()
 
     @property
     def encoding(self) -> str:  # type: ignore[override]

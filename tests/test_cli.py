@@ -46,6 +46,15 @@ def test_serve_refuses_dask_without_scheduler(tmp_path: Path) -> None:
     assert "--executor dask needs --scheduler ADDRESS" in answer.stderr
 
 
+def test_serve_refuses_a_programs_dir_that_is_not_a_directory(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    answer = run(
+        "serve", "--port", "0", "--db", str(tmp_path / "x.db"), "--programs-dir", str(missing)
+    )
+    assert answer.returncode == 2
+    assert f"--programs-dir {missing} is not a directory" in answer.stderr
+
+
 def test_demo_runs_end_to_end_on_a_noisy_device(tmp_path: Path) -> None:
     done = run(
         "demo",

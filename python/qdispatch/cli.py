@@ -40,6 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
         heartbeat_seconds=args.heartbeat,
         max_attempts=args.max_attempts,
         idle_timeout=args.idle_timeout,
+        programs_dir=Path(args.programs_dir).expanduser() if args.programs_dir else None,
     )
     if args.state_file:
         config.state_file = Path(args.state_file).expanduser()
@@ -47,6 +48,12 @@ def _serve(args: argparse.Namespace) -> int:
         config.state_file = db.parent / "server.json"
     if args.executor == "dask" and not args.scheduler:
         print("qdispatch serve: --executor dask needs --scheduler ADDRESS", file=sys.stderr)
+        return 2
+    if config.programs_dir is not None and not config.programs_dir.is_dir():
+        print(
+            f"qdispatch serve: --programs-dir {config.programs_dir} is not a directory",
+            file=sys.stderr,
+        )
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     server = uvicorn.Server(
@@ -122,6 +129,10 @@ def parser() -> argparse.ArgumentParser:
         help="stop after this many seconds without jobs, streams or requests",
     )
     serve.add_argument("--heartbeat", type=float, default=10.0, help="stream heartbeat seconds")
+    serve.add_argument(
+        "--programs-dir",
+        help="directory of runtime programs: each DIR/<id>.py is program <id>",
+    )
     serve.add_argument(
         "--state-file",
         help="where to write url/token/pid (loopback default: server.json beside the store)",

@@ -37,6 +37,8 @@ from . import errors as E
 from .bodies import RequestBodies
 from .errors import ServiceError, not_found
 from .executors import DaskExecutor, Executor, LocalExecutor
+from .programs import Registry
+from .programs.submission import program_job_fields
 from .scheduler import Scheduler
 from .store import FINAL, SHARE_LEVELS, Job, JobFilter, NewJob, Store, utcnow
 from .stream import CLOSE_UNAUTHORIZED, Hub, StreamSession
@@ -64,6 +66,7 @@ class ServiceConfig:
     state_file: Path | None = None
     local_user: str | None = None
     idle_timeout: float | None = None
+    programs_dir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -122,10 +125,18 @@ def _iso(ts: str | None) -> str | None:
 
 
 class JobCreate(BaseModel):
-    """Body of ``POST /jobs``. The ``qobj`` is read by the Rust core, not by pydantic."""
+    """Body of ``POST /jobs``: a ``qobj`` (read by the Rust core, not by pydantic), or a
+    ``program_id`` with its ``params`` (docs/runtime.md)."""
 
-    backend: str = Field(description="Name of the backend to run on.")
-    qobj: dict[str, Any] = Field(description="A QasmQobj (docs/protocol.md).")
+    backend: str | None = Field(
+        None, description="Backend to run on; a program job without one gets the least busy."
+    )
+    qobj: dict[str, Any] | None = Field(None, description="A QasmQobj (docs/protocol.md).")
+    program_id: str | None = Field(None, description="A program (GET /programs) to run.")
+    params: dict[str, Any] | None = Field(
+        None, description="The program's inputs, encoded as qdispatch.encoding writes them."
+    )
+    image: str | None = Field(None, description="'<program_id>:<version>' of the program.")
     name: str | None = None
     tags: list[str] = Field(default_factory=list)
     share_level: str = Field("none", description="none | project | global")
@@ -164,7 +175,10 @@ class Service:
         self.catalog = bk.catalog()
         self.specs = {name: bk.native_spec(defn) for name, defn in self.catalog.items()}
         self.hub = Hub(self.visible)
-        self.scheduler = Scheduler(self.store, self.hub, self._executor(), config.max_attempts)
+        self.programs = Registry.discover(config.programs_dir)
+        self.scheduler = Scheduler(
+            self.store, self.hub, self._executor(), config.max_attempts, self.programs.ref
+        )
         self._properties_ids: dict[str, int] = {}
         self.last_request = time.monotonic()
 
@@ -249,6 +263,9 @@ class Service:
             "queue_info": self.scheduler.queue_info(job) if queue_info else None,
             "last_seq": job.last_seq,
             "run_seconds": job.run_seconds,
+            "image": job.image,
+            "program_version": job.program_version,
+            "usage_estimation": job.usage_estimation,
         }
 
     def backend_status(self, name: str) -> dict[str, Any]:
@@ -401,6 +418,11 @@ def create_app(config: ServiceConfig) -> FastAPI:
             }
         )
 
+    @app.get("/programs", tags=["programs"])
+    async def list_programs(svc: Svc, who: Who) -> Response:
+        """The programs this service runs (``program_id`` of ``POST /jobs``)."""
+        return json_response({"programs": [p.view() for p in svc.programs]})
+
     @app.get("/backends", tags=["backends"])
     async def list_backends(svc: Svc, who: Who) -> Response:
         """The backends of this service, with their status."""
@@ -465,8 +487,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
         },
     )
     async def create_job(request: Request, svc: Svc, who: Who) -> Response:
-        """Submit a job: a QasmQobj for a backend. Answers 201 with the job, or 200 with the
-        job created earlier under the same ``Idempotency-Key``."""
+        """Submit a job: a QasmQobj for a backend, or a program with its inputs. Answers
+        201 with the job, or 200 with the job created earlier under the same
+        ``Idempotency-Key``."""
         key = request.headers.get("idempotency-key")
         if key:
             earlier = svc.store.job_by_idempotency_key(who.user, key)
@@ -478,31 +501,51 @@ def create_app(config: ServiceConfig) -> FastAPI:
         except _native.MalformedPayloadError as exc:
             raise ServiceError(400, E.MALFORMED_JSON, str(exc)) from exc
         envelope = _json_object(envelope_raw, "request body")
-        backend_name = _field(envelope, "backend", str)
-        if not backend_name:
-            raise ServiceError(400, E.INVALID_REQUEST, "'backend' is required")
-        if backend_name not in svc.catalog:
+        program_id = _field(envelope, "program_id", str)
+        backend_name = _field(envelope, "backend", str) or None
+        session_id = _field(envelope, "session_id", str)
+        if backend_name and backend_name not in svc.catalog:
             raise ServiceError(
                 400,
                 E.UNKNOWN_BACKEND,
                 f"unknown backend '{backend_name}' (available: {svc._names()})",
             )
-        backend_name = sessions.check_session(
-            svc, who, _field(envelope, "session_id", str), backend_name
-        )
-        if qobj is None:
-            raise ServiceError(400, E.INVALID_REQUEST, "'qobj' is required")
+        # A session job without a backend takes the session's; a program job without
+        # either runs on the least busy backend.
+        backend_name = sessions.check_session(svc, who, session_id, backend_name)
+        if program_id is not None and not backend_name:
+            backend_name = svc.scheduler.least_busy(list(svc.catalog))
+        if not backend_name:
+            raise ServiceError(400, E.INVALID_REQUEST, "'backend' is required")
+        if qobj is None and program_id is None:
+            raise ServiceError(400, E.INVALID_REQUEST, "'qobj' is required (or 'program_id')")
+        if qobj is not None and program_id is not None:
+            raise ServiceError(
+                400, E.INVALID_REQUEST, "a job has a 'qobj' or a 'program_id', not both"
+            )
         share_level = _field(envelope, "share_level", str, "none") or "none"
         if share_level not in SHARE_LEVELS:
             raise ServiceError(
                 400, E.INVALID_REQUEST, f"share_level must be one of {', '.join(SHARE_LEVELS)}"
             )
-        try:
-            summary = _native.validate_qobj(qobj, svc.specs[backend_name])
-        except _native.MalformedPayloadError as exc:
-            raise ServiceError(400, E.MALFORMED_JSON, str(exc)) from exc
-        except _native.InvalidQobjError as exc:
-            raise ServiceError(400, E.INVALID_QOBJ, str(exc)) from exc
+        if program_id is not None:
+            rate = svc.scheduler.seconds_per_experiment(backend_name)
+            payload = await program_job_fields(svc.programs, envelope, rate)
+        else:
+            assert qobj is not None
+            try:
+                summary = _native.validate_qobj(qobj, svc.specs[backend_name])
+            except _native.MalformedPayloadError as exc:
+                raise ServiceError(400, E.MALFORMED_JSON, str(exc)) from exc
+            except _native.InvalidQobjError as exc:
+                raise ServiceError(400, E.INVALID_QOBJ, str(exc)) from exc
+            payload = {
+                "kind": "circuit",
+                "inputs": qobj,
+                "n_experiments": summary.n_experiments,
+                "shots": summary.shots or DEFAULT_SHOTS,
+                "n_instructions": summary.n_instructions,
+            }
         if config.max_active_jobs is not None:
             active = svc.store.count_active(who.user)
             if active >= config.max_active_jobs:
@@ -518,11 +561,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         new = NewJob(
             owner=who.user,
             backend=backend_name,
-            kind="circuit",
-            inputs=qobj,
-            n_experiments=summary.n_experiments,
-            shots=summary.shots or DEFAULT_SHOTS,
-            n_instructions=summary.n_instructions,
+            **payload,
             name=_field(envelope, "name", str),
             tags=_tags(envelope.get("tags")),
             share_level=share_level,
@@ -614,10 +653,18 @@ def create_app(config: ServiceConfig) -> FastAPI:
         svc.get_job(who, job_id)
         return _stored_blob(request, svc.store.data(job_id, "inputs"))
 
+    @app.get("/jobs/{job_id}/inputs", tags=["jobs"])
+    async def get_inputs(job_id: str, request: Request, svc: Svc, who: Who) -> Response:
+        """What the job was submitted with: a program's encoded inputs (a circuit job's
+        Qobj)."""
+        svc.get_job(who, job_id)
+        return _stored_blob(request, svc.store.data(job_id, "inputs"))
+
     @app.get("/jobs/{job_id}/results", tags=["jobs"])
     async def get_results(job_id: str, request: Request, svc: Svc, who: Who) -> Response:
-        """The job's result (qiskit ``Result`` dict). A failed job's partial result is
-        returned when it has one; the job's ``error`` says what failed."""
+        """The job's result: a qiskit ``Result`` dict, or what a program's ``main``
+        returned (encoded). A failed job's partial result is returned when it has one;
+        the job's ``error`` says what failed."""
         job = svc.get_job(who, job_id)
         blob = svc.store.data(job_id, "result")
         if blob is None:
@@ -665,9 +712,16 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     @app.get("/jobs/{job_id}/metrics", tags=["jobs"])
     async def get_metrics(job_id: str, svc: Svc, who: Who) -> Response:
-        """Timestamps of each step and the execution time."""
+        """Timestamps of each step, the execution time, and a program's usage estimation
+        and timings."""
         job = svc.get_job(who, job_id)
         steps = job.time_per_step
+        # Time on the (simulated) quantum backend: all of a circuit job's run, and of a
+        # program's only what its main took.
+        if job.kind == "program":
+            quantum_seconds = (job.timings or {}).get("execute")
+        else:
+            quantum_seconds = job.run_seconds
         return json_response(
             {
                 "timestamps": {
@@ -679,7 +733,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
                     or steps.get("CANCELLED"),
                 },
                 "time_per_step": steps,
-                "usage": {"seconds": job.run_seconds},
+                "usage": {"seconds": job.run_seconds, "quantum_seconds": quantum_seconds},
+                "usage_estimation": job.usage_estimation,
+                "timings": job.timings,
                 "n_experiments": job.n_experiments,
                 "shots": job.shots,
                 "attempts": job.attempts,

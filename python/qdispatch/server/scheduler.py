@@ -28,6 +28,7 @@ import itertools
 import logging
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -35,6 +36,7 @@ from typing import Any
 import orjson
 
 from .executors import Executor, Outcome, Task
+from .programs import ProgramRef
 from .store import CANCELLED, DONE, ERROR, QUEUED, RUNNING, Event, Job, Store
 from .stream import Hub
 
@@ -70,6 +72,7 @@ class _Running:
     n_experiments: int
     started: float
     session_id: str | None = None
+    kind: str = "circuit"
     task: asyncio.Task[None] | None = None
     cancelled: bool = False
     on_worker: bool = False
@@ -78,11 +81,19 @@ class _Running:
 class Scheduler:
     """Owns the queues and the executor; every status change goes through here."""
 
-    def __init__(self, store: Store, hub: Hub, executor: Executor, max_attempts: int = 3):
+    def __init__(
+        self,
+        store: Store,
+        hub: Hub,
+        executor: Executor,
+        max_attempts: int = 3,
+        programs: Callable[[str], ProgramRef | None] | None = None,
+    ):
         self.store = store
         self.hub = hub
         self.executor = executor
         self.max_attempts = max_attempts
+        self._programs = programs or (lambda program_id: None)
         self._tiers: tuple[_Queues, _Queues] = (defaultdict(dict), defaultdict(dict))
         self._queued: dict[str, _Queued] = {}
         self._running: dict[str, _Running] = {}
@@ -245,12 +256,27 @@ class Scheduler:
         job = self.store.job(entry.job_id)
         if job is None or job.status != QUEUED:
             return
+        program = None
+        if job.kind == "program":
+            program = self._programs(job.program_id or "")
+            if program is None:  # registered when it was submitted, gone since a restart
+                message = f"program '{job.program_id}' is no longer registered on this service"
+                events = self.store.set_status(
+                    job.id, ERROR, error={"code": "unknown_program", "message": message}
+                )
+                self._publish(job.id, events)
+                return
         running = _Running(
-            entry.owner, entry.backend, entry.n_experiments, time.monotonic(), job.session_id
+            entry.owner,
+            entry.backend,
+            entry.n_experiments,
+            time.monotonic(),
+            session_id=job.session_id,
+            kind=job.kind,
         )
         self._running[job.id] = running
         self._running_per_user[job.owner] += 1
-        task = Task(job.id, job.backend, job.kind, self.store.inputs(job.id))
+        task = Task(job.id, job.backend, job.kind, self.store.inputs(job.id), program)
         running.task = asyncio.get_running_loop().create_task(self._run(task, running))
 
     def _started(self, job_id: str, running: _Running) -> None:
@@ -262,9 +288,26 @@ class Scheduler:
             if running.session_id is not None:
                 self.store.session_started(running.session_id)
 
+    def _event(self, job_id: str, running: _Running, kind: str, data: Any) -> None:
+        """Store and publish an interim result or log line of a running job, in order."""
+        if running.cancelled:
+            return  # the job is CANCELLED already: nothing may follow its final status
+        if kind == "interim" and isinstance(data, bytes):
+            payload = data
+        elif kind == "log" and isinstance(data, str):
+            payload = orjson.dumps({"text": data})
+        else:
+            log.warning("job %s sent an event of unknown kind %r; dropped", job_id, kind)
+            return
+        self._publish(job_id, [self.store.append_event(job_id, kind, payload)])
+
     async def _run(self, task: Task, running: _Running) -> None:
         try:
-            outcome = await self.executor.execute(task, lambda: self._started(task.job_id, running))
+            outcome = await self.executor.execute(
+                task,
+                lambda: self._started(task.job_id, running),
+                lambda kind, data: self._event(task.job_id, running, kind, data),
+            )
         except asyncio.CancelledError:
             raise  # the service is stopping: the job stays RUNNING and is requeued on start
         except Exception as exc:  # an executor bug must not kill the dispatcher
@@ -283,21 +326,27 @@ class Scheduler:
         if outcome.status == "cancelled":
             events = self.store.set_status(job_id, CANCELLED)
         elif outcome.status == "done" and outcome.result is not None:
-            self._measured(running.backend, outcome.seconds, running.n_experiments)
-            error = _result_error(outcome.result)
+            error = None
+            if running.kind == "circuit":
+                # A program's time includes whatever Python it runs: only circuit jobs
+                # measure the backend's rate, and only their results are Qobj results.
+                self._measured(running.backend, outcome.seconds, running.n_experiments)
+                error = _result_error(outcome.result)
             events = self.store.set_status(
                 job_id,
                 ERROR if error else DONE,
                 result=outcome.result,
                 error=error,
                 run_seconds=outcome.seconds,
+                timings=outcome.timings,
             )
         else:
             events = self.store.set_status(
                 job_id,
                 ERROR,
-                error={"code": "execution_failed", "message": outcome.error or "unknown error"},
+                error={"code": outcome.code, "message": outcome.error or "unknown error"},
                 run_seconds=outcome.seconds,
+                timings=outcome.timings,
             )
         self._publish(job_id, events)
 
@@ -308,6 +357,15 @@ class Scheduler:
             old + _RATE_WEIGHT * (sample - old) if backend in self._rates else sample
         )
         self.store.set_meta(f"rate:{backend}", repr(self._rates[backend]))
+
+    def seconds_per_experiment(self, backend: str) -> float:
+        """The measured execution time per experiment of ``backend`` (a moving average)."""
+        return self._rate(backend)
+
+    def least_busy(self, backends: list[str]) -> str:
+        """The backend of ``backends`` with the fewest queued jobs (the first by name on
+        a tie)."""
+        return min(sorted(backends), key=self.pending_jobs)
 
     def _rate(self, backend: str) -> float:
         if backend not in self._rates:

@@ -134,6 +134,16 @@ CREATE TABLE IF NOT EXISTS properties (
 """
 
 
+# Columns added after the first release, by `ALTER TABLE ... ADD COLUMN` when a store
+# lacks them (older stores; new ones too, so that there is one path): name, declaration.
+_ADDED_JOB_COLUMNS = (
+    ("image", "TEXT"),  # program jobs: the "<program_id>:<version>" asked for, "" if none
+    ("program_version", "TEXT"),
+    ("usage_estimation", "TEXT"),  # JSON {"quantum_seconds": s}
+    ("timings", "TEXT"),  # JSON: a program's decode_inputs/execute/encode_result seconds
+)
+
+
 def utcnow() -> str:
     """The current time as the ISO 8601 UTC string every timestamp here uses."""
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
@@ -176,12 +186,16 @@ class Job:
     properties_id: int | None
     run_seconds: float | None
     last_seq: int
+    image: str | None = None
+    program_version: str | None = None
+    usage_estimation: dict[str, Any] | None = None
+    timings: dict[str, float] | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
         """Decode a row selected with ``SELECT *``."""
         values = dict(row)
-        for key in ("tags", "time_per_step", "client_info", "error"):
+        for key in ("tags", "time_per_step", "client_info", "error", "usage_estimation", "timings"):
             if values[key] is not None:
                 values[key] = orjson.loads(values[key])
         return cls(**values)
@@ -212,6 +226,9 @@ class NewJob:
     client_info: dict[str, str] | None = None
     experiment_id: str | None = None
     properties_id: int | None = None
+    image: str | None = None
+    program_version: str | None = None
+    usage_estimation: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -302,10 +319,19 @@ class Store:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(_SCHEMA)  # idempotent; executescript commits on its own
+        self._migrate()
         with self.transaction():
             self._db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
+
+    def _migrate(self) -> None:
+        """Add the columns a store made by an earlier version lacks."""
+        with self.transaction() as db:
+            have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+            for name, declaration in _ADDED_JOB_COLUMNS:
+                if name not in have:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}")
 
     def close(self) -> None:
         """Close the connection; the WAL is checkpointed by SQLite."""
@@ -428,7 +454,8 @@ class Store:
                 "INSERT INTO jobs (id, owner, backend, kind, program_id, name, tags, status, "
                 "time_per_step, created, share_level, session_id, idempotency_key, "
                 "client_info, experiment_id, n_experiments, shots, n_instructions, "
-                "properties_id, last_seq) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1)",
+                "properties_id, image, program_version, usage_estimation, last_seq) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1)",
                 (
                     job_id,
                     new.owner,
@@ -449,6 +476,9 @@ class Store:
                     new.shots,
                     new.n_instructions,
                     new.properties_id,
+                    new.image,
+                    new.program_version,
+                    orjson.dumps(new.usage_estimation).decode() if new.usage_estimation else None,
                 ),
             )
             db.executemany(
@@ -596,11 +626,12 @@ class Store:
         attempts_delta: int = 0,
         step: str | None = None,
         note: str | None = None,
+        timings: dict[str, float] | None = None,
     ) -> list[Event]:
         """Move a job to ``status`` (with its result or error) and log the events.
 
         ``step`` names the time-per-step entry (defaults to the status); ``note`` goes into
-        the status event, e.g. why a job was requeued.
+        the status event, e.g. why a job was requeued; ``timings`` are a program's steps.
         """
         now = utcnow()
         events: list[Event] = []
@@ -610,13 +641,15 @@ class Store:
             steps[step or ("COMPLETED" if status == DONE else status)] = now
             db.execute(
                 "UPDATE jobs SET status = ?, time_per_step = ?, error = ?, "
-                "run_seconds = COALESCE(?, run_seconds), attempts = attempts + ? WHERE id = ?",
+                "run_seconds = COALESCE(?, run_seconds), attempts = attempts + ?, "
+                "timings = COALESCE(?, timings) WHERE id = ?",
                 (
                     status,
                     orjson.dumps(steps).decode(),
                     orjson.dumps(error).decode() if error else None,
                     run_seconds,
                     attempts_delta,
+                    orjson.dumps(timings).decode() if timings else None,
                     job_id,
                 ),
             )

@@ -1,0 +1,128 @@
+"""Estimates expectation values with EstimatorV2 semantics, from measurement shots."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .common import InvalidInputs, check_options, for_backend, optional_int
+
+VERSION = "1"
+DESCRIPTION = "EstimatorV2: expectation values and standard errors, measured with shots."
+
+DEFAULT_PRECISION = 0.015625
+_OPTIONS = ("seed_simulator",)
+
+
+def _precision(value: Any, what: str) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise InvalidInputs(f"{what} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _parse(inputs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+    """The pubs as ``EstimatorPub`` objects, checked, with the default precision applied;
+    and the options."""
+    from qiskit import QuantumCircuit
+    from qiskit.primitives.containers.estimator_pub import EstimatorPub
+
+    version = inputs.get("version", 2)
+    if version != 2:
+        raise InvalidInputs(f"version must be 2 (EstimatorV2), got {version!r}")
+    options = check_options(inputs.get("options"), _OPTIONS)
+    optional_int(options.get("seed_simulator"), "options.seed_simulator")
+    default = inputs.get("precision")
+    default = DEFAULT_PRECISION if default is None else _precision(default, "precision")
+    pubs = inputs.get("pubs")
+    if not isinstance(pubs, list) or not pubs:
+        raise InvalidInputs(
+            "pubs must be a non-empty list of [circuit, observables, parameter_values, precision]"
+        )
+    parsed = []
+    for i, pub in enumerate(pubs):
+        where = f"pubs[{i}]"
+        if not isinstance(pub, list | tuple) or not 2 <= len(pub) <= 4:
+            raise InvalidInputs(
+                f"{where} must be [circuit, observables, parameter_values, precision]"
+            )
+        circuit, observables, values, precision = [*pub, None, None][:4]
+        if not isinstance(circuit, QuantumCircuit):
+            raise InvalidInputs(
+                f"{where}: circuit must be a QuantumCircuit, got {type(circuit).__name__}"
+            )
+        precision = default if precision is None else _precision(precision, f"{where}: precision")
+        try:
+            parsed.append(EstimatorPub.coerce((circuit, observables, values, precision)))
+        except (ValueError, TypeError) as exc:
+            raise InvalidInputs(f"{where}: {exc}") from exc
+        except Exception as exc:  # qiskit's own errors (QiskitError) for bad observables
+            raise InvalidInputs(f"{where}: {type(exc).__name__}: {exc}") from exc
+    return parsed, options
+
+
+def shots_for(precision: float) -> int:
+    """Shots per observable group for a target precision (a standard error of at most
+    ``precision`` for an observable of norm 1)."""
+    return math.ceil(1.0 / precision**2)
+
+
+def _groups(pub: Any) -> int:
+    """How many measurement settings the pub's observables need (qubit-wise commuting
+    groups of their Pauli terms)."""
+    from qiskit.quantum_info import PauliList
+
+    terms: set[str] = set()
+    for observable in pub.observables.ravel().tolist():
+        terms.update(observable)
+    paulis = [t for t in terms if set(t) <= set("IXYZ") and set(t) != {"I"}]
+    others = len(terms) - len(paulis) - sum(1 for t in terms if set(t) == {"I"})
+    grouped = len(PauliList(paulis).group_qubit_wise_commuting()) if paulis else 0
+    return max(1, grouped + others)
+
+
+def estimate(inputs: dict[str, Any]) -> tuple[int, int]:
+    """(circuit executions: parameter sets times measurement settings, summed over the pubs;
+    the most shots per execution)."""
+    pubs, _ = _parse(inputs)
+    executions = sum(max(1, pub.parameter_values.size) * _groups(pub) for pub in pubs)
+    return executions, max(shots_for(pub.precision) for pub in pubs)
+
+
+def main(
+    backend: Any,
+    publisher: Any,
+    pubs: list[Any],
+    precision: float | None = None,
+    options: dict[str, Any] | None = None,
+    version: int = 2,
+) -> Any:
+    """Estimate the pubs' expectation values on ``backend`` (circuits that are not ISA
+    for it are transpiled, their observables mapped through the layout) and return the
+    ``PrimitiveResult``."""
+    from qiskit.primitives import BackendEstimatorV2
+    from qiskit.primitives.containers.estimator_pub import EstimatorPub
+
+    inputs = {"pubs": pubs, "precision": precision, "options": options, "version": version}
+    parsed, opts = _parse(inputs)
+    ready = []
+    for pub in parsed:
+        (circuit,) = for_backend([pub.circuit], backend)
+        observables = pub.observables
+        if circuit is not pub.circuit and circuit.layout is not None:
+            observables = observables.apply_layout(circuit.layout, circuit.num_qubits)
+        ready.append(
+            EstimatorPub(circuit, observables, pub.parameter_values, pub.precision, validate=True)
+        )
+    estimator = BackendEstimatorV2(
+        backend=backend,
+        options={
+            "default_precision": DEFAULT_PRECISION if precision is None else precision,
+            "seed_simulator": opts.get("seed_simulator"),
+        },
+    )
+    return estimator.run(ready).result()

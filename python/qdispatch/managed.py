@@ -804,6 +804,8 @@ class ManagedJobSet:
         """
         if self._managed_jobs and not refresh:
             return
+        from .job import IBMQJob
+
         tagged = provider.jobs(limit=None, job_tags=[f"{SET_TAG}{self._id}"], descending=False)
         jobs = [job for job in tagged if isinstance(job, IBMQJob)]
         if not jobs:

@@ -94,7 +94,7 @@ def test_a_crashed_worker_fails_only_its_own_job(service_factory: Any) -> None:
 def dask_scheduler() -> Any:
     distributed = pytest.importorskip("distributed")
     cluster = distributed.LocalCluster(
-        n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None
+        n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0"
     )
     yield cluster.scheduler_address
     cluster.close()

@@ -27,7 +27,7 @@ from qdispatch.server import store as store_module
 from qdispatch.server.programs import InvalidInputs, ProgramRef, Registry, load_module
 from qdispatch.server.programs.worker import run_program
 from qdispatch.server.store import Store
-from qobjs import bell_qobj
+from qobjs import bell_qobj, experiment, qobj
 from support import ServiceProcess, wait_final, wait_status
 from test_service_stream import collect_until_results, next_message, open_stream, subscribe
 
@@ -500,6 +500,15 @@ def _parametrized() -> QuantumCircuit:
             "pubs[0]: The number of values (0) does not match the number of parameters (1)",
         ),
         ("sampler", {"pubs": [[2]], "circuits": bell_qobj()}, "pubs[0]: circuit index 2"),
+        (
+            "sampler",
+            {
+                "pubs": [[0]],
+                "circuits": qobj([experiment("x", 1, [{"name": "warp", "qubits": [0]}])]),
+            },
+            "warp",
+        ),
+        ("sampler", {"pubs": [[0]], "circuits": [1, 2]}, "circuits: "),
         ("sampler", {"pubs": []}, "pubs must be a non-empty list"),
         ("sampler", {"pubs": [[bell()]], "shots": -1}, "shots must be a positive integer"),
         ("sampler", {"pubs": [[bell()]], "options": {"fast": True}}, "options: unknown"),

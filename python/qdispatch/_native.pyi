@@ -24,6 +24,7 @@ __all__ = [
     "decode_ndarray",
     "encode_ndarray",
     "pack_payload",
+    "split_member",
     "split_submission",
     "unpack_payload",
     "validate_qobj",
@@ -71,6 +72,10 @@ def validate_qobj(qobj: bytes, backend: BackendSpec) -> QobjSummary:
 
 def split_submission(body: bytes) -> tuple[bytes, bytes | None]:
     """Splits a job-submission body into (envelope JSON without ``qobj``, raw ``qobj``)."""
+
+def split_member(body: bytes, key: str, what: str = "body") -> tuple[bytes, bytes | None]:
+    """Splits a JSON object into (the object without member ``key``, that member's raw
+    bytes or None)."""
 
 def capi_available() -> bool:
     """Whether circuits are read through Qiskit's C API (a known API version)."""

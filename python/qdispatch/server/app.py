@@ -46,6 +46,11 @@ from .stream import CLOSE_UNAUTHORIZED, Hub, StreamSession
 log = logging.getLogger(__name__)
 
 DEFAULT_SHOTS = 1024
+# The circuits a program job carries as a Qobj are checked against the ideal simulator
+# (programs make circuits fit a device themselves, docs/runtime.md), with no limit on
+# their number but the request size.
+_CIRCUIT_CHECKS = "aer_simulator"
+_PROGRAM_MAX_CIRCUITS = 10_000_000
 
 
 @dataclass
@@ -174,6 +179,9 @@ class Service:
         self.store = Store(config.db)
         self.catalog = bk.catalog()
         self.specs = {name: bk.native_spec(defn) for name, defn in self.catalog.items()}
+        self.program_circuits_spec = bk.native_spec(
+            self.catalog[_CIRCUIT_CHECKS], max_experiments=_PROGRAM_MAX_CIRCUITS
+        )
         self.hub = Hub(self.visible)
         self.programs = Registry.discover(config.programs_dir)
         self.scheduler = Scheduler(
@@ -500,6 +508,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
             envelope_raw, qobj = _native.split_submission(body)
         except _native.MalformedPayloadError as exc:
             raise ServiceError(400, E.MALFORMED_JSON, str(exc)) from exc
+        # A program's params (megabytes of circuits, perhaps) stay bytes: the program's
+        # checks read what they need of them.
+        envelope_raw, params = _native.split_member(envelope_raw, "params", "request body")
         envelope = _json_object(envelope_raw, "request body")
         program_id = _field(envelope, "program_id", str)
         backend_name = _field(envelope, "backend", str) or None
@@ -530,7 +541,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
             )
         if program_id is not None:
             rate = svc.scheduler.seconds_per_experiment(backend_name)
-            payload = await program_job_fields(svc.programs, envelope, rate)
+            payload = await program_job_fields(
+                svc.programs, envelope, params, rate, svc.program_circuits_spec
+            )
         else:
             assert qobj is not None
             try:

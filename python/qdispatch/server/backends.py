@@ -173,14 +173,15 @@ def gate_spec(defn: BackendDef) -> dict[str, tuple[int | None, int | None]]:
 
 
 @functools.cache
-def native_spec(defn: BackendDef) -> BackendSpec:
-    """The Rust-side validation spec of a backend (cached per process)."""
+def native_spec(defn: BackendDef, max_experiments: int | None = None) -> BackendSpec:
+    """The Rust-side validation spec of a backend; ``max_experiments`` overrides the
+    backend's limit (programs split their circuits into executions themselves)."""
     coupling = [tuple(edge) for edge in defn.coupling_map] if defn.coupling_map else None
     return BackendSpec(
         defn.name,
         defn.n_qubits,
         defn.max_shots,
-        defn.max_experiments,
+        max_experiments or defn.max_experiments,
         gates=gate_spec(defn),
         coupling_map=coupling,
     )

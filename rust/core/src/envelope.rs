@@ -19,13 +19,23 @@ pub struct Split {
 
 /// Splits a submission body into envelope and Qobj.
 pub fn split_submission(body: &[u8]) -> Result<Split, CoreError> {
-    let mut members: BTreeMap<&str, &RawValue> = serde_json::from_slice(body)
-        .map_err(|e| CoreError::Json(format!("request body must be a JSON object: {e}")))?;
-    let qobj = members
-        .remove("qobj")
-        .map(|raw| raw.get().as_bytes().to_vec());
-    let envelope = serde_json::to_vec(&members)?;
+    let (envelope, qobj) = split_member(body, "qobj", "request body")?;
     Ok(Split { envelope, qobj })
+}
+
+/// Splits the JSON object `body` into (the object without its member `key`, re-serialized;
+/// the raw bytes of that member, if present). `what` names the object in errors. A
+/// program job's `params` and a sampler's `circuits` Qobj are split off the same way, so
+/// that the service never builds a Python tree of a Qobj it only validates and stores.
+pub fn split_member(
+    body: &[u8],
+    key: &str,
+    what: &str,
+) -> Result<(Vec<u8>, Option<Vec<u8>>), CoreError> {
+    let mut members: BTreeMap<&str, &RawValue> = serde_json::from_slice(body)
+        .map_err(|e| CoreError::Json(format!("{what} must be a JSON object: {e}")))?;
+    let member = members.remove(key).map(|raw| raw.get().as_bytes().to_vec());
+    Ok((serde_json::to_vec(&members)?, member))
 }
 
 #[cfg(test)]
@@ -52,6 +62,24 @@ mod tests {
     fn body_without_qobj() {
         let split = split_submission(br#"{"program_id": "sampler"}"#).expect("valid body");
         assert!(split.qobj.is_none());
+    }
+
+    #[test]
+    fn splits_any_member() {
+        let (rest, member) = split_member(
+            br#"{"pubs": [[0, null, 5]], "circuits": {"a": 1}}"#,
+            "circuits",
+            "params",
+        )
+        .expect("valid object");
+        assert_eq!(member.as_deref(), Some(&br#"{"a": 1}"#[..]));
+        let rest: serde_json::Value = serde_json::from_slice(&rest).expect("json");
+        assert_eq!(rest, serde_json::json!({"pubs": [[0, null, 5]]}));
+        let err = split_member(b"[1]", "circuits", "params").expect_err("not an object");
+        assert!(
+            err.to_string().contains("params must be a JSON object"),
+            "{err}"
+        );
     }
 
     #[test]

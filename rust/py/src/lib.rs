@@ -146,6 +146,23 @@ fn split_submission<'py>(
     Ok((PyBytes::new(py, &split.envelope), qobj))
 }
 
+/// Splits the JSON object `body` into (the object without member `key`, the raw bytes of
+/// that member or None); `what` names the object in the error for a body that is not one.
+#[pyfunction]
+#[pyo3(signature = (body, key, what = "body"))]
+fn split_member<'py>(
+    py: Python<'py>,
+    body: &[u8],
+    key: &str,
+    what: &str,
+) -> PyResult<(Bound<'py, PyBytes>, Option<Bound<'py, PyBytes>>)> {
+    let (rest, member) = py
+        .detach(|| envelope::split_member(body, key, what))
+        .map_err(NativeError)?;
+    let member = member.map(|m| PyBytes::new(py, &m));
+    Ok((PyBytes::new(py, &rest), member))
+}
+
 /// Whether circuits are read through Qiskit's C API: the installed qiskit exports it, at
 /// a version whose function table this module knows. Otherwise every circuit goes through
 /// the Python path of `qdispatch.assembler`.
@@ -199,8 +216,8 @@ fn circuits_to_qobj_json<'py>(
 mod _native {
     #[pymodule_export]
     use super::{
-        capi_available, circuits_to_qobj_json, split_submission, validate_qobj, BackendSpec,
-        InvalidQobjError, MalformedPayloadError, PayloadError, QobjSummary,
+        capi_available, circuits_to_qobj_json, split_member, split_submission, validate_qobj,
+        BackendSpec, InvalidQobjError, MalformedPayloadError, PayloadError, QobjSummary,
     };
 
     #[pymodule_export]

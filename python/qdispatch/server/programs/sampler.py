@@ -5,10 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from qdispatch._native import QobjSummary
+
 from .common import InvalidInputs, check_options, for_backend, optional_int, positive_int
 
 VERSION = "1"
 DESCRIPTION = "SamplerV2: bitstrings of each classical register, per pub."
+
+# Inputs that carry a QasmQobj: the service validates them natively at submission.
+QOBJ_INPUTS = ("circuits",)
 
 _DEFAULT_SHOTS = 1024
 _OPTIONS = ("seed_simulator",)
@@ -26,9 +31,12 @@ class _Pub:
 
 
 def _experiments(circuits: Any) -> int:
-    """How many experiments the ``circuits`` Qobj has (0 when there is none)."""
+    """How many experiments the ``circuits`` Qobj has (0 when there is none). At
+    submission the service hands ``estimate`` the Qobj's native summary, not the Qobj."""
     if circuits is None:
         return 0
+    if isinstance(circuits, QobjSummary):
+        return int(circuits.n_experiments)
     if not isinstance(circuits, dict):
         raise InvalidInputs(f"circuits must be a QasmQobj object, got {type(circuits).__name__}")
     experiments = circuits.get("experiments")

@@ -8,22 +8,42 @@ from typing import Any
 
 import orjson
 
+from qdispatch import _native
+from qdispatch._native import BackendSpec
+
 from .. import errors as E
 from ..errors import ServiceError
 from . import Program, Registry
 
 
-def _decode_and_estimate(program: Program, params: bytes) -> tuple[int, int]:
+def _decode_and_estimate(
+    program: Program, params: bytes, circuit_checks: BackendSpec
+) -> tuple[int, int]:
     from qdispatch import encoding
 
+    # Inputs a program declares as Qobjs (QOBJ_INPUTS) are validated natively, and
+    # estimate() sees their summaries, never a Python tree of them (a Qobj of thousands
+    # of circuits would take a second to build).
+    qobjs: dict[str, bytes] = {}
+    rest = params
+    for key in getattr(program.module, "QOBJ_INPUTS", ()):
+        try:
+            rest, member = _native.split_member(rest, key, "params")
+        except _native.MalformedPayloadError as exc:
+            raise ServiceError(400, E.INVALID_PARAMS, str(exc)) from exc
+        if member is not None and member.strip() != b"null":
+            qobjs[key] = member
     try:
-        inputs = encoding.loads(params)
+        inputs = encoding.loads(rest)
     except Exception as exc:
         raise ServiceError(
             400, E.INVALID_PARAMS, f"params do not decode: {type(exc).__name__}: {exc}"
         ) from exc
-    if not isinstance(inputs, dict):
-        raise ServiceError(400, E.INVALID_PARAMS, "params must be an object of the inputs")
+    for key, qobj in qobjs.items():
+        try:
+            inputs[key] = _native.validate_qobj(qobj, circuit_checks)
+        except ValueError as exc:  # MalformedPayloadError, InvalidQobjError
+            raise ServiceError(400, E.INVALID_PARAMS, f"{key}: {exc}") from exc
     try:
         return program.estimate(inputs)
     except (ValueError, TypeError) as exc:  # InvalidInputs is a ValueError
@@ -31,10 +51,15 @@ def _decode_and_estimate(program: Program, params: bytes) -> tuple[int, int]:
 
 
 async def program_job_fields(
-    registry: Registry, envelope: dict[str, Any], seconds_per_execution: float
+    registry: Registry,
+    envelope: dict[str, Any],
+    params: bytes | None,
+    seconds_per_execution: float,
+    circuit_checks: BackendSpec,
 ) -> dict[str, Any]:
     """The :class:`~qdispatch.server.store.NewJob` fields of a program job submitted with
-    ``envelope`` (the request body), after its checks: ``unknown_program``,
+    ``envelope`` (the request body without its ``params``, which come as their raw JSON),
+    after its checks: ``unknown_program``,
     ``unknown_image``, ``invalid_params`` (the inputs do not decode, or the program's
     ``estimate`` refuses them). ``usage_estimation`` is the estimated number of
     executions times ``seconds_per_execution``."""
@@ -57,18 +82,19 @@ async def program_job_fields(
             f"unknown image '{image}': this service runs program '{program.id}' as "
             f"image '{current}' only",
         )
-    params = envelope.get("params")
-    if params is None:
-        params = {}
-    if not isinstance(params, dict):
+    raw = b"{}" if params is None or params.strip() == b"null" else params
+    if not raw.lstrip().startswith(b"{"):
+        try:
+            kind = type(orjson.loads(raw)).__name__
+        except orjson.JSONDecodeError:
+            kind = "not JSON"
         raise ServiceError(
-            400,
-            E.INVALID_PARAMS,
-            f"params must be an object of the program's inputs, got {type(params).__name__}",
+            400, E.INVALID_PARAMS, f"params must be an object of the program's inputs, got {kind}"
         )
-    raw = orjson.dumps(params)
     # Decoding circuits and checking pubs costs milliseconds: not on the event loop.
-    n_executions, shots = await asyncio.to_thread(_decode_and_estimate, program, raw)
+    n_executions, shots = await asyncio.to_thread(
+        _decode_and_estimate, program, raw, circuit_checks
+    )
     return {
         "kind": "program",
         "program_id": program.id,

@@ -75,6 +75,9 @@ def test_sampler_service_two_jobs(
     benchmark.extra_info["circuits_per_second"] = N / benchmark.stats.stats.median
 
 
+# qiskit-ibm-runtime 0.50 deprecated SamplerV2 for a client-side Sampler; SamplerV2 is
+# still what its local mode runs on AerSimulator.
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.benchmark(group="sampler 2000 circuits")
 def test_sampler_ibm_runtime_local_mode(benchmark: Any, circuits: list[QuantumCircuit]) -> None:
     runtime = pytest.importorskip("qiskit_ibm_runtime")

@@ -43,3 +43,16 @@ def connected(service: ServiceProcess) -> Iterator[Any]:
 
     with qdispatch.connect(service.url, token=service.token) as handle:
         yield handle
+
+
+@pytest.fixture
+def dask_scheduler() -> Iterator[str]:
+    """The address of a local dask.distributed cluster (one worker process, two threads)."""
+    distributed = pytest.importorskip("distributed")
+    # A dashboard on a free port: with none asked for, dask tries 8787 and warns (an error
+    # here) when another cluster on this machine has it.
+    cluster = distributed.LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0"
+    )
+    yield cluster.scheduler_address
+    cluster.close()

@@ -655,18 +655,6 @@ def test_a_store_of_an_earlier_version_gets_the_new_columns(tmp_path: Path) -> N
 # -- dask ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def dask_scheduler() -> Any:
-    distributed = pytest.importorskip("distributed")
-    # A dashboard on a free port: with none asked for, dask tries 8787 and warns (an error
-    # here) when another cluster on this machine has it.
-    cluster = distributed.LocalCluster(
-        n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0"
-    )
-    yield cluster.scheduler_address
-    cluster.close()
-
-
 def test_dask_executor_streams_a_programs_interim_results(
     dask_scheduler: str, service_factory: Any, tmp_path: Path
 ) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import psutil
-import pytest
 from qiskit.result import Result
 
 from qobjs import bell_qobj, slow_qobj
@@ -88,16 +87,6 @@ def test_a_crashed_worker_fails_only_its_own_job(service_factory: Any) -> None:
     assert wait_final(client, bystander["id"])["status"] == "DONE"
     (replacement,) = worker_processes(svc.proc.pid)
     assert replacement.pid != worker.pid
-
-
-@pytest.fixture
-def dask_scheduler() -> Any:
-    distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(
-        n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0"
-    )
-    yield cluster.scheduler_address
-    cluster.close()
 
 
 def test_dask_executor_end_to_end(dask_scheduler: str, service_factory: Any) -> None:

@@ -158,6 +158,17 @@ def test_jobs_must_be_on_the_sessions_backend(service: ServiceProcess) -> None:
     assert client.get(f"/sessions/{sid}").json()["jobs"] == NO_JOBS
 
 
+def test_run_mode_says_which_jobs_are_dedicated(service: ServiceProcess) -> None:
+    client = service.client()
+    dedicated = open_session(client, mode="dedicated")["id"]
+    batch = open_session(client, mode="batch")["id"]
+    modes = {}
+    for sid in (dedicated, batch, None):
+        job = submit(client, "aer_simulator", bell_qobj(shots=8), session_id=sid)
+        modes[sid] = client.get(f"/jobs/{job['id']}").json()["run_mode"]
+    assert modes == {dedicated: "dedicated", batch: "fairshare", None: "fairshare"}
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "code", "message"),
     [

@@ -385,7 +385,8 @@ class IBMQJob(JobV1):
         return {step: local_time(ts) for step, ts in self._time_per_step.items()}  # type: ignore[misc]
 
     def scheduling_mode(self) -> str | None:
-        """Return the scheduling mode the job is in (``fairshare``)."""
+        """Return the scheduling mode the job is in: ``dedicated`` for a job of a
+        dedicated session, else ``fairshare``."""
         return self._run_mode
 
     def share_level(self) -> str:

@@ -188,6 +188,7 @@ class Service:
             self.store, self.hub, self._executor(), config.max_attempts, self.programs.ref
         )
         self._properties_ids: dict[str, int] = {}
+        self._session_modes: dict[str, str] = {}
         self.last_request = time.monotonic()
 
     def _executor(self) -> Executor:
@@ -267,7 +268,7 @@ class Service:
             "n_experiments": job.n_experiments,
             "shots": job.shots,
             "error": job.error,
-            "run_mode": "fairshare",
+            "run_mode": self.run_mode(job),
             "queue_info": self.scheduler.queue_info(job) if queue_info else None,
             "last_seq": job.last_seq,
             "run_seconds": job.run_seconds,
@@ -275,6 +276,17 @@ class Service:
             "program_version": job.program_version,
             "usage_estimation": job.usage_estimation,
         }
+
+    def run_mode(self, job: Job) -> str:
+        """``dedicated`` for a job of a dedicated session (it goes ahead of others),
+        else ``fairshare``. A session's mode never changes, so it is cached."""
+        if job.session_id is None:
+            return "fairshare"
+        mode = self._session_modes.get(job.session_id)
+        if mode is None:
+            mode = self.store.session_mode(job.session_id) or "none"
+            self._session_modes[job.session_id] = mode
+        return "dedicated" if mode == "dedicated" else "fairshare"
 
     def backend_status(self, name: str) -> dict[str, Any]:
         """``BackendStatus``-shaped dict."""

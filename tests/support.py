@@ -151,16 +151,19 @@ def submit(
 class CuttableProxy:
     """A TCP proxy on 127.0.0.1 in front of a service, whose open connections can be cut
     at once (``cut()``): a dropped network, as a client sees it. New connections work
-    again right after a cut."""
+    again right after a cut. With ``refuse_websockets`` it closes every connection that
+    asks for a WebSocket upgrade, as some HTTP proxies do."""
 
-    def __init__(self, target_url: str) -> None:
+    def __init__(self, target_url: str, refuse_websockets: bool = False) -> None:
         host, port = target_url.removeprefix("http://").rsplit(":", 1)
         self._target = (host, int(port))
+        self._refuse_websockets = refuse_websockets
         self._server = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self.cuts = 0
+        self.refused = 0
         self._closed = False
         threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
 
@@ -170,15 +173,25 @@ class CuttableProxy:
                 downstream, _ = self._server.accept()
             except OSError:
                 return
-            try:
-                upstream = socket.create_connection(self._target)
-            except OSError:
+            threading.Thread(target=self._serve, args=(downstream,), daemon=True).start()
+
+    def _serve(self, downstream: socket.socket) -> None:
+        if self._refuse_websockets:
+            # An HTTP proxy that does not pass WebSocket upgrades: the connection is closed.
+            head = downstream.recv(8192, socket.MSG_PEEK)
+            if b"upgrade: websocket" in head.lower():
+                self.refused += 1
                 downstream.close()
-                continue
-            with self._lock:
-                self._open |= {downstream, upstream}
-            for src, dst in ((downstream, upstream), (upstream, downstream)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+                return
+        try:
+            upstream = socket.create_connection(self._target)
+        except OSError:
+            downstream.close()
+            return
+        with self._lock:
+            self._open |= {downstream, upstream}
+        threading.Thread(target=self._pump, args=(upstream, downstream), daemon=True).start()
+        self._pump(downstream, upstream)
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:

@@ -269,6 +269,27 @@ def test_streaming_survives_the_connection_cut_twice(programs_service: ServicePr
         proxy.close()
 
 
+def test_streaming_without_a_websocket_polls_events_by_seq(
+    programs_service: ServiceProcess,
+) -> None:
+    """Behind a proxy that refuses WebSockets, a callback still gets every interim result
+    once, in order, and the final one (polled over HTTP by seq)."""
+    proxy = CuttableProxy(programs_service.url, refuse_websockets=True)
+    got: list[Any] = []
+    try:
+        with qdispatch.connect(proxy.url, token=programs_service.token) as service:
+            job = service.run(
+                "stream", {"count": 30, "delay": 0.02}, callback=lambda _, r: got.append(r)
+            )
+            final = job.result(timeout=120)
+            assert not service.client.stream_connected()
+        assert proxy.refused > 0
+        assert got[:-1] == [{"i": i} for i in range(30)]
+        assert got[-1] == final
+    finally:
+        proxy.close()
+
+
 def test_circuit_runner_returns_a_qiskit_result(service: Any) -> None:
     from qiskit import QuantumCircuit
 

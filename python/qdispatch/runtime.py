@@ -110,7 +110,9 @@ class JobFeed:
         self.interim: list[bytes] = []
         self.status: str | None = None
         self.has_result = False
+        self.last_seq = 0
         self._callback: Callable[[str, Any], Any] | None = None
+        self._fetch_events: Callable[[int], list[tuple[int, str, bytes | None]]] | None = None
         self._decoder: type[ResultDecoder] = ResultDecoder
         self._fetch_result: Callable[[], bytes] | None = None
         self._streamed = 0  # interim results handed to the callback so far
@@ -128,6 +130,7 @@ class JobFeed:
         callback: Callable[[str, Any], Any],
         decoder: type[ResultDecoder],
         fetch_result: Callable[[], bytes],
+        fetch_events: Callable[[int], list[tuple[int, str, bytes | None]]] | None = None,
     ) -> None:
         """Hand every interim result (those already here first) and then the final
         result to ``callback``."""
@@ -137,6 +140,7 @@ class JobFeed:
                     f"A callback function is already streaming results of job {self.job_id}."
                 )
             self._callback, self._decoder, self._fetch_result = callback, decoder, fetch_result
+            self._fetch_events = fetch_events
             self._streamed = 0
             self.idle.clear()
             self._pinned.add(self)
@@ -149,9 +153,13 @@ class JobFeed:
             self._pinned.discard(self)
             self.idle.set()
 
-    def on_event(self, kind: str, data: bytes | None) -> None:
-        """An event of this job from the router (called in seq order, once each)."""
+    def on_event(self, seq: int, kind: str, data: bytes | None) -> None:
+        """An event of this job, from the router or from :meth:`catch_up`; one already
+        seen (by seq) is ignored, so the two sources never deliver anything twice."""
         with self._lock:
+            if seq <= self.last_seq:
+                return
+            self.last_seq = seq
             if kind == "interim" and data is not None:
                 self.interim.append(data)
             elif kind == "status" and data is not None:
@@ -159,6 +167,15 @@ class JobFeed:
             elif kind == "result":
                 self.has_result = True
         self._drain()
+
+    def catch_up(self) -> None:
+        """Fetch the events after the last one seen over HTTP (``GET /jobs/{id}/events``):
+        what the router does for a streaming job while no WebSocket can be had."""
+        fetch = self._fetch_events
+        if fetch is None or self._callback is None:
+            return
+        for seq, kind, data in fetch(self.last_seq):
+            self.on_event(seq, kind, data)
 
     def _drain(self) -> None:
         """Deliver what the callback has not had yet, the final result last. One thread
@@ -251,10 +268,18 @@ class EventRouter:
                 if self._stop.wait(0.5):
                     return
                 continue
-            for job_id, _seq, kind, data in events:
+            for job_id, seq, kind, data in events:
                 feed = self._feeds.get(job_id)
                 if feed is not None:
-                    feed.on_event(kind, data)
+                    feed.on_event(seq, kind, data)
+            if self._pinned and not client.stream_connected():
+                # No socket (a proxy that refuses WebSockets, a service restarting): poll
+                # the streaming jobs' events over HTTP, resuming by seq all the same.
+                for feed in list(self._pinned):
+                    try:
+                        feed.catch_up()
+                    except Exception:
+                        log.debug("catching up on job %s failed", feed.job_id, exc_info=True)
 
 
 # -- the job ------------------------------------------------------------------------------
@@ -602,7 +627,17 @@ class RuntimeJob(BasePrimitiveJob[Any, JobStatus]):
         if self._status in _FINAL or self._api.client.last_status(self._job_id) in _FINAL:
             raise RuntimeInvalidStateError(f"Job {self._job_id} already finished.")
         use = decoder or self._interim_decoder
-        self._feed.start_streaming(callback, use, self._fetch_result)
+        self._feed.start_streaming(callback, use, self._fetch_result, self._events_since)
+
+    def _events_since(self, seq: int) -> list[tuple[int, str, bytes | None]]:
+        """The job's events after ``seq``, over HTTP: ``(seq, type, data JSON)``."""
+        raw = self._api.raw_call(
+            "GET", f"/jobs/{self._job_id}/events", query=[("since", str(seq))], error=IBMApiError
+        )
+        return [
+            (e["seq"], e["type"], None if e["data"] is None else orjson.dumps(e["data"]))
+            for e in orjson.loads(raw)["events"]
+        ]
 
     def cancel_result_streaming(self) -> None:
         """Cancel result streaming."""

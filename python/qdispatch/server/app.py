@@ -41,7 +41,7 @@ from .programs import Registry
 from .programs.submission import program_job_fields
 from .scheduler import Scheduler
 from .store import FINAL, SHARE_LEVELS, Job, JobFilter, NewJob, Store, utcnow
-from .stream import CLOSE_UNAUTHORIZED, Hub, StreamSession
+from .stream import CLOSE_UNAUTHORIZED, Hub, StreamSession, encode_event
 
 log = logging.getLogger(__name__)
 
@@ -723,6 +723,23 @@ def create_app(config: ServiceConfig) -> FastAPI:
             if e.type == "interim" and e.data is not None
         ]
         return json_response(items)
+
+    @app.get("/jobs/{job_id}/events", tags=["jobs"])
+    async def get_events(
+        job_id: str,
+        svc: Svc,
+        who: Who,
+        since: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> Response:
+        """The job's events after seq ``since``, in order, as the stream sends them
+        (result events without the result): what a client that cannot keep a WebSocket
+        open polls instead, resuming by seq just the same."""
+        svc.get_job(who, job_id)
+        events = svc.store.events_since(job_id, since, limit)
+        return json_response(
+            {"events": [orjson.Fragment(encode_event(svc.store, e, False)) for e in events]}
+        )
 
     @app.get("/jobs/{job_id}/logs", tags=["jobs"])
     async def get_logs(job_id: str, svc: Svc, who: Who) -> Response:

@@ -673,11 +673,12 @@ class Store:
         with self.transaction() as db:
             return self._append_event(db, job_id, kind, data)
 
-    def events_since(self, job_id: str, after_seq: int) -> list[Event]:
-        """The job's events with ``seq > after_seq``, in order."""
+    def events_since(self, job_id: str, after_seq: int, limit: int = -1) -> list[Event]:
+        """The job's events with ``seq > after_seq``, in order (at most ``limit``; -1: all)."""
         rows = self._db.execute(
-            "SELECT job_id, seq, type, data FROM events WHERE job_id = ? AND seq > ? ORDER BY seq",
-            (job_id, after_seq),
+            "SELECT job_id, seq, type, data FROM events WHERE job_id = ? AND seq > ? "
+            "ORDER BY seq LIMIT ?",
+            (job_id, after_seq, limit),
         )
         return [Event(r[0], r[1], r[2], r[3]) for r in rows]
 

@@ -3,6 +3,7 @@ connections, and the documented exceptions."""
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -80,6 +81,66 @@ def _collector() -> tuple[list[tuple[str, Any]], Any]:
         got.append((job_id, result))
 
     return got, callback
+
+
+# The reference's members of RuntimeJob and their parameters (../shared/seeds/RuntimeJob.md).
+REFERENCE_METHODS = {
+    "backend": ["timeout"],
+    "cancel": [],
+    "cancel_result_streaming": [],
+    "cancelled": [],
+    "done": [],
+    "error_message": [],
+    "in_final_state": [],
+    "interim_results": ["decoder"],
+    "job_id": [],
+    "logs": [],
+    "metrics": [],
+    "result": ["timeout", "decoder"],
+    "running": [],
+    "status": [],
+    "stream_results": ["callback", "decoder"],
+    "submit": [],
+    "update_tags": ["new_tags"],
+    "wait_for_final_state": ["timeout"],
+}
+REFERENCE_ATTRIBUTES = [
+    "creation_date",
+    "image",
+    "inputs",
+    "program_id",
+    "session_id",
+    "tags",
+    "usage_estimation",
+]
+
+
+@pytest.mark.parametrize(("name", "parameters"), sorted(REFERENCE_METHODS.items()))
+def test_methods_take_the_documented_parameters(name: str, parameters: list[str]) -> None:
+    signature = inspect.signature(getattr(RuntimeJob, name))
+    assert list(signature.parameters)[1:] == parameters
+
+
+def test_constructor_and_attributes_are_the_documented_ones() -> None:
+    names = list(inspect.signature(RuntimeJob.__init__).parameters)[1:14]
+    assert names == [
+        "backend",
+        "api_client",
+        "client_params",
+        "job_id",
+        "program_id",
+        "service",
+        "params",
+        "creation_date",
+        "user_callback",
+        "result_decoder",
+        "image",
+        "session_id",
+        "tags",
+    ]
+    for attribute in REFERENCE_ATTRIBUTES:
+        assert isinstance(getattr(RuntimeJob, attribute), property), attribute
+    assert RuntimeJob.version == 1
 
 
 def test_run_returns_a_runtime_job_with_every_attribute(service: Any) -> None:

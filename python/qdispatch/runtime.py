@@ -300,8 +300,10 @@ class RuntimeJob(BasePrimitiveJob[Any, JobStatus]):
         self,
         backend: QDispatchBackend | None,
         api_client: QDispatchService,
+        client_params: Any,
         job_id: str,
         program_id: str,
+        service: QDispatchService | None = None,
         params: dict[str, Any] | None = None,
         creation_date: str | None = None,
         user_callback: Callable[[str, Any], Any] | None = None,
@@ -309,11 +311,35 @@ class RuntimeJob(BasePrimitiveJob[Any, JobStatus]):
         image: str | None = "",
         session_id: str | None = None,
         tags: list[str] | None = None,
+        *,
         info: dict[str, Any] | None = None,
     ) -> None:
+        """RuntimeJob constructor (``service.run`` and ``service.job`` make them).
+
+        Args:
+            backend: The backend instance used to run this job.
+            api_client: The connection the job's calls go through.
+            client_params: Parameters used for the server connection (kept for
+                reference: ``api_client`` holds the connection).
+            job_id: Job ID.
+            program_id: ID of the program this job is for.
+            service: The service the job belongs to (``api_client`` if not given).
+            params: Job parameters (read back from the service when not given).
+            creation_date: Job creation date, in UTC (ISO 8601).
+            user_callback: Called with ``(job_id, result)`` for every interim result
+                and the final result.
+            result_decoder: A ``ResultDecoder`` subclass (or one for interim and one for
+                final results) used to decode job results.
+            image: Runtime image used for this job: ``image_name:tag``.
+            session_id: ID of the session the job runs in.
+            tags: Tags assigned to the job.
+            info: The service's record of the job (``GET /jobs/{id}``), if at hand.
+        """
         super().__init__(job_id)
         self._backend = backend
         self._api = api_client
+        self._client_params = client_params
+        self._service = service or api_client
         self._program_id = program_id
         self._params = params
         self._creation_date = creation_date
@@ -349,8 +375,10 @@ class RuntimeJob(BasePrimitiveJob[Any, JobStatus]):
         return cls(
             backend if backend is not None else api_client.backend(info["backend"]),
             api_client,
+            api_client.url,
             info["id"],
             program_id,
+            api_client,
             params=params,
             creation_date=info.get("creation_date"),
             user_callback=user_callback,
@@ -454,7 +482,7 @@ class RuntimeJob(BasePrimitiveJob[Any, JobStatus]):
         if self._backend is None:
             try:
                 self._refresh()
-                self._backend = self._api.backend(self._info["backend"])
+                self._backend = self._service.backend(self._info["backend"])
             except Exception as exc:
                 if isinstance(exc, IBMRuntimeError):
                     raise

@@ -113,6 +113,22 @@ def test_sampler_refuses_bad_pubs(connected: Any) -> None:
         sampler.run([])
     with pytest.raises(IBMInputValueError, match="unknown Sampler option"):
         Sampler(mode="aer_simulator", options={"shots": 3}, service=connected)
+    with pytest.raises(IBMInputValueError, match="unknown Sampler option 'shots'"):
+        sampler.options.shots = 3
+
+
+def test_options_are_a_dict_and_attributes(connected: Any) -> None:
+    sampler = Sampler(mode="aer_simulator", service=connected)
+    assert sampler.options.default_shots == 1024
+    sampler.options.default_shots = 50
+    assert sampler.options["default_shots"] == 50
+    sampler.options["seed_simulator"] = 3
+    first = sampler.run([bell()]).result(timeout=120)[0].data.meas
+    assert first.num_shots == 50
+    again = sampler.run([bell()]).result(timeout=120)[0].data.meas
+    assert first.get_counts() == again.get_counts()  # same seed, same samples
+    with pytest.raises(AttributeError, match="no option 'nope'"):
+        _ = sampler.options.nope
 
 
 def test_estimator_bell_within_standard_error(connected: Any) -> None:

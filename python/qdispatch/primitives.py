@@ -36,6 +36,38 @@ DEFAULT_SHOTS = 1024
 DEFAULT_PRECISION = 0.015625
 
 
+class PrimitiveOptions(dict[str, Any]):
+    """A primitive's options: a dict whose known keys are also attributes, so both
+    ``sampler.options["default_shots"] = 2000`` and ``sampler.options.default_shots =
+    2000`` work. An unknown name is refused."""
+
+    def __init__(self, owner: str, defaults: dict[str, Any], given: dict[str, Any]) -> None:
+        unknown = set(given) - set(defaults)
+        if unknown:
+            raise IBMInputValueError(
+                f"unknown {owner} option(s) {', '.join(sorted(unknown))} "
+                f"(known: {', '.join(sorted(defaults))})"
+            )
+        super().__init__({**defaults, **given})
+        object.__setattr__(self, "_owner", owner)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"{self._owner} has no option '{name}'") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        if name not in self:
+            raise IBMInputValueError(
+                f"unknown {self._owner} option '{name}' (known: {', '.join(sorted(self))})"
+            )
+        super().__setitem__(name, value)
+
+
 class _Primitive:
     """What both primitives share: where their jobs run, and their options."""
 
@@ -62,18 +94,11 @@ class _Primitive:
         else:
             self._service = mode.service
             self._backend_name = mode.name
-        self._options = dict(self._defaults)
-        unknown = set(options or {}) - set(self._defaults)
-        if unknown:
-            raise IBMInputValueError(
-                f"unknown {type(self).__name__} option(s) {', '.join(sorted(unknown))} "
-                f"(known: {', '.join(sorted(self._defaults))})"
-            )
-        self._options.update(options or {})
+        self._options = PrimitiveOptions(type(self).__name__, self._defaults, dict(options or {}))
 
     @property
-    def options(self) -> dict[str, Any]:
-        """The primitive's options (a dict; change it to change later runs)."""
+    def options(self) -> PrimitiveOptions:
+        """The primitive's options (change them to change later runs)."""
         return self._options
 
     @property

@@ -69,6 +69,7 @@ def test_demo_runs_end_to_end_on_a_noisy_device(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "40 circuits in 1 jobs" in done.stdout
     assert "circuit 0: {" in done.stdout
+    assert "in a session: Estimator <ZZ> = " in done.stdout
     # The local service stays up for later scripts, until idle or `qdispatch stop`.
     assert (tmp_path / "server.json").exists()
     stopped = run("stop", env={"QDISPATCH_DATA_DIR": str(tmp_path)})

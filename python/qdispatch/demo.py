@@ -44,6 +44,7 @@ def run_demo(n_circuits: int, backend_name: str, shots: int) -> dict[str, Any]:
         finished = time.perf_counter() - start
         failed = [f"{j.job_id()}: {j.error_message()}" for j in jobs if j.status().name != "DONE"]
         counts = [c for j in jobs if j.done() for c in _all_counts(j.result())]
+        primitives = _primitives_in_a_session(backend)
     summary = {
         "circuits": n_circuits,
         "jobs": len(jobs),
@@ -52,6 +53,7 @@ def run_demo(n_circuits: int, backend_name: str, shots: int) -> dict[str, Any]:
         "total_seconds": finished,
         "circuits_per_second": n_circuits / finished,
         "sample_counts": counts[:3],
+        **primitives,
     }
     print(
         f"{n_circuits} circuits in {len(jobs)} jobs: submitted in {submitted:.2f} s, "
@@ -60,9 +62,42 @@ def run_demo(n_circuits: int, backend_name: str, shots: int) -> dict[str, Any]:
     for i, c in enumerate(counts[:3]):
         top = dict(sorted(c.items(), key=lambda kv: -kv[1])[:4])
         print(f"  circuit {i}: {top} …")
+    print(
+        f"in a session: Estimator <ZZ> = {primitives['bell_zz']:.3f} ± "
+        f"{primitives['bell_zz_std']:.3f} and <XX> = {primitives['bell_xx']:.3f} of a Bell "
+        f"state; Sampler counts {primitives['bell_counts']}"
+    )
     if failed:
         print("failed jobs:", *failed, sep="\n  ")
     return summary
+
+
+def _primitives_in_a_session(backend: Any) -> dict[str, Any]:
+    """A Bell state measured by the Sampler and the Estimator, as two jobs of one session."""
+    from qiskit import QuantumCircuit
+    from qiskit.quantum_info import SparsePauliOp
+
+    from .primitives import Estimator, Sampler
+    from .sessions import Session
+
+    bell = QuantumCircuit(2)
+    bell.h(0)
+    bell.cx(0, 1)
+    measured = bell.copy()
+    measured.measure_all()
+    with Session(backend) as session:
+        sampled = Sampler(mode=session).run([measured], shots=1000)
+        estimated = Estimator(mode=session).run(
+            [(bell, [SparsePauliOp("ZZ"), SparsePauliOp("XX")])], precision=0.02
+        )
+        counts = sampled.result()[0].data.meas.get_counts()
+        data = estimated.result()[0].data
+    return {
+        "bell_counts": dict(sorted(counts.items(), key=lambda kv: -kv[1])[:4]),
+        "bell_zz": float(data.evs[0]),
+        "bell_zz_std": float(data.stds[0]),
+        "bell_xx": float(data.evs[1]),
+    }
 
 
 def _all_counts(result: Any) -> list[dict[str, int]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -320,3 +321,29 @@ def test_native_circuits_run_like_the_python_ones() -> None:
     got = sim.run(native, shots=100, seed_simulator=3).result().get_counts()
     want = sim.run(python, shots=100, seed_simulator=3).result().get_counts()
     assert got == want
+
+
+def test_worker_hands_qobj_inputs_over_as_raw_bytes(tmp_path: Path) -> None:
+    from qdispatch import encoding
+    from qdispatch.server.programs import ProgramRef
+    from qdispatch.server.programs.worker import run_program
+
+    program = tmp_path / "takes_qobj.py"
+    program.write_text(
+        "from qdispatch.server.runner import qobj_to_circuits\n"
+        'QOBJ_INPUTS = ("circuits", "absent", "empty")\n'
+        "def main(backend, publisher, circuits, tag, empty=None):\n"
+        "    names = [c.name for c in qobj_to_circuits(circuits)]\n"
+        "    return {'kind': type(circuits).__name__, 'names': names, 'tag': tag,\n"
+        "            'empty': empty}\n"
+    )
+    ref = ProgramRef("takes_qobj", str(program), str(program))
+    qobj = orjson.loads(native_json(corpus()[-2:]))
+    inputs = encoding.dumps({"circuits": qobj, "tag": "t", "empty": None})
+    result, _ = run_program(ref, "aer_simulator", inputs, 1, lambda kind, data: None)
+    assert encoding.loads(result) == {
+        "kind": "bytes",
+        "names": ["empty", "bell"],
+        "tag": "t",
+        "empty": None,
+    }

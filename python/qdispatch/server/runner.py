@@ -373,7 +373,8 @@ def qobj_bytes_to_circuits(raw: bytes, qobj: dict[str, Any] | None = None) -> li
     when the C API is unavailable, all of them, by the Python path, from ``qobj`` (the
     already parsed ``raw``) or from ``raw`` parsed here.
     """
-    native = _native.qobj_to_circuits(raw)
+    with _gc_paused():
+        native = _native.qobj_to_circuits(raw)
     if native is not None and all(circuit is not None for circuit in native):
         return native  # no None left, as checked
     if qobj is None:

@@ -24,6 +24,7 @@ __all__ = [
     "decode_ndarray",
     "encode_ndarray",
     "pack_payload",
+    "qobj_to_circuits",
     "split_member",
     "split_submission",
     "unpack_payload",
@@ -84,6 +85,11 @@ def circuits_to_qobj_json(
     circuits: list[QuantumCircuit], config: dict[str, Any], qobj_id: str, header: dict[str, Any]
 ) -> bytes:
     """The QasmQobj JSON bytes of ``circuits``."""
+
+def qobj_to_circuits(qobj: bytes) -> list[QuantumCircuit | None] | None:
+    """The circuits of a QasmQobj (JSON bytes) rebuilt through Qiskit's C API: ``None`` for
+    each experiment the Python path must rebuild, ``None`` overall when the C API is not
+    available or the Qobj is not of a shape the native reader takes."""
 
 class ApiError(Exception):
     """The job service answered with an error, or could not be reached."""

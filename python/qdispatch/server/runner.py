@@ -32,9 +32,10 @@ from qiskit.circuit import (
 )
 from qiskit.circuit.library import UnitaryGate, get_standard_gate_name_mapping
 
+from qdispatch import _native
 from qdispatch.server.backends import BACKEND_VERSION, catalog, simulator
 
-__all__ = ["QobjExecutionError", "qobj_to_circuits", "run_qobj"]
+__all__ = ["QobjExecutionError", "qobj_bytes_to_circuits", "qobj_to_circuits", "run_qobj"]
 
 
 class QobjExecutionError(Exception):
@@ -332,15 +333,18 @@ def _append_conditional(
                 circuit.append(op, qa, ca)
 
 
-def qobj_to_circuits(qobj: dict[str, Any]) -> list[QuantumCircuit]:
-    """Rebuilds the circuits of a QasmQobj dict.
+def qobj_to_circuits(qobj: dict[str, Any] | bytes) -> list[QuantumCircuit]:
+    """Rebuilds the circuits of a QasmQobj, given as a dict or as its JSON bytes.
 
     Registers come from each experiment header's ``qreg_sizes``/``creg_sizes`` (else one
     ``q`` and one ``c`` register); ``bfunc`` + ``conditional`` become ``if_test`` blocks on a
     classical register or a single bit; the header's name, ``global_phase`` and
     ``metadata`` are restored. Raises :class:`QobjExecutionError` naming the experiment and
-    instruction for anything that cannot be rebuilt.
+    instruction for anything that cannot be rebuilt. Bytes go through
+    :func:`qobj_bytes_to_circuits` (natively, where it can).
     """
+    if isinstance(qobj, bytes | bytearray | memoryview):
+        return qobj_bytes_to_circuits(bytes(qobj))
     if not isinstance(qobj, dict):
         raise QobjExecutionError("Qobj is not a JSON object")
     kind = qobj.get("type", "QASM")
@@ -351,6 +355,40 @@ def qobj_to_circuits(qobj: dict[str, Any]) -> list[QuantumCircuit]:
         raise QobjExecutionError("Qobj has no experiments")
     config = qobj.get("config") or {}
     return [_experiment_to_circuit(exp, i, config) for i, exp in enumerate(experiments)]
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise QobjExecutionError(f"Qobj is not valid JSON: {exc}") from exc
+
+
+def qobj_bytes_to_circuits(raw: bytes, qobj: dict[str, Any] | None = None) -> list[QuantumCircuit]:
+    """Rebuilds the circuits of a QasmQobj from its JSON bytes, as :func:`qobj_to_circuits`.
+
+    Experiments of standard gates, measures, resets, barriers and delays are rebuilt
+    natively through Qiskit's C API (``_native.qobj_to_circuits``), without a Python tree
+    of the Qobj; the others (conditionals, ``unitary``, anything the rules reject) and,
+    when the C API is unavailable, all of them, by the Python path, from ``qobj`` (the
+    already parsed ``raw``) or from ``raw`` parsed here.
+    """
+    with _gc_paused():
+        native = _native.qobj_to_circuits(raw)
+    if native is not None and all(circuit is not None for circuit in native):
+        return native  # no None left, as checked
+    if qobj is None:
+        qobj = _loads(raw)
+    if native is None:
+        return qobj_to_circuits(qobj)
+    # The native reader accepted the Qobj's shape: a dict with a non-empty experiments list.
+    assert isinstance(qobj, dict)
+    experiments: list[dict[str, Any]] = qobj["experiments"]
+    config = qobj.get("config") or {}
+    return [
+        circuit if circuit is not None else _experiment_to_circuit(experiments[i], i, config)
+        for i, circuit in enumerate(native)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,11 +483,8 @@ def _run_qobj(backend_name: str, qobj_json: bytes, job_id: str, max_parallel_thr
     defn = catalog().get(backend_name)
     if defn is None:
         raise QobjExecutionError(f"unknown backend '{backend_name}'")
-    try:
-        qobj = orjson.loads(qobj_json)
-    except orjson.JSONDecodeError as exc:
-        raise QobjExecutionError(f"Qobj is not valid JSON: {exc}") from exc
-    circuits = qobj_to_circuits(qobj)
+    qobj = _loads(qobj_json)
+    circuits = qobj_bytes_to_circuits(qobj_json, qobj)
     experiments: list[dict[str, Any]] = qobj["experiments"]
     config: dict[str, Any] = qobj.get("config") or {}
 

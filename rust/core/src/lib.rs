@@ -12,6 +12,7 @@
 //! * [`payload`]: the large payloads of the runtime JSON encoding: base64 of zlib, `.npy`
 //!   framing, and counts of a primitive `BitArray`'s packed bits.
 //! * [`results`]: counts of a qiskit Result dict in qiskit's bitstring form.
+//! * [`rebuild`]: planning a worker's rebuild of a Qobj's circuits through Qiskit's C API.
 //! * [`submit`]: many jobs submitted concurrently (the job manager's chunks).
 
 pub mod assemble;
@@ -20,6 +21,7 @@ pub mod envelope;
 pub mod error;
 pub mod payload;
 pub mod qobj;
+pub mod rebuild;
 pub mod results;
 pub mod stream;
 pub mod submit;

@@ -17,6 +17,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyType};
 use pyo3::{ffi, intern};
 use qdispatch_core::assemble::{ExperimentHeader, Param, QobjWriter};
+use qdispatch_core::rebuild::STANDARD_GATES;
 
 /// Opaque `QkCircuit`.
 #[repr(C)]
@@ -75,6 +76,43 @@ type ParamRealFn = unsafe extern "C" fn(*const QkParam) -> f64;
 type ParamIntFn = unsafe extern "C" fn(*const QkParam, *mut i64) -> bool;
 type GlobalPhaseFn = unsafe extern "C" fn(*const QkCircuit) -> *mut QkParam;
 type ParamFreeFn = unsafe extern "C" fn(*mut QkParam);
+type NewFn = unsafe extern "C" fn(u32, u32) -> *mut QkCircuit;
+type RegisterNewFn = unsafe extern "C" fn(u32, *const c_char) -> *mut QkRegister;
+type RegisterFreeFn = unsafe extern "C" fn(*mut QkRegister);
+type AddRegisterFn = unsafe extern "C" fn(*mut QkCircuit, *const QkRegister);
+type FreeFn = unsafe extern "C" fn(*mut QkCircuit);
+type GateFn = unsafe extern "C" fn(*mut QkCircuit, u8, *const u32, *const f64) -> u32;
+type GateCountFn = unsafe extern "C" fn(u8) -> u32;
+type MeasureFn = unsafe extern "C" fn(*mut QkCircuit, u32, u32) -> u32;
+type ResetFn = unsafe extern "C" fn(*mut QkCircuit, u32) -> u32;
+type BarrierFn = unsafe extern "C" fn(*mut QkCircuit, *const u32, u32) -> u32;
+type DelayFn = unsafe extern "C" fn(*mut QkCircuit, u32, f64, u8) -> u32;
+type DelayDtFn = unsafe extern "C" fn(*mut QkCircuit, u32, i64) -> u32;
+type ToPythonFn = unsafe extern "C" fn(*mut QkCircuit) -> *mut ffi::PyObject;
+type SetGlobalPhaseFn = unsafe extern "C" fn(*mut QkCircuit, *const QkParam) -> u32;
+type ParamFromDoubleFn = unsafe extern "C" fn(f64) -> *mut QkParam;
+
+/// The C API functions that build circuits (`qdispatch._native.qobj_to_circuits`).
+pub struct Builder {
+    pub(crate) new: NewFn,
+    pub(crate) quantum_register_new: RegisterNewFn,
+    pub(crate) quantum_register_free: RegisterFreeFn,
+    pub(crate) classical_register_new: RegisterNewFn,
+    pub(crate) classical_register_free: RegisterFreeFn,
+    pub(crate) add_quantum_register: AddRegisterFn,
+    pub(crate) add_classical_register: AddRegisterFn,
+    pub(crate) free: FreeFn,
+    pub(crate) gate: GateFn,
+    pub(crate) measure: MeasureFn,
+    pub(crate) reset: ResetFn,
+    pub(crate) barrier: BarrierFn,
+    pub(crate) delay: DelayFn,
+    pub(crate) delay_dt: DelayDtFn,
+    pub(crate) to_python_full: ToPythonFn,
+    pub(crate) set_global_phase: SetGlobalPhaseFn,
+    pub(crate) param_from_double: ParamFromDoubleFn,
+    pub(crate) param_free: ParamFreeFn,
+}
 
 /// The C API functions we use, read once from the capsules.
 pub struct CApi {
@@ -100,6 +138,9 @@ pub struct CApi {
     param_as_int: ParamIntFn,
     param_kind: ParamKindFn,
     str_free: StrFreeFn,
+    /// `None` when the table's standard gates do not have the shapes
+    /// `rebuild::STANDARD_GATES` records (then every circuit is rebuilt in Python).
+    pub(crate) builder: Option<Builder>,
 }
 
 /// Lowest qiskit (major, minor) whose table has every slot used here at these positions.
@@ -155,6 +196,34 @@ fn load(py: Python<'_>) -> Option<CApi> {
         }};
     }
     let param_stride = slot!(circuit, 231, StrideFn);
+    let num_qubits = slot!(circuit, 17, GateCountFn);
+    let num_params = slot!(circuit, 18, GateCountFn);
+    let builder = Builder {
+        new: slot!(circuit, 5, NewFn),
+        quantum_register_new: slot!(circuit, 6, RegisterNewFn),
+        quantum_register_free: slot!(circuit, 7, RegisterFreeFn),
+        classical_register_free: slot!(circuit, 8, RegisterFreeFn),
+        classical_register_new: slot!(circuit, 9, RegisterNewFn),
+        add_quantum_register: slot!(circuit, 10, AddRegisterFn),
+        add_classical_register: slot!(circuit, 11, AddRegisterFn),
+        free: slot!(circuit, 15, FreeFn),
+        gate: slot!(circuit, 16, GateFn),
+        measure: slot!(circuit, 19, MeasureFn),
+        reset: slot!(circuit, 20, ResetFn),
+        barrier: slot!(circuit, 21, BarrierFn),
+        delay: slot!(circuit, 34, DelayFn),
+        delay_dt: slot!(circuit, 95, DelayDtFn),
+        to_python_full: slot!(circuit, 40, ToPythonFn),
+        set_global_phase: slot!(circuit, 51, SetGlobalPhaseFn),
+        param_from_double: slot!(circuit, 208, ParamFromDoubleFn),
+        param_free: slot!(circuit, 207, ParamFreeFn),
+    };
+    // The gate table transcribes the C enum; check it against the library before trusting
+    // it with pointers to arrays of those lengths.
+    let gates_match = STANDARD_GATES.iter().all(|&(_, code, qubits, params)| {
+        // SAFETY: the codes are below 52, all valid `QkGate`s of qiskit 2.6.
+        unsafe { num_qubits(code) == qubits && num_params(code) == params }
+    });
     Some(CApi {
         num_qubits: slot!(circuit, 13, CountFn),
         num_clbits: slot!(circuit, 14, CountFn),
@@ -179,6 +248,7 @@ fn load(py: Python<'_>) -> Option<CApi> {
         param_as_int: slot!(circuit, 232, ParamIntFn),
         param_kind: slot!(circuit, 233, ParamKindFn),
         str_free: slot!(qi, 26, StrFreeFn),
+        builder: gates_match.then_some(builder),
     })
 }
 

@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 mod capi;
 mod client;
 mod encoding;
+mod rebuild;
 
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
@@ -219,6 +220,9 @@ mod _native {
         capi_available, circuits_to_qobj_json, split_member, split_submission, validate_qobj,
         BackendSpec, InvalidQobjError, MalformedPayloadError, PayloadError, QobjSummary,
     };
+
+    #[pymodule_export]
+    use super::rebuild::qobj_to_circuits;
 
     #[pymodule_export]
     use super::encoding::{

@@ -32,11 +32,14 @@ class _Pub:
 
 def _experiments(circuits: Any) -> int:
     """How many experiments the ``circuits`` Qobj has (0 when there is none). At
-    submission the service hands ``estimate`` the Qobj's native summary, not the Qobj."""
+    submission the service hands ``estimate`` the Qobj's native summary, not the Qobj; in
+    a worker ``main`` has rebuilt its circuits already (a list)."""
     if circuits is None:
         return 0
     if isinstance(circuits, QobjSummary):
         return int(circuits.n_experiments)
+    if isinstance(circuits, list):
+        return len(circuits)
     if not isinstance(circuits, dict):
         raise InvalidInputs(f"circuits must be a QasmQobj object, got {type(circuits).__name__}")
     experiments = circuits.get("experiments")
@@ -109,21 +112,29 @@ def main(
     backend: Any,
     publisher: Any,
     pubs: list[Any],
-    circuits: dict[str, Any] | None = None,
+    circuits: bytes | dict[str, Any] | None = None,
     shots: int | None = None,
     options: dict[str, Any] | None = None,
     version: int = 2,
 ) -> Any:
     """Run the pubs on ``backend`` (circuits that are not ISA for it are transpiled) and
-    return the ``PrimitiveResult``."""
+    return the ``PrimitiveResult``. ``circuits`` is a QasmQobj: its JSON bytes (what the
+    service's worker passes, see ``QOBJ_INPUTS``) or a dict."""
     from qiskit.primitives.containers.sampler_pub import SamplerPub
     from qiskit_aer.primitives import SamplerV2
 
-    from qdispatch.server.runner import qobj_to_circuits
+    from qdispatch.server.runner import qobj_bytes_to_circuits, qobj_to_circuits
 
-    inputs = {"pubs": pubs, "circuits": circuits, "shots": shots, "options": options}
-    parsed, opts = _parse({**inputs, "version": version})
-    from_qobj = qobj_to_circuits(circuits) if circuits is not None else []
+    if isinstance(circuits, bytes):
+        # The Qobj was validated at submission: rebuild it first (natively), then check
+        # the pubs' indices against the circuits.
+        from_qobj = qobj_bytes_to_circuits(circuits)
+        inputs = {"pubs": pubs, "circuits": from_qobj, "shots": shots, "options": options}
+        parsed, opts = _parse({**inputs, "version": version})
+    else:
+        inputs = {"pubs": pubs, "circuits": circuits, "shots": shots, "options": options}
+        parsed, opts = _parse({**inputs, "version": version})
+        from_qobj = qobj_to_circuits(circuits) if circuits is not None else []
     # Each distinct circuit is made fit for the backend once, however many pubs use it.
     originals: dict[int, Any] = {}
     for pub in parsed:

@@ -24,6 +24,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
 
+from qdispatch import _native
+
 from . import BUILTIN, ENTRY_POINT, ProgramRef, load_module
 
 __all__ = ["Emit", "ProgramFailed", "Publisher", "program_backend", "run_program"]
@@ -224,9 +226,17 @@ def run_program(
     module = _module(ref, _file_stamp(ref))
     timings: dict[str, float] = {}
     start = time.perf_counter()
+    # Inputs the program declares as Qobjs (QOBJ_INPUTS) reach it as their raw JSON bytes:
+    # it rebuilds their circuits from those (natively), never from a Python tree.
+    qobjs: dict[str, bytes] = {}
+    for key in getattr(module, "QOBJ_INPUTS", ()):
+        inputs_json, member = _native.split_member(inputs_json, key, "params")
+        if member is not None and member.strip() != b"null":
+            qobjs[key] = member
     inputs = encoding.loads(inputs_json)
     if not isinstance(inputs, dict):
         raise TypeError(f"program inputs must be an object, got {type(inputs).__name__}")
+    inputs.update(qobjs)
     timings["decode_inputs"] = time.perf_counter() - start
 
     backend = program_backend(backend_name, threads)

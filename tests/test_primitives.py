@@ -111,6 +111,12 @@ def test_sampler_refuses_bad_pubs(connected: Any) -> None:
         sampler.run([(bell(), None, -5)])
     with pytest.raises(IBMInputValueError, match="no pubs"):
         sampler.run([])
+    wide = QuantumCircuit(7)
+    wide.h(0)
+    wide.measure_all()
+    too_wide = r"circuits: .*uses qubit 5, but backend 'fake_generic_5q' has 5 qubits"
+    with pytest.raises(IBMInputValueError, match=too_wide):
+        Sampler(mode=connected.backend("fake_generic_5q")).run([wide])
     with pytest.raises(IBMInputValueError, match="unknown Sampler option"):
         Sampler(mode="aer_simulator", options={"shots": 3}, service=connected)
     with pytest.raises(IBMInputValueError, match="unknown Sampler option 'shots'"):

@@ -46,10 +46,10 @@ from .stream import CLOSE_UNAUTHORIZED, Hub, StreamSession, encode_event
 log = logging.getLogger(__name__)
 
 DEFAULT_SHOTS = 1024
-# The circuits a program job carries as a Qobj are checked against the ideal simulator
-# (programs make circuits fit a device themselves, docs/runtime.md), with no limit on
-# their number but the request size.
-_CIRCUIT_CHECKS = "aer_simulator"
+# The circuits a program job carries as a Qobj are checked for the job's backend's width
+# with the ideal simulator's gates (programs make circuits fit a device themselves,
+# docs/runtime.md), and no limit on their number but the request size.
+_PROGRAM_GATES = "aer_simulator"
 _PROGRAM_MAX_CIRCUITS = 10_000_000
 
 
@@ -179,9 +179,12 @@ class Service:
         self.store = Store(config.db)
         self.catalog = bk.catalog()
         self.specs = {name: bk.native_spec(defn) for name, defn in self.catalog.items()}
-        self.program_circuits_spec = bk.native_spec(
-            self.catalog[_CIRCUIT_CHECKS], max_experiments=_PROGRAM_MAX_CIRCUITS
-        )
+        self.program_specs = {
+            name: bk.program_circuits_spec(
+                defn, self.catalog[_PROGRAM_GATES], _PROGRAM_MAX_CIRCUITS
+            )
+            for name, defn in self.catalog.items()
+        }
         self.hub = Hub(self.visible)
         self.programs = Registry.discover(config.programs_dir)
         self.scheduler = Scheduler(
@@ -554,7 +557,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         if program_id is not None:
             rate = svc.scheduler.seconds_per_experiment(backend_name)
             payload = await program_job_fields(
-                svc.programs, envelope, params, rate, svc.program_circuits_spec
+                svc.programs, envelope, params, rate, svc.program_specs[backend_name]
             )
         else:
             assert qobj is not None

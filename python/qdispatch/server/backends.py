@@ -173,17 +173,26 @@ def gate_spec(defn: BackendDef) -> dict[str, tuple[int | None, int | None]]:
 
 
 @functools.cache
-def native_spec(defn: BackendDef, max_experiments: int | None = None) -> BackendSpec:
-    """The Rust-side validation spec of a backend; ``max_experiments`` overrides the
-    backend's limit (programs split their circuits into executions themselves)."""
+def native_spec(defn: BackendDef) -> BackendSpec:
+    """The Rust-side validation spec of a backend."""
     coupling = [tuple(edge) for edge in defn.coupling_map] if defn.coupling_map else None
     return BackendSpec(
         defn.name,
         defn.n_qubits,
         defn.max_shots,
-        max_experiments or defn.max_experiments,
+        defn.max_experiments,
         gates=gate_spec(defn),
         coupling_map=coupling,
+    )
+
+
+def program_circuits_spec(defn: BackendDef, gates_of: BackendDef, max_circuits: int) -> BackendSpec:
+    """What a program's Qobj input (docs/runtime.md, ``QOBJ_INPUTS``) must fit for a job
+    on ``defn``: its width and shot limit, but the gates of ``gates_of`` (the ideal
+    simulator) and no coupling map, because programs make circuits fit the device
+    themselves; at most ``max_circuits`` circuits."""
+    return BackendSpec(
+        defn.name, defn.n_qubits, defn.max_shots, max_circuits, gates=gate_spec(gates_of)
     )
 
 

@@ -56,6 +56,7 @@ def test_create_get_list_close_and_cancel(service: ServiceProcess) -> None:
         "started",
         "closed",
         "jobs",
+        "usage_seconds",
     }
     assert len(session["id"]) == 24
     assert session["mode"] == "dedicated"  # the default
@@ -72,6 +73,8 @@ def test_create_get_list_close_and_cancel(service: ServiceProcess) -> None:
     got = client.get(f"/sessions/{sid}").json()
     assert got["jobs"] == NO_JOBS | {"done": 1}
     assert got["started"] is not None  # its first job ran
+    assert session["usage_seconds"] == 0
+    assert got["usage_seconds"] == pytest.approx(wait_final(client, job["id"])["run_seconds"])
     listed = client.get("/jobs", params={"session_id": sid}).json()
     assert [j["id"] for j in listed["jobs"]] == [job["id"]]
 

@@ -180,10 +180,7 @@ class Session:
 
     def usage(self) -> float:
         """Execution seconds used by the session's jobs so far."""
-        jobs = self._service.call(
-            "GET", "/jobs", query=[("session_id", self._session_id or ""), ("limit", "1000")]
-        )["jobs"]
-        return float(sum(job.get("run_seconds") or 0.0 for job in jobs))
+        return float(self.details().get("usage_seconds") or 0.0)
 
     def close(self) -> None:
         """Close the session: it takes no new jobs; those queued still run. Closing a

@@ -81,8 +81,9 @@ class SessionUpdate(BaseModel):
 router = APIRouter(tags=["sessions"])
 
 
-def view(session: Session, counts: dict[str, int]) -> dict[str, Any]:
-    """The JSON form of a session, with its jobs counted by status."""
+def view(session: Session, counts: dict[str, int], usage: float = 0.0) -> dict[str, Any]:
+    """The JSON form of a session, with its jobs counted by status and the execution
+    seconds they have used."""
     return {
         "id": session.id,
         "backend": session.backend,
@@ -95,12 +96,13 @@ def view(session: Session, counts: dict[str, int]) -> dict[str, Any]:
         "started": session.started,
         "closed": session.closed,
         "jobs": {name: counts.get(status, 0) for status, name in _COUNTED.items()},
+        "usage_seconds": usage,
     }
 
 
 def _view_one(service: Service, session: Session) -> dict[str, Any]:
     counts = service.store.session_job_counts([session.id])[session.id]
-    return view(session, counts)
+    return view(session, counts, service.store.session_usage(session.id))
 
 
 def _not_found(session_id: str) -> ServiceError:
@@ -185,7 +187,8 @@ async def list_sessions(
     expire_due(svc)  # so that the state filter sees deadlines that just ran out
     sessions, total = svc.store.list_sessions(who.user, state, backend, limit, skip)
     counts = svc.store.session_job_counts([s.id for s in sessions])
-    return json_response({"sessions": [view(s, counts[s.id]) for s in sessions], "count": total})
+    listed = [view(s, counts[s.id], svc.store.session_usage(s.id)) for s in sessions]
+    return json_response({"sessions": listed, "count": total})
 
 
 @router.get("/sessions/{session_id}")

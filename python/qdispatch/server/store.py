@@ -787,6 +787,13 @@ class Store:
                 counts[session_id][status] = int(n)
         return counts
 
+    def session_usage(self, session_id: str) -> float:
+        """Execution seconds of the session's jobs so far (their ``run_seconds``)."""
+        row = self._db.execute(
+            "SELECT SUM(COALESCE(run_seconds, 0)) FROM jobs WHERE session_id = ?", (session_id,)
+        ).fetchone()
+        return float(row[0] or 0.0)
+
     def session_jobs(self, session_id: str, status: str) -> list[Job]:
         """The session's jobs in ``status``, oldest first."""
         rows = self._db.execute(

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import orjson
 
-from qdispatch.server.store import FINAL
+from qdispatch.constants import FINAL_STATUSES
 
 
 class ServiceProcess:
@@ -120,7 +120,7 @@ def wait_final(client: httpx.Client, job_id: str, timeout: float = 60.0) -> dict
     deadline = time.monotonic() + timeout
     while True:
         job = client.get(f"/jobs/{job_id}").json()
-        if job["status"] in FINAL:
+        if job["status"] in FINAL_STATUSES:
             return job
         if time.monotonic() > deadline:
             raise TimeoutError(f"job {job_id} still {job['status']} after {timeout} s")

@@ -10,7 +10,7 @@ from typing import Any
 from qiskit.primitives import PrimitiveJob
 from qiskit.providers import JobError, JobStatus, JobTimeoutError
 
-_FINAL = (JobStatus.DONE, JobStatus.ERROR, JobStatus.CANCELLED)
+from .constants import FINAL_JOB_STATUSES
 
 
 class AlgorithmJob(PrimitiveJob):
@@ -83,7 +83,7 @@ class AlgorithmJob(PrimitiveJob):
             status = self.status()
             if callback is not None:
                 callback(self.job_id(), status, self)
-            if status in _FINAL:
+            if status in FINAL_JOB_STATUSES:
                 return
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:

@@ -19,6 +19,7 @@ from qiskit.providers import BackendV2, Options
 from qiskit.transpiler import InstructionProperties, Target
 
 from . import __version__
+from .constants import utc_iso
 from .exceptions import IBMQBackendApiError, IBMQBackendValueError, IBMQError
 from .models import BackendProperties
 
@@ -82,12 +83,10 @@ class QDispatchBackend(BackendV2):
         """The backend's calibration data (``None`` for an ideal simulator); with
         ``datetime``, as it was then."""
         if datetime is not None:
-            from .service import _utc
-
             data = self._service.call(
                 "GET",
                 f"/backends/{self.name}/properties",
-                query=[("datetime", _utc(datetime))],
+                query=[("datetime", utc_iso(datetime))],
                 error=IBMQBackendApiError,
             )
             return BackendProperties.from_dict(data) if data else None

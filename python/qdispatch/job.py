@@ -19,29 +19,20 @@ from qiskit.circuit import QuantumCircuit
 from qiskit.providers import JobStatus, JobV1
 from qiskit.result import Result
 
+from . import codes
+from .constants import FINAL_STATUSES, job_status, local_time
 from .exceptions import (
     IBMQJobApiError,
     IBMQJobFailureError,
     IBMQJobInvalidStateError,
     IBMQJobTimeoutError,
 )
-from .models import BackendProperties, QueueInfo, local_time, updated_tags
+from .models import BackendProperties, QueueInfo, updated_tags
 from .qobj import PulseQobj, QasmQobj
 
 if TYPE_CHECKING:
     from .backend import QDispatchBackend
     from .service import QDispatchService
-
-_STATUS = {
-    "QUEUED": JobStatus.QUEUED,
-    "RUNNING": JobStatus.RUNNING,
-    "DONE": JobStatus.DONE,
-    "ERROR": JobStatus.ERROR,
-    "CANCELLED": JobStatus.CANCELLED,
-    "VALIDATING": JobStatus.VALIDATING,
-    "INITIALIZING": JobStatus.INITIALIZING,
-}
-_FINAL = ("DONE", "ERROR", "CANCELLED")
 
 
 class IBMQJob(JobV1):
@@ -94,7 +85,7 @@ class IBMQJob(JobV1):
         self._experiment_id = experiment_id
         self._queue_info: dict[str, Any] | None = kwargs.pop("queue_info", None)
         self._extra = kwargs
-        if status not in _FINAL:
+        if status not in FINAL_STATUSES:
             api_client.client.watch([job_id])
 
     @classmethod
@@ -167,14 +158,14 @@ class IBMQJob(JobV1):
         A watched job's status is the one the service last pushed; otherwise (or before
         the first push) the service is asked.
         """
-        if self._status not in _FINAL:
+        if self._status not in FINAL_STATUSES:
             pushed = self._api.client.last_status(self._job_id)
             if pushed is not None and pushed != self._status:
                 # Details (steps, error, queue info) change with the status: fetch them.
                 self.refresh()
             elif pushed is None:
                 self.refresh()
-        return _STATUS.get(self._status, JobStatus.INITIALIZING)
+        return job_status(self._status)
 
     def in_final_state(self) -> bool:
         """Return whether the job is in a final job state such as ``DONE`` or ``ERROR``."""
@@ -203,7 +194,7 @@ class IBMQJob(JobV1):
         deadline = None if timeout is None else time.monotonic() + timeout
         client = self._api.client
         if callback is None:
-            if self._status not in _FINAL:
+            if self._status not in FINAL_STATUSES:
                 if client.wait_final(self._job_id, timeout) is None:
                     raise IBMQJobTimeoutError(
                         f"Timeout while waiting for job {self._job_id} (still "
@@ -241,7 +232,7 @@ class IBMQJob(JobV1):
         try:
             self._update(self._call("POST", "/cancel"))
         except IBMQJobApiError as exc:
-            if exc.code == "job_finished":
+            if exc.code == codes.JOB_FINISHED:
                 raise IBMQJobInvalidStateError(
                     f"Unable to cancel job {self._job_id}: {exc.message}"
                 ) from exc
@@ -323,7 +314,7 @@ class IBMQJob(JobV1):
         try:
             raw = self._api.raw_call("GET", f"/jobs/{self._job_id}/results", error=IBMQJobApiError)
         except IBMQJobApiError as exc:
-            if exc.code == "job_has_no_result":
+            if exc.code == codes.JOB_HAS_NO_RESULT:
                 raise IBMQJobInvalidStateError(
                     f"Unable to retrieve result for job {self._job_id}: {exc.message}"
                 ) from exc
@@ -378,7 +369,7 @@ class IBMQJob(JobV1):
         """Return the date and time (local) of each step of the job's processing:
         ``CREATED``, ``VALIDATED``, ``QUEUED``, ``RUNNING``, ``COMPLETED`` (or ``ERROR``,
         ``CANCELLED``), and ``REQUEUED`` if a service restart interrupted it."""
-        if self._status not in _FINAL:
+        if self._status not in FINAL_STATUSES:
             self.refresh()
         if not self._time_per_step:
             return None

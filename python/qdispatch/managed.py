@@ -37,6 +37,7 @@ from qiskit.providers import JobStatus
 from qiskit.result import Result
 
 from . import _native
+from .constants import job_status
 from .exceptions import (
     IBMQBackendApiError,
     IBMQBackendJobLimitError,
@@ -59,7 +60,6 @@ SET_TAG = "qdispatch_jobset:"
 JOB_TAG = "qdispatch_job:"
 SIZE_TAG = "qdispatch_jobset_size:"
 _INTERNAL = (SET_TAG, JOB_TAG, SIZE_TAG)
-_FINAL = ("DONE", "ERROR", "CANCELLED")
 # Serialized chunks stay this far under the service's request limit (headers, envelope).
 _SIZE_MARGIN = 0.9
 
@@ -625,8 +625,6 @@ class ManagedJobSet:
     def statuses(self) -> list[JobStatus | None]:
         """Return the status of each job in this set (one bulk request); ``None`` for a
         chunk that was never submitted."""
-        from .job import _STATUS
-
         mjobs = self.managed_jobs()
         ids = [m.job.job_id() for m in mjobs if m.job is not None]
         if not ids:
@@ -635,7 +633,7 @@ class ManagedJobSet:
         answer = backend.service.call("POST", "/jobs:status", orjson.dumps({"ids": ids}))
         found = answer["statuses"]
         return [
-            _STATUS.get(found[m.job.job_id()]["status"])
+            job_status(found[m.job.job_id()]["status"])
             if m.job and m.job.job_id() in found
             else None
             for m in mjobs

@@ -10,16 +10,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from .constants import local_time
 from .exceptions import IBMQError
-
-
-def local_time(value: str | datetime | None) -> datetime | None:
-    """A service timestamp (UTC ISO 8601) as an aware datetime in local time."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return value.astimezone()
 
 
 def updated_tags(

@@ -26,6 +26,8 @@ from qiskit.primitives import BasePrimitiveJob
 from qiskit.providers import JobStatus
 from qiskit.result import Result
 
+from . import codes
+from .constants import FINAL_STATUSES, job_status, local_time
 from .exceptions import (
     IBMApiError,
     IBMRuntimeError,
@@ -34,7 +36,6 @@ from .exceptions import (
     RuntimeJobMaxTimeoutError,
     RuntimeJobTimeoutError,
 )
-from .models import local_time
 
 if TYPE_CHECKING:
     from .backend import QDispatchBackend
@@ -42,16 +43,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_STATUS = {
-    "QUEUED": JobStatus.QUEUED,
-    "RUNNING": JobStatus.RUNNING,
-    "DONE": JobStatus.DONE,
-    "ERROR": JobStatus.ERROR,
-    "CANCELLED": JobStatus.CANCELLED,
-    "VALIDATING": JobStatus.VALIDATING,
-    "INITIALIZING": JobStatus.INITIALIZING,
-}
-_FINAL = ("DONE", "ERROR", "CANCELLED")
+# Codes of a refused submission that name a bad input (IBMInputValueError).
+_INPUT_ERRORS = (
+    codes.INVALID_PARAMS,
+    codes.INVALID_REQUEST,
+    codes.UNKNOWN_IMAGE,
+    codes.UNKNOWN_BACKEND,
+)
 
 
 class ResultDecoder:
@@ -353,7 +351,7 @@ class RuntimeJob(BasePrimitiveJob[Any, JobStatus]):
         # Register the feed before watching: the first watch replays the job's events
         # from the start, and none may be routed before the feed exists.
         self._feed = api_client.events.feed(job_id)
-        if self._status not in _FINAL:
+        if self._status not in FINAL_STATUSES:
             api_client.client.watch([job_id])
         if user_callback is not None:
             self.stream_results(user_callback, self._interim_decoder)
@@ -461,7 +459,7 @@ class RuntimeJob(BasePrimitiveJob[Any, JobStatus]):
         try:
             return self._raw("GET", "/results")
         except IBMApiError as exc:
-            if exc.code in ("job_has_no_result", "job_not_finished"):
+            if exc.code in (codes.JOB_HAS_NO_RESULT, codes.JOB_NOT_FINISHED):
                 raise RuntimeInvalidStateError(
                     f"Unable to retrieve result for job {self._job_id}: {exc.message}"
                 ) from exc
@@ -501,15 +499,15 @@ class RuntimeJob(BasePrimitiveJob[Any, JobStatus]):
 
     def status(self) -> JobStatus:
         """Return the status of the job (the one the service last pushed)."""
-        if self._status not in _FINAL:
+        if self._status not in FINAL_STATUSES:
             pushed = self._api.client.last_status(self._job_id)
             if pushed is None:
                 self._refresh()
             elif pushed != self._status:
                 self._status = pushed
-                if pushed in _FINAL:
+                if pushed in FINAL_STATUSES:
                     self._refresh()  # error details, final tags
-        return _STATUS.get(self._status, JobStatus.INITIALIZING)
+        return job_status(self._status)
 
     def done(self) -> bool:
         """Return whether the job has successfully run."""
@@ -546,7 +544,7 @@ class RuntimeJob(BasePrimitiveJob[Any, JobStatus]):
         try:
             info = orjson.loads(self._raw("POST", "/cancel"))
         except IBMApiError as exc:
-            if exc.code == "job_finished":
+            if exc.code == codes.JOB_FINISHED:
                 raise RuntimeInvalidStateError(
                     f"Job {self._job_id} cannot be cancelled: {exc.message}"
                 ) from exc
@@ -566,7 +564,7 @@ class RuntimeJob(BasePrimitiveJob[Any, JobStatus]):
         Raises:
             RuntimeJobTimeoutError: If the job does not complete within given timeout.
         """
-        if self._status not in _FINAL:
+        if self._status not in FINAL_STATUSES:
             status = self._api.client.wait_final(self._job_id, timeout)
             if status is None:
                 raise RuntimeJobTimeoutError(
@@ -652,7 +650,10 @@ class RuntimeJob(BasePrimitiveJob[Any, JobStatus]):
             raise RuntimeInvalidStateError(
                 f"A callback function is already streaming results of job {self._job_id}."
             )
-        if self._status in _FINAL or self._api.client.last_status(self._job_id) in _FINAL:
+        if (
+            self._status in FINAL_STATUSES
+            or self._api.client.last_status(self._job_id) in FINAL_STATUSES
+        ):
             raise RuntimeInvalidStateError(f"Job {self._job_id} already finished.")
         use = decoder or self._interim_decoder
         self._feed.start_streaming(callback, use, self._fetch_result, self._events_since)
@@ -799,9 +800,14 @@ def submit_program(
         if not isinstance(exc, _native.ApiError):
             raise
         code, message = str(exc.code), str(exc.message)
-        if code == "unknown_program":
+        if code == codes.UNKNOWN_PROGRAM:
             raise RuntimeProgramNotFound(message) from exc
-        if code in ("invalid_params", "invalid_request", "unknown_image", "unknown_backend"):
+        if code in (
+            codes.INVALID_PARAMS,
+            codes.INVALID_REQUEST,
+            codes.UNKNOWN_IMAGE,
+            codes.UNKNOWN_BACKEND,
+        ):
             raise IBMInputValueError(message) from exc
         raise IBMRuntimeError(f"job not submitted: {message}") from exc
     info = orjson.loads(raw)

@@ -15,12 +15,13 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from . import _native
+from . import _native, codes
+from .constants import status_name, utc_iso
 from .exceptions import IBMQApiError, IBMQBackendApiError
 from .local import LocalService, default_data_dir, find_or_start, read_state
 
@@ -108,7 +109,7 @@ class QDispatchService:
         except _native.ApiError as exc:
             from .exceptions import IBMQBackendJobLimitError
 
-            if exc.code == "active_job_limit":
+            if exc.code == codes.ACTIVE_JOB_LIMIT:
                 raise IBMQBackendJobLimitError(str(exc.message)) from exc
             raise IBMQBackendApiError(str(exc.message), int(exc.status), str(exc.code)) from exc
         job: dict[str, Any] = orjson.loads(raw)
@@ -275,13 +276,13 @@ class QDispatchService:
             query.append(("backend", backend_name))
         statuses = status if isinstance(status, (list, tuple)) else [status] if status else []
         for s in statuses:
-            query.append(("status", _status_name(s)))
+            query.append(("status", status_name(s)))
         if job_name:
             query.append(("name", job_name))
         if start_datetime:
-            query.append(("created_after", _utc(start_datetime)))
+            query.append(("created_after", utc_iso(start_datetime)))
         if end_datetime:
-            query.append(("created_before", _utc(end_datetime)))
+            query.append(("created_before", utc_iso(end_datetime)))
         for tag in job_tags or []:
             query.append(("tags", tag))
         query.append(("tags_operator", job_tags_operator.upper()))
@@ -311,17 +312,6 @@ class QDispatchService:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _status_name(status: Any) -> str:
-    name = getattr(status, "name", status)
-    return str(name).upper()
-
-
-def _utc(when: datetime) -> str:
-    if when.tzinfo is None:
-        when = when.astimezone()  # naive datetimes are local time, as users expect
-    return when.astimezone(timezone.utc).isoformat()
 
 
 def connect(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from . import codes
 from .exceptions import IBMApiError, IBMInputValueError, IBMRuntimeError
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ class Session:
         try:
             return self._service.call(method, path, data, error=IBMApiError)
         except IBMApiError as exc:
-            if exc.code in ("invalid_request", "unknown_backend"):
+            if exc.code in (codes.INVALID_REQUEST, codes.UNKNOWN_BACKEND):
                 raise IBMInputValueError(exc.message) from exc
             raise IBMRuntimeError(f"session {self._session_id or ''}: {exc.message}") from exc
 

@@ -32,15 +32,16 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__, _native
+from .. import codes as E
+from ..constants import FINAL_STATUSES, SHARE_LEVELS, utcnow
 from . import backends as bk
-from . import errors as E
 from .bodies import RequestBodies
 from .errors import ServiceError, not_found
 from .executors import DaskExecutor, Executor, LocalExecutor
 from .programs import Registry
 from .programs.submission import program_job_fields
 from .scheduler import Scheduler
-from .store import FINAL, SHARE_LEVELS, Job, JobFilter, NewJob, Store, utcnow
+from .store import Job, JobFilter, NewJob, Store
 from .stream import CLOSE_UNAUTHORIZED, Hub, StreamSession, encode_event
 
 log = logging.getLogger(__name__)
@@ -791,7 +792,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
     async def cancel_job(job_id: str, svc: Svc, who: Who) -> Response:
         """Cancel a queued or running job; 409 if it has already finished."""
         job = svc.own_job(who, job_id)
-        if job.status in FINAL:
+        if job.status in FINAL_STATUSES:
             raise ServiceError(
                 409,
                 E.JOB_FINISHED,

@@ -35,9 +35,10 @@ from typing import Any
 
 import orjson
 
+from ..constants import CANCELLED, DONE, ERROR, QUEUED, RUNNING
 from .executors import Executor, Outcome, Task
 from .programs import ProgramRef
-from .store import CANCELLED, DONE, ERROR, QUEUED, RUNNING, Event, Job, Store
+from .store import Event, Job, Store
 from .stream import Hub
 
 log = logging.getLogger(__name__)

@@ -23,10 +23,8 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import errors as E
-from .app import Caller, Service, Svc, Who, json_response
-from .errors import ServiceError
-from .store import (
+from .. import codes as E
+from ..constants import (
     CANCELLED,
     DONE,
     ERROR,
@@ -36,8 +34,10 @@ from .store import (
     SESSION_CLOSED,
     SESSION_EXPIRED,
     SESSION_OPEN,
-    Session,
 )
+from .app import Caller, Service, Svc, Who, json_response
+from .errors import ServiceError
+from .store import Session
 
 log = logging.getLogger(__name__)
 

@@ -21,33 +21,28 @@ import uuid
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from ..constants import (
+    ACTIVE_STATUSES,
+    DONE,
+    ERROR,
+    FINAL_STATUSES,
+    QUEUED,
+    RUNNING,
+    SESSION_CANCELLED,
+    SESSION_CLOSED,
+    SESSION_EXPIRED,
+    SESSION_OPEN,
+    utcnow,
+)
+
 SCHEMA_VERSION = 1
 
-# Job statuses as stored and sent. FINAL statuses never change again.
-QUEUED = "QUEUED"
-RUNNING = "RUNNING"
-DONE = "DONE"
-ERROR = "ERROR"
-CANCELLED = "CANCELLED"
-FINAL = frozenset({DONE, ERROR, CANCELLED})
-ACTIVE = (QUEUED, RUNNING)
-
-SHARE_LEVELS = ("none", "project", "global")
-
-# Sessions: ``open`` takes jobs; ``closed`` takes no more but runs what it has queued;
-# ``cancelled`` and ``expired`` have ended (their queued jobs were cancelled or failed).
-SESSION_MODES = ("dedicated", "batch")
-SESSION_OPEN = "open"
-SESSION_CLOSED = "closed"
-SESSION_CANCELLED = "cancelled"
-SESSION_EXPIRED = "expired"
-SESSION_STATES = (SESSION_OPEN, SESSION_CLOSED, SESSION_CANCELLED, SESSION_EXPIRED)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -144,11 +139,6 @@ _ADDED_JOB_COLUMNS = (
 )
 
 
-def utcnow() -> str:
-    """The current time as the ISO 8601 UTC string every timestamp here uses."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 def hash_token(token: str) -> str:
     """Tokens are random 256-bit strings, so a plain SHA-256 is a sufficient one-way hash."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -203,7 +193,7 @@ class Job:
     @property
     def final(self) -> bool:
         """Whether the job's status can no longer change."""
-        return self.status in FINAL
+        return self.status in FINAL_STATUSES
 
 
 @dataclass
@@ -521,7 +511,8 @@ class Store:
     def count_active(self, owner: str) -> int:
         """How many of ``owner``'s jobs are queued or running."""
         row = self._db.execute(
-            "SELECT COUNT(*) FROM jobs WHERE owner = ? AND status IN (?, ?)", (owner, *ACTIVE)
+            "SELECT COUNT(*) FROM jobs WHERE owner = ? AND status IN (?, ?)",
+            (owner, *ACTIVE_STATUSES),
         ).fetchone()
         return int(row[0])
 

@@ -31,7 +31,8 @@ from typing import Any
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from .store import Event, Job, Store, utcnow
+from ..constants import utcnow
+from .store import Event, Job, Store
 
 log = logging.getLogger(__name__)
 

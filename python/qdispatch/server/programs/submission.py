@@ -11,7 +11,7 @@ import orjson
 from qdispatch import _native
 from qdispatch._native import BackendSpec
 
-from .. import errors as E
+from ... import codes as E
 from ..errors import ServiceError
 from . import Program, Registry
 

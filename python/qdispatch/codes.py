@@ -1,0 +1,54 @@
+"""The error codes of the service's answers, shared by the service and the client.
+
+Every 4xx/5xx the service sends carries one of these as ``error.code``; the client maps
+them to the documented exceptions. A code is stable: clients branch on it, so it never
+changes meaning.
+"""
+
+from __future__ import annotations
+
+# Codes clients may branch on. ACTIVE_JOB_LIMIT in particular tells a job manager to wait
+# for some of its jobs to finish and then go on, rather than fail.
+MALFORMED_JSON = "malformed_json"
+INVALID_REQUEST = "invalid_request"
+INVALID_QOBJ = "invalid_qobj"
+UNKNOWN_BACKEND = "unknown_backend"
+UNKNOWN_PROGRAM = "unknown_program"
+UNKNOWN_IMAGE = "unknown_image"
+INVALID_PARAMS = "invalid_params"
+JOB_NOT_FOUND = "job_not_found"
+JOB_NOT_FINISHED = "job_not_finished"
+JOB_FINISHED = "job_finished"
+JOB_HAS_NO_RESULT = "job_has_no_result"
+READ_ONLY = "read_only"
+PAYLOAD_TOO_LARGE = "payload_too_large"
+UNSUPPORTED_ENCODING = "unsupported_encoding"
+UNAUTHORIZED = "unauthorized"
+ACTIVE_JOB_LIMIT = "active_job_limit"
+UNKNOWN_SESSION = "unknown_session"
+SESSION_CLOSED = "session_closed"
+SESSION_BACKEND_MISMATCH = "session_backend_mismatch"
+SESSION_EXPIRED = "session_expired"  # a job's error code: its session ran out of time
+
+__all__ = [
+    "ACTIVE_JOB_LIMIT",
+    "INVALID_PARAMS",
+    "INVALID_QOBJ",
+    "INVALID_REQUEST",
+    "JOB_FINISHED",
+    "JOB_HAS_NO_RESULT",
+    "JOB_NOT_FINISHED",
+    "JOB_NOT_FOUND",
+    "MALFORMED_JSON",
+    "PAYLOAD_TOO_LARGE",
+    "READ_ONLY",
+    "SESSION_BACKEND_MISMATCH",
+    "SESSION_CLOSED",
+    "SESSION_EXPIRED",
+    "UNAUTHORIZED",
+    "UNKNOWN_BACKEND",
+    "UNKNOWN_IMAGE",
+    "UNKNOWN_PROGRAM",
+    "UNKNOWN_SESSION",
+    "UNSUPPORTED_ENCODING",
+]

@@ -1,0 +1,80 @@
+"""The job vocabulary, defined once: statuses, final states, share levels, session states,
+and the time helpers every timestamp on the wire goes through.
+
+Client and service both import from here (the service's store, the Rust stream keeps its
+own copy of the final set in ``rust/client``), so a status name or a timestamp format
+cannot drift between the two sides.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from qiskit.providers import JobStatus
+
+# Job statuses as stored and sent. A FINAL status never changes again.
+QUEUED = "QUEUED"
+RUNNING = "RUNNING"
+DONE = "DONE"
+ERROR = "ERROR"
+CANCELLED = "CANCELLED"
+FINAL_STATUSES = frozenset({DONE, ERROR, CANCELLED})
+ACTIVE_STATUSES = (QUEUED, RUNNING)
+
+# The service's status names as qiskit's JobStatus; a status the client does not know
+# (an older client, a newer service) reads as INITIALIZING.
+JOB_STATUS: dict[str, JobStatus] = {
+    QUEUED: JobStatus.QUEUED,
+    RUNNING: JobStatus.RUNNING,
+    DONE: JobStatus.DONE,
+    ERROR: JobStatus.ERROR,
+    CANCELLED: JobStatus.CANCELLED,
+    "VALIDATING": JobStatus.VALIDATING,
+    "INITIALIZING": JobStatus.INITIALIZING,
+}
+FINAL_JOB_STATUSES = frozenset(JOB_STATUS[s] for s in FINAL_STATUSES)
+
+# Who besides its owner may see a job.
+SHARE_LEVELS = ("none", "project", "global")
+
+# Sessions: ``open`` takes jobs; ``closed`` takes no more but runs what it has queued;
+# ``cancelled`` and ``expired`` have ended (their queued jobs were cancelled or failed).
+SESSION_MODES = ("dedicated", "batch")
+SESSION_OPEN = "open"
+SESSION_CLOSED = "closed"
+SESSION_CANCELLED = "cancelled"
+SESSION_EXPIRED = "expired"
+SESSION_STATES = (SESSION_OPEN, SESSION_CLOSED, SESSION_CANCELLED, SESSION_EXPIRED)
+
+
+def job_status(name: str | None) -> JobStatus:
+    """The service's status name as a :class:`~qiskit.providers.JobStatus`."""
+    return JOB_STATUS.get(name or "", JobStatus.INITIALIZING)
+
+
+def status_name(status: Any) -> str:
+    """A ``JobStatus`` or a status name as the service's name (``"DONE"``)."""
+    return str(getattr(status, "name", status)).upper()
+
+
+def utcnow() -> str:
+    """The current time as the ISO 8601 UTC string every timestamp on the wire uses."""
+    return utc_iso(datetime.now(timezone.utc))
+
+
+def utc_iso(when: datetime) -> str:
+    """``when`` as the wire's ISO 8601 UTC string; a naive datetime is taken as local time,
+    as users expect of ``datetime.now()``."""
+    if when.tzinfo is None:
+        when = when.astimezone()
+    return when.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def local_time(value: str | datetime | None) -> datetime | None:
+    """A wire timestamp (UTC ISO 8601) as an aware datetime in local time."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return value.astimezone()

@@ -15,7 +15,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
-use crate::CoreError;
+use crate::WireError;
 
 thread_local! {
     // A deflate state is ~300 KiB of tables; setting one up costs more than compressing a
@@ -25,12 +25,12 @@ thread_local! {
 }
 
 /// base64 of the zlib stream of `parts` written one after the other.
-pub fn pack(parts: &[&[u8]]) -> Result<String, CoreError> {
+pub fn pack(parts: &[&[u8]]) -> Result<String, WireError> {
     Ok(STANDARD.encode(deflate(parts)?))
 }
 
 /// The zlib stream (default level, as Python's `zlib.compress`) of `parts`.
-fn deflate(parts: &[&[u8]]) -> Result<Vec<u8>, CoreError> {
+fn deflate(parts: &[&[u8]]) -> Result<Vec<u8>, WireError> {
     DEFLATER.with(|cell| {
         let mut slot = cell.borrow_mut();
         let deflater = slot.get_or_insert_with(|| Compress::new(Compression::default(), true));
@@ -53,7 +53,7 @@ fn deflate(parts: &[&[u8]]) -> Result<Vec<u8>, CoreError> {
                 let used = (deflater.total_in() - start) as usize;
                 let status = deflater
                     .compress_vec(&part[used..], &mut out, flush)
-                    .map_err(|e| CoreError::Zlib(e.to_string()))?;
+                    .map_err(|e| WireError::Zlib(e.to_string()))?;
                 let used = (deflater.total_in() - start) as usize;
                 let done = match flush {
                     FlushCompress::Finish => status == Status::StreamEnd,
@@ -70,10 +70,10 @@ fn deflate(parts: &[&[u8]]) -> Result<Vec<u8>, CoreError> {
 
 /// The bytes of a [`pack`]ed string: strict base64 (standard alphabet, padded) of exactly
 /// one complete zlib stream.
-pub fn unpack(text: &str) -> Result<Vec<u8>, CoreError> {
+pub fn unpack(text: &str) -> Result<Vec<u8>, WireError> {
     let compressed = STANDARD
         .decode(text)
-        .map_err(|e| CoreError::Base64(e.to_string()))?;
+        .map_err(|e| WireError::Base64(e.to_string()))?;
     INFLATER.with(|cell| {
         let mut slot = cell.borrow_mut();
         let inflater = slot.get_or_insert_with(|| Decompress::new(true));
@@ -83,14 +83,14 @@ pub fn unpack(text: &str) -> Result<Vec<u8>, CoreError> {
 }
 
 /// The data of one zlib stream that must span all of `input`.
-fn inflate(inflater: &mut Decompress, input: &[u8]) -> Result<Vec<u8>, CoreError> {
+fn inflate(inflater: &mut Decompress, input: &[u8]) -> Result<Vec<u8>, WireError> {
     let mut out = Vec::with_capacity(input.len().saturating_mul(4).max(256));
     loop {
         let (read, written) = (inflater.total_in(), inflater.total_out());
         let rest = &input[read as usize..];
         let status = inflater
             .decompress_vec(rest, &mut out, FlushDecompress::None)
-            .map_err(|e| CoreError::Zlib(e.to_string()))?;
+            .map_err(|e| WireError::Zlib(e.to_string()))?;
         if status == Status::StreamEnd {
             break;
         }
@@ -100,7 +100,7 @@ fn inflate(inflater: &mut Decompress, input: &[u8]) -> Result<Vec<u8>, CoreError
         }
         let progressed = inflater.total_in() != read || inflater.total_out() != written;
         if inflater.total_in() as usize == input.len() || !progressed {
-            return Err(CoreError::Zlib(format!(
+            return Err(WireError::Zlib(format!(
                 "the stream is truncated after {} bytes",
                 input.len()
             )));
@@ -108,7 +108,7 @@ fn inflate(inflater: &mut Decompress, input: &[u8]) -> Result<Vec<u8>, CoreError
     }
     let used = inflater.total_in() as usize;
     if used != input.len() {
-        return Err(CoreError::Zlib(format!(
+        return Err(WireError::Zlib(format!(
             "{} bytes follow the end of the stream",
             input.len() - used
         )));
@@ -137,7 +137,7 @@ pub struct NpyHeader {
 /// The bytes before the data of a `.npy` file with `header`: magic, version, length, and
 /// the header dict padded with spaces to [`NPY_ALIGN`] and ended by a newline. Version 1.0
 /// unless the header needs a 4-byte length (2.0).
-pub fn npy_preamble(header: &NpyHeader) -> Result<Vec<u8>, CoreError> {
+pub fn npy_preamble(header: &NpyHeader) -> Result<Vec<u8>, WireError> {
     let descr = &header.descr;
     let literal = if descr.starts_with('[') {
         // A structured dtype's field list goes in as the literal it is, once it parses.
@@ -147,7 +147,7 @@ pub fn npy_preamble(header: &NpyHeader) -> Result<Vec<u8>, CoreError> {
                 descr.clone()
             }
             _ => {
-                return Err(CoreError::Npy(format!(
+                return Err(WireError::Npy(format!(
                     "descr {descr:?} is not a field list literal"
                 )))
             }
@@ -159,7 +159,7 @@ pub fn npy_preamble(header: &NpyHeader) -> Result<Vec<u8>, CoreError> {
     {
         format!("'{descr}'")
     } else {
-        return Err(CoreError::Npy(format!(
+        return Err(WireError::Npy(format!(
             "descr {descr:?} is not a numpy type string"
         )));
     };
@@ -210,24 +210,24 @@ pub fn npy_preamble(header: &NpyHeader) -> Result<Vec<u8>, CoreError> {
 
 /// The [`pack`]ed `.npy` file of an array: `header` and its raw `data` (in the byte order
 /// of the descr, in Fortran order when the header says so).
-pub fn encode_ndarray(header: &NpyHeader, data: &[u8]) -> Result<String, CoreError> {
+pub fn encode_ndarray(header: &NpyHeader, data: &[u8]) -> Result<String, WireError> {
     let preamble = npy_preamble(header)?;
     pack(&[&preamble, data])
 }
 
 /// A [`pack`]ed `.npy` file: its header, the unpacked file, and where the data starts.
-pub fn decode_ndarray(text: &str) -> Result<(NpyHeader, Vec<u8>, usize), CoreError> {
+pub fn decode_ndarray(text: &str) -> Result<(NpyHeader, Vec<u8>, usize), WireError> {
     let file = unpack(text)?;
     let (header, offset) = parse_npy(&file)?;
     Ok((header, file, offset))
 }
 
-fn npy_error(problem: &str) -> CoreError {
-    CoreError::Npy(problem.to_owned())
+fn npy_error(problem: &str) -> WireError {
+    WireError::Npy(problem.to_owned())
 }
 
 /// The header of a `.npy` file and the offset of its data.
-pub fn parse_npy(file: &[u8]) -> Result<(NpyHeader, usize), CoreError> {
+pub fn parse_npy(file: &[u8]) -> Result<(NpyHeader, usize), WireError> {
     if !file.starts_with(NPY_MAGIC) {
         return Err(npy_error(
             "the file does not start with the .npy magic string",
@@ -240,7 +240,7 @@ pub fn parse_npy(file: &[u8]) -> Result<(NpyHeader, usize), CoreError> {
         (1, 0) => 2,
         (2, 0) | (3, 0) => 4,
         (major, minor) => {
-            return Err(CoreError::Npy(format!(
+            return Err(WireError::Npy(format!(
                 "format version {major}.{minor} is not supported"
             )))
         }
@@ -257,7 +257,7 @@ pub fn parse_npy(file: &[u8]) -> Result<(NpyHeader, usize), CoreError> {
         .checked_add(header_len)
         .filter(|&end| end <= file.len())
         .ok_or_else(|| {
-            CoreError::Npy(format!(
+            WireError::Npy(format!(
                 "the header is {header_len} bytes but the file has {} after the preamble",
                 file.len() - start
             ))
@@ -303,8 +303,8 @@ impl<'a> HeaderParser<'a> {
         HeaderParser { text, pos: 0 }
     }
 
-    fn error(&self, problem: &str) -> CoreError {
-        CoreError::Npy(format!(
+    fn error(&self, problem: &str) -> WireError {
+        WireError::Npy(format!(
             "header {:?}: {problem} at offset {}",
             self.text.trim_end(),
             self.pos
@@ -330,7 +330,7 @@ impl<'a> HeaderParser<'a> {
         }
     }
 
-    fn expect(&mut self, c: u8) -> Result<(), CoreError> {
+    fn expect(&mut self, c: u8) -> Result<(), WireError> {
         if self.eat(c) {
             Ok(())
         } else {
@@ -339,7 +339,7 @@ impl<'a> HeaderParser<'a> {
     }
 
     /// The dict: exactly the keys `descr`, `fortran_order` and `shape`, in any order.
-    fn header(mut self) -> Result<NpyHeader, CoreError> {
+    fn header(mut self) -> Result<NpyHeader, WireError> {
         self.expect(b'{')?;
         let (mut descr, mut fortran_order, mut shape) = (None, None, None);
         while !self.eat(b'}') {
@@ -388,7 +388,7 @@ impl<'a> HeaderParser<'a> {
         }
     }
 
-    fn descr(&self, value: Literal<'a>, span: &'a str) -> Result<String, CoreError> {
+    fn descr(&self, value: Literal<'a>, span: &'a str) -> Result<String, WireError> {
         match value {
             Literal::Str(s) if !s.is_empty() => Ok(s.to_owned()),
             Literal::List(fields) if !fields.is_empty() => Ok(span.to_owned()),
@@ -399,7 +399,7 @@ impl<'a> HeaderParser<'a> {
         }
     }
 
-    fn shape(&self, value: Literal<'a>) -> Result<Vec<u64>, CoreError> {
+    fn shape(&self, value: Literal<'a>) -> Result<Vec<u64>, WireError> {
         let Literal::Tuple(dims) = value else {
             return Err(self.error(&format!("shape is {}, not a tuple", value.kind())));
         };
@@ -412,7 +412,7 @@ impl<'a> HeaderParser<'a> {
     }
 
     /// One literal and the text it spans.
-    fn value(&mut self) -> Result<(Literal<'a>, &'a str), CoreError> {
+    fn value(&mut self) -> Result<(Literal<'a>, &'a str), WireError> {
         let first = self.peek().ok_or_else(|| self.error("expected a value"))?;
         let start = self.pos;
         let value = match first {
@@ -454,7 +454,7 @@ impl<'a> HeaderParser<'a> {
         Ok((value, &self.text[start..self.pos]))
     }
 
-    fn string(&mut self, quote: u8) -> Result<&'a str, CoreError> {
+    fn string(&mut self, quote: u8) -> Result<&'a str, WireError> {
         let body_start = self.pos + 1;
         let len = self.text[body_start..]
             .find(quote as char)
@@ -467,7 +467,7 @@ impl<'a> HeaderParser<'a> {
         Ok(body)
     }
 
-    fn int(&mut self) -> Result<u64, CoreError> {
+    fn int(&mut self) -> Result<u64, WireError> {
         let digits = self.text[self.pos..]
             .bytes()
             .take_while(u8::is_ascii_digit)
@@ -575,15 +575,15 @@ pub fn count_outcomes(
     data: &[u8],
     num_bits: usize,
     groups: usize,
-) -> Result<OutcomeCounts, CoreError> {
+) -> Result<OutcomeCounts, WireError> {
     if num_bits == 0 {
-        return Err(CoreError::BitArray(
+        return Err(WireError::BitArray(
             "num_bits must be at least 1".to_owned(),
         ));
     }
     let num_bytes = num_bits.div_ceil(8);
     if data.len() % num_bytes != 0 {
-        return Err(CoreError::BitArray(format!(
+        return Err(WireError::BitArray(format!(
             "{} bytes are not whole shots of {num_bytes} bytes ({num_bits} bits)",
             data.len()
         )));
@@ -592,13 +592,13 @@ pub fn count_outcomes(
     let per_group = match groups {
         0 if rows == 0 => 0,
         0 => {
-            return Err(CoreError::BitArray(format!(
+            return Err(WireError::BitArray(format!(
                 "{rows} shots cannot be split into 0 positions"
             )))
         }
         g if rows % g == 0 => rows / g,
         g => {
-            return Err(CoreError::BitArray(format!(
+            return Err(WireError::BitArray(format!(
                 "{rows} shots cannot be split evenly into {g} positions"
             )))
         }
@@ -771,10 +771,10 @@ mod tests {
 
     #[test]
     fn unpack_names_bad_base64_and_bad_zlib() {
-        assert!(matches!(unpack("not base64!"), Err(CoreError::Base64(_))));
-        assert!(matches!(unpack("eJy"), Err(CoreError::Base64(_))));
+        assert!(matches!(unpack("not base64!"), Err(WireError::Base64(_))));
+        assert!(matches!(unpack("eJy"), Err(WireError::Base64(_))));
         let plain = STANDARD.encode(b"plain bytes, not zlib");
-        assert!(matches!(unpack(&plain), Err(CoreError::Zlib(_))));
+        assert!(matches!(unpack(&plain), Err(WireError::Zlib(_))));
     }
 
     #[test]
@@ -820,7 +820,7 @@ mod tests {
             "['a'",
         ] {
             let err = npy_preamble(&header(bad, false, &[1])).expect_err(bad);
-            assert!(matches!(err, CoreError::Npy(_)), "{err}");
+            assert!(matches!(err, WireError::Npy(_)), "{err}");
         }
     }
 
@@ -921,7 +921,7 @@ mod tests {
         ];
         for (dict, needle) in cases {
             let err = parse_npy(&npy_file(dict, b"")).expect_err(dict);
-            assert!(matches!(err, CoreError::Npy(_)));
+            assert!(matches!(err, WireError::Npy(_)));
             assert!(err.to_string().contains(needle), "{dict}: {err}");
         }
     }
@@ -1027,7 +1027,7 @@ mod tests {
     fn count_errors() {
         assert!(matches!(
             count_outcomes(&[1], 0, 1),
-            Err(CoreError::BitArray(_))
+            Err(WireError::BitArray(_))
         ));
         let err = count_outcomes(&[1, 2, 3], 9, 1).expect_err("ragged");
         assert!(err.to_string().contains("not whole shots"), "{err}");

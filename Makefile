@@ -26,7 +26,7 @@ demo: install
 test: test-rust test-python
 
 test-rust:
-	cargo test --locked -p qdispatch-core --quiet
+	cargo test --locked -p qdispatch-wire -p qdispatch-client --quiet
 
 test-python: install
 	$(BIN)/python -m pytest -q

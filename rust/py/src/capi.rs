@@ -16,8 +16,8 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyType};
 use pyo3::{ffi, intern};
-use qdispatch_core::assemble::{ExperimentHeader, Param, QobjWriter};
-use qdispatch_core::rebuild::STANDARD_GATES;
+use qdispatch_wire::assemble::{ExperimentHeader, Param, QobjWriter};
+use qdispatch_wire::rebuild::STANDARD_GATES;
 
 /// Opaque `QkCircuit`.
 #[repr(C)]

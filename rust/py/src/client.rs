@@ -1,4 +1,4 @@
-//! `Client`: the service client of `qdispatch-core` (HTTP with retries, the event stream)
+//! `Client`: the service client of `qdispatch-client` (HTTP with retries, the event stream)
 //! on the process's one tokio runtime, and `counts_from_result`.
 //!
 //! Fork safety: a tokio runtime does not survive `fork` (its worker threads exist only in
@@ -15,15 +15,16 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyRuntimeError, PyTimeoutError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
-use qdispatch_core::client::{
+use qdispatch_client::client::{
     parse_method, splice_qobj, RequestOptions, RetryPolicy, ServiceClient,
 };
-use qdispatch_core::stream::{is_final, EventStream, StreamConfig};
-use qdispatch_core::submit::{submit_all, Chunk};
-use qdispatch_core::{results, ClientError};
+use qdispatch_client::stream::{is_final, EventStream, StreamConfig};
+use qdispatch_client::submit::{submit_all, Chunk};
+use qdispatch_client::ClientError;
+use qdispatch_wire::results;
 use tokio::runtime::Runtime;
 
-use crate::MalformedPayloadError;
+use crate::{MalformedPayloadError, NativeError};
 
 create_exception!(
     qdispatch._native,
@@ -432,7 +433,7 @@ pub(crate) fn counts_from_result<'py>(
 ) -> PyResult<Vec<Option<Bound<'py, PyDict>>>> {
     let table = py
         .detach(|| results::counts_table(result_json))
-        .map_err(client_err)?;
+        .map_err(NativeError)?;
     // Each distinct bitstring becomes one Python string, shared by every dict holding it
     // (its hash is then computed once, too).
     let keys: Vec<Bound<'py, PyString>> = table.keys.iter().map(|k| PyString::new(py, k)).collect();

@@ -1,9 +1,9 @@
 //! The heavy parts of `qdispatch.encoding`: base64/zlib payloads, `.npy` framing and
-//! `BitArray` counts, each run with the GIL released (`qdispatch_core::payload`).
+//! `BitArray` counts, each run with the GIL released (`qdispatch_wire::payload`).
 
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyInt, PyString, PyTuple};
-use qdispatch_core::payload::{self, NpyHeader, OutcomeCounts};
+use qdispatch_wire::payload::{self, NpyHeader, OutcomeCounts};
 
 use crate::NativeError;
 

@@ -1,6 +1,6 @@
 //! pyo3 bindings: `qdispatch._native`. Inputs are pulled into Rust values, the work runs
 //! with the GIL released, and results are converted back; all logic lives in
-//! `qdispatch-core`. One tokio runtime serves the process (see `client` for fork safety).
+//! `qdispatch-wire` and `qdispatch-client`. One tokio runtime serves the process (see `client` for fork safety).
 
 use std::collections::{HashMap, HashSet};
 
@@ -13,8 +13,8 @@ use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
-use qdispatch_core::assemble::QobjWriter;
-use qdispatch_core::{envelope, qobj, CoreError};
+use qdispatch_wire::assemble::QobjWriter;
+use qdispatch_wire::{envelope, qobj, WireError};
 
 create_exception!(
     qdispatch._native,
@@ -37,10 +37,10 @@ create_exception!(
      data); the message says which and why."
 );
 
-struct NativeError(CoreError);
+struct NativeError(WireError);
 
-impl From<CoreError> for NativeError {
-    fn from(err: CoreError) -> Self {
+impl From<WireError> for NativeError {
+    fn from(err: WireError) -> Self {
         NativeError(err)
     }
 }
@@ -48,12 +48,12 @@ impl From<CoreError> for NativeError {
 impl From<NativeError> for PyErr {
     fn from(err: NativeError) -> PyErr {
         match err.0 {
-            CoreError::Json(msg) => MalformedPayloadError::new_err(msg),
-            CoreError::InvalidQobj(msg) => InvalidQobjError::new_err(msg),
-            err @ (CoreError::Base64(_)
-            | CoreError::Zlib(_)
-            | CoreError::Npy(_)
-            | CoreError::BitArray(_)) => PayloadError::new_err(err.to_string()),
+            WireError::Json(msg) => MalformedPayloadError::new_err(msg),
+            WireError::InvalidQobj(msg) => InvalidQobjError::new_err(msg),
+            err @ (WireError::Base64(_)
+            | WireError::Zlib(_)
+            | WireError::Npy(_)
+            | WireError::BitArray(_)) => PayloadError::new_err(err.to_string()),
         }
     }
 }

@@ -1,13 +1,13 @@
 //! Rebuilding a Qobj's circuits through Qiskit's C API (`qk_circuit_new`,
 //! `qk_circuit_gate`, ..., `qk_circuit_to_python_full`), from the plans of
-//! `qdispatch_core::rebuild` (made with the GIL released).
+//! `qdispatch_wire::rebuild` (made with the GIL released).
 
 use std::ffi::CString;
 
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use qdispatch_core::rebuild::{self, ExperimentPlan, Op, STANDARD_GATES};
+use qdispatch_wire::rebuild::{self, ExperimentPlan, Op, STANDARD_GATES};
 
 use crate::capi::{self, Builder, QkCircuit, QkRegister};
 

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
-use crate::CoreError;
+use crate::WireError;
 
 /// Directives every backend accepts, whatever its basis gates.
 pub const DIRECTIVES: [&str; 5] = ["barrier", "measure", "reset", "delay", "bfunc"];
@@ -145,10 +145,10 @@ impl Register {
 }
 
 /// Checks a QasmQobj (raw JSON bytes) against `backend`.
-pub fn validate(qobj: &[u8], backend: &BackendSpec) -> Result<QobjSummary, CoreError> {
+pub fn validate(qobj: &[u8], backend: &BackendSpec) -> Result<QobjSummary, WireError> {
     let parsed: QobjIn<'_> =
-        serde_json::from_slice(qobj).map_err(|e| CoreError::Json(format!("Qobj: {e}")))?;
-    let invalid = |msg: String| Err(CoreError::InvalidQobj(msg));
+        serde_json::from_slice(qobj).map_err(|e| WireError::Json(format!("Qobj: {e}")))?;
+    let invalid = |msg: String| Err(WireError::InvalidQobj(msg));
 
     if let Some(kind) = parsed.kind.as_deref() {
         if kind != "QASM" {
@@ -195,7 +195,7 @@ pub fn validate(qobj: &[u8], backend: &BackendSpec) -> Result<QobjSummary, CoreE
         }
         let width = check_experiment(experiment, memory_slots, backend).map_err(|msg| {
             let name = experiment.header.as_ref().and_then(|h| h.name.as_deref());
-            CoreError::InvalidQobj(match name {
+            WireError::InvalidQobj(match name {
                 Some(name) => format!("experiment {index} ('{name}'): {msg}"),
                 None => format!("experiment {index}: {msg}"),
             })
@@ -206,12 +206,12 @@ pub fn validate(qobj: &[u8], backend: &BackendSpec) -> Result<QobjSummary, CoreE
     Ok(summary)
 }
 
-fn check_shots(value: &serde_json::Value, backend: &BackendSpec) -> Result<u64, CoreError> {
+fn check_shots(value: &serde_json::Value, backend: &BackendSpec) -> Result<u64, WireError> {
     let shots = value.as_u64().filter(|&s| s >= 1).ok_or_else(|| {
-        CoreError::InvalidQobj(format!("shots must be a positive integer, got {value}"))
+        WireError::InvalidQobj(format!("shots must be a positive integer, got {value}"))
     })?;
     if shots > backend.max_shots {
-        return Err(CoreError::InvalidQobj(format!(
+        return Err(WireError::InvalidQobj(format!(
             "shots={shots} is more than backend '{}' allows (max_shots={})",
             backend.name, backend.max_shots
         )));

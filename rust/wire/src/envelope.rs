@@ -6,7 +6,7 @@
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 
-use crate::CoreError;
+use crate::WireError;
 
 /// The two halves of a submission body.
 #[derive(Debug)]
@@ -18,7 +18,7 @@ pub struct Split {
 }
 
 /// Splits a submission body into envelope and Qobj.
-pub fn split_submission(body: &[u8]) -> Result<Split, CoreError> {
+pub fn split_submission(body: &[u8]) -> Result<Split, WireError> {
     let (envelope, qobj) = split_member(body, "qobj", "request body")?;
     Ok(Split { envelope, qobj })
 }
@@ -31,9 +31,9 @@ pub fn split_member(
     body: &[u8],
     key: &str,
     what: &str,
-) -> Result<(Vec<u8>, Option<Vec<u8>>), CoreError> {
+) -> Result<(Vec<u8>, Option<Vec<u8>>), WireError> {
     let mut members: BTreeMap<&str, &RawValue> = serde_json::from_slice(body)
-        .map_err(|e| CoreError::Json(format!("{what} must be a JSON object: {e}")))?;
+        .map_err(|e| WireError::Json(format!("{what} must be a JSON object: {e}")))?;
     let member = members.remove(key).map(|raw| raw.get().as_bytes().to_vec());
     Ok((serde_json::to_vec(&members)?, member))
 }
@@ -86,7 +86,7 @@ mod tests {
     fn rejects_non_objects() {
         for body in [&b"[1, 2]"[..], b"not json", b"", b"{\"a\": }"] {
             let err = split_submission(body).expect_err("must fail");
-            assert!(matches!(err, CoreError::Json(_)), "{err:?}");
+            assert!(matches!(err, WireError::Json(_)), "{err:?}");
         }
     }
 }

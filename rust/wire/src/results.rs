@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use crate::ClientError;
+use crate::WireError;
 
 #[derive(Deserialize)]
 struct ResultDict<'a> {
@@ -62,7 +62,7 @@ impl CountsTable {
 
 /// For each experiment of `json` (a qiskit Result dict), its counts as `(bitstring, count)`
 /// pairs in the order of the result, or `None` for an experiment without counts.
-pub fn counts_from_result(json: &[u8]) -> Result<Vec<Option<Counts>>, ClientError> {
+pub fn counts_from_result(json: &[u8]) -> Result<Vec<Option<Counts>>, WireError> {
     let table = counts_table(json)?;
     Ok((0..table.experiments.len())
         .map(|i| {
@@ -88,7 +88,7 @@ struct Layout {
 }
 
 /// Like [`counts_from_result`], with each distinct bitstring formatted (and stored) once.
-pub fn counts_table(json: &[u8]) -> Result<CountsTable, ClientError> {
+pub fn counts_table(json: &[u8]) -> Result<CountsTable, WireError> {
     let result: ResultDict<'_> = serde_json::from_slice(json)?;
     let mut table = CountsTable {
         keys: Vec::new(),
@@ -230,7 +230,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for CountsMap<'a> {
 }
 
 /// One key, formatted as `format_counts_memory` formats it.
-fn format_key(key: &str, slots: Option<u64>, cregs: &[u64]) -> Result<String, ClientError> {
+fn format_key(key: &str, slots: Option<u64>, cregs: &[u64]) -> Result<String, WireError> {
     let bits = if let Some(hex) = key.strip_prefix("0x") {
         hex_to_bin(hex).ok_or_else(|| bad_key(key))?
     } else if slots.is_none() && cregs.is_empty() {
@@ -284,8 +284,8 @@ fn format_key(key: &str, slots: Option<u64>, cregs: &[u64]) -> Result<String, Cl
     Ok(out)
 }
 
-fn bad_key(key: &str) -> ClientError {
-    ClientError::Json(format!("counts key {key:?} is not a hex or binary string"))
+fn bad_key(key: &str) -> WireError {
+    WireError::Json(format!("counts key {key:?} is not a hex or binary string"))
 }
 
 /// `bin(int(hex, 16))[2:]` for hex strings of any length.

@@ -18,6 +18,7 @@ install: $(BIN)/.installed
 
 # Rebuild the extension in place after changing Rust code (release profile).
 build: install
+	test -x $(BIN)/maturin || $(BIN)/python -m pip install --quiet 'maturin>=1.7,<2'
 	$(BIN)/maturin develop --release --quiet
 
 demo: install

@@ -14,19 +14,23 @@ import ast
 import base64
 import binascii
 import datetime as _dt
-import importlib
+import functools
+import inspect
 import io
 import json
 import math
 import struct
 import uuid
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal, overload
 
 import numpy as np
 import orjson
 from qiskit import qpy
 from qiskit.circuit import Instruction, Parameter, ParameterExpression, QuantumCircuit
+from qiskit.exceptions import QiskitError
 from qiskit.primitives.containers import (
     BitArray,
     DataBin,
@@ -36,7 +40,16 @@ from qiskit.primitives.containers import (
 )
 from qiskit.primitives.containers.bindings_array import BindingsArray
 from qiskit.primitives.containers.observables_array import ObservablesArray
+from qiskit.quantum_info import (
+    DensityMatrix,
+    Operator,
+    Pauli,
+    PauliList,
+    SparsePauliOp,
+    Statevector,
+)
 from qiskit.result import Result
+from qiskit.result.models import ExperimentResultData
 
 from qdispatch import _native
 
@@ -53,15 +66,52 @@ __all__ = [
 TYPE_KEY = "__type__"
 VALUE_KEY = "__value__"
 
-# `settings` objects name the class to rebuild; importing an arbitrary module named by the
-# peer would let it run code here, so only these packages are looked in.
-SETTINGS_PACKAGES = ("qiskit", "qiskit_aer", "qiskit_ibm_runtime")
-
 # Non-string dict keys become strings as json.dumps makes them; datetimes and dataclasses
 # come to the hook so that both entry points write the same thing.
 _ORJSON_OPTIONS = (
     orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 )
+
+# --- limits ------------------------------------------------------------------------------
+# The decoder reads what other users send (program inputs in the service and its workers,
+# shared jobs' inputs and results in clients). Each limit is checked before the object it
+# bounds is built, so a small payload cannot make this process allocate or compute much
+# more than it sent. They are read at each call: assign a new value to change one
+# (docs/runtime.md, "Decoding hostile input").
+
+#: Largest dense matrix a ``settings`` value may describe (``Operator``,
+#: ``DensityMatrix``): 2**10 rows and columns, 16 MiB of complex entries.
+MAX_DENSE_QUBITS = 10
+#: Largest ``Statevector`` a ``settings`` value may describe: 2**20 amplitudes, 16 MiB.
+MAX_STATEVECTOR_QUBITS = 20
+#: Longest Pauli label (``Pauli``, ``PauliList``, ``SparsePauliOp``).
+MAX_PAULI_QUBITS = 10_000
+#: Most terms of a ``PauliList`` or ``SparsePauliOp``; qiskit builds them at about 20 µs
+#: a term.
+MAX_PAULI_TERMS = 100_000
+#: Most terms times qubits of one ``PauliList``/``SparsePauliOp`` (about 125 MB while building).
+MAX_PAULI_CELLS = 10_000_000
+#: Most positions of a decoded ndarray, counting an empty axis as 1: an empty array of
+#: shape ``(10**9, 10**9, 0)`` costs no data but every loop over its positions forever.
+#: Also bounds the ``shape`` of ``DataBin`` and ``BindingsArray``.
+MAX_ARRAY_ELEMENTS = 1 << 28
+#: Longest structured-dtype description of an ``.npy`` header, and its deepest nesting.
+MAX_DTYPE_DESCR = 16_384
+MAX_DTYPE_NESTING = 8
+#: Most elements of a ``set`` that may share one hash. Honest encoders write a set's
+#: distinct elements; many with one hash (complex numbers are easy to collide) make
+#: building the set quadratic.
+MAX_SET_HASH_COLLISIONS = 16
+#: Largest QPY payload (after base64 and zlib) of a circuit, parameter expression or
+#: instruction, and the widest circuit it may declare: QPY allocates the declared qubits
+#: and clbits before reading anything else (a 100-byte payload declaring 2**32 qubits
+#: aborts the process).
+MAX_QPY_BYTES = 64 << 20
+MAX_CIRCUIT_QUBITS = 1 << 14
+MAX_CIRCUIT_CLBITS = 1 << 14
+#: Oldest QPY format version read. Older ones go through qiskit's Python reader
+#: (symengine payloads, a sympy-repr parser); 13 is what qiskit 1.3 and later write.
+MIN_QPY_VERSION = 13
 
 
 class EncodingError(ValueError):
@@ -118,31 +168,103 @@ def _encode_ndarray(array: np.ndarray) -> dict[str, Any]:
         raise TypeError(f"ndarray of dtype {dtype} cannot be encoded: {exc}") from exc
 
 
+def _short(text: Any, limit: int = 80) -> str:
+    """``repr(text)``, cut to about ``limit`` characters: error messages quote what the
+    peer sent, and that may be megabytes."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else f"{shown[:limit]}…"
+
+
+def _check_shape(type_name: str, shape: Any, what: str = "shape") -> tuple[int, ...]:
+    if (
+        not isinstance(shape, list | tuple)
+        or len(shape) > 64  # numpy's most dimensions
+        or not all(type(d) is int and d >= 0 for d in shape)
+    ):
+        raise EncodingError(type_name, f"{what} {_short(shape)} is not a list of sizes")
+    positions = math.prod(max(d, 1) for d in shape)
+    if positions > MAX_ARRAY_ELEMENTS:
+        raise EncodingError(
+            type_name,
+            f"{what} {_short(shape)} has {positions} positions "
+            f"(at most MAX_ARRAY_ELEMENTS = {MAX_ARRAY_ELEMENTS})",
+        )
+    return tuple(shape)
+
+
+def _descr_nesting(descr: str) -> int:
+    depth = deepest = 0
+    for char in descr:
+        if char in "([":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in ")]":
+            depth -= 1
+    return deepest
+
+
 def _dtype(descr: str) -> np.dtype[Any]:
     dtype = _DTYPES.get(descr)
     if dtype is None:
+        # literal_eval and descr_to_dtype recurse over the nesting and walk every field:
+        # bounded before either runs.
+        if len(descr) > MAX_DTYPE_DESCR:
+            raise EncodingError(
+                "ndarray", f"descr of {len(descr)} characters (at most MAX_DTYPE_DESCR)"
+            )
+        if _descr_nesting(descr) > MAX_DTYPE_NESTING:
+            raise EncodingError(
+                "ndarray", f"descr nested deeper than MAX_DTYPE_NESTING = {MAX_DTYPE_NESTING}"
+            )
         try:
             if descr.startswith("["):
                 dtype = np.lib.format.descr_to_dtype(ast.literal_eval(descr))
             else:
                 dtype = np.dtype(descr)
-        except (TypeError, ValueError, SyntaxError) as exc:
-            raise EncodingError("ndarray", f"descr {descr!r} is not a dtype ({exc})") from exc
+        except (TypeError, ValueError, SyntaxError, MemoryError, RecursionError) as exc:
+            raise EncodingError(
+                "ndarray", f"descr {_short(descr)} is not a dtype ({_short(str(exc), 200)})"
+            ) from exc
         if len(_DTYPES) < 256:
             _DTYPES[descr] = dtype
     return dtype
 
 
+def _object_array(value: Any) -> np.ndarray:
+    """The object array a nested list stands for, shaped as ``np.array(value,
+    dtype=object)`` shapes it (nested lists of equal length become axes; ragged ones stay
+    lists), without numpy looking into the leaves: it would call their ``__array__``, and a
+    decoded ``Pauli`` of 40 qubits answers with a dense 2**40 by 2**40 matrix."""
+    shape: list[int] = []
+    level = [value]
+    while level and all(type(item) is list for item in level):
+        lengths = {len(item) for item in level}
+        if len(lengths) != 1:
+            break
+        shape.append(lengths.pop())
+        if len(shape) > 64:
+            raise EncodingError("ndarray", "nested list of more than 64 dimensions")
+        level = [child for item in level for child in item]
+    _check_shape("ndarray", shape)
+    flat = np.empty(len(level), dtype=object)
+    for index, leaf in enumerate(level):
+        flat[index] = leaf  # item assignment stores the object as it is
+    return flat.reshape(shape)
+
+
 def _decode_ndarray(value: Any) -> np.ndarray:
     if not isinstance(value, str):
-        return np.array(value, dtype=object)
+        return _object_array(value)
     try:
         descr, shape, fortran, data = _native.decode_ndarray(value)
     except _native.PayloadError as exc:
         raise EncodingError("ndarray", str(exc)) from exc
     dtype = _dtype(descr)
     if dtype.hasobject:
-        raise EncodingError("ndarray", f"dtype {descr!r} holds Python objects (needs pickle)")
+        raise EncodingError("ndarray", f"dtype {_short(descr)} holds Python objects (needs pickle)")
+    # Checked before `size * itemsize` below is compared with the data: an empty array (or
+    # one of zero-size items) can claim any shape at no cost in data.
+    _check_shape("ndarray", shape)
     size = math.prod(shape)
     if len(data) != size * dtype.itemsize:
         raise EncodingError(
@@ -165,12 +287,80 @@ def _qpy_bytes(circuit: QuantumCircuit) -> bytes:
     return buffer.getvalue()
 
 
+# QPY's FILE_HEADER_V10 and CIRCUIT_HEADER_V12 (the format's spec, qiskit.qpy): what is
+# read of a payload before qpy.load sees it. A circuit's record starts with its header, at
+# the offset of the circuit table from version 16 on, right after the type key before.
+_QPY_FILE_HEADER = struct.Struct("!6sBBBBQc")
+_QPY_OFFSET = struct.Struct("!Q")
+_QPY_CIRCUIT_HEADER = struct.Struct("!H1cHIIQIQI")
+# The smallest records a circuit's registers and instructions take (REGISTER_V4,
+# CIRCUIT_INSTRUCTION_V2): a count a payload cannot hold is a lie that would size a
+# preallocation.
+_QPY_MIN_REGISTER = 9
+_QPY_MIN_INSTRUCTION = 33
+
+
+def _check_qpy(type_name: str, payload: bytes) -> None:
+    """Refuse a QPY payload whose header asks for more than the limits allow, before
+    qiskit's reader allocates what it declares."""
+
+    def refuse(problem: str) -> EncodingError:
+        return EncodingError(type_name, f"invalid QPY data: {problem}")
+
+    size = len(payload)
+    if size > MAX_QPY_BYTES:
+        raise refuse(f"{size} bytes (at most MAX_QPY_BYTES = {MAX_QPY_BYTES})")
+    try:
+        preface, version, *_, num_programs, _ = _QPY_FILE_HEADER.unpack_from(payload)
+        if preface != b"QISKIT":
+            raise refuse("no QISKIT preface")
+        if not MIN_QPY_VERSION <= version <= qpy.QPY_VERSION:
+            raise refuse(
+                f"format version {version}, this reader takes {MIN_QPY_VERSION} to "
+                f"{qpy.QPY_VERSION} (MIN_QPY_VERSION)"
+            )
+        if num_programs != 1:
+            raise refuse(f"{num_programs} programs, expected one circuit")
+        offset = _QPY_FILE_HEADER.size
+        if payload[offset : offset + 1] != b"q":
+            raise refuse("the program is not a circuit")
+        offset += 1
+        if version >= 16:
+            (offset,) = _QPY_OFFSET.unpack_from(payload, offset)
+        header = _QPY_CIRCUIT_HEADER.unpack_from(payload, offset)
+    except struct.error as exc:
+        raise refuse(f"truncated header ({exc})") from exc
+    _, _, _, qubits, clbits, metadata_size, registers, instructions, variables = header
+    if qubits > MAX_CIRCUIT_QUBITS:
+        raise refuse(f"{qubits} qubits (at most MAX_CIRCUIT_QUBITS = {MAX_CIRCUIT_QUBITS})")
+    if clbits > MAX_CIRCUIT_CLBITS:
+        raise refuse(f"{clbits} clbits (at most MAX_CIRCUIT_CLBITS = {MAX_CIRCUIT_CLBITS})")
+    if (
+        metadata_size > size
+        or variables > size
+        or registers * _QPY_MIN_REGISTER > size
+        or instructions * _QPY_MIN_INSTRUCTION > size
+    ):
+        raise refuse(
+            f"the header declares more than {size} bytes hold ({registers} registers, "
+            f"{instructions} instructions, {variables} variables, {metadata_size} bytes of "
+            "metadata)"
+        )
+
+
 def _load_qpy_circuit(type_name: str, value: Any) -> QuantumCircuit:
     payload = _unpack(type_name, value)
+    _check_qpy(type_name, payload)
     try:
         circuits = qpy.load(io.BytesIO(payload))
-    except Exception as exc:  # QPY raises a variety of errors on truncated data
-        raise EncodingError(type_name, f"invalid QPY data ({type(exc).__name__}: {exc})") from exc
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    # QPY raises a variety of errors on bad data, and its Rust reader panics on some: a
+    # pyo3 PanicException derives from BaseException.
+    except BaseException as exc:
+        raise EncodingError(
+            type_name, f"invalid QPY data ({type(exc).__name__}: {_short(str(exc), 200)})"
+        ) from exc
     if len(circuits) != 1 or not isinstance(circuits[0], QuantumCircuit):
         raise EncodingError(type_name, f"expected one circuit in the QPY data, got {len(circuits)}")
     return circuits[0]
@@ -323,12 +513,20 @@ def _decode_bit_array(value: Any) -> BitArray:
 
 def _decode_data_bin(value: Any) -> DataBin:
     value = _require_dict("DataBin", value, ("field_names", "shape", "fields"))
-    fields = value["fields"]
+    fields, names = value["fields"], value["field_names"]
     if not isinstance(fields, dict):
         raise EncodingError("DataBin", f"fields is a {type(fields).__name__}, not an object")
+    if not isinstance(names, list):
+        raise EncodingError("DataBin", f"field_names is a {type(names).__name__}, not a list")
+    for name in names:
+        # DataBin sets each field as an attribute: a dunder (__dict__, __class__) or a
+        # name of the class would replace the object's insides or shadow its methods.
+        if not isinstance(name, str) or name.startswith("__") or hasattr(DataBin, name):
+            raise EncodingError("DataBin", f"{_short(name)} cannot be a field name")
+    shape = _check_shape("DataBin", value["shape"])
     try:
-        ordered = {name: fields[name] for name in value["field_names"]}
-        return DataBin(shape=tuple(value["shape"]), **ordered)
+        ordered = {name: fields[name] for name in names}
+        return DataBin(shape=shape, **ordered)
     except KeyError as exc:
         raise EncodingError("DataBin", f"field {exc.args[0]!r} is named but absent") from exc
     except (TypeError, ValueError) as exc:
@@ -357,9 +555,23 @@ def _decode_primitive_result(value: Any) -> PrimitiveResult[Any]:
 
 def _decode_bindings_array(value: Any) -> BindingsArray:
     value = _require_dict("BindingsArray", value, ("shape", "data"))
+    # Without data the shape alone sizes every loop over the bindings' positions.
+    shape = _check_shape("BindingsArray", value["shape"])
+    if not isinstance(value["data"], dict):
+        raise EncodingError("BindingsArray", "data is not an object")
+    data = {}
+    for key, array in value["data"].items():
+        try:
+            # orjson, not json: a key nested a thousand deep is a ValueError, not a
+            # RecursionError.
+            names = orjson.loads(key)
+        except orjson.JSONDecodeError as exc:
+            raise EncodingError("BindingsArray", f"key {_short(key)} is not JSON") from exc
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise EncodingError("BindingsArray", f"key {_short(key)} is not a list of names")
+        data[tuple(names)] = array
     try:
-        data = {tuple(json.loads(key)): array for key, array in value["data"].items()}
-        return BindingsArray(data, shape=tuple(value["shape"]))
+        return BindingsArray(data, shape=shape)
     except (AttributeError, TypeError, ValueError) as exc:
         raise EncodingError("BindingsArray", str(exc)) from exc
 
@@ -371,11 +583,28 @@ def _decode_observables_array(value: Any) -> ObservablesArray:
         raise EncodingError("ObservablesArray", str(exc)) from exc
 
 
+# ExperimentResultData sets each key of an experiment's data as an attribute.
+_RESULT_DATA_NAMES = frozenset(dir(ExperimentResultData))
+
+
 def _decode_result(value: Any) -> Result:
+    value = _require_dict("Result", value, ("results",))
+    experiments = value["results"]
+    if not isinstance(experiments, list):
+        raise EncodingError("Result", "results is not a list")
+    for index, experiment in enumerate(experiments):
+        data = _require_dict("Result", experiment, ("data", "shots", "success"))["data"]
+        if not isinstance(data, dict):
+            raise EncodingError("Result", f"results[{index}].data is not an object")
+        for name in data:
+            if name.startswith("_") or name in _RESULT_DATA_NAMES:
+                raise EncodingError(
+                    "Result", f"results[{index}].data: {_short(name)} cannot be a data key"
+                )
     try:
-        return Result.from_dict(_require_dict("Result", value, ()))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise EncodingError("Result", f"{type(exc).__name__}: {exc}") from exc
+        return Result.from_dict(value)
+    except (KeyError, TypeError, ValueError, AttributeError, QiskitError) as exc:
+        raise EncodingError("Result", f"{type(exc).__name__}: {_short(str(exc), 200)}") from exc
 
 
 # --- plain values -------------------------------------------------------------------------
@@ -395,9 +624,18 @@ def _decode_set(value: Any) -> set[Any]:
     if not isinstance(value, list):
         raise EncodingError("set", f"expected a list, got {type(value).__name__}")
     try:
-        return set(value)
+        # Counting hashes is linear whatever they are; building a set of elements that
+        # share one hash compares each with all the others.
+        hashes = Counter(map(hash, value))
     except TypeError as exc:
         raise EncodingError("set", str(exc)) from exc
+    if hashes and max(hashes.values()) > MAX_SET_HASH_COLLISIONS:
+        raise EncodingError(
+            "set",
+            f"{max(hashes.values())} elements share one hash "
+            f"(at most MAX_SET_HASH_COLLISIONS = {MAX_SET_HASH_COLLISIONS})",
+        )
+    return set(value)
 
 
 def _decode_datetime(value: Any) -> _dt.datetime:
@@ -410,23 +648,228 @@ def _decode_datetime(value: Any) -> _dt.datetime:
         raise EncodingError("datetime", str(exc)) from exc
 
 
-def _decode_settings(tagged: dict[str, Any]) -> Any:
+# --- settings: a closed list of classes ---------------------------------------------------
+# A `settings` value names a module and a class, and the ecosystem's decoders rebuild it
+# as `cls(**settings)`. Naming is all the peer gets to do here: the name is looked up in a
+# table of classes imported by this module, never imported or looked up as an attribute,
+# and its settings are checked (keys, types, sizes) before the class is called.
+
+
+@dataclass(frozen=True)
+class _SettingsType:
+    cls: type
+    keys: frozenset[str]
+    required: frozenset[str]
+    # Raises EncodingError for values the class must not be called with.
+    check: Callable[[dict[str, Any]], None] | None = None
+
+
+def _refuse(problem: str) -> EncodingError:
+    return EncodingError("settings", problem)
+
+
+def _pauli_qubits(where: str, label: Any) -> int:
+    if not isinstance(label, str):
+        raise _refuse(f"{where} must be a Pauli label, got {type(label).__name__}")
+    # A label is an optional phase ("-i", "+1j") and one letter a qubit.
+    qubits = len(label.lstrip("+-1ij"))
+    if qubits > MAX_PAULI_QUBITS:
+        raise _refuse(
+            f"{where} has {qubits} qubits (at most MAX_PAULI_QUBITS = {MAX_PAULI_QUBITS})"
+        )
+    return qubits
+
+
+def _pauli_labels(where: str, labels: Any) -> int:
+    if not isinstance(labels, list):
+        raise _refuse(f"{where} must be a list of Pauli labels, got {type(labels).__name__}")
+    if len(labels) > MAX_PAULI_TERMS:
+        raise _refuse(
+            f"{where} has {len(labels)} terms (at most MAX_PAULI_TERMS = {MAX_PAULI_TERMS})"
+        )
+    widest = max(
+        (_pauli_qubits(f"{where}[{i}]", label) for i, label in enumerate(labels)), default=0
+    )
+    if widest * len(labels) > MAX_PAULI_CELLS:
+        raise _refuse(
+            f"{where} has {len(labels)} terms of {widest} qubits "
+            f"(at most MAX_PAULI_CELLS = {MAX_PAULI_CELLS} terms times qubits)"
+        )
+    return len(labels)
+
+
+def _numeric_array(where: str, value: Any, ndim: int) -> np.ndarray:
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in "biufc":
+        kind = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
+        raise _refuse(f"{where} must be a numeric ndarray, got {kind}")
+    if value.ndim != ndim:
+        raise _refuse(f"{where} must have {ndim} dimensions, got shape {value.shape}")
+    return value
+
+
+def _check_side(where: str, side: int, qubits: int, limit_name: str) -> None:
+    if side > 1 << qubits:
+        raise _refuse(
+            f"{where} has {side} rows or columns (at most 2**{limit_name} = {1 << qubits})"
+        )
+
+
+def _check_dims(where: str, dims: Any) -> None:
+    # qiskit checks that the dims multiply to the matrix's side; here only their form.
+    if dims is None or (type(dims) is int and dims >= 1):
+        return
+    if (
+        not isinstance(dims, list)
+        or len(dims) > 64
+        or not all(type(d) is int and d >= 1 for d in dims)
+    ):
+        raise _refuse(f"{where} must be null, a dimension or a list of them, got {_short(dims)}")
+
+
+def _check_pauli(settings: dict[str, Any]) -> None:
+    _pauli_qubits("Pauli data", settings["data"])
+
+
+def _check_pauli_list(settings: dict[str, Any]) -> None:
+    _pauli_labels("PauliList data", settings["data"])
+
+
+def _check_sparse_pauli_op(settings: dict[str, Any]) -> None:
+    data = settings["data"]
+    if isinstance(data, PauliList):  # decoded (and checked) as settings of its own
+        terms = len(data)
+    elif isinstance(data, Pauli):
+        terms = 1
+    elif isinstance(data, str):
+        terms = 1
+        _pauli_qubits("SparsePauliOp data", data)
+    else:
+        terms = _pauli_labels("SparsePauliOp data", data)
+    coeffs = settings.get("coeffs")
+    if coeffs is None:
+        return
+    if not isinstance(coeffs, np.ndarray) or coeffs.ndim != 1 or len(coeffs) != terms:
+        raise _refuse(f"SparsePauliOp coeffs must be an ndarray of {terms} coefficients")
+    # A parametrized operator's coefficients travel as an object array of expressions.
+    if coeffs.dtype.kind not in "biufc" and not all(
+        isinstance(c, int | float | complex | ParameterExpression) for c in coeffs
+    ):
+        raise _refuse("SparsePauliOp coeffs must be numbers or parameter expressions")
+
+
+def _check_operator(settings: dict[str, Any]) -> None:
+    data = _numeric_array("Operator data", settings["data"], 2)
+    for side in data.shape:
+        _check_side("Operator data", side, MAX_DENSE_QUBITS, "MAX_DENSE_QUBITS")
+    _check_dims("Operator input_dims", settings.get("input_dims"))
+    _check_dims("Operator output_dims", settings.get("output_dims"))
+
+
+def _check_statevector(settings: dict[str, Any]) -> None:
+    data = _numeric_array("Statevector data", settings["data"], 1)
+    _check_side("Statevector data", len(data), MAX_STATEVECTOR_QUBITS, "MAX_STATEVECTOR_QUBITS")
+    _check_dims("Statevector dims", settings.get("dims"))
+
+
+def _check_density_matrix(settings: dict[str, Any]) -> None:
+    data = _numeric_array("DensityMatrix data", settings["data"], 2)
+    for side in data.shape:
+        _check_side("DensityMatrix data", side, MAX_DENSE_QUBITS, "MAX_DENSE_QUBITS")
+    _check_dims("DensityMatrix dims", settings.get("dims"))
+
+
+def _settings_type(
+    cls: type, keys: tuple[str, ...], check: Callable[[dict[str, Any]], None]
+) -> _SettingsType:
+    return _SettingsType(cls, frozenset(keys), frozenset(("data",)), check)
+
+
+# What the primitives exchange (observables: SparsePauliOp of a PauliList, Pauli) and the
+# other quantum_info objects qiskit-ibm-runtime's decoder rebuilds and programs return
+# (Operator; Statevector and DensityMatrix, which qiskit-ibm-runtime leaves as dicts).
+# Each with the keys its `settings` property writes (qiskit 2.x).
+_BUILTIN_TYPES = (
+    _settings_type(Pauli, ("data",), _check_pauli),
+    _settings_type(PauliList, ("data",), _check_pauli_list),
+    _settings_type(SparsePauliOp, ("data", "coeffs"), _check_sparse_pauli_op),
+    _settings_type(Operator, ("data", "input_dims", "output_dims"), _check_operator),
+    _settings_type(Statevector, ("data", "dims"), _check_statevector),
+    _settings_type(DensityMatrix, ("data", "dims"), _check_density_matrix),
+)
+
+# (module, class) as encoders write them (`type(obj).__module__`), and the public module
+# too, resolved once, here.
+_BUILTIN_SETTINGS: Mapping[tuple[str, str], _SettingsType] = {
+    (module, entry.cls.__name__): entry
+    for entry in _BUILTIN_TYPES
+    for module in (entry.cls.__module__, "qiskit.quantum_info")
+}
+
+
+@functools.lru_cache(maxsize=64)
+def _settings_table(extra: tuple[type, ...]) -> Mapping[tuple[str, str], _SettingsType]:
+    """The built-in table plus the classes a program (``SETTINGS_TYPES``) or a caller of
+    :func:`loads` allows; a built-in class keeps its checks."""
+    if not extra:
+        return _BUILTIN_SETTINGS
+    table = dict(_BUILTIN_SETTINGS)
+    for cls in extra:
+        if not isinstance(cls, type):
+            raise TypeError(f"settings types must be classes, got {cls!r}")
+        key = (cls.__module__, cls.__name__)
+        if key in table:
+            continue
+        # The keys it may be called with are the named parameters of its constructor.
+        parameters = [
+            p
+            for p in inspect.signature(cls).parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
+        table[key] = _SettingsType(
+            cls,
+            frozenset(p.name for p in parameters),
+            frozenset(p.name for p in parameters if p.default is p.empty),
+        )
+    return table
+
+
+def _allowed_names(table: Mapping[tuple[str, str], _SettingsType]) -> str:
+    return ", ".join(sorted({entry.cls.__name__ for entry in table.values()}))
+
+
+def _decode_settings(tagged: dict[str, Any], table: Mapping[tuple[str, str], _SettingsType]) -> Any:
     module_name, class_name = tagged.get("__module__"), tagged.get("__class__")
     if not isinstance(module_name, str) or not isinstance(class_name, str):
-        raise EncodingError("settings", "__module__ and __class__ must be strings")
-    if module_name.split(".", 1)[0] not in SETTINGS_PACKAGES:
-        raise EncodingError("settings", f"module {module_name!r} is not an allowed package")
+        raise _refuse("__module__ and __class__ must be strings")
+    entry = table.get((module_name, class_name))
+    if entry is None:
+        raise _refuse(
+            f"{_short(f'{module_name}.{class_name}', 120)} is not an allowed settings type "
+            f"(allowed: {_allowed_names(table)})"
+        )
+    name = class_name
     settings = tagged[VALUE_KEY]
     if not isinstance(settings, dict):
-        raise EncodingError("settings", f"expected an object, got {type(settings).__name__}")
+        raise _refuse(f"{name}: expected an object, got {type(settings).__name__}")
+    unknown = settings.keys() - entry.keys
+    if unknown:
+        listed = ", ".join(_short(key, 40) for key in sorted(unknown)[:5])
+        raise _refuse(
+            f"{name} takes no setting {listed} (it takes {', '.join(sorted(entry.keys))})"
+        )
+    missing = entry.required - settings.keys()
+    if missing:
+        raise _refuse(f"{name}: missing {', '.join(sorted(missing))}")
+    if entry.check is not None:
+        entry.check(settings)
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as exc:
-        raise EncodingError("settings", f"no class {module_name}.{class_name}") from exc
-    try:
-        return cls(**settings)
-    except (TypeError, ValueError) as exc:
-        raise EncodingError("settings", f"{class_name}(**settings) failed: {exc}") from exc
+        return entry.cls(**settings)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # qiskit's own errors, and panics of its Rust code
+        raise _refuse(
+            f"{name}(**settings) failed: {type(exc).__name__}: {_short(str(exc), 200)}"
+        ) from exc
 
 
 _DECODERS: dict[str, Callable[[Any], Any]] = {
@@ -449,13 +892,15 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def _decode_tagged(obj: dict[str, Any]) -> Any:
+def _decode_tagged(
+    obj: dict[str, Any], table: Mapping[tuple[str, str], _SettingsType] = _BUILTIN_SETTINGS
+) -> Any:
     """One JSON object whose members are already decoded, as the value it stands for."""
     type_name = obj.get(TYPE_KEY)
     if type_name is None or VALUE_KEY not in obj:
         return obj
     if type_name == "settings":
-        return _decode_settings(obj)
+        return _decode_settings(obj, table)
     decoder = _DECODERS.get(type_name) if isinstance(type_name, str) else None
     if decoder is None:
         return obj
@@ -531,11 +976,22 @@ class RuntimeEncoder(json.JSONEncoder):
 
 
 class RuntimeDecoder(json.JSONDecoder):
-    """JSON decoder for the runtime types (``json.loads(s, cls=RuntimeDecoder)``)."""
+    """JSON decoder for the runtime types (``json.loads(s, cls=RuntimeDecoder)``).
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["object_hook"] = _decode_tagged
+    ``settings_types``: classes allowed as ``settings`` values besides the built-in ones
+    (:func:`loads`)."""
+
+    def __init__(self, *args: Any, settings_types: Iterable[type] = (), **kwargs: Any) -> None:
+        table = _settings_table(tuple(settings_types))
+        kwargs["object_hook"] = lambda obj: _decode_tagged(obj, table)
         super().__init__(*args, **kwargs)
+
+    def decode(self, s: str, *args: Any, **kwargs: Any) -> Any:
+        """Decode ``s``; :class:`EncodingError` for nesting deeper than Python recurses."""
+        try:
+            return super().decode(s, *args, **kwargs)
+        except RecursionError as exc:
+            raise EncodingError("JSON", "nested too deeply") from exc
 
 
 def dumps(obj: Any) -> bytes:
@@ -553,40 +1009,49 @@ def dumps(obj: Any) -> bytes:
         return json.dumps(obj, cls=RuntimeEncoder).encode()
 
 
-def loads(data: bytes | bytearray | memoryview | str) -> Any:
+def loads(
+    data: bytes | bytearray | memoryview | str, *, settings_types: Iterable[type] = ()
+) -> Any:
     """Decode runtime JSON to the values it encodes.
 
     An object with an unknown ``__type__`` stays a dict; a known type whose value does
-    not decode raises :class:`EncodingError`.
+    not decode raises :class:`EncodingError`. A ``settings`` object is rebuilt only as one
+    of the built-in classes (docs/runtime.md) or of ``settings_types``, called with the
+    keyword parameters of its constructor; any other raises :class:`EncodingError` before
+    anything is imported or called.
     """
+    table = _settings_table(tuple(settings_types))
     try:
         tree = orjson.loads(data)
     except orjson.JSONDecodeError:
         # Python's json writes NaN and Infinity tokens, which orjson does not read.
         text = data if isinstance(data, str) else bytes(data).decode("utf-8")
-        return json.loads(text, cls=RuntimeDecoder)
+        return json.loads(text, cls=RuntimeDecoder, settings_types=tuple(settings_types))
     # A document without a single tag (a Qobj, plain inputs) needs no pass over its tree,
     # which costs about a microsecond a node. A key spelled with JSON escapes is missed
     # by this check, and then stays a dict: nothing is decoded that was not asked for.
     marker = _MARKER_STR if isinstance(data, str) else _MARKER
     if marker not in data:
         return tree
-    return _walk(tree)
+    try:
+        return _walk(tree, table)
+    except RecursionError as exc:  # orjson reads deeper nesting than Python recurses
+        raise EncodingError("JSON", "nested too deeply") from exc
 
 
 _MARKER = f'"{TYPE_KEY}"'.encode()
 _MARKER_STR = f'"{TYPE_KEY}"'
 
 
-def _walk(node: Any) -> Any:
+def _walk(node: Any, table: Mapping[tuple[str, str], _SettingsType]) -> Any:
     """Decode a tree fresh from orjson, children first, as json's object_hook would."""
     if type(node) is dict:
         for key, child in node.items():
             if type(child) is dict or type(child) is list:
-                node[key] = _walk(child)
-        return _decode_tagged(node) if TYPE_KEY in node else node
+                node[key] = _walk(child, table)
+        return _decode_tagged(node, table) if TYPE_KEY in node else node
     if type(node) is list:
         for index, child in enumerate(node):
             if type(child) is dict or type(child) is list:
-                node[index] = _walk(child)
+                node[index] = _walk(child, table)
     return node

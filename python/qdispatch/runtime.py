@@ -61,12 +61,15 @@ class ResultDecoder:
     whose results need more.
     """
 
+    #: Classes the results may hold as ``settings`` values besides the built-in ones.
+    settings_types: tuple[type, ...] = ()
+
     @classmethod
     def decode(cls, raw_result: str | bytes) -> Any:
         """Convert the result JSON to Python objects."""
         from .encoding import loads
 
-        return loads(raw_result)
+        return loads(raw_result, settings_types=cls.settings_types)
 
 
 class RunnerResult(ResultDecoder):

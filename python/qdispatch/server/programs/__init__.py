@@ -1,12 +1,13 @@
 """Runtime programs: what ``POST /jobs`` with a ``program_id`` runs (docs/runtime.md).
 
 A program is a Python module with ``main(backend, publisher, **inputs)`` and, optionally,
-``VERSION`` (default ``"1"``), ``DESCRIPTION`` and ``estimate(inputs) -> (n_executions,
-shots)``. The :class:`Registry` finds them in three places, in this order: the built-ins
-of this package, the entry-point group ``qdispatch.programs`` (name → module), and the
-files ``DIR/<id>.py`` of ``qdispatch serve --programs-dir DIR``. An id already taken by an
-earlier place is refused with a warning, so an installed package cannot shadow
-``sampler``.
+``VERSION`` (default ``"1"``), ``DESCRIPTION``, ``estimate(inputs) -> (n_executions,
+shots)`` and ``SETTINGS_TYPES`` (classes its inputs may hold as ``settings`` values
+besides the built-in ones, see ``qdispatch.encoding.loads``). The :class:`Registry`
+finds them in three places, in this order: the built-ins of this package, the
+entry-point group ``qdispatch.programs`` (name → module), and the files ``DIR/<id>.py``
+of ``qdispatch serve --programs-dir DIR``. An id already taken by an earlier place is
+refused with a warning, so an installed package cannot shadow ``sampler``.
 
 The service imports each module once, to read its version and call ``estimate`` at
 submission. Workers (spawned processes, dask workers) load it again from the

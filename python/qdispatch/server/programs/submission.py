@@ -34,7 +34,7 @@ def _decode_and_estimate(
         if member is not None and member.strip() != b"null":
             qobjs[key] = member
     try:
-        inputs = encoding.loads(rest)
+        inputs = encoding.loads(rest, settings_types=getattr(program.module, "SETTINGS_TYPES", ()))
     except Exception as exc:
         raise ServiceError(
             400, E.INVALID_PARAMS, f"params do not decode: {type(exc).__name__}: {exc}"

@@ -233,7 +233,7 @@ def run_program(
         inputs_json, member = _native.split_member(inputs_json, key, "params")
         if member is not None and member.strip() != b"null":
             qobjs[key] = member
-    inputs = encoding.loads(inputs_json)
+    inputs = encoding.loads(inputs_json, settings_types=getattr(module, "SETTINGS_TYPES", ()))
     if not isinstance(inputs, dict):
         raise TypeError(f"program inputs must be an object, got {type(inputs).__name__}")
     inputs.update(qobjs)

@@ -21,6 +21,7 @@ from qiskit.result import Result
 
 from . import codes
 from .constants import FINAL_STATUSES, job_status, local_time
+from .disassembler import qobj_to_circuits
 from .exceptions import (
     IBMQJobApiError,
     IBMQJobFailureError,
@@ -334,8 +335,6 @@ class IBMQJob(JobV1):
 
     def circuits(self) -> list[QuantumCircuit]:
         """Return the circuits for this job, rebuilt from its Qobj."""
-        from .server.runner import qobj_to_circuits
-
         qobj = self.qobj()
         return qobj_to_circuits(qobj.to_dict()) if isinstance(qobj, QasmQobj) else []
 

@@ -26,9 +26,9 @@ from qiskit.primitives import BasePrimitiveJob
 from qiskit.providers import JobStatus
 from qiskit.result import Result
 
-from . import codes
-from .constants import FINAL_STATUSES, job_status, local_time
-from .exceptions import (
+from .. import codes
+from ..constants import FINAL_STATUSES, job_status, local_time
+from ..exceptions import (
     IBMApiError,
     IBMRuntimeError,
     RuntimeInvalidStateError,
@@ -38,8 +38,8 @@ from .exceptions import (
 )
 
 if TYPE_CHECKING:
-    from .backend import QDispatchBackend
-    from .service import QDispatchService
+    from ..backend import QDispatchBackend
+    from ..service import QDispatchService
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class ResultDecoder:
     @classmethod
     def decode(cls, raw_result: str | bytes) -> Any:
         """Convert the result JSON to Python objects."""
-        from .encoding import loads
+        from ..encoding import loads
 
         return loads(raw_result)
 
@@ -407,7 +407,7 @@ class RuntimeJob(BasePrimitiveJob[Any, JobStatus]):
     def inputs(self) -> dict[str, Any]:
         """Job input parameters."""
         if self._params is None:
-            from .encoding import loads
+            from ..encoding import loads
 
             raw = self._raw("GET", "/inputs")
             self._params = loads(raw) if raw else {}
@@ -725,7 +725,7 @@ def _options_dict(options: dict[str, Any] | Any | None) -> dict[str, Any]:
     if isinstance(options, dict):
         unknown = sorted(set(options) - set(_OPTION_KEYS) - {"log_level", "max_execution_time"})
         if unknown:
-            from .exceptions import IBMInputValueError
+            from ..exceptions import IBMInputValueError
 
             raise IBMInputValueError(
                 f"unknown runtime option(s) {', '.join(unknown)} (known: {', '.join(_OPTION_KEYS)})"
@@ -757,8 +757,8 @@ def submit_program(
     """
     import uuid
 
-    from .encoding import dumps
-    from .exceptions import IBMInputValueError, RuntimeProgramNotFound
+    from ..encoding import dumps
+    from ..exceptions import IBMInputValueError, RuntimeProgramNotFound
 
     if not isinstance(program_id, str) or not program_id:
         raise IBMInputValueError(f"program_id must be a non-empty string, got {program_id!r}")
@@ -795,7 +795,7 @@ def submit_program(
             lambda c: c.request("POST", "/jobs", body, idempotency_key=key, gzip=len(body) > 4096)
         )
     except Exception as exc:
-        from . import _native
+        from .. import _native
 
         if not isinstance(exc, _native.ApiError):
             raise
@@ -823,6 +823,6 @@ def submit_program(
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__

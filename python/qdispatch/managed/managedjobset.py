@@ -36,9 +36,9 @@ from qiskit.circuit import QuantumCircuit
 from qiskit.providers import JobStatus
 from qiskit.result import Result
 
-from . import _native
-from .constants import job_status
-from .exceptions import (
+from .. import _native
+from ..constants import job_status
+from ..exceptions import (
     IBMQBackendApiError,
     IBMQBackendJobLimitError,
     IBMQJobApiError,
@@ -48,13 +48,13 @@ from .exceptions import (
     IBMQJobManagerUnknownJobSet,
     IBMQManagedResultDataNotAvailable,
 )
-from .models import updated_tags
+from ..models import updated_tags
 
 if TYPE_CHECKING:
-    from .backend import QDispatchBackend
-    from .job import IBMQJob
-    from .qobj import QasmQobj
-    from .service import QDispatchService
+    from ..backend import QDispatchBackend
+    from ..job import IBMQJob
+    from ..qobj import QasmQobj
+    from ..service import QDispatchService
 
 SET_TAG = "qdispatch_jobset:"
 JOB_TAG = "qdispatch_job:"
@@ -102,7 +102,7 @@ class ManagedJob:
         ``submit_lock`` serializes waiting for a free slot when the service answers that
         the user's active-job limit is reached.
         """
-        from .assembler import circuits_to_qobj_json
+        from ..assembler import circuits_to_qobj_json
 
         qobj = circuits_to_qobj_json(circuits, backend, **backend.run_options(**run_config))
         self.submit_qobj(qobj, job_name, backend, executor, submit_lock, job_share_level, job_tags)
@@ -174,7 +174,7 @@ class ManagedJob:
 
     def _fetch(self, timeout: float | None, partial: bool, refresh: bool = False) -> bytes | None:
         """The job's result JSON, waiting for the job; ``None`` if it has none to give."""
-        from .exceptions import IBMQJobTimeoutError
+        from ..exceptions import IBMQJobTimeoutError
 
         if self.job is None:
             return None
@@ -213,7 +213,7 @@ class ManagedJob:
 
     def cancel(self) -> None:
         """Attempt to cancel the job (a finished job is left as it is)."""
-        from .exceptions import IBMQJobInvalidStateError
+        from ..exceptions import IBMQJobInvalidStateError
 
         if self.job is None:
             return
@@ -240,7 +240,7 @@ class ManagedJob:
             qobj = self.job.qobj()
         except IBMQJobApiError:
             return None
-        from .qobj import QasmQobj
+        from ..qobj import QasmQobj
 
         return qobj if isinstance(qobj, QasmQobj) else None
 
@@ -425,7 +425,7 @@ class ManagedJobSet:
         Raises:
             IBMQJobManagerInvalidStateError: If the set was already run.
         """
-        from .assembler import circuits_to_qobj_json
+        from ..assembler import circuits_to_qobj_json
 
         if self._managed_jobs:
             raise IBMQJobManagerInvalidStateError(
@@ -494,7 +494,7 @@ class ManagedJobSet:
     ) -> None:
         """All chunks in one native call: concurrent POSTs, the GIL released, each chunk's
         outcome kept in its place; the active-job limit is waited out, never failed on."""
-        from .job import IBMQJob
+        from ..job import IBMQJob
 
         service = backend.service
         outcomes = service.client.submit_many(envelopes, qobjs)
@@ -802,7 +802,7 @@ class ManagedJobSet:
         """
         if self._managed_jobs and not refresh:
             return
-        from .job import IBMQJob
+        from ..job import IBMQJob
 
         tagged = provider.jobs(limit=None, job_tags=[f"{SET_TAG}{self._id}"], descending=False)
         jobs = [job for job in tagged if isinstance(job, IBMQJob)]

@@ -250,7 +250,7 @@ class ServiceApi:
         **subject: Any,
     ) -> bytes:
         raw = self._request(method, path, errors, body, query=query, **subject)
-        assert raw is not None, "a call with ignored codes answers through _request"
+        assert raw is not None, "only a call with ignored codes answers None"
         return raw
 
     def _call(

@@ -6,8 +6,9 @@ detached process on 127.0.0.1 with a persistent store: jobs keep running after t
 exits, a later script finds them, and the service stops itself after an idle period
 (``qdispatch stop`` stops it at once).
 
-Every call goes through one native client (``qdispatch._native.Client``): pooled HTTP
-with retries and idempotent POSTs, and one multiplexed WebSocket that pushes job statuses.
+Every call goes through the service's adapter (:class:`qdispatch.api.ServiceApi`) and
+its one native client (``qdispatch._native.Client``): pooled HTTP with retries and
+idempotent POSTs, and one multiplexed WebSocket that pushes job statuses.
 """
 
 from __future__ import annotations

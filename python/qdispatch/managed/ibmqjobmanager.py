@@ -1,4 +1,9 @@
-"""``IBMQJobManager``: runs many circuits as sets of jobs, and finds the sets again."""
+"""``IBMQJobManager``: the Job Manager.
+
+It splits a long list of experiments into jobs that fit the backend, submits them, and
+presents them as one :class:`~qdispatch.managed.ManagedJobSet`; ``retrieve_job_set``
+finds a set again from the service alone.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""``ManagedJob``: one job of a job set, a chunk of the set's experiments."""
+"""``ManagedJob``: job managed by the Job Manager.
+
+One job of a :class:`~qdispatch.managed.ManagedJobSet`: a chunk of the set's experiments,
+from ``start_index``, ``experiments_count`` of them, and the ``IBMQJob`` that runs them
+(``None`` until it is submitted, or if it could not be).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""``ManagedJobSet``: a set of jobs run, followed, merged and retrieved as one.
+"""``ManagedJobSet``: a set of managed jobs.
+
+An instance is returned when you submit experiments using ``IBMQJobManager.run()``. It
+provides methods that allow you to interact with the jobs as a single entity: for
+example, ``results()`` for the results of all of the jobs, ``cancel()`` to cancel them.
 
 ``run`` splits the circuits into jobs of at most the backend's ``max_circuits`` (and of at
 most the service's request size), serializes every chunk, and submits them all in one

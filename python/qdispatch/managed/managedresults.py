@@ -1,4 +1,8 @@
-"""``ManagedResults``: the results of a job set, as if they were one job's."""
+"""``ManagedResults``: results managed by the Job Manager.
+
+Returned by ``ManagedJobSet.results()``: the results of every job of the set, addressed as
+one job's would be (by experiment index, name or circuit).
+"""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
-"""``RuntimeJob``: a program run on the job service, with streamed interim results.
+"""``RuntimeJob``: representation of a runtime program execution.
 
-A program job (docs/runtime.md) is submitted with ``service.run(program_id, inputs)`` or by
-a primitive (``qdispatch.Sampler``/``Estimator``). Like every job it is watched on the
-service's one multiplexed WebSocket; its interim results and final result reach it through
-the service's :class:`~qdispatch.runtime.events.EventRouter`.
+A new ``RuntimeJob`` is returned when you call ``service.run()`` to execute a runtime
+program (a primitive's ``run()`` calls it too), or ``service.job()`` to retrieve a
+previously executed one (docs/runtime.md). Like every job it is watched on the service's
+one multiplexed WebSocket; its interim results and final result reach it through the
+service's :class:`~qdispatch.runtime.events.EventRouter`.
 """
 
 from __future__ import annotations

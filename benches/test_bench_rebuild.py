@@ -1,8 +1,8 @@
 """Worker figures: a QasmQobj (JSON bytes) of 2,000 circuits of 5 qubits x ~50
 instructions back into ``QuantumCircuit``s, side by side:
 
-- ``orjson.loads`` + the Python path (``runner.qobj_to_circuits`` on the dict);
-- the native path (``runner.qobj_bytes_to_circuits``: serde, then Qiskit's C API).
+- ``orjson.loads`` + the Python path (``disassembler.qobj_to_circuits`` on the dict);
+- the native path (``disassembler.qobj_bytes_to_circuits``: serde, then Qiskit's C API).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from qiskit import QuantumCircuit
 
 from qdispatch import _native
-from qdispatch.server.runner import _gc_paused, qobj_bytes_to_circuits, qobj_to_circuits
+from qdispatch.disassembler import _gc_paused, qobj_bytes_to_circuits, qobj_to_circuits
 from test_bench_manager import random_5q
 
 N = 2_000

@@ -22,6 +22,7 @@ from qiskit.quantum_info import random_unitary
 
 import qdispatch
 from qdispatch import _native, assembler
+from qdispatch.disassembler import qobj_to_circuits
 from qdispatch.qobj import (
     PulseLibraryItem,
     PulseQobj,
@@ -32,7 +33,7 @@ from qdispatch.qobj import (
     QobjHeader,
 )
 from qdispatch.server.backends import catalog, native_spec
-from qdispatch.server.runner import qobj_to_circuits, run_qobj
+from qdispatch.server.runner import run_qobj
 
 CONFIG = assembler._config(200, False, 1234, {"method": "statevector"})
 HEADER = {"backend_name": "aer_simulator"}

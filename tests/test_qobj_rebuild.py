@@ -19,7 +19,7 @@ from qiskit.circuit import QuantumCircuit
 from qiskit.circuit.library import get_standard_gate_name_mapping
 
 from qdispatch import _native
-from qdispatch.server.runner import QobjExecutionError, qobj_bytes_to_circuits, qobj_to_circuits
+from qdispatch.disassembler import QobjExecutionError, qobj_bytes_to_circuits, qobj_to_circuits
 from test_assemble import corpus, native_json
 
 pytestmark = pytest.mark.skipif(not _native.capi_available(), reason="no Qiskit C API")
@@ -330,7 +330,7 @@ def test_worker_hands_qobj_inputs_over_as_raw_bytes(tmp_path: Path) -> None:
 
     program = tmp_path / "takes_qobj.py"
     program.write_text(
-        "from qdispatch.server.runner import qobj_to_circuits\n"
+        "from qdispatch.disassembler import qobj_to_circuits\n"
         'QOBJ_INPUTS = ("circuits", "absent", "empty")\n'
         "def main(backend, publisher, circuits, tag, empty=None):\n"
         "    names = [c.name for c in qobj_to_circuits(circuits)]\n"

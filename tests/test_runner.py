@@ -14,8 +14,9 @@ from qiskit.circuit import IfElseOp
 from qiskit.quantum_info import Operator
 from qiskit.result import Result
 
+from qdispatch.disassembler import QobjExecutionError, qobj_to_circuits
 from qdispatch.server import backends
-from qdispatch.server.runner import QobjExecutionError, qobj_to_circuits, run_qobj
+from qdispatch.server.runner import run_qobj
 
 SHOTS = 200
 

@@ -298,8 +298,15 @@ def test_timeouts_and_cancel(service: Any) -> None:
 def test_errors_talking_to_the_service_are_ibm_runtime_errors(service: Any) -> None:
     job = service.run("stream", {"count": 1})
     job.wait_for_final_state(60)
+    # The job's calls go through the service's adapter: one the service refuses (a job
+    # it does not know) is an IBMRuntimeError naming the job.
+    gone = RuntimeJob(
+        job.backend(), service, service.url, "no-such-job", job.program_id, info={"status": "DONE"}
+    )
+    with pytest.raises(IBMRuntimeError, match="no-such-job"):
+        gone.metrics()
     with pytest.raises(IBMRuntimeError):
-        job._call("GET", "/no-such-endpoint")
+        gone.logs()
 
 
 def test_streaming_survives_the_connection_cut_twice(programs_service: ServiceProcess) -> None:

@@ -4,6 +4,7 @@ The job service lives in :mod:`qdispatch.server` (``qdispatch serve``); the clie
 classes that talk to it are added on top of the same wire format (docs/protocol.md).
 """
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
@@ -126,8 +127,6 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'qdispatch' has no attribute '{name}'")
-    import importlib
-
     return getattr(importlib.import_module(module), name)
 
 

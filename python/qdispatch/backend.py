@@ -19,12 +19,12 @@ from qiskit.providers import BackendV2, Options
 from qiskit.transpiler import InstructionProperties, Target
 
 from . import __version__
-from .constants import utc_iso
+from .assembler import circuits_to_qobj_json
 from .exceptions import IBMQBackendApiError, IBMQBackendValueError, IBMQError
+from .job import IBMQJob
 from .models import BackendProperties
 
 if TYPE_CHECKING:
-    from .job import IBMQJob
     from .runtime import RuntimeJob
     from .service import QDispatchService
 
@@ -83,26 +83,16 @@ class QDispatchBackend(BackendV2):
         """The backend's calibration data (``None`` for an ideal simulator); with
         ``datetime``, as it was then."""
         if datetime is not None:
-            data = self._service.call(
-                "GET",
-                f"/backends/{self.name}/properties",
-                query=[("datetime", utc_iso(datetime))],
-                error=IBMQBackendApiError,
-            )
+            data = self._service.api.backend_properties(self.name, datetime)
             return BackendProperties.from_dict(data) if data else None
         if self._properties is None or refresh:
-            data = self._service.call(
-                "GET", f"/backends/{self.name}/properties", error=IBMQBackendApiError
-            )
+            data = self._service.api.backend_properties(self.name)
             self._properties = BackendProperties.from_dict(data) if data else None
         return self._properties
 
     def status(self) -> dict[str, Any]:
         """Whether the backend is operational and how many jobs wait for it."""
-        status: dict[str, Any] = self._service.call(
-            "GET", f"/backends/{self.name}/status", error=IBMQBackendApiError
-        )
-        return status
+        return self._service.api.backend_status(self.name)
 
     def run(
         self,
@@ -119,8 +109,6 @@ class QDispatchBackend(BackendV2):
         ``run_config`` holds run options (``shots``, ``memory``, ``seed_simulator``, and any
         option qiskit-aer takes); unset ones come from ``backend.options``.
         """
-        from .assembler import circuits_to_qobj_json
-
         options = self.run_options(**run_config)
         try:
             qobj = circuits_to_qobj_json(circuits, self, qobj_header=header, **options)
@@ -171,10 +159,8 @@ class QDispatchBackend(BackendV2):
         What ``run`` does after serializing; the job manager serializes every chunk first
         and then submits them concurrently through this (the GIL is released meanwhile).
         """
-        from .job import IBMQJob
-
         envelope = self.envelope(job_name, job_share_level, job_tags, experiment_id)
-        info = self._service.submit(envelope, qobj)
+        info = self._service.api.submit_job(envelope, qobj)
         return IBMQJob.from_info(self, self._service, info)
 
     def retrieve_job(self, job_id: str) -> IBMQJob | RuntimeJob:

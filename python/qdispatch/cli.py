@@ -10,12 +10,15 @@ import sys
 from pathlib import Path
 
 from .local import default_data_dir
+from .local import stop as stop_local_service
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    # The web service (uvicorn, FastAPI, the backends) loads for `serve` only: the other
+    # commands start without it.
+    import uvicorn  # noqa: PLC0415, RUF100
 
-    from .server.app import ServiceConfig, create_app
+    from .server.app import ServiceConfig, create_app  # noqa: PLC0415, RUF100
 
     db = Path(args.db).expanduser() if args.db else default_data_dir() / "jobs.db"
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
@@ -72,7 +75,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _token_create(args: argparse.Namespace) -> int:
-    from .server.store import Store
+    # The service's store alone, for the one command that writes to it.
+    from .server.store import Store  # noqa: PLC0415, RUF100
 
     db = Path(args.db).expanduser() if args.db else default_data_dir() / "jobs.db"
     store = Store(db)
@@ -87,15 +91,14 @@ def _token_create(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    from .local import stop
-
-    pid = stop()
+    pid = stop_local_service()
     print(f"stopped the local service (pid {pid})" if pid else "no local service is running")
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    # The demo is a client of the service: qiskit and the client load for it alone.
+    from .demo import run_demo  # noqa: PLC0415, RUF100
 
     summary = run_demo(args.circuits, args.backend, args.shots)
     return 1 if summary["failed_jobs"] else 0

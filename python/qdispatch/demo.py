@@ -10,15 +10,18 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from qiskit import QuantumCircuit, transpile
+from qiskit.circuit.random import random_circuit
+from qiskit.quantum_info import SparsePauliOp
+from tqdm import tqdm
+
+from .primitives import Estimator, Sampler
+from .service import connect
+from .sessions import Session
+
 
 def run_demo(n_circuits: int, backend_name: str, shots: int) -> dict[str, Any]:
     """Run the demo and return its summary figures."""
-    from qiskit import transpile
-    from qiskit.circuit.random import random_circuit
-    from tqdm import tqdm
-
-    from .service import connect
-
     with connect() as service:
         backend = service.backend(backend_name)
         print(f"service {service.url}, backend {backend.name} ({backend.num_qubits} qubits)")
@@ -38,7 +41,7 @@ def run_demo(n_circuits: int, backend_name: str, shots: int) -> dict[str, Any]:
         pending = set(sizes)
         with tqdm(total=n_circuits, unit="circuit", desc="running") as bar:
             while pending:
-                for job_id in service.client.wait_any_final(sorted(pending), 600):
+                for job_id in service.api.wait_any_final(sorted(pending), 600):
                     pending.discard(job_id)
                     bar.update(sizes[job_id])
         finished = time.perf_counter() - start
@@ -74,12 +77,6 @@ def run_demo(n_circuits: int, backend_name: str, shots: int) -> dict[str, Any]:
 
 def _primitives_in_a_session(backend: Any) -> dict[str, Any]:
     """A Bell state measured by the Sampler and the Estimator, as two jobs of one session."""
-    from qiskit import QuantumCircuit
-    from qiskit.quantum_info import SparsePauliOp
-
-    from .primitives import Estimator, Sampler
-    from .sessions import Session
-
     bell = QuantumCircuit(2)
     bell.h(0)
     bell.cx(0, 1)

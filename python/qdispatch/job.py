@@ -19,10 +19,10 @@ from qiskit.circuit import QuantumCircuit
 from qiskit.providers import JobStatus, JobV1
 from qiskit.result import Result
 
-from . import codes
+from .api import Family
 from .constants import FINAL_STATUSES, job_status, local_time
+from .disassembler import qobj_to_circuits
 from .exceptions import (
-    IBMQJobApiError,
     IBMQJobFailureError,
     IBMQJobInvalidStateError,
     IBMQJobTimeoutError,
@@ -67,7 +67,8 @@ class IBMQJob(JobV1):
         **kwargs: Any,
     ) -> None:
         super().__init__(backend, job_id)
-        self._api = api_client
+        self._backend: QDispatchBackend = backend
+        self._api = api_client.api
         self._creation_date = creation_date
         self._status = status
         self._kind = kind
@@ -86,7 +87,7 @@ class IBMQJob(JobV1):
         self._queue_info: dict[str, Any] | None = kwargs.pop("queue_info", None)
         self._extra = kwargs
         if status not in FINAL_STATUSES:
-            api_client.client.watch([job_id])
+            self._api.watch([job_id])
 
     @classmethod
     def from_info(
@@ -120,11 +121,11 @@ class IBMQJob(JobV1):
         """ID of the experiment this job is part of."""
         return self._experiment_id or ""
 
-    # -- talking to the service -----------------------------------------------------------
+    def backend(self) -> QDispatchBackend:
+        """Return the backend where this job was executed."""
+        return self._backend
 
-    def _call(self, method: str, suffix: str = "", body: Any = None) -> Any:
-        data = orjson.dumps(body) if body is not None else None
-        return self._api.call(method, f"/jobs/{self._job_id}{suffix}", data, error=IBMQJobApiError)
+    # -- talking to the service -----------------------------------------------------------
 
     def _update(self, info: dict[str, Any]) -> None:
         self._status = info["status"]
@@ -138,7 +139,7 @@ class IBMQJob(JobV1):
 
     def refresh(self) -> None:
         """Obtain the latest job information from the server."""
-        self._update(self._call("GET"))
+        self._update(self._api.job(self._job_id, Family.IBMQ))
 
     def submit(self) -> None:
         """Unsupported method.
@@ -159,7 +160,7 @@ class IBMQJob(JobV1):
         the first push) the service is asked.
         """
         if self._status not in FINAL_STATUSES:
-            pushed = self._api.client.last_status(self._job_id)
+            pushed = self._api.last_status(self._job_id)
             if pushed is not None and pushed != self._status:
                 # Details (steps, error, queue info) change with the status: fetch them.
                 self.refresh()
@@ -192,13 +193,13 @@ class IBMQJob(JobV1):
                 specified timeout.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        client = self._api.client
+        api = self._api
         if callback is None:
             if self._status not in FINAL_STATUSES:
-                if client.wait_final(self._job_id, timeout) is None:
+                if api.wait_final(self._job_id, timeout) is None:
                     raise IBMQJobTimeoutError(
                         f"Timeout while waiting for job {self._job_id} (still "
-                        f"{client.last_status(self._job_id) or self._status} after {timeout} s)."
+                        f"{api.last_status(self._job_id) or self._status} after {timeout} s)."
                     )
                 self.refresh()
             return
@@ -217,7 +218,7 @@ class IBMQJob(JobV1):
                     f"Timeout while waiting for job {self._job_id} (still {status.name} "
                     f"after {timeout} s)."
                 )
-            client.wait_final(self._job_id, step if remaining is None else min(step, remaining))
+            api.wait_final(self._job_id, step if remaining is None else min(step, remaining))
 
     def cancel(self) -> bool:
         """Attempt to cancel the job.
@@ -229,14 +230,7 @@ class IBMQJob(JobV1):
             IBMQJobInvalidStateError: If the job is in a state that cannot be cancelled.
             IBMQJobApiError: If unable to cancel the job.
         """
-        try:
-            self._update(self._call("POST", "/cancel"))
-        except IBMQJobApiError as exc:
-            if exc.code == codes.JOB_FINISHED:
-                raise IBMQJobInvalidStateError(
-                    f"Unable to cancel job {self._job_id}: {exc.message}"
-                ) from exc
-            raise
+        self._update(self._api.cancel_job(self._job_id, Family.IBMQ))
         return self._status == "CANCELLED"
 
     def error_message(self) -> str | None:
@@ -311,14 +305,7 @@ class IBMQJob(JobV1):
                 f"{(self._error or {}).get('message', 'unknown error')}. Use job.result("
                 "partial=True) for the results of the experiments that succeeded, if any."
             )
-        try:
-            raw = self._api.raw_call("GET", f"/jobs/{self._job_id}/results", error=IBMQJobApiError)
-        except IBMQJobApiError as exc:
-            if exc.code == codes.JOB_HAS_NO_RESULT:
-                raise IBMQJobInvalidStateError(
-                    f"Unable to retrieve result for job {self._job_id}: {exc.message}"
-                ) from exc
-            raise
+        raw = self._api.job_results(self._job_id, Family.IBMQ)
         self._result = Result.from_dict(orjson.loads(raw))
         return self._result
 
@@ -334,8 +321,6 @@ class IBMQJob(JobV1):
 
     def circuits(self) -> list[QuantumCircuit]:
         """Return the circuits for this job, rebuilt from its Qobj."""
-        from .server.runner import qobj_to_circuits
-
         qobj = self.qobj()
         return qobj_to_circuits(qobj.to_dict()) if isinstance(qobj, QasmQobj) else []
 
@@ -348,7 +333,8 @@ class IBMQJob(JobV1):
     def qobj(self) -> QasmQobj | PulseQobj | None:
         """Return the Qobj for this job, or ``None`` if it could not be retrieved."""
         if self._qobj is None:
-            data = self._call("GET", "/qobj")
+            raw = self._api.job_qobj(self._job_id)
+            data = orjson.loads(raw) if raw else None
             if data:
                 self._qobj = QasmQobj.from_dict(data)
         return self._qobj
@@ -356,7 +342,7 @@ class IBMQJob(JobV1):
     def properties(self) -> BackendProperties | None:
         """Return the backend properties in force when this job was submitted (``None`` for
         an ideal simulator)."""
-        data = self._call("GET", "/properties")
+        data = self._api.job_properties(self._job_id)
         return BackendProperties.from_dict(data) if data else None
 
     def creation_date(self) -> datetime:
@@ -392,7 +378,7 @@ class IBMQJob(JobV1):
         """Update the name associated with this job; returns the new name."""
         if not isinstance(name, str):
             raise IBMQJobInvalidStateError(f"job name must be a string, got {name!r}")
-        self._update(self._call("PUT", "/name", {"name": name}))
+        self._update(self._api.update_job_name(self._job_id, name))
         return self._name or ""
 
     def tags(self) -> list[str]:
@@ -429,5 +415,5 @@ class IBMQJob(JobV1):
                 raise IBMQJobInvalidStateError(f"tags must be a list of strings, got {arg!r}")
         self.refresh()
         tags = updated_tags(self._tags, replacement_tags, additional_tags, removal_tags)
-        self._update(self._call("PUT", "/tags", {"tags": tags}))
+        self._update(self._api.update_job_tags(self._job_id, tags, Family.IBMQ))
         return list(self._tags)

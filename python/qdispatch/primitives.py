@@ -24,13 +24,16 @@ from qiskit.primitives import BaseEstimatorV2, BaseSamplerV2
 from qiskit.primitives.containers.estimator_pub import EstimatorPub, EstimatorPubLike
 from qiskit.primitives.containers.sampler_pub import SamplerPub, SamplerPubLike
 
+from . import _native
+from .assembler import AssembleError
+from .encoding import dumps
 from .exceptions import IBMInputValueError
 from .runtime import RuntimeJob, submit_program
+from .service import QDispatchService, connect
 from .sessions import Session
 
 if TYPE_CHECKING:
     from .backend import QDispatchBackend
-    from .service import QDispatchService
 
 DEFAULT_SHOTS = 1024
 DEFAULT_PRECISION = 0.015625
@@ -87,8 +90,6 @@ class _Primitive:
             self._service = mode.service
             self._backend_name = mode.backend()
         elif isinstance(mode, str) or mode is None:
-            from .service import connect
-
             self._service = service or connect()
             self._backend_name = mode
         else:
@@ -180,8 +181,6 @@ class Sampler(_Primitive, BaseSamplerV2):
             params["options"] = {"seed_simulator": self._options["seed_simulator"]}
         if qobj is not None:
             params["circuits"] = orjson.Fragment(qobj)
-        from .encoding import dumps
-
         return self._submit(params, dumps(params))
 
 
@@ -222,8 +221,6 @@ class Estimator(_Primitive, BaseEstimatorV2):
         params: dict[str, Any] = {"pubs": entries, "precision": default, "version": 2}
         if self._options.get("seed_simulator") is not None:
             params["options"] = {"seed_simulator": self._options["seed_simulator"]}
-        from .encoding import dumps
-
         return self._submit(params, dumps(params))
 
 
@@ -232,9 +229,6 @@ def _native_qobj(circuits: list[QuantumCircuit]) -> bytes | None:
     written as one (control flow, classical expressions): those go as QPY."""
     if not circuits:
         return None
-    from . import _native
-    from .assembler import AssembleError
-
     try:
         return _native.circuits_to_qobj_json(circuits, {}, uuid.uuid4().hex, {})
     except (AssembleError, ValueError, TypeError):

@@ -6,8 +6,9 @@ detached process on 127.0.0.1 with a persistent store: jobs keep running after t
 exits, a later script finds them, and the service stops itself after an idle period
 (``qdispatch stop`` stops it at once).
 
-Every call goes through one native client (``qdispatch._native.Client``): pooled HTTP
-with retries and idempotent POSTs, and one multiplexed WebSocket that pushes job statuses.
+Every call goes through the service's adapter (:class:`qdispatch.api.ServiceApi`) and
+its one native client (``qdispatch._native.Client``): pooled HTTP with retries and
+idempotent POSTs, and one multiplexed WebSocket that pushes job statuses.
 """
 
 from __future__ import annotations
@@ -16,19 +17,16 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-import orjson
-
-from . import _native, codes
-from .constants import status_name, utc_iso
+from . import _native
+from .api import Family, ServiceApi
+from .backend import QDispatchBackend
+from .constants import status_name
 from .exceptions import IBMQApiError, IBMQBackendApiError
-from .local import LocalService, default_data_dir, find_or_start, read_state
-
-if TYPE_CHECKING:
-    from .backend import QDispatchBackend
-    from .job import IBMQJob
-    from .runtime import EventRouter, ResultDecoder, RuntimeJob
+from .job import IBMQJob
+from .local import LocalService, find_or_start
+from .runtime import EventRouter, ResultDecoder, RuntimeJob, submit_program
 
 E = TypeVar("E", bound=Exception)
 
@@ -37,10 +35,8 @@ class QDispatchService:
     """A connection to a qdispatch job service: backends, jobs, and the shared client."""
 
     def __init__(self, url: str, token: str, local: bool = False, timeout: float = 30.0) -> None:
-        self._local = local
-        self._timeout = timeout
+        self._api = ServiceApi(url, token, local=local, timeout=timeout)
         self._lock = threading.Lock()
-        self._client = _native.Client(url, token, timeout=timeout)
         self._backends: dict[str, QDispatchBackend] = {}
         self._events: EventRouter | None = None
 
@@ -50,22 +46,25 @@ class QDispatchService:
     @property
     def url(self) -> str:
         """The service's base URL."""
-        return str(self._client.url)
+        return self._api.url
+
+    @property
+    def api(self) -> ServiceApi:
+        """The adapter every call to the service goes through (one method per call)."""
+        return self._api
 
     @property
     def client(self) -> _native.Client:
         """The native client (HTTP and stream) every call goes through."""
-        return self._client
+        return self._api.client
 
     @property
     def events(self) -> EventRouter:
         """Routes the stream's events (interim results, logs) to the jobs that want them."""
         if self._events is None:
-            from .runtime import EventRouter
-
             with self._lock:
                 if self._events is None:
-                    self._events = EventRouter(self)
+                    self._events = EventRouter(self._api)
         return self._events
 
     # -- calls ------------------------------------------------------------------------------
@@ -81,8 +80,7 @@ class QDispatchService:
     ) -> Any:
         """One JSON call; a service error becomes ``error(message, status, code)``
         (default :class:`IBMQApiError`)."""
-        raw = self.raw_call(method, path, body, query=query, error=error)
-        return orjson.loads(raw) if raw else None
+        return self._api.call(method, path, body, query=query, error=error)
 
     def raw_call(
         self,
@@ -94,48 +92,16 @@ class QDispatchService:
         error: Callable[[str, int, str], E] | None = None,
     ) -> bytes:
         """One call returning the raw (decompressed) body."""
-        make: Callable[[str, int, str], Exception] = error or IBMQApiError
-        try:
-            return self._with_fresh_token(
-                lambda c: c.request(method, path, body, query=list(query or []))
-            )
-        except _native.ApiError as exc:
-            raise make(str(exc.message), int(exc.status), str(exc.code)) from exc
+        return self._api.raw_call(method, path, body, query=query, error=error)
 
     def submit(self, envelope: bytes, qobj: bytes) -> dict[str, Any]:
         """``POST /jobs`` with a Qobj spliced into ``envelope``; answers the new job."""
-        try:
-            raw = self._with_fresh_token(lambda c: c.submit(envelope, qobj))
-        except _native.ApiError as exc:
-            from .exceptions import IBMQBackendJobLimitError
-
-            if exc.code == codes.ACTIVE_JOB_LIMIT:
-                raise IBMQBackendJobLimitError(str(exc.message)) from exc
-            raise IBMQBackendApiError(str(exc.message), int(exc.status), str(exc.code)) from exc
-        job: dict[str, Any] = orjson.loads(raw)
-        return job
-
-    def _with_fresh_token(self, call: Callable[[_native.Client], bytes]) -> bytes:
-        client = self._client
-        try:
-            return call(client)
-        except _native.ApiError as exc:
-            # A restarted local service revoked our token and wrote a new one.
-            if exc.status != 401 or not self._local:
-                raise
-            state = read_state(default_data_dir())
-            if state is None:
-                raise
-            with self._lock:
-                if self._client is client:
-                    self._client = _native.Client(state.url, state.token, timeout=self._timeout)
-                    client.close()
-            return call(self._client)
+        return self._api.submit_job(envelope, qobj)
 
     def info(self) -> dict[str, Any]:
         """The service's version and limits (``max_request_bytes``, ``max_active_jobs``…)."""
         if not hasattr(self, "_info"):
-            self._info: dict[str, Any] = self.call("GET", "/info")
+            self._info: dict[str, Any] = self._api.info()
         return self._info
 
     # -- backends ---------------------------------------------------------------------------
@@ -143,18 +109,14 @@ class QDispatchService:
     def backends(self, name: str | None = None, **filters: Any) -> list[QDispatchBackend]:
         """The service's backends, optionally only the one called ``name`` or those whose
         configuration matches every ``filters`` item (e.g. ``simulator=False``)."""
-        from .backend import QDispatchBackend
-
-        listed = self.call("GET", "/backends", error=IBMQBackendApiError)["backends"]
+        listed = self._api.backends()
         out: list[QDispatchBackend] = []
         for entry in listed:
             if name is not None and entry["name"] != name:
                 continue
             backend = self._backends.get(entry["name"])
             if backend is None:
-                config = self.call(
-                    "GET", f"/backends/{entry['name']}/configuration", error=IBMQBackendApiError
-                )
+                config = self._api.backend_configuration(entry["name"])
                 backend = self._backends.setdefault(entry["name"], QDispatchBackend(self, config))
             if all(backend.configuration().get(k) == v for k, v in filters.items()):
                 out.append(backend)
@@ -175,17 +137,10 @@ class QDispatchService:
     def job(self, job_id: str) -> IBMQJob | RuntimeJob:
         """The job ``job_id``, as the service knows it now: a :class:`RuntimeJob` for a
         program job, an :class:`IBMQJob` for a circuit job."""
-        from .exceptions import IBMQJobApiError
-
-        info = self.call("GET", f"/jobs/{job_id}", error=IBMQJobApiError)
-        return self._job_from_info(info)
+        return self._job_from_info(self._api.job(job_id, Family.IBMQ))
 
     def _job_from_info(self, info: dict[str, Any]) -> IBMQJob | RuntimeJob:
-        from .job import IBMQJob
-
         if info.get("kind") == "program":
-            from .runtime import RuntimeJob
-
             return RuntimeJob.from_info(self, info)
         return IBMQJob.from_info(self.backend(info["backend"]), self, info)
 
@@ -193,8 +148,7 @@ class QDispatchService:
 
     def programs(self) -> list[dict[str, Any]]:
         """The programs the service runs: ``id``, ``version``, ``description``, ``source``."""
-        programs: list[dict[str, Any]] = self.call("GET", "/programs")["programs"]
-        return programs
+        return self._api.programs()
 
     def run(
         self,
@@ -234,8 +188,6 @@ class QDispatchService:
                 the input.
             IBMRuntimeError: If the service refused the job for another reason.
         """
-        from .runtime import submit_program
-
         return submit_program(
             self,
             program_id,
@@ -270,34 +222,25 @@ class QDispatchService:
         ``job_tags`` match any tag (``job_tags_operator="AND"``: all of them). Program jobs
         come back as :class:`RuntimeJob`, circuit jobs as :class:`IBMQJob`.
         """
-
-        query: list[tuple[str, str]] = [("descending", str(descending).lower())]
-        if backend_name:
-            query.append(("backend", backend_name))
         statuses = status if isinstance(status, (list, tuple)) else [status] if status else []
-        for s in statuses:
-            query.append(("status", status_name(s)))
-        if job_name:
-            query.append(("name", job_name))
-        if start_datetime:
-            query.append(("created_after", utc_iso(start_datetime)))
-        if end_datetime:
-            query.append(("created_before", utc_iso(end_datetime)))
-        for tag in job_tags or []:
-            query.append(("tags", tag))
-        query.append(("tags_operator", job_tags_operator.upper()))
-        if program_id:
-            query.append(("program_id", program_id))
-        if session_id:
-            query.append(("session_id", session_id))
+        filters: dict[str, Any] = {
+            "descending": descending,
+            "backend_name": backend_name,
+            "statuses": [status_name(s) for s in statuses],
+            "name": job_name,
+            "created_after": start_datetime,
+            "created_before": end_datetime,
+            "tags": list(job_tags or []),
+            "tags_operator": job_tags_operator,
+            "program_id": program_id,
+            "session_id": session_id,
+        }
         jobs: list[IBMQJob | RuntimeJob] = []
         while limit is None or len(jobs) < limit:
             page = 1000 if limit is None else min(1000, limit - len(jobs))
-            paging = [("limit", str(page)), ("skip", str(skip + len(jobs)))]
-            answer = self.call("GET", "/jobs", query=query + paging, error=IBMQBackendApiError)
-            for info in answer["jobs"]:
-                jobs.append(self._job_from_info(info))
-            if len(answer["jobs"]) < page:
+            found = self._api.jobs(limit=page, skip=skip + len(jobs), **filters)
+            jobs.extend(self._job_from_info(info) for info in found)
+            if len(found) < page:
                 break
         return jobs
 
@@ -305,7 +248,7 @@ class QDispatchService:
         """Close the stream and the connections (the service itself keeps running)."""
         if self._events is not None:
             self._events.close()
-        self._client.close()
+        self._api.close()
 
     def __enter__(self) -> QDispatchService:
         return self

@@ -16,15 +16,12 @@ import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from . import codes
-from .exceptions import IBMApiError, IBMInputValueError, IBMRuntimeError
+from .exceptions import IBMInputValueError, IBMRuntimeError
+from .service import QDispatchService, connect
 
 if TYPE_CHECKING:
     from .backend import QDispatchBackend
     from .runtime import ResultDecoder, RuntimeJob
-    from .service import QDispatchService
 
 _DURATION = re.compile(r"^\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m)?\s*(?:(\d+)\s*s)?\s*$")
 
@@ -77,7 +74,7 @@ class Session:
             create_new: Open a new session on the service (``False`` is for
                 :meth:`from_id`).
         """
-        self._service = service or getattr(backend, "service", None) or _default_service()
+        self._service = service or getattr(backend, "service", None) or connect()
         self._max_time = parse_max_time(max_time)
         name = getattr(backend, "name", backend)
         if name is not None and not isinstance(name, str):
@@ -88,31 +85,23 @@ class Session:
         if create_new:
             if self._backend_name is None:
                 self._backend_name = _least_busy(self._service)
-            body = {"backend": self._backend_name, "mode": self._mode, "max_time": self._max_time}
-            self._details = self._call("POST", "/sessions", body)
+            self._details = self._service.api.create_session(
+                self._backend_name, self._mode, self._max_time
+            )
             self._session_id = self._details["id"]
 
     @classmethod
     def from_id(cls, session_id: str, service: QDispatchService | None = None) -> Session:
         """The existing session ``session_id``."""
-        session = cls(service=service or _default_service(), create_new=False)
+        session = cls(service=service or connect(), create_new=False)
         session._session_id = session_id
-        session._details = session._call("GET", f"/sessions/{session_id}")
+        session._details = session._service.api.session(session_id)
         session._backend_name = session._details["backend"]
         session._max_time = session._details.get("max_time")
         return session
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._session_id} on {self._backend_name}>"
-
-    def _call(self, method: str, path: str, body: Any = None) -> Any:
-        data = orjson.dumps(body) if body is not None else None
-        try:
-            return self._service.call(method, path, data, error=IBMApiError)
-        except IBMApiError as exc:
-            if exc.code in (codes.INVALID_REQUEST, codes.UNKNOWN_BACKEND):
-                raise IBMInputValueError(exc.message) from exc
-            raise IBMRuntimeError(f"session {self._session_id or ''}: {exc.message}") from exc
 
     # -- attributes -----------------------------------------------------------------------
 
@@ -163,7 +152,7 @@ class Session:
     def details(self) -> dict[str, Any]:
         """The session as the service knows it now: ``id``, ``backend``, ``mode``,
         ``max_time``, ``state``, ``accepting_jobs``, timestamps and job counts."""
-        self._details = self._call("GET", f"/sessions/{self._session_id}")
+        self._details = self._service.api.session(self._session_id)
         return dict(self._details)
 
     def status(self) -> str:
@@ -188,21 +177,14 @@ class Session:
         session that has already ended does nothing."""
         if self._session_id is None:
             return
-        try:
-            self._details = self._service.call(
-                "PATCH",
-                f"/sessions/{self._session_id}",
-                orjson.dumps({"accepting_jobs": False}),
-                error=IBMApiError,
-            )
-        except IBMApiError as exc:
-            if exc.status != 409:  # already closed, cancelled or expired
-                raise IBMRuntimeError(f"session {self._session_id}: {exc.message}") from exc
+        details = self._service.api.close_session(self._session_id)
+        if details is not None:  # None: it had already ended
+            self._details = details
 
     def cancel(self) -> None:
         """Cancel the session: it takes no new jobs and its queued jobs are cancelled
         (running ones finish)."""
-        self._details = self._call("DELETE", f"/sessions/{self._session_id}")
+        self._details = self._service.api.cancel_session(self._session_id)
 
     def __enter__(self) -> Session:
         return self
@@ -216,12 +198,6 @@ class Batch(Session):
     service runs them as it runs any job, in parallel where workers are free."""
 
     _mode = "batch"
-
-
-def _default_service() -> QDispatchService:
-    from .service import connect
-
-    return connect()
 
 
 def _least_busy(service: QDispatchService) -> str:

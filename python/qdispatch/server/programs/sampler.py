@@ -123,7 +123,7 @@ def main(
     from qiskit.primitives.containers.sampler_pub import SamplerPub
     from qiskit_aer.primitives import SamplerV2
 
-    from qdispatch.server.runner import qobj_bytes_to_circuits, qobj_to_circuits
+    from qdispatch.disassembler import qobj_bytes_to_circuits, qobj_to_circuits
 
     if isinstance(circuits, bytes):
         # The Qobj was validated at submission: rebuild it first (natively), then check

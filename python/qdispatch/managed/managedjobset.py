@@ -1,27 +1,17 @@
-"""The job manager: ``IBMQJobManager``, ``ManagedJobSet``, ``ManagedJob``, ``ManagedResults``.
+"""``ManagedJobSet``: a set of managed jobs.
 
-Hand it 100,000 circuits: it splits them into jobs of at most the backend's
-``max_circuits`` (and of at most the service's request size), serializes every chunk,
-submits the chunks concurrently (the native client releases the GIL; a chunk refused for
-the user's active-job limit waits for a job to finish and goes on), follows all jobs on the
-one pushed status stream, fetches each result as soon as its job finishes, and presents
-them as one result.
+An instance is returned when you submit experiments using ``IBMQJobManager.run()``. It
+provides methods that allow you to interact with the jobs as a single entity: for
+example, ``results()`` for the results of all of the jobs, ``cancel()`` to cancel them.
 
-**How a set is found again.** Every job of a set carries the tags
-
-- ``qdispatch_jobset:<set id>``,
-- ``qdispatch_job:<job index>:<first experiment>:<number of experiments>``,
-- ``qdispatch_jobset_size:<number of jobs>:<number of experiments>``,
-
-and is named ``<set name>_<job index>_``. ``retrieve_job_set(set_id, service)`` rebuilds
-the set from the service alone, in any process, including chunks that failed or were
-cancelled (a chunk that was resubmitted is represented by its newest job).
+``run`` splits the circuits into jobs of at most the backend's ``max_circuits`` (and of at
+most the service's request size), serializes every chunk, and submits them all in one
+native call; ``results`` fetches each job's result as soon as the job finishes.
 """
 
 from __future__ import annotations
 
 import bisect
-import contextlib
 import re
 import threading
 import time
@@ -31,336 +21,33 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from qiskit.circuit import QuantumCircuit
 from qiskit.providers import JobStatus
-from qiskit.result import Result
 
-from . import _native
-from .constants import job_status
-from .exceptions import (
+from ..assembler import circuits_to_qobj_json
+from ..constants import job_status
+from ..exceptions import (
     IBMQBackendApiError,
-    IBMQBackendJobLimitError,
-    IBMQJobApiError,
     IBMQJobManagerInvalidStateError,
     IBMQJobManagerJobNotFound,
     IBMQJobManagerTimeoutError,
     IBMQJobManagerUnknownJobSet,
-    IBMQManagedResultDataNotAvailable,
 )
-from .models import updated_tags
+from ..job import IBMQJob
+from ..models import updated_tags
+from .managedjob import ManagedJob
+from .managedresults import ManagedResults
+from .utils import INTERNAL_TAGS, JOB_TAG, SET_TAG, SIZE_TAG, progress_reporter
 
 if TYPE_CHECKING:
-    from .backend import QDispatchBackend
-    from .job import IBMQJob
-    from .qobj import QasmQobj
-    from .service import QDispatchService
+    from ..backend import QDispatchBackend
+    from ..qobj import QasmQobj
+    from ..service import QDispatchService
 
-SET_TAG = "qdispatch_jobset:"
-JOB_TAG = "qdispatch_job:"
-SIZE_TAG = "qdispatch_jobset_size:"
-_INTERNAL = (SET_TAG, JOB_TAG, SIZE_TAG)
+__all__ = ["ManagedJobSet"]
+
 # Serialized chunks stay this far under the service's request limit (headers, envelope).
 _SIZE_MARGIN = 0.9
-
-
-class ManagedJob:
-    """Job managed by the Job Manager: one chunk of a set's experiments."""
-
-    def __init__(self, start_index: int, experiments_count: int, job: IBMQJob | None = None):
-        self.start_index = start_index
-        self.experiments_count = experiments_count
-        self.end_index = start_index + experiments_count - 1
-        self.job = job
-        self.submit_error: Exception | None = None
-        self.future: Future[None] | None = None
-        self.job_index = 0
-        self._raw_result: bytes | None = None
-        self._result: Result | None = None
-        self._counts: list[dict[str, int] | None] | None = None
-
-    def __repr__(self) -> str:
-        job = self.job.job_id() if self.job else None
-        return (
-            f"<ManagedJob {self.job_index}: experiments {self.start_index}-{self.end_index}, "
-            f"job {job}, submit_error={self.submit_error!r}>"
-        )
-
-    def submit(
-        self,
-        circuits: QuantumCircuit | Sequence[QuantumCircuit],
-        job_name: str,
-        backend: QDispatchBackend,
-        executor: ThreadPoolExecutor,
-        submit_lock: Any,
-        job_share_level: str | None = None,
-        job_tags: Sequence[str] | None = None,
-        **run_config: Any,
-    ) -> None:
-        """Submit the job (on ``executor``; ``future`` says when it is submitted).
-
-        ``submit_lock`` serializes waiting for a free slot when the service answers that
-        the user's active-job limit is reached.
-        """
-        from .assembler import circuits_to_qobj_json
-
-        qobj = circuits_to_qobj_json(circuits, backend, **backend.run_options(**run_config))
-        self.submit_qobj(qobj, job_name, backend, executor, submit_lock, job_share_level, job_tags)
-
-    def submit_qobj(
-        self,
-        qobj: bytes,
-        job_name: str,
-        backend: QDispatchBackend,
-        executor: ThreadPoolExecutor,
-        submit_lock: Any,
-        job_share_level: str | None = None,
-        job_tags: Sequence[str] | None = None,
-    ) -> None:
-        """Like :meth:`submit`, for a chunk already serialized."""
-        self.future = executor.submit(
-            self._submit, qobj, job_name, backend, submit_lock, job_share_level, job_tags
-        )
-
-    def _submit(
-        self,
-        qobj: bytes,
-        job_name: str,
-        backend: QDispatchBackend,
-        submit_lock: Any,
-        job_share_level: str | None,
-        job_tags: Sequence[str] | None,
-    ) -> None:
-        self.submit_error = None
-        while True:
-            try:
-                self.job = backend.submit_qobj(qobj, job_name, job_share_level, job_tags)
-                return
-            except IBMQBackendJobLimitError:
-                # Never fail a set for the limit: wait for some active job, then go on.
-                with submit_lock:
-                    _wait_for_a_free_slot(backend.service)
-            except Exception as exc:  # recorded; the other chunks go on
-                self.submit_error = exc
-                return
-
-    def status(self) -> JobStatus | None:
-        """Query the server for job status; ``None`` if the job was never submitted or the
-        query failed."""
-        if self.job is None:
-            return None
-        try:
-            return self.job.status()
-        except IBMQJobApiError:
-            return None
-
-    def result(
-        self, timeout: float | None = None, partial: bool = False, refresh: bool = False
-    ) -> Result | None:
-        """Return the result of the job, or ``None`` if it could not be retrieved.
-
-        Raises:
-            IBMQJobTimeoutError: If the job does not return results before ``timeout``.
-        """
-        if self.job is None:
-            return None
-        if self._result is not None and not refresh:
-            return self._result
-        raw = self._fetch(timeout, partial, refresh)
-        if raw is None:
-            return None
-        self._result = Result.from_dict(orjson.loads(raw))
-        return self._result
-
-    def _fetch(self, timeout: float | None, partial: bool, refresh: bool = False) -> bytes | None:
-        """The job's result JSON, waiting for the job; ``None`` if it has none to give."""
-        from .exceptions import IBMQJobTimeoutError
-
-        if self.job is None:
-            return None
-        if self._raw_result is not None and not refresh:
-            return self._raw_result
-        try:
-            self.job.wait_for_final_state(timeout=timeout)
-        except IBMQJobTimeoutError:
-            raise
-        status = self.job.status()
-        if status is JobStatus.CANCELLED or (status is JobStatus.ERROR and not partial):
-            return None
-        try:
-            self._raw_result = self.job._api.raw_call(
-                "GET", f"/jobs/{self.job.job_id()}/results", error=IBMQJobApiError
-            )
-        except IBMQJobApiError:
-            return None
-        self._counts = None
-        return self._raw_result
-
-    def counts(self, index: int) -> dict[str, int]:
-        """Counts of experiment ``index`` of this job, parsed natively on first use."""
-        if self._counts is None:
-            if self._raw_result is None:
-                raise IBMQManagedResultDataNotAvailable(
-                    f"no result for experiments {self.start_index}-{self.end_index}"
-                )
-            self._counts = _native.counts_from_result(self._raw_result)
-        counts = self._counts[index]
-        if counts is None:
-            raise IBMQManagedResultDataNotAvailable(
-                f"experiment {self.start_index + index} has no counts"
-            )
-        return counts
-
-    def cancel(self) -> None:
-        """Attempt to cancel the job (a finished job is left as it is)."""
-        from .exceptions import IBMQJobInvalidStateError
-
-        if self.job is None:
-            return
-        with contextlib.suppress(IBMQJobInvalidStateError):
-            self.job.cancel()
-
-    def error_message(self) -> str | None:
-        """Provide details about the reason of failure: an error report if the job failed
-        (or could not be submitted), ``None`` otherwise."""
-        if self.submit_error is not None:
-            return f"submission failed: {self.submit_error}"
-        if self.job is None:
-            return None
-        status = self.status()
-        if status is JobStatus.CANCELLED:
-            return f"Job {self.job.job_id()} was cancelled."
-        return self.job.error_message()
-
-    def qobj(self) -> QasmQobj | None:
-        """Return the Qobj for this job, or ``None`` if it could not be retrieved."""
-        if self.job is None:
-            return None
-        try:
-            qobj = self.job.qobj()
-        except IBMQJobApiError:
-            return None
-        from .qobj import QasmQobj
-
-        return qobj if isinstance(qobj, QasmQobj) else None
-
-
-def _wait_for_a_free_slot(service: QDispatchService) -> None:
-    """Block until one of the user's active jobs finishes (or a few seconds pass)."""
-    try:
-        active = service.call(
-            "GET", "/jobs", query=[("status", "QUEUED"), ("status", "RUNNING"), ("limit", "1000")]
-        )
-    except Exception:
-        time.sleep(1.0)
-        return
-    ids = [j["id"] for j in active.get("jobs", [])]
-    if ids:
-        service.client.wait_any_final(ids, 5.0)
-    else:
-        time.sleep(0.2)
-
-
-class ManagedResults:
-    """The results of a :class:`ManagedJobSet`, addressed by global experiment index,
-    experiment name or circuit. Counts stay in the jobs' result bytes and are parsed
-    natively, job by job, when first asked for."""
-
-    def __init__(self, job_set: ManagedJobSet, backend_name: str, success: bool) -> None:
-        self._job_set = job_set
-        self.backend_name = backend_name
-        self.success = success
-        self._names: dict[str, int] | None = None
-
-    def __repr__(self) -> str:
-        return (
-            f"<ManagedResults of job set {self._job_set.job_set_id()}: "
-            f"{self._job_set.n_experiments} experiments, success={self.success}>"
-        )
-
-    def _locate(self, experiment: int | str | QuantumCircuit) -> tuple[ManagedJob, int]:
-        if isinstance(experiment, QuantumCircuit):
-            experiment = experiment.name
-        if isinstance(experiment, str):
-            if self._names is None:
-                self._names = self._job_set._experiment_names()
-            if experiment not in self._names:
-                raise IBMQJobManagerJobNotFound(f"no experiment named '{experiment}' in this set")
-            experiment = self._names[experiment]
-        mjob, index = self._job_set._locate(int(experiment))
-        if mjob._raw_result is None:
-            why = mjob.error_message() or "its job has no result"
-            raise IBMQManagedResultDataNotAvailable(
-                f"no result for experiment {experiment} (job index {mjob.job_index}, "
-                f"experiments {mjob.start_index}-{mjob.end_index}): {why}"
-            )
-        return mjob, index
-
-    def _result(self, mjob: ManagedJob) -> Result:
-        if mjob._result is None:
-            assert mjob._raw_result is not None
-            mjob._result = Result.from_dict(orjson.loads(mjob._raw_result))
-        return mjob._result
-
-    def data(self, experiment: int | str | QuantumCircuit) -> dict[str, Any]:
-        """Get the raw data for an experiment."""
-        mjob, index = self._locate(experiment)
-        data: dict[str, Any] = self._result(mjob).data(index)
-        return data
-
-    def get_counts(
-        self, experiment: int | str | QuantumCircuit | None = None
-    ) -> dict[str, int] | list[dict[str, int]]:
-        """Get the histogram data of an experiment; all experiments' if ``None``."""
-        if experiment is None:
-            return [self.get_counts(i) for i in range(self._job_set.n_experiments)]  # type: ignore[misc]
-        mjob, index = self._locate(experiment)
-        return mjob.counts(index)
-
-    def get_memory(self, experiment: int | str | QuantumCircuit) -> list[str] | Any:
-        """Get the sequence of memory states (readouts) for each shot."""
-        mjob, index = self._locate(experiment)
-        return self._result(mjob).get_memory(index)
-
-    def get_statevector(
-        self, experiment: int | str | QuantumCircuit, decimals: int | None = None
-    ) -> Any:
-        """Get the final statevector of an experiment."""
-        mjob, index = self._locate(experiment)
-        return self._result(mjob).get_statevector(index, decimals=decimals)
-
-    def get_unitary(
-        self, experiment: int | str | QuantumCircuit, decimals: int | None = None
-    ) -> Any:
-        """Get the final unitary of an experiment."""
-        mjob, index = self._locate(experiment)
-        return self._result(mjob).get_unitary(index, decimals=decimals)
-
-    def combine_results(self) -> Result:
-        """Combine the results of every job into one ``qiskit.result.Result``.
-
-        Raises:
-            IBMQManagedResultDataNotAvailable: If a job's result is not available.
-        """
-        merged: dict[str, Any] | None = None
-        experiments: list[Any] = []
-        for mjob in self._job_set.managed_jobs():
-            if mjob._raw_result is None:
-                why = mjob.error_message() or "its job has no result"
-                raise IBMQManagedResultDataNotAvailable(
-                    f"cannot combine: job index {mjob.job_index} (experiments "
-                    f"{mjob.start_index}-{mjob.end_index}) has no result: {why}"
-                )
-            part = orjson.loads(mjob._raw_result)
-            experiments.extend(part.get("results", []))
-            if merged is None:
-                merged = part
-            merged["success"] = merged.get("success", True) and part.get("success", True)
-        if merged is None:
-            raise IBMQManagedResultDataNotAvailable("this job set has no jobs")
-        merged["results"] = experiments
-        merged["job_id"] = self._job_set.job_set_id()
-        return Result.from_dict(merged)
 
 
 class ManagedJobSet:
@@ -425,8 +112,6 @@ class ManagedJobSet:
         Raises:
             IBMQJobManagerInvalidStateError: If the set was already run.
         """
-        from .assembler import circuits_to_qobj_json
-
         if self._managed_jobs:
             raise IBMQJobManagerInvalidStateError(
                 f"job set {self._id} has already been submitted; use a new set"
@@ -494,17 +179,13 @@ class ManagedJobSet:
     ) -> None:
         """All chunks in one native call: concurrent POSTs, the GIL released, each chunk's
         outcome kept in its place; the active-job limit is waited out, never failed on."""
-        from .job import IBMQJob
-
         service = backend.service
-        outcomes = service.client.submit_many(envelopes, qobjs)
+        outcomes = service.api.submit_jobs(envelopes, qobjs)
         for mjob, outcome in zip(mjobs, outcomes, strict=True):
-            if isinstance(outcome, bytes):
-                mjob.job = IBMQJob.from_info(backend, service, orjson.loads(outcome))
+            if isinstance(outcome, Exception):
+                mjob.submit_error = outcome
             else:
-                mjob.submit_error = IBMQBackendApiError(
-                    str(outcome.message), int(outcome.status), str(outcome.code)
-                )
+                mjob.job = IBMQJob.from_info(backend, service, outcome)
 
     def _wait_submitted(self) -> None:
         for mjob in self._managed_jobs:
@@ -557,7 +238,7 @@ class ManagedJobSet:
                     mjob.submit_error = exc
                     continue
             elif mjob.job is not None:
-                qobj = mjob.job._api.raw_call("GET", f"/jobs/{mjob.job.job_id()}/qobj")
+                qobj = backend.service.api.job_qobj(mjob.job.job_id())
                 mjob.submit_qobj(qobj, name, backend, executor, self._lock, self._share_level, tags)
             else:
                 continue
@@ -630,8 +311,7 @@ class ManagedJobSet:
         if not ids:
             return [None] * len(mjobs)
         backend = self._require_backend()
-        answer = backend.service.call("POST", "/jobs:status", orjson.dumps({"ids": ids}))
-        found = answer["statuses"]
+        found = backend.service.api.job_statuses(ids)
         return [
             job_status(found[m.job.job_id()]["status"])
             if m.job and m.job.job_id() in found
@@ -719,7 +399,7 @@ class ManagedJobSet:
         """
         mjobs = self.managed_jobs()
         backend = self._require_backend()
-        client = backend.service.client
+        api = backend.service.api
         deadline = None if timeout is None else time.monotonic() + timeout
         pending = {
             m.job.job_id(): m
@@ -729,7 +409,7 @@ class ManagedJobSet:
         done_exps = sum(
             m.experiments_count for m in mjobs if m.job is None or m.job.job_id() not in pending
         )
-        report = _progress(progress, len(mjobs), self.n_experiments)
+        report = progress_reporter(progress, len(mjobs), self.n_experiments)
         report(len(mjobs) - len(pending), done_exps)
         fetchers = ThreadPoolExecutor(4, thread_name_prefix="qd-fetch")
         fetching: list[Future[bytes | None]] = []
@@ -741,7 +421,7 @@ class ManagedJobSet:
                         f"timed out after {timeout} s waiting for {len(pending)} of "
                         f"{len(mjobs)} jobs of job set {self._id}"
                     )
-                for job_id in client.wait_any_final(sorted(pending), remaining):
+                for job_id in api.wait_any_final(sorted(pending), remaining):
                     mjob = pending.pop(job_id)
                     fetching.append(fetchers.submit(mjob._fetch, 0, partial, refresh))
                     done_exps += mjob.experiments_count
@@ -784,10 +464,10 @@ class ManagedJobSet:
                 "none of replacement_tags, additional_tags or removal_tags was given"
             )
         tags = updated_tags(self._tags, replacement_tags, additional_tags, removal_tags)
-        tags = [t for t in tags if not t.startswith(_INTERNAL)]
+        tags = [t for t in tags if not t.startswith(INTERNAL_TAGS)]
         for mjob in self.managed_jobs():
             if mjob.job is not None:
-                internal = [t for t in mjob.job.tags() if t.startswith(_INTERNAL)]
+                internal = [t for t in mjob.job.tags() if t.startswith(INTERNAL_TAGS)]
                 mjob.job.update_tags(replacement_tags=tags + internal)
         self._tags = tags
         return list(self._tags)
@@ -802,8 +482,6 @@ class ManagedJobSet:
         """
         if self._managed_jobs and not refresh:
             return
-        from .job import IBMQJob
-
         tagged = provider.jobs(limit=None, job_tags=[f"{SET_TAG}{self._id}"], descending=False)
         jobs = [job for job in tagged if isinstance(job, IBMQJob)]
         if not jobs:
@@ -820,7 +498,7 @@ class ManagedJobSet:
         first = jobs[0]
         match = re.fullmatch(r"(.*)_\d+_", first.name() or "")
         self._name = match.group(1) if match else self._name
-        self._tags = [t for t in first.tags() if not t.startswith(_INTERNAL)]
+        self._tags = [t for t in first.tags() if not t.startswith(INTERNAL_TAGS)]
         self._backend = first.backend()
         self._circuits = None
         self.n_experiments = n_experiments
@@ -849,120 +527,3 @@ class ManagedJobSet:
                 )
             self._managed_jobs.append(mjob)
             self._starts.append(start)
-
-
-def _progress(
-    progress: bool | Callable[[dict[str, int]], Any], jobs: int, experiments: int
-) -> Callable[[int, int], None]:
-    if not progress:
-        return lambda done, exps: None
-    if callable(progress):
-        callback = progress
-
-        def call(done: int, exps: int) -> None:
-            if done >= 0:
-                callback(
-                    {
-                        "jobs": jobs,
-                        "done": done,
-                        "experiments": experiments,
-                        "experiments_done": exps,
-                    }
-                )
-
-        return call
-    from tqdm import tqdm
-
-    bar = tqdm(total=experiments, unit="experiment", desc="job set")
-
-    def update(done: int, exps: int) -> None:
-        if done < 0:
-            bar.close()
-            return
-        bar.n = exps
-        bar.set_postfix(jobs=f"{done}/{jobs}")
-        bar.refresh()
-
-    return update
-
-
-class IBMQJobManager:
-    """Job Manager: runs many circuits as sets of jobs, and finds the sets again."""
-
-    def __init__(self, max_workers: int = 8) -> None:
-        self._job_sets: list[ManagedJobSet] = []
-        self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="qd-submit")
-
-    def run(
-        self,
-        experiments: QuantumCircuit | Sequence[QuantumCircuit],
-        backend: QDispatchBackend,
-        name: str | None = None,
-        max_experiments_per_job: int | None = None,
-        job_share_level: str | None = None,
-        job_tags: Sequence[str] | None = None,
-        **run_config: Any,
-    ) -> ManagedJobSet:
-        """Execute a set of circuits on a backend, split into jobs submitted in parallel.
-
-        Args:
-            experiments: Circuits to run.
-            backend: Backend to run them on.
-            name: Name of the job set (default: the current date and time).
-            max_experiments_per_job: At most this many experiments per job (the backend's
-                ``max_circuits`` is the default and the upper bound).
-            job_share_level: Share level of the jobs (``none``, ``project``, ``global``).
-            job_tags: Tags for every job of the set.
-            **run_config: Run options (``shots``, ``memory``, ``seed_simulator``…).
-
-        Returns:
-            The job set; ``results()`` waits for and merges the results.
-        """
-        if job_tags is not None and (
-            isinstance(job_tags, str) or not all(isinstance(t, str) for t in job_tags)
-        ):
-            raise IBMQJobManagerInvalidStateError(
-                f"job_tags must be a list of strings, got {job_tags!r}"
-            )
-        if max_experiments_per_job is not None and max_experiments_per_job < 1:
-            raise IBMQJobManagerInvalidStateError("max_experiments_per_job must be at least 1")
-        job_set = ManagedJobSet(name=name)
-        job_set.run(
-            experiments,
-            backend,
-            self._executor,
-            job_share_level=job_share_level,
-            job_tags=job_tags,
-            max_experiments_per_job=max_experiments_per_job,
-            **run_config,
-        )
-        self._job_sets.append(job_set)
-        return job_set
-
-    def job_sets(self, name: str | None = None) -> list[ManagedJobSet]:
-        """Return the job sets of this manager, optionally only those called ``name``."""
-        return [s for s in self._job_sets if name is None or s.name() == name]
-
-    def report(self, detailed: bool = True) -> str:
-        """Return a report on the statuses of all jobs managed by this manager."""
-        parts = [f"Job sets: {len(self._job_sets)}"]
-        parts += [s.report(detailed) for s in self._job_sets]
-        return "\n\n".join(parts)
-
-    def retrieve_job_set(
-        self, job_set_id: str, provider: QDispatchService, refresh: bool = False
-    ) -> ManagedJobSet:
-        """Retrieve a previously submitted job set, from the service alone.
-
-        Raises:
-            IBMQJobManagerUnknownJobSet: If the job set cannot be found.
-        """
-        for job_set in self._job_sets:
-            if job_set.job_set_id() == job_set_id:
-                if refresh:
-                    job_set.retrieve_jobs(provider, refresh=True)
-                return job_set
-        job_set = ManagedJobSet(short_id=job_set_id)
-        job_set.retrieve_jobs(provider, refresh=refresh)
-        self._job_sets.append(job_set)
-        return job_set

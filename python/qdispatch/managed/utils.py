@@ -1,0 +1,50 @@
+"""What the job manager's modules share: the tags that find a set again, and progress."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tqdm import tqdm
+
+# The tags every job of a set carries (the package's docstring has their form).
+SET_TAG = "qdispatch_jobset:"
+JOB_TAG = "qdispatch_job:"
+SIZE_TAG = "qdispatch_jobset_size:"
+INTERNAL_TAGS = (SET_TAG, JOB_TAG, SIZE_TAG)
+
+
+def progress_reporter(
+    progress: bool | Callable[[dict[str, int]], Any], jobs: int, experiments: int
+) -> Callable[[int, int], None]:
+    """What ``ManagedJobSet.results(progress=...)`` reports to, as ``(jobs done,
+    experiments done)``, ``(-1, -1)`` at the end: nothing, the user's callable, or a
+    tqdm progress bar."""
+    if not progress:
+        return lambda done, exps: None
+    if callable(progress):
+        callback = progress
+
+        def call(done: int, exps: int) -> None:
+            if done >= 0:
+                callback(
+                    {
+                        "jobs": jobs,
+                        "done": done,
+                        "experiments": experiments,
+                        "experiments_done": exps,
+                    }
+                )
+
+        return call
+    bar = tqdm(total=experiments, unit="experiment", desc="job set")
+
+    def update(done: int, exps: int) -> None:
+        if done < 0:
+            bar.close()
+            return
+        bar.n = exps
+        bar.set_postfix(jobs=f"{done}/{jobs}")
+        bar.refresh()
+
+    return update

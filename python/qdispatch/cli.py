@@ -15,7 +15,8 @@ from .local import default_data_dir
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .server.app import ServiceConfig, create_app
+    from .server.app import create_app
+    from .server.config import ServiceConfig
 
     db = Path(args.db).expanduser() if args.db else default_data_dir() / "jobs.db"
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET

@@ -125,6 +125,18 @@ def test_cycle_finder_finds_one() -> None:
     assert _find_cycle({"a": {"b"}, "b": set()}) is None
 
 
+def test_only_the_cli_imports_the_app() -> None:
+    """The service's modules build on ``deps``/``service``, never on ``app`` (which only
+    assembles them): any import of it, even inside a function, is the CLI's alone."""
+    app = "qdispatch.server.app"
+    for module, path in MODULES.items():
+        if module in (app, "qdispatch.cli"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                assert app not in _targets(module, node), f"{module} imports {app}"
+
+
 @pytest.mark.parametrize(
     "module",
     sorted(m for m in MODULES if not m.startswith("qdispatch.server") and m != PACKAGE),

@@ -416,6 +416,29 @@ def job_body(backend: str = "aer_simulator", **qobj_overrides: Any) -> bytes:
             "invalid_request",
             "'tags' must be a list of strings",
         ),
+        *(
+            (
+                orjson.dumps({"backend": "aer_simulator", "qobj": bell_qobj(), field: value}),
+                400,
+                "invalid_request",
+                message,
+            )
+            for field, value, message in [
+                ("backend", 5, "'backend' must be str, got 5"),
+                ("program_id", 5, "'program_id' must be str, got 5"),
+                ("session_id", 5, "'session_id' must be str, got 5"),
+                ("share_level", 5, "'share_level' must be str, got 5"),
+                ("client_info", "x", "'client_info' must be dict, got 'x'"),
+                ("name", 5, "'name' must be str, got 5"),
+                ("experiment_id", [1], "'experiment_id' must be str, got [1]"),
+            ]
+        ),
+        (
+            orjson.dumps({"program_id": "circuit-runner", "image": 5}),
+            400,
+            "invalid_request",
+            "'image' must be str, got 5",
+        ),
     ],
 )
 def test_bad_submissions_get_4xx_naming_the_problem(

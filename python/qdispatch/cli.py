@@ -18,7 +18,8 @@ def _serve(args: argparse.Namespace) -> int:
     # commands start without it.
     import uvicorn  # noqa: PLC0415, RUF100
 
-    from .server.app import ServiceConfig, create_app  # noqa: PLC0415, RUF100
+    from .server.app import create_app  # noqa: PLC0415, RUF100
+    from .server.config import ServiceConfig  # noqa: PLC0415, RUF100
 
     db = Path(args.db).expanduser() if args.db else default_data_dir() / "jobs.db"
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET

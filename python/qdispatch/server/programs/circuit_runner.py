@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from qiskit import QuantumCircuit
+
 from .common import InvalidInputs, for_backend, optional_int, positive_int
 
 VERSION = "1"
@@ -13,8 +15,6 @@ _DEFAULT_SHOTS = 1024
 
 
 def _circuits(value: Any) -> list[Any]:
-    from qiskit import QuantumCircuit
-
     circuits = value if isinstance(value, list) else [value]
     if not circuits:
         raise InvalidInputs("circuits must not be empty")

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from qiskit import transpile
+
 if TYPE_CHECKING:
     from qiskit import QuantumCircuit
     from qiskit.providers import BackendV2
@@ -138,8 +140,6 @@ def for_backend(
     (a device) they are transpiled for it; on an all-to-all one (the ideal simulator) only
     the gates it lacks are decomposed, so that the circuits keep their qubits and layout.
     ``force`` transpiles every circuit, whatever the target."""
-    from qiskit import transpile
-
     target = backend.target
     supported = _supported(target)
     todo = [

@@ -5,6 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from qiskit import QuantumCircuit
+from qiskit.primitives import BackendEstimatorV2
+from qiskit.primitives.containers.estimator_pub import EstimatorPub
+from qiskit.quantum_info import PauliList
+
 from .common import InvalidInputs, check_options, for_backend, optional_int
 
 VERSION = "1"
@@ -28,9 +33,6 @@ def _precision(value: Any, what: str) -> float:
 def _parse(inputs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
     """The pubs as ``EstimatorPub`` objects, checked, with the default precision applied;
     and the options."""
-    from qiskit import QuantumCircuit
-    from qiskit.primitives.containers.estimator_pub import EstimatorPub
-
     version = inputs.get("version", 2)
     if version != 2:
         raise InvalidInputs(f"version must be 2 (EstimatorV2), got {version!r}")
@@ -74,8 +76,6 @@ def shots_for(precision: float) -> int:
 def _groups(pub: Any) -> int:
     """How many measurement settings the pub's observables need (qubit-wise commuting
     groups of their Pauli terms)."""
-    from qiskit.quantum_info import PauliList
-
     terms: set[str] = set()
     for observable in pub.observables.ravel().tolist():
         terms.update(observable)
@@ -104,9 +104,6 @@ def main(
     """Estimate the pubs' expectation values on ``backend`` (circuits that are not ISA
     for it are transpiled, their observables mapped through the layout) and return the
     ``PrimitiveResult``."""
-    from qiskit.primitives import BackendEstimatorV2
-    from qiskit.primitives.containers.estimator_pub import EstimatorPub
-
     inputs = {"pubs": pubs, "precision": precision, "options": options, "version": version}
     parsed, opts = _parse(inputs)
     ready = []

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from qdispatch import _native
+from qdispatch import _native, encoding
 from qdispatch._native import BackendSpec
 
 from ... import codes as E
@@ -19,8 +19,6 @@ from . import Program, Registry
 def _decode_and_estimate(
     program: Program, params: bytes, circuit_checks: BackendSpec
 ) -> tuple[int, int]:
-    from qdispatch import encoding
-
     # Inputs a program declares as Qobjs (QOBJ_INPUTS) are validated natively, and
     # estimate() sees their summaries, never a Python tree of them (a Qobj of thousands
     # of circuits would take a second to build).
@@ -52,29 +50,27 @@ def _decode_and_estimate(
 
 async def program_job_fields(
     registry: Registry,
-    envelope: dict[str, Any],
+    program_id: str,
+    image: str | None,
     params: bytes | None,
     seconds_per_execution: float,
     circuit_checks: BackendSpec,
 ) -> dict[str, Any]:
     """The :class:`~qdispatch.server.store.NewJob` fields of a program job submitted with
-    ``envelope`` (the request body without its ``params``, which come as their raw JSON),
-    after its checks: ``unknown_program``,
-    ``unknown_image``, ``invalid_params`` (the inputs do not decode, or the program's
-    ``estimate`` refuses them). ``usage_estimation`` is the estimated number of
-    executions times ``seconds_per_execution``."""
-    program_id = envelope.get("program_id")
-    program = registry.get(program_id) if isinstance(program_id, str) else None
+    ``program_id`` and ``image`` (the request's, already checked to be strings) and
+    ``params`` (their raw JSON, which only the program's checks read), after its checks:
+    ``unknown_program``, ``unknown_image``, ``invalid_params`` (the inputs do not decode,
+    or the program's ``estimate`` refuses them). ``usage_estimation`` is the estimated
+    number of executions times ``seconds_per_execution``."""
+    program = registry.get(program_id)
     if program is None:
         raise ServiceError(
             400,
             E.UNKNOWN_PROGRAM,
             f"unknown program {program_id!r} (available: {', '.join(registry.ids())})",
         )
-    image = envelope.get("image") or ""
+    image = image or ""
     current = f"{program.id}:{program.version}"
-    if not isinstance(image, str):
-        raise ServiceError(400, E.INVALID_REQUEST, f"'image' must be str, got {image!r}")
     if image and image != current:
         raise ServiceError(
             400,

@@ -24,7 +24,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
 
-from qdispatch import _native
+from qdispatch import _native, encoding
+from qdispatch.server.backends import catalog, simulator
 
 from . import BUILTIN, ENTRY_POINT, ProgramRef, load_module
 
@@ -54,8 +55,6 @@ class Publisher:
     def publish(self, obj: Any) -> None:
         """Send ``obj`` as an interim result of the job, now (encoded with
         ``qdispatch.encoding``: anything a program may return may be published)."""
-        from qdispatch import encoding
-
         self._emit("interim", encoding.dumps(obj))
 
 
@@ -202,8 +201,6 @@ def _module(ref: ProgramRef, stamp: int) -> ModuleType:
 def program_backend(backend_name: str, threads: int) -> Any:
     """A fresh simulator of a catalog backend for one program run (its noise model and
     target are the backend's; options a program changes stay with its copy)."""
-    from qdispatch.server.backends import catalog, simulator
-
     defn = catalog().get(backend_name)
     if defn is None:
         raise ValueError(f"unknown backend '{backend_name}'")
@@ -221,8 +218,6 @@ def run_program(
     log lines); any other exception is a failure of the service's side (the program does
     not load, the inputs do not decode, the result does not encode).
     """
-    from qdispatch import encoding
-
     module = _module(ref, _file_stamp(ref))
     timings: dict[str, float] = {}
     start = time.perf_counter()

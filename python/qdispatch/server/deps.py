@@ -1,0 +1,107 @@
+"""What every route shares: how it gets the :class:`~qdispatch.server.service.Service`
+and its authenticated :class:`Caller` (the ``Svc`` and ``Who`` dependencies), the checks
+of who may see or change a job, and the JSON response the service answers with.
+
+Routes (``routes/``) import this module and ``service.py``; nothing here knows a route.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends, Request
+from fastapi.responses import Response
+
+from .. import codes as E
+from .errors import ServiceError, not_found
+from .service import Service
+from .store import Job
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated user of a request."""
+
+    user: str
+    project: str | None
+
+
+def json_response(
+    content: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """A JSON response serialized by orjson."""
+    return Response(orjson.dumps(content), status, headers, media_type="application/json")
+
+
+def bearer_token(authorization: str) -> str | None:
+    """The token of an ``Authorization: Bearer …`` header (prefix in any case)."""
+    return authorization[7:].strip() if authorization.lower().startswith("bearer ") else None
+
+
+def authenticate(service: Service, token: str | None) -> Caller:
+    """The user a bearer token belongs to; 401 for a missing or unknown one."""
+    if not token:
+        raise ServiceError(401, E.UNAUTHORIZED, "missing bearer token (Authorization: Bearer …)")
+    found = service.store.user_for_token(token)
+    if found is None:
+        raise ServiceError(401, E.UNAUTHORIZED, "invalid token")
+    return Caller(*found)
+
+
+def service_of(request: Request) -> Service:
+    """The service a request is for."""
+    svc: Service = request.app.state.service
+    return svc
+
+
+def caller_of(request: Request) -> Caller:
+    """The authenticated caller of a request (401 otherwise). Every authenticated request
+    counts as activity for the idle watchdog."""
+    svc = service_of(request)
+    svc.last_request = time.monotonic()
+    return authenticate(svc, bearer_token(request.headers.get("authorization", "")))
+
+
+Svc = Annotated[Service, Depends(service_of)]
+Who = Annotated[Caller, Depends(caller_of)]
+
+
+def visible_job(svc: Service, who: Caller, job_id: str) -> Job:
+    """A job the caller may see, else 404 (never 403: existence is not disclosed)."""
+    job = svc.store.job(job_id)
+    if job is None or not svc.visible(who.user, who.project, job):
+        raise not_found(job_id)
+    return job
+
+
+def own_job(svc: Service, who: Caller, job_id: str) -> Job:
+    """A job the caller may change: only its owner may (403 for one shared with them)."""
+    job = visible_job(svc, who, job_id)
+    if job.owner != who.user:
+        raise ServiceError(403, E.READ_ONLY, f"job '{job_id}' is shared with you read-only")
+    return job
+
+
+def unknown_backend(svc: Service, name: str, status: int) -> ServiceError:
+    """The answer for a backend that is not in the catalog (400 in a body, 404 in a path)."""
+    return ServiceError(
+        status, E.UNKNOWN_BACKEND, f"unknown backend '{name}' (available: {svc.backend_names()})"
+    )
+
+
+def iso_timestamp(ts: str | None) -> str | None:
+    """A client-given timestamp in the store's UTC ISO form (naive = UTC); 400 if it is
+    not ISO 8601."""
+    if ts is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ServiceError(400, E.INVALID_REQUEST, f"not an ISO 8601 timestamp: {ts!r}") from exc
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")

@@ -1,0 +1,28 @@
+"""``GET /info``: the service's version and the limits clients pace and split their work
+by (no authentication)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from ... import __version__
+from ..deps import Svc, json_response
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/info")
+async def info(svc: Svc) -> Response:
+    """Service version and the limits clients pace and split their work by."""
+    config = svc.config
+    return json_response(
+        {
+            "version": __version__,
+            "max_request_bytes": config.max_request_bytes,
+            "max_active_jobs": config.max_active_jobs,
+            "executor": config.executor,
+            "capacity": svc.scheduler.executor.capacity,
+            "heartbeat_seconds": config.heartbeat_seconds,
+        }
+    )

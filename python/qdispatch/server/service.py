@@ -1,0 +1,181 @@
+"""The service's state, shared by every route: :class:`Service`.
+
+One ``Service`` per application, built by the lifespan of
+:func:`~qdispatch.server.app.create_app`: the store, the backends' catalog and the
+native checks made from it, the event hub, the program registry, the scheduler with its
+executor, and the sessions. :meth:`Service.start` and :meth:`Service.stop` are its life
+cycle: recover jobs left over from a previous run, start dispatching, and (for a service
+on loopback) write the state file that local clients find it by.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import logging
+import os
+import signal
+import time
+from datetime import datetime
+
+import orjson
+
+from .. import __version__
+from ..constants import utcnow
+from . import backends as bk
+from .config import ServiceConfig
+from .executors import DaskExecutor, Executor, LocalExecutor
+from .programs import Registry
+from .scheduler import Scheduler
+from .sessions import Sessions
+from .store import Job, Store
+from .stream import Hub
+
+log = logging.getLogger(__name__)
+
+# The circuits a program job carries as a Qobj are checked for the job's backend's width
+# with the ideal simulator's gates (programs make circuits fit a device themselves,
+# docs/runtime.md), and no limit on their number but the request size.
+_PROGRAM_GATES = "aer_simulator"
+_PROGRAM_MAX_CIRCUITS = 10_000_000
+
+
+class Service:
+    """State shared by the routes: the store, the backends, the scheduler, the hub."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.store = Store(config.db)
+        self.catalog = bk.catalog()
+        self.specs = {name: bk.native_spec(defn) for name, defn in self.catalog.items()}
+        self.program_specs = {
+            name: bk.program_circuits_spec(
+                defn, self.catalog[_PROGRAM_GATES], _PROGRAM_MAX_CIRCUITS
+            )
+            for name, defn in self.catalog.items()
+        }
+        self.hub = Hub(self.visible)
+        self.programs = Registry.discover(config.programs_dir)
+        self.scheduler = Scheduler(
+            self.store, self.hub, self._executor(), config.max_attempts, self.programs.ref
+        )
+        self.sessions = Sessions(self.store, self.scheduler)
+        #: backend → id of its properties snapshot in the store (noisy devices only)
+        self.properties_ids: dict[str, int] = {}
+        self.last_request = time.monotonic()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._state_written = False
+
+    def _executor(self) -> Executor:
+        if self.config.executor == "local":
+            return LocalExecutor(self.config.workers, self.config.threads_per_worker)
+        if self.config.executor == "dask":
+            if not self.config.scheduler_address:
+                raise ValueError("--executor dask needs --scheduler ADDRESS")
+            return DaskExecutor(self.config.scheduler_address, None, self.config.threads_per_worker)
+        raise ValueError(f"unknown executor {self.config.executor!r} (local, dask)")
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Snapshot the backends' properties, expire the sessions that ran out while the
+        service was down, recover and start dispatching, then write the state file and
+        start the idle watchdog (when configured)."""
+        self.calibrate()
+        self._tasks.append(self.sessions.watch_deadlines())  # before any job is dispatched
+        requeued, failed = await self.scheduler.start()
+        if requeued or failed:
+            log.warning(
+                "recovered after restart: %d requeued, %d failed", len(requeued), len(failed)
+            )
+        if self.config.state_file:
+            self._state_written = self._write_state()
+        if self.config.idle_timeout:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._stop_when_idle()))
+
+    async def stop(self) -> None:
+        """Stop dispatching (running jobs are requeued by the next start), close the store,
+        and remove the state file if it is still this process's."""
+        for task in reversed(self._tasks):
+            task.cancel()
+        await self.scheduler.stop()
+        self.store.close()
+        state_file = self.config.state_file
+        if self._state_written and state_file and state_file.exists():
+            with contextlib.suppress(OSError):
+                if orjson.loads(state_file.read_bytes()).get("pid") == os.getpid():
+                    state_file.unlink()
+
+    def calibrate(self) -> None:
+        """Snapshot each noisy device's properties, dated when this store first saw them."""
+        for name, defn in self.catalog.items():
+            key = f"calibration_date:{name}"
+            date = self.store.meta(key)
+            if date is None:
+                date = utcnow()
+                self.store.set_meta(key, date)
+            props = bk.properties(defn, datetime.fromisoformat(date.replace("Z", "+00:00")))
+            if props is not None:
+                self.properties_ids[name] = self.store.properties_snapshot(
+                    name, orjson.dumps(props), props["last_update_date"]
+                )
+
+    async def _stop_when_idle(self) -> None:
+        """Stop the service (as SIGTERM would) once it has had no job queued or running,
+        no stream open and no request for ``idle_timeout`` seconds: the local service
+        started by ``qdispatch.connect()`` goes away by itself when nobody needs it."""
+        timeout = self.config.idle_timeout or 0.0
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            busy = self.scheduler.active_jobs() or self.hub.subscriptions()
+            if busy:
+                self.last_request = time.monotonic()
+            elif time.monotonic() - self.last_request > timeout:
+                log.warning("idle for %.0f s: stopping", timeout)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    def _write_state(self) -> bool:
+        """Write the state file local clients find the service by (url, token, pid), mode
+        0600."""
+        config = self.config
+        assert config.state_file is not None
+        token = None
+        if config.loopback:
+            # One local user, with a fresh token each start: clients read it from this
+            # file. Tokens of earlier starts are revoked: only the state file's is valid.
+            user = config.local_user or getpass.getuser()
+            self.store.revoke_tokens(user, origin="state-file")
+            token = self.store.create_token(user, origin="state-file")
+        state = {
+            "url": config.url,
+            "token": token,
+            "pid": os.getpid(),
+            "db": str(config.db),
+            "version": __version__,
+            "started": utcnow(),
+        }
+        path = config.state_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(orjson.dumps(state))
+        os.replace(tmp, path)
+        return True
+
+    # -- what the routes and the stream share -------------------------------------------
+
+    def visible(self, user: str, project: str | None, job: Job) -> bool:
+        """Whether ``user`` (of ``project``) may see ``job``: its owner, anyone for a
+        ``global`` job, the owner's project for a ``project`` one."""
+        if job.owner == user or job.share_level == "global":
+            return True
+        if job.share_level != "project" or project is None:
+            return False
+        return self.store.project_of(job.owner) == project
+
+    def backend_names(self) -> str:
+        """The catalog's backends, as error messages list them."""
+        return ", ".join(sorted(self.catalog))

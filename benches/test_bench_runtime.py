@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from qiskit import QuantumCircuit
+from qiskit_aer import AerSimulator
 
 import qdispatch
 from qdispatch import Sampler
@@ -81,7 +82,6 @@ def test_sampler_service_two_jobs(
 @pytest.mark.benchmark(group="sampler 2000 circuits")
 def test_sampler_ibm_runtime_local_mode(benchmark: Any, circuits: list[QuantumCircuit]) -> None:
     runtime = pytest.importorskip("qiskit_ibm_runtime")
-    from qiskit_aer import AerSimulator
 
     sampler = runtime.SamplerV2(mode=AerSimulator())
 

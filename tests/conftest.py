@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+import qdispatch
 from support import ServiceProcess
 
 
@@ -39,8 +40,6 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess
 @pytest.fixture(scope="module")
 def connected(service: ServiceProcess) -> Iterator[Any]:
     """``qdispatch.connect()`` to the module's service."""
-    import qdispatch
-
     with qdispatch.connect(service.url, token=service.token) as handle:
         yield handle
 

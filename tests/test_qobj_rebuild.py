@@ -17,9 +17,12 @@ import orjson
 import pytest
 from qiskit.circuit import QuantumCircuit
 from qiskit.circuit.library import get_standard_gate_name_mapping
+from qiskit_aer import AerSimulator
 
-from qdispatch import _native
+from qdispatch import _native, encoding
 from qdispatch.disassembler import QobjExecutionError, qobj_bytes_to_circuits, qobj_to_circuits
+from qdispatch.server.programs import ProgramRef
+from qdispatch.server.programs.worker import run_program
 from test_assemble import corpus, native_json
 
 pytestmark = pytest.mark.skipif(not _native.capi_available(), reason="no Qiskit C API")
@@ -295,8 +298,6 @@ def test_without_the_c_api_everything_goes_through_python(
 
 
 def test_native_circuits_run_like_the_python_ones() -> None:
-    from qiskit_aer import AerSimulator
-
     rng = random.Random(9)
     circuits = []
     for i in range(6):
@@ -324,9 +325,6 @@ def test_native_circuits_run_like_the_python_ones() -> None:
 
 
 def test_worker_hands_qobj_inputs_over_as_raw_bytes(tmp_path: Path) -> None:
-    from qdispatch import encoding
-    from qdispatch.server.programs import ProgramRef
-    from qdispatch.server.programs.worker import run_program
 
     program = tmp_path / "takes_qobj.py"
     program.write_text(

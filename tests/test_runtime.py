@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from qiskit import QuantumCircuit
 from qiskit.providers import JobStatus
 from qiskit.result import Result
 
@@ -359,8 +360,6 @@ def test_streaming_without_a_websocket_polls_events_by_seq(
 
 
 def test_circuit_runner_returns_a_qiskit_result(service: Any) -> None:
-    from qiskit import QuantumCircuit
-
     bell = QuantumCircuit(2, 2)
     bell.h(0)
     bell.cx(0, 1)

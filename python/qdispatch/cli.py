@@ -16,10 +16,10 @@ from .local import stop as stop_local_service
 def _serve(args: argparse.Namespace) -> int:
     # The web service (uvicorn, FastAPI, the backends) loads for `serve` only: the other
     # commands start without it.
-    import uvicorn  # noqa: PLC0415, RUF100
+    import uvicorn  # noqa: PLC0415
 
-    from .server.app import create_app  # noqa: PLC0415, RUF100
-    from .server.config import ServiceConfig  # noqa: PLC0415, RUF100
+    from .server.app import create_app  # noqa: PLC0415
+    from .server.config import ServiceConfig  # noqa: PLC0415
 
     db = Path(args.db).expanduser() if args.db else default_data_dir() / "jobs.db"
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
@@ -77,7 +77,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _token_create(args: argparse.Namespace) -> int:
     # The service's store alone, for the one command that writes to it.
-    from .server.store import Store  # noqa: PLC0415, RUF100
+    from .server.store import Store  # noqa: PLC0415
 
     db = Path(args.db).expanduser() if args.db else default_data_dir() / "jobs.db"
     store = Store(db)
@@ -99,7 +99,7 @@ def _stop(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     # The demo is a client of the service: qiskit and the client load for it alone.
-    from .demo import run_demo  # noqa: PLC0415, RUF100
+    from .demo import run_demo  # noqa: PLC0415
 
     summary = run_demo(args.circuits, args.backend, args.shots)
     return 1 if summary["failed_jobs"] else 0

@@ -203,8 +203,8 @@ def simulator(defn: BackendDef) -> AerSimulator:
     The ideal ``AerSimulator()`` for a simulator; for a fake device, one built from its
     ``GenericBackendV2`` so that it carries that device's noise model.
     """
-    # lazy: qiskit-aer costs ~0.5 s to import; only processes that simulate pay for it.
-    from qiskit_aer import AerSimulator
+    # qiskit-aer costs ~0.5 s to import; only processes that simulate pay for it.
+    from qiskit_aer import AerSimulator  # noqa: PLC0415
 
     if defn.seed is None:
         return AerSimulator()

@@ -109,7 +109,8 @@ def run_task(task: Task, threads: int, emit: OnEvent) -> Reply:
     interim results and log lines while it runs."""
     try:
         if task.kind == "circuit":
-            from . import runner  # a worker imports qiskit only when it first runs a job
+            # A worker imports qiskit (via the runner) only when it first runs a job.
+            from . import runner  # noqa: PLC0415
 
             result = runner.run_qobj(
                 task.backend, task.inputs, task.job_id, max_parallel_threads=threads
@@ -117,7 +118,7 @@ def run_task(task: Task, threads: int, emit: OnEvent) -> Reply:
             return Reply(result=result)
         if task.kind == "program" and task.program is not None:
             # lazy: like runner, a worker imports it (and qiskit) at its first program job
-            from .programs.worker import ProgramFailed, run_program
+            from .programs.worker import ProgramFailed, run_program  # noqa: PLC0415
 
             try:
                 result, timings = run_program(
@@ -327,7 +328,7 @@ def _dask_run(task: Task, threads: int, events: str | None) -> Reply:
             return
         with sending:
             if queue is None:
-                from distributed import Queue  # lazy: dask is optional (qdispatch[dask])
+                from distributed import Queue  # noqa: PLC0415  (dask is optional: qdispatch[dask])
 
                 queue = Queue(events)  # through this worker's client
             queue.put([kind, data])  # returns once the scheduler holds the item
@@ -384,7 +385,7 @@ class DaskExecutor:
     async def start(self) -> None:
         """Connect to the scheduler; capacity defaults to the cluster's thread count."""
         try:
-            from distributed import Client  # lazy: dask is optional (--executor dask)
+            from distributed import Client  # noqa: PLC0415  (dask is optional: --executor dask)
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise RuntimeError(
                 "the dask executor needs dask.distributed: pip install 'qdispatch[dask]'"
@@ -407,7 +408,7 @@ class DaskExecutor:
         queue: Any = None
         drain: asyncio.Task[None] | None = None
         if task.kind == "program":
-            from distributed import Queue  # lazy: dask is optional (qdispatch[dask])
+            from distributed import Queue  # noqa: PLC0415  (dask is optional: qdispatch[dask])
 
             queue = await Queue(f"{key}-events", client=self._client)
             drain = asyncio.get_running_loop().create_task(_drain(queue, task.job_id, on_event))

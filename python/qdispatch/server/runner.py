@@ -60,7 +60,7 @@ _FORMATTING_KEYS = ("memory_slots", "creg_sizes", "n_qubits", "qreg_sizes")
 @functools.lru_cache(maxsize=1)
 def _aer_option_names() -> frozenset[str]:
     # qiskit-aer costs ~0.5 s to import; import it when a job first runs.
-    from qiskit_aer import AerSimulator
+    from qiskit_aer import AerSimulator  # noqa: PLC0415
 
     return frozenset(AerSimulator._default_options().__dict__)
 
@@ -110,7 +110,7 @@ def _lower_unsupported(circuits: list[QuantumCircuit], experiments: list[dict[st
 def _aer_supported() -> frozenset[str]:
     # What Aer's engine executes; a noisy simulator's target lists only its device's basis,
     # but runs everything the ideal simulator does.
-    from qiskit_aer import AerSimulator
+    from qiskit_aer import AerSimulator  # noqa: PLC0415
 
     return frozenset(AerSimulator().target.operation_names)
 

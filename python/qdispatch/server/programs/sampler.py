@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from qiskit import QuantumCircuit
+from qiskit.primitives.containers.sampler_pub import SamplerPub
+
 from qdispatch._native import QobjSummary
+from qdispatch.disassembler import qobj_bytes_to_circuits, qobj_to_circuits
 
 from .common import InvalidInputs, check_options, for_backend, optional_int, positive_int
 
@@ -50,9 +54,6 @@ def _experiments(circuits: Any) -> int:
 
 def _parse(inputs: dict[str, Any]) -> tuple[list[_Pub], dict[str, Any]]:
     """The pubs, checked, with the default shots applied; and the options."""
-    from qiskit import QuantumCircuit
-    from qiskit.primitives.containers.sampler_pub import SamplerPub
-
     version = inputs.get("version", 2)
     if version != 2:
         raise InvalidInputs(f"version must be 2 (SamplerV2), got {version!r}")
@@ -120,10 +121,8 @@ def main(
     """Run the pubs on ``backend`` (circuits that are not ISA for it are transpiled) and
     return the ``PrimitiveResult``. ``circuits`` is a QasmQobj: its JSON bytes (what the
     service's worker passes, see ``QOBJ_INPUTS``) or a dict."""
-    from qiskit.primitives.containers.sampler_pub import SamplerPub
-    from qiskit_aer.primitives import SamplerV2
-
-    from qdispatch.disassembler import qobj_bytes_to_circuits, qobj_to_circuits
+    # qiskit-aer costs ~0.5 s to import: the service, which only checks inputs, never pays.
+    from qiskit_aer.primitives import SamplerV2  # noqa: PLC0415
 
     if isinstance(circuits, bytes):
         # The Qobj was validated at submission: rebuild it first (natively), then check

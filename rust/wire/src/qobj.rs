@@ -31,6 +31,13 @@ pub const MAX_LIST: usize = 1 << 16;
 /// How much of a user's string an error message quotes.
 const MAX_QUOTED: usize = 64;
 
+/// How deeply arrays and objects may nest anywhere in a Qobj. A Qobj needs 9 levels (a
+/// unitary's matrix entries); metadata may use the rest. Parts the validator skips (the
+/// metadata, parameters) are skipped without a depth limit, but the workers' parsers
+/// recurse (Python's json, orjson's limit is 1024), so the service refuses what they
+/// could not read.
+pub const MAX_DEPTH: usize = 64;
+
 /// Shape of one operation a backend accepts. `None` means "any number".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GateSpec {
@@ -403,6 +410,7 @@ fn json_error(err: serde_json::Error) -> WireError {
 /// Checks a QasmQobj (raw JSON bytes) against `backend`.
 pub fn validate(qobj: &[u8], backend: &BackendSpec) -> Result<QobjSummary, WireError> {
     let limits = &backend.limits;
+    check_depth(qobj)?;
     let parsed: QobjIn<'_> = serde_json::from_slice(qobj).map_err(json_error)?;
 
     if let Some(kind) = parsed.kind.as_deref() {
@@ -433,6 +441,7 @@ pub fn validate(qobj: &[u8], backend: &BackendSpec) -> Result<QobjSummary, WireE
         check_size("header", header, limits)?;
     }
     let config = parse_config("config", parsed.config, backend)?;
+    check_config("config", &config, backend)?;
     let shots = match &config.shots {
         None | Some(serde_json::Value::Null) => None,
         Some(value) => Some(check_shots(value, backend)?),
@@ -458,6 +467,37 @@ pub fn validate(qobj: &[u8], backend: &BackendSpec) -> Result<QobjSummary, WireE
     }
     parsed.map_err(json_error)?;
     Ok(check.summary)
+}
+
+/// Refuses JSON nesting deeper than [`MAX_DEPTH`], scanning the bytes once (brackets
+/// inside strings do not count).
+fn check_depth(json: &[u8]) -> Result<(), WireError> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in json {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return invalid(format!(
+                        "the Qobj nests arrays and objects deeper than {MAX_DEPTH} levels"
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn check_name(what: &str, name: &str, limits: &Limits) -> Result<(), WireError> {
@@ -503,7 +543,7 @@ fn check_width(what: &str, n: u64, backend: &BackendSpec) -> Result<(), WireErro
     Ok(())
 }
 
-/// A `config` object: its size, then its `memory_slots` and `n_qubits`.
+/// A `config` object, once its size is checked.
 fn parse_config(
     what: &str,
     raw: Option<&RawValue>,
@@ -514,14 +554,18 @@ fn parse_config(
     };
     check_size(what, raw, &backend.limits)?;
     let config: Option<ConfigIn> = serde_json::from_str(raw.get()).map_err(json_error)?;
-    let config = config.unwrap_or_default();
+    Ok(config.unwrap_or_default())
+}
+
+/// A config's `memory_slots` and `n_qubits` against the limits.
+fn check_config(what: &str, config: &ConfigIn, backend: &BackendSpec) -> Result<(), WireError> {
     if let Some(slots) = config.memory_slots {
         check_memory_slots(&format!("{what}.memory_slots"), slots, &backend.limits)?;
     }
     if let Some(n) = config.n_qubits {
         check_width(&format!("{what}.n_qubits"), n, backend)?;
     }
-    Ok(config)
+    Ok(())
 }
 
 fn check_shots(value: &serde_json::Value, backend: &BackendSpec) -> Result<u64, WireError> {
@@ -643,7 +687,10 @@ fn check_experiment(
         return invalid(at(name, msg));
     }
     parsed.map_err(json_error)?;
+    // Sizes after the instructions, whose messages say more about a circuit that does
+    // not fit (which qubit), and which the sizes do not guard: nothing is sized by them.
     check_header(&header, backend).map_err(|msg| WireError::InvalidQobj(at(name, msg)))?;
+    check_config("config", &config, backend).map_err(|e| prefix(name, e))?;
     check.summary.max_qubits = check.summary.max_qubits.max(state.width);
     check.summary.n_instructions += state.count;
     Ok(())
@@ -1324,5 +1371,31 @@ mod tests {
         assert!(msg.contains("3 experiments"), "{msg}");
         let msg = error(r#"{"experiments": [{"instructions": []}, {"instructions": "x"}]}"#);
         assert!(msg.starts_with("malformed JSON: Qobj:"), "{msg}");
+    }
+
+    #[test]
+    fn nesting_is_bounded_anywhere() {
+        let deep = |n: usize| {
+            format!(
+                r#"{{"experiments": [{{"header": {{"metadata": {{"d": {}{}, "s": "[[[{{"}}}},
+                    "instructions": [{{"name": "barrier", "params": [{}{}]}}]}}]}}"#,
+                "[".repeat(n),
+                "]".repeat(n),
+                "[".repeat(3),
+                "]".repeat(3),
+            )
+        };
+        validate(deep(59).as_bytes(), &backend()).expect("64 levels in all");
+        let msg = error(&deep(60));
+        assert!(msg.contains("deeper than 64 levels"), "{msg}");
+        let msg = error(&deep(100_000));
+        assert!(msg.contains("deeper than 64 levels"), "{msg}");
+        // Brackets in strings, escaped quotes included, do not count.
+        let strings = format!(
+            r#"{{"qobj_id": "{}\"{}", "experiments": [{{"instructions": []}}]}}"#,
+            "[".repeat(100),
+            "{".repeat(100)
+        );
+        validate(strings.as_bytes(), &backend()).expect("brackets in strings");
     }
 }

@@ -295,6 +295,10 @@ def experiment_body(header: dict[str, Any], instructions: bytes = b"", **top: An
             ("lists 100001 qubits, but backend 'aer_simulator' has",),
         ),
         (
+            experiment_body({}, b'{"name": "barrier", "qubits": [' + b"1," * 60_000 + b"1]}"),
+            ("qubit 1 appears twice",),
+        ),
+        (
             experiment_body({}, b'{"name": "barrier", "params": [' + b"0," * 1000 + b"0]}"),
             ("has 1001 parameters; at most 64",),
         ),

@@ -441,7 +441,6 @@ pub fn validate(qobj: &[u8], backend: &BackendSpec) -> Result<QobjSummary, WireE
         check_size("header", header, limits)?;
     }
     let config = parse_config("config", parsed.config, backend)?;
-    check_config("config", &config, backend)?;
     let shots = match &config.shots {
         None | Some(serde_json::Value::Null) => None,
         Some(value) => Some(check_shots(value, backend)?),
@@ -466,6 +465,9 @@ pub fn validate(qobj: &[u8], backend: &BackendSpec) -> Result<QobjSummary, WireE
         return Err(failure);
     }
     parsed.map_err(json_error)?;
+    // Like an experiment's, after the instruction rules (the assembler writes the widest
+    // experiment's width here, and which qubit does not fit says more).
+    check_config("config", &config, backend)?;
     Ok(check.summary)
 }
 
@@ -849,9 +851,9 @@ impl ExperimentState<'_> {
                 names.join(", ")
             ));
         }
-        // Distinct indices below n_qubits: so no more of them than n_qubits, checked
-        // first, which also bounds the quadratic duplicate check below.
-        if !inst.qubits.complete() || inst.qubits.len > backend.n_qubits as usize {
+        // Distinct indices below n_qubits: the loop below fails by index n_qubits at the
+        // latest (pigeonhole), which bounds its quadratic duplicate check by n_qubits^2.
+        if !inst.qubits.complete() {
             return Err(at(format!(
                 "lists {} qubits, but backend '{}' has {} qubits",
                 inst.qubits.len, backend.name, backend.n_qubits
@@ -1220,10 +1222,16 @@ mod tests {
         let msg = error(r#"{"config": {"n_qubits": 99}, "experiments": [{"instructions": []}]}"#);
         assert!(msg.contains("config.n_qubits=99"), "{msg}");
         let msg = error(&one("{}", r#"{"name": "barrier", "qubits": [0, 1, 2, 0]}"#));
-        assert!(
-            msg.contains("lists 4 qubits, but backend 'fake' has 3 qubits"),
-            "{msg}"
-        );
+        assert!(msg.contains("qubit 0 appears twice"), "{msg}");
+        // A long list fails at its first repeat, not after a quadratic scan of it all.
+        let repeats = vec!["0"; MAX_LIST].join(",");
+        let started = std::time::Instant::now();
+        let msg = error(&one(
+            "{}",
+            &format!(r#"{{"name": "barrier", "qubits": [{repeats}]}}"#),
+        ));
+        assert!(msg.contains("qubit 0 appears twice"), "{msg}");
+        assert!(started.elapsed().as_secs_f64() < 1.0);
         let many = vec!["0"; MAX_LIST + 5].join(",");
         let msg = error(&one(
             "{}",

@@ -6,12 +6,16 @@ from typing import Any, final
 from qiskit.circuit import QuantumCircuit
 
 __all__ = [
+    "DEFAULT_MAX_PAYLOAD_BYTES",
+    "MAX_NAME_PATTERN_BYTES",
     "ApiError",
     "BackendSpec",
     "Client",
     "ConnectionFailedError",
+    "InvalidNamePatternError",
     "InvalidQobjError",
     "MalformedPayloadError",
+    "NamePattern",
     "PayloadError",
     "QobjSummary",
     "StreamTimeoutError",
@@ -31,6 +35,12 @@ __all__ = [
     "validate_qobj",
 ]
 
+#: The default ``max_bytes`` of ``unpack_payload``, ``decode_ndarray`` and the bit-array
+#: counts: 256 MiB (docs/service.md, "Limits").
+DEFAULT_MAX_PAYLOAD_BYTES: int
+#: The longest pattern ``NamePattern`` compiles, in bytes.
+MAX_NAME_PATTERN_BYTES: int
+
 class MalformedPayloadError(ValueError):
     """The payload is not JSON, or not JSON of the expected shape."""
 
@@ -49,9 +59,22 @@ class BackendSpec:
         max_experiments: int,
         gates: dict[str, tuple[int | None, int | None]],
         coupling_map: list[tuple[int, ...]] | None = None,
-    ) -> BackendSpec: ...
+        *,
+        max_memory_slots: int = ...,
+        max_instructions: int = ...,
+        max_header_bytes: int = ...,
+        max_name_bytes: int = ...,
+        max_params: int = ...,
+        max_register_slots: int = ...,
+    ) -> BackendSpec:
+        """The limits default to 1024 memory slots, 100 000 instructions per experiment,
+        64 KiB per header or config, 1024-byte names, 64 parameters per instruction and
+        4096 register slots (docs/service.md, "Limits")."""
     @property
     def name(self) -> str: ...
+    @property
+    def limits(self) -> dict[str, int]:
+        """The size limits of a Qobj besides qubits, shots and experiments, by name."""
 
 @final
 class QobjSummary:
@@ -161,22 +184,42 @@ class PayloadError(ValueError):
 def pack_payload(data: bytes) -> str:
     """base64 of the zlib stream of ``data``."""
 
-def unpack_payload(value: str) -> bytes:
-    """The bytes of a ``pack_payload`` string."""
+def unpack_payload(value: str, *, max_bytes: int = ...) -> bytes:
+    """The bytes of a ``pack_payload`` string; ``PayloadError`` past ``max_bytes``
+    (default ``DEFAULT_MAX_PAYLOAD_BYTES``), checked before they are made."""
 
 def encode_ndarray(descr: str, shape: Sequence[int], fortran_order: bool, data: bytes) -> str:
     """base64 of the zlib-compressed ``.npy`` file of an array's descr, shape, order and data."""
 
-def decode_ndarray(value: str) -> tuple[str, tuple[int, ...], bool, bytearray]:
-    """An ``encode_ndarray`` string as ``(descr, shape, fortran_order, data)``."""
+def decode_ndarray(
+    value: str, *, max_bytes: int = ...
+) -> tuple[str, tuple[int, ...], bool, bytearray]:
+    """An ``encode_ndarray`` string as ``(descr, shape, fortran_order, data)``; the
+    ``.npy`` file may be at most ``max_bytes``, checked from its header first."""
 
-def bitarray_counts(data: bytes, num_bits: int) -> dict[str, int]:
+def bitarray_counts(data: bytes, num_bits: int, *, max_bytes: int = ...) -> dict[str, int]:
     """A ``BitArray``'s counts over all positions, as ``BitArray.get_counts()`` gives them."""
 
 def bitarray_counts_by_position(
-    data: bytes, num_bits: int, num_positions: int
+    data: bytes, num_bits: int, num_positions: int, *, max_bytes: int = ...
 ) -> list[dict[str, int]]:
     """A ``BitArray``'s counts at each position (C order)."""
 
-def bitarray_int_counts(data: bytes, num_bits: int) -> dict[int, int]:
+def bitarray_int_counts(data: bytes, num_bits: int, *, max_bytes: int = ...) -> dict[int, int]:
     """A ``BitArray``'s counts over all positions, keyed by integer outcome."""
+
+class InvalidNamePatternError(ValueError):
+    """A job-name filter is not a valid pattern (Rust ``regex`` syntax), or is over the
+    size limits; the message says which."""
+
+@final
+class NamePattern:
+    """A compiled job-name filter: a regular expression in the syntax of Rust's ``regex``
+    crate (no backreferences or lookaround), searched in linear time."""
+
+    def __new__(cls, pattern: str) -> NamePattern: ...
+    def search(self, text: str) -> bool:
+        """Whether the pattern matches anywhere in ``text``."""
+    @property
+    def pattern(self) -> str:
+        """The pattern as given."""

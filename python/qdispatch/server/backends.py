@@ -172,6 +172,18 @@ def gate_spec(defn: BackendDef) -> dict[str, tuple[int | None, int | None]]:
     return spec
 
 
+#: What the Qobj validator holds every Qobj to besides a backend's qubits, shots and
+#: experiments: each bounds something a worker allocates by (docs/service.md, "Limits").
+QOBJ_LIMITS: dict[str, int] = {
+    "max_memory_slots": 1024,
+    "max_instructions": 100_000,
+    "max_header_bytes": 64 * 1024,
+    "max_name_bytes": 1024,
+    "max_params": 64,
+    "max_register_slots": 4096,
+}
+
+
 @functools.cache
 def native_spec(defn: BackendDef) -> BackendSpec:
     """The Rust-side validation spec of a backend."""
@@ -183,6 +195,7 @@ def native_spec(defn: BackendDef) -> BackendSpec:
         defn.max_experiments,
         gates=gate_spec(defn),
         coupling_map=coupling,
+        **QOBJ_LIMITS,
     )
 
 
@@ -192,7 +205,13 @@ def program_circuits_spec(defn: BackendDef, gates_of: BackendDef, max_circuits: 
     simulator) and no coupling map, because programs make circuits fit the device
     themselves; at most ``max_circuits`` circuits."""
     return BackendSpec(
-        defn.name, defn.n_qubits, defn.max_shots, max_circuits, gates=gate_spec(gates_of)
+        defn.name,
+        defn.n_qubits,
+        defn.max_shots,
+        max_circuits,
+        gates=gate_spec(gates_of),
+        coupling_map=None,
+        **QOBJ_LIMITS,
     )
 
 

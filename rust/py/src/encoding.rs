@@ -7,16 +7,27 @@ use qdispatch_wire::payload::{self, NpyHeader, OutcomeCounts};
 
 use crate::NativeError;
 
+/// The default `max_bytes` of every decode: what one payload may decode to.
+pub(crate) const DEFAULT_MAX_PAYLOAD_BYTES: usize = payload::DEFAULT_MAX_PAYLOAD_BYTES;
+
 /// base64 of the zlib stream of `data`.
 #[pyfunction]
 pub(crate) fn pack_payload(py: Python<'_>, data: &[u8]) -> PyResult<String> {
     Ok(py.detach(|| payload::pack(&[data])).map_err(NativeError)?)
 }
 
-/// The bytes of a `pack_payload` string; `PayloadError` on bad base64 or zlib.
+/// The bytes of a `pack_payload` string; `PayloadError` on bad base64 or zlib, or when
+/// they would be more than `max_bytes` (checked before they are made).
 #[pyfunction]
-pub(crate) fn unpack_payload<'py>(py: Python<'py>, value: &str) -> PyResult<Bound<'py, PyBytes>> {
-    let data = py.detach(|| payload::unpack(value)).map_err(NativeError)?;
+#[pyo3(signature = (value, *, max_bytes = DEFAULT_MAX_PAYLOAD_BYTES))]
+pub(crate) fn unpack_payload<'py>(
+    py: Python<'py>,
+    value: &str,
+    max_bytes: usize,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let data = py
+        .detach(|| payload::unpack(value, max_bytes))
+        .map_err(NativeError)?;
     Ok(PyBytes::new(py, &data))
 }
 
@@ -42,22 +53,32 @@ pub(crate) fn encode_ndarray(
 
 /// An `encode_ndarray` string as `(descr, shape, fortran_order, data)`; `data` is a fresh
 /// (writable) bytearray. A structured dtype's descr is its field list's Python literal.
+/// The `.npy` file may be at most `max_bytes`: its header's shape is checked against it
+/// before the data is inflated, and the data must be exactly what the shape needs.
 #[pyfunction]
+#[pyo3(signature = (value, *, max_bytes = DEFAULT_MAX_PAYLOAD_BYTES))]
 pub(crate) fn decode_ndarray<'py>(
     py: Python<'py>,
     value: &str,
+    max_bytes: usize,
 ) -> PyResult<(String, Bound<'py, PyTuple>, bool, Bound<'py, PyByteArray>)> {
     let (header, file, offset) = py
-        .detach(|| payload::decode_ndarray(value))
+        .detach(|| payload::decode_ndarray(value, max_bytes))
         .map_err(NativeError)?;
     let shape = PyTuple::new(py, header.shape)?;
     let data = PyByteArray::new(py, &file[offset..]);
     Ok((header.descr, shape, header.fortran_order, data))
 }
 
-fn count(py: Python<'_>, data: &[u8], num_bits: usize, groups: usize) -> PyResult<OutcomeCounts> {
+fn count(
+    py: Python<'_>,
+    data: &[u8],
+    num_bits: usize,
+    groups: usize,
+    max_bytes: usize,
+) -> PyResult<OutcomeCounts> {
     Ok(py
-        .detach(|| payload::count_outcomes(data, num_bits, groups))
+        .detach(|| payload::count_outcomes(data, num_bits, groups, max_bytes))
         .map_err(NativeError)?)
 }
 
@@ -81,14 +102,17 @@ fn group_dict<'py>(
 }
 
 /// The counts of a `BitArray`'s packed bytes (C order, shape `(*shape, num_shots,
-/// num_bytes)`) over all its positions, as `BitArray.get_counts()` gives them.
+/// num_bytes)`) over all its positions, as `BitArray.get_counts()` gives them. The
+/// distinct outcomes' bitstrings may take at most `max_bytes`.
 #[pyfunction]
+#[pyo3(signature = (data, num_bits, *, max_bytes = DEFAULT_MAX_PAYLOAD_BYTES))]
 pub(crate) fn bitarray_counts<'py>(
     py: Python<'py>,
     data: &[u8],
     num_bits: usize,
+    max_bytes: usize,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let table = count(py, data, num_bits, 1)?;
+    let table = count(py, data, num_bits, 1, max_bytes)?;
     let keys: Vec<_> = bitstrings(py, &table)
         .into_iter()
         .map(|s| s.into_any())
@@ -97,15 +121,18 @@ pub(crate) fn bitarray_counts<'py>(
 }
 
 /// The counts of each of a `BitArray`'s `num_positions` positions (its shape's size, in
-/// C order), as `BitArray.get_counts(loc)` gives them.
+/// C order), as `BitArray.get_counts(loc)` gives them; bitstrings and positions are
+/// held to `max_bytes`.
 #[pyfunction]
+#[pyo3(signature = (data, num_bits, num_positions, *, max_bytes = DEFAULT_MAX_PAYLOAD_BYTES))]
 pub(crate) fn bitarray_counts_by_position<'py>(
     py: Python<'py>,
     data: &[u8],
     num_bits: usize,
     num_positions: usize,
+    max_bytes: usize,
 ) -> PyResult<Vec<Bound<'py, PyDict>>> {
-    let table = count(py, data, num_bits, num_positions)?;
+    let table = count(py, data, num_bits, num_positions, max_bytes)?;
     let keys: Vec<_> = bitstrings(py, &table)
         .into_iter()
         .map(|s| s.into_any())
@@ -118,14 +145,16 @@ pub(crate) fn bitarray_counts_by_position<'py>(
 }
 
 /// The counts of a `BitArray`'s packed bytes over all its positions, keyed by integer
-/// outcome, as `BitArray.get_int_counts()` gives them.
+/// outcome, as `BitArray.get_int_counts()` gives them (outcomes held to `max_bytes`).
 #[pyfunction]
+#[pyo3(signature = (data, num_bits, *, max_bytes = DEFAULT_MAX_PAYLOAD_BYTES))]
 pub(crate) fn bitarray_int_counts<'py>(
     py: Python<'py>,
     data: &[u8],
     num_bits: usize,
+    max_bytes: usize,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let table = count(py, data, num_bits, 1)?;
+    let table = count(py, data, num_bits, 1, max_bytes)?;
     let from_bytes = py.get_type::<PyInt>().getattr("from_bytes")?;
     let keys = (0..table.num_outcomes())
         .map(|i| match table.outcome_u64(i) {

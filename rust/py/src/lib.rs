@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 mod capi;
 mod client;
 mod encoding;
+mod filter;
 mod rebuild;
 
 use pyo3::create_exception;
@@ -37,6 +38,14 @@ create_exception!(
      data); the message says which and why."
 );
 
+create_exception!(
+    qdispatch._native,
+    InvalidNamePatternError,
+    PyValueError,
+    "A job-name filter is not a valid pattern (Rust `regex` syntax), or is over the size \
+     limits; the message says which."
+);
+
 struct NativeError(WireError);
 
 impl From<WireError> for NativeError {
@@ -53,7 +62,9 @@ impl From<NativeError> for PyErr {
             err @ (WireError::Base64(_)
             | WireError::Zlib(_)
             | WireError::Npy(_)
-            | WireError::BitArray(_)) => PayloadError::new_err(err.to_string()),
+            | WireError::BitArray(_)
+            | WireError::PayloadTooLarge(_)) => PayloadError::new_err(err.to_string()),
+            WireError::Pattern(msg) => InvalidNamePatternError::new_err(msg),
         }
     }
 }
@@ -62,10 +73,23 @@ impl From<NativeError> for PyErr {
 #[pyclass(module = "qdispatch._native", frozen)]
 struct BackendSpec(qobj::BackendSpec);
 
+const LIMITS: qobj::Limits = qobj::Limits::DEFAULT;
+
 #[pymethods]
 impl BackendSpec {
+    /// The keyword-only limits default to `qdispatch_wire::qobj::Limits::DEFAULT`
+    /// (docs/service.md, "Limits").
     #[new]
-    #[pyo3(signature = (name, n_qubits, max_shots, max_experiments, gates, coupling_map=None))]
+    #[pyo3(signature = (
+        name, n_qubits, max_shots, max_experiments, gates, coupling_map=None, *,
+        max_memory_slots=LIMITS.max_memory_slots,
+        max_instructions=LIMITS.max_instructions,
+        max_header_bytes=LIMITS.max_header_bytes,
+        max_name_bytes=LIMITS.max_name_bytes,
+        max_params=LIMITS.max_params,
+        max_register_slots=LIMITS.max_register_slots,
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         name: String,
         n_qubits: u32,
@@ -73,6 +97,12 @@ impl BackendSpec {
         max_experiments: usize,
         gates: HashMap<String, (Option<u32>, Option<u32>)>,
         coupling_map: Option<Vec<(u32, u32)>>,
+        max_memory_slots: u64,
+        max_instructions: usize,
+        max_header_bytes: usize,
+        max_name_bytes: usize,
+        max_params: usize,
+        max_register_slots: u64,
     ) -> Self {
         let gates = gates
             .into_iter()
@@ -92,6 +122,14 @@ impl BackendSpec {
             max_experiments,
             gates,
             coupling,
+            limits: qobj::Limits {
+                max_memory_slots,
+                max_instructions,
+                max_header_bytes,
+                max_name_bytes,
+                max_params,
+                max_register_slots,
+            },
         })
     }
 
@@ -100,10 +138,24 @@ impl BackendSpec {
         &self.0.name
     }
 
+    /// The size limits of a Qobj besides qubits, shots and experiments, by name.
+    #[getter]
+    fn limits(&self) -> HashMap<&'static str, u64> {
+        let l = &self.0.limits;
+        HashMap::from([
+            ("max_memory_slots", l.max_memory_slots),
+            ("max_instructions", l.max_instructions as u64),
+            ("max_header_bytes", l.max_header_bytes as u64),
+            ("max_name_bytes", l.max_name_bytes as u64),
+            ("max_params", l.max_params as u64),
+            ("max_register_slots", l.max_register_slots),
+        ])
+    }
+
     fn __repr__(&self) -> String {
         format!(
-            "BackendSpec(name={:?}, n_qubits={}, max_shots={}, max_experiments={})",
-            self.0.name, self.0.n_qubits, self.0.max_shots, self.0.max_experiments
+            "BackendSpec(name={:?}, n_qubits={}, max_shots={}, max_experiments={}, {:?})",
+            self.0.name, self.0.n_qubits, self.0.max_shots, self.0.max_experiments, self.0.limits
         )
     }
 }
@@ -218,8 +270,21 @@ mod _native {
     #[pymodule_export]
     use super::{
         capi_available, circuits_to_qobj_json, split_member, split_submission, validate_qobj,
-        BackendSpec, InvalidQobjError, MalformedPayloadError, PayloadError, QobjSummary,
+        BackendSpec, InvalidNamePatternError, InvalidQobjError, MalformedPayloadError,
+        PayloadError, QobjSummary,
     };
+
+    /// The default `max_bytes` of `unpack_payload`, `decode_ndarray` and the bit-array
+    /// counts: 256 MiB (docs/service.md, "Limits").
+    #[pymodule_export]
+    const DEFAULT_MAX_PAYLOAD_BYTES: usize = super::encoding::DEFAULT_MAX_PAYLOAD_BYTES;
+
+    /// The longest job-name pattern `NamePattern` compiles, in bytes.
+    #[pymodule_export]
+    const MAX_NAME_PATTERN_BYTES: usize = qdispatch_wire::filter::MAX_PATTERN_LEN;
+
+    #[pymodule_export]
+    use super::filter::NamePattern;
 
     #[pymodule_export]
     use super::rebuild::qobj_to_circuits;

@@ -22,6 +22,13 @@ pub enum WireError {
     /// Bit-array bytes that do not fit the number of bits or positions given.
     #[error("invalid bit array: {0}")]
     BitArray(String),
+    /// A payload would decode to more than the caller's `max_bytes`; the message names
+    /// the limit. Raised before the output is allocated.
+    #[error("payload too large: {0}")]
+    PayloadTooLarge(String),
+    /// A job-name filter that is not a valid pattern, or one over the size limits.
+    #[error("{0}")]
+    Pattern(String),
 }
 
 impl From<serde_json::Error> for WireError {

@@ -11,12 +11,14 @@
 //!   (large) Qobj without parsing the Qobj twice.
 //! * [`payload`]: the large payloads of the runtime JSON encoding: base64 of zlib, `.npy`
 //!   framing, and counts of a primitive `BitArray`'s packed bits.
+//! * [`filter`]: the job-name filter of `GET /jobs`, a linear-time regular expression.
 //! * [`results`]: counts of a qiskit Result dict in qiskit's bitstring form.
 //! * [`rebuild`]: planning a worker's rebuild of a Qobj's circuits through Qiskit's C API.
 
 pub mod assemble;
 pub mod envelope;
 pub mod error;
+pub mod filter;
 pub mod payload;
 pub mod qobj;
 pub mod rebuild;

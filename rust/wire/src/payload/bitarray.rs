@@ -80,6 +80,9 @@ type OutcomeMap<K> = HashMap<K, u32, BuildHasherDefault<OutcomeHasher>>;
 
 /// Outcomes of at most this many bits are looked up in a table indexed by value.
 const DIRECT_BITS: usize = 12;
+/// What one position of the result costs its caller at least (an empty Python dict), to
+/// hold `groups` to the output limit when there are no shots to bound it.
+const GROUP_BYTES: usize = 64;
 
 /// Counts the outcomes of a bit array's packed bytes.
 ///
@@ -88,10 +91,15 @@ const DIRECT_BITS: usize = 12;
 /// lowest bits); bits above `num_bits` in the first byte are ignored, as qiskit does.
 /// The shots are split into `groups` equal runs (the positions of the shape, in C order);
 /// `groups = 1` merges every position, as `get_counts()` without a location does.
+///
+/// The output is held to `max_bytes`: the distinct outcomes' bitstrings (`num_bits`
+/// characters each) and the positions. Nothing is sized by `num_bits` or `groups` alone:
+/// a row buffer exists only when there are rows, so `num_bits` is bounded by the data.
 pub fn count_outcomes(
     data: &[u8],
     num_bits: usize,
     groups: usize,
+    max_bytes: usize,
 ) -> Result<OutcomeCounts, WireError> {
     if num_bits == 0 {
         return Err(WireError::BitArray(
@@ -120,11 +128,22 @@ pub fn count_outcomes(
             )))
         }
     };
-    let mut counter = Counter::new(num_bits, num_bytes, rows);
+    // With shots, groups <= rows; without, only the limit bounds them.
+    if groups
+        .checked_mul(GROUP_BYTES)
+        .is_none_or(|n| n > max_bytes)
+    {
+        return Err(WireError::PayloadTooLarge(format!(
+            "{groups} positions exceed the limit of {max_bytes} bytes (max_bytes)"
+        )));
+    }
+    let group_index = u32::try_from(groups)
+        .map_err(|_| WireError::BitArray(format!("{groups} positions are more than 2^32")))?;
+    let mut counter = Counter::new(num_bits, num_bytes, rows, max_bytes);
     let mut out = Vec::with_capacity(groups);
-    for group in 0..groups {
-        let rows = &data[group * per_group * num_bytes..(group + 1) * per_group * num_bytes];
-        out.push(counter.count_group(group as u32, rows));
+    for group in 0..group_index {
+        let at = group as usize * per_group * num_bytes;
+        out.push(counter.count_group(group, &data[at..at + per_group * num_bytes])?);
     }
     Ok(OutcomeCounts {
         num_bits,
@@ -150,10 +169,11 @@ struct Counter {
     last_group: Vec<u32>,
     slot: Vec<u32>,
     row: Vec<u8>,
+    max_bytes: usize,
 }
 
 impl Counter {
-    fn new(num_bits: usize, num_bytes: usize, rows: usize) -> Self {
+    fn new(num_bits: usize, num_bytes: usize, rows: usize, max_bytes: usize) -> Self {
         let direct = if num_bits <= DIRECT_BITS && rows > 0 {
             vec![0; 1 << num_bits]
         } else {
@@ -176,20 +196,34 @@ impl Counter {
             wide: OutcomeMap::default(),
             last_group: Vec::new(),
             slot: Vec::new(),
-            row: vec![0; num_bytes],
+            // Only wide outcomes use it, and only with rows (so num_bytes <= data.len()).
+            row: if num_bytes > 8 && rows > 0 {
+                vec![0; num_bytes]
+            } else {
+                Vec::new()
+            },
+            max_bytes,
         }
     }
 
-    /// A new outcome index for `key` (masked bytes).
-    fn new_outcome(&mut self, key: &[u8]) -> u32 {
+    /// A new outcome index for `key` (masked bytes); an error once the outcomes'
+    /// bitstrings would pass the limit (distinct wide outcomes grow 8x as text).
+    fn new_outcome(&mut self, key: &[u8]) -> Result<u32, WireError> {
+        let count = self.last_group.len() + 1;
+        if count.saturating_mul(self.num_bits) > self.max_bytes {
+            return Err(WireError::PayloadTooLarge(format!(
+                "{count} distinct outcomes of {} bits exceed the limit of {} bytes (max_bytes)",
+                self.num_bits, self.max_bytes
+            )));
+        }
         let index = self.last_group.len() as u32;
         self.keys.extend_from_slice(key);
         self.last_group.push(u32::MAX);
         self.slot.push(0);
-        index
+        Ok(index)
     }
 
-    fn outcome(&mut self, raw: &[u8]) -> u32 {
+    fn outcome(&mut self, raw: &[u8]) -> Result<u32, WireError> {
         if self.num_bytes > 8 {
             let mut row = std::mem::take(&mut self.row);
             row.copy_from_slice(raw);
@@ -198,12 +232,15 @@ impl Counter {
                 Some(&index) => index,
                 None => {
                     let index = self.new_outcome(&row);
-                    self.wide.insert(row.clone().into_boxed_slice(), index);
-                    index
+                    if let Ok(index) = index {
+                        self.wide.insert(row.clone().into_boxed_slice(), index);
+                    }
+                    self.row = row;
+                    return index;
                 }
             };
             self.row = row;
-            return index;
+            return Ok(index);
         }
         let value = fold_u64(raw) & self.value_mask;
         let known = if self.num_bits <= DIRECT_BITS {
@@ -212,21 +249,21 @@ impl Counter {
             self.small.get(&value).copied()
         };
         if let Some(index) = known {
-            return index;
+            return Ok(index);
         }
-        let index = self.new_outcome(&value.to_be_bytes()[8 - self.num_bytes..]);
+        let index = self.new_outcome(&value.to_be_bytes()[8 - self.num_bytes..])?;
         if self.num_bits <= DIRECT_BITS {
             self.direct[value as usize] = index + 1;
         } else {
             self.small.insert(value, index);
         }
-        index
+        Ok(index)
     }
 
-    fn count_group(&mut self, group: u32, rows: &[u8]) -> Vec<(u32, u64)> {
+    fn count_group(&mut self, group: u32, rows: &[u8]) -> Result<Vec<(u32, u64)>, WireError> {
         let mut pairs: Vec<(u32, u64)> = Vec::new();
         for raw in rows.chunks_exact(self.num_bytes) {
-            let index = self.outcome(raw) as usize;
+            let index = self.outcome(raw)? as usize;
             if self.last_group[index] == group {
                 pairs[self.slot[index] as usize].1 += 1;
             } else {
@@ -235,7 +272,7 @@ impl Counter {
                 pairs.push((index as u32, 1));
             }
         }
-        pairs
+        Ok(pairs)
     }
 }
 
@@ -243,8 +280,10 @@ impl Counter {
 mod tests {
     use super::*;
 
+    const MAX: usize = crate::payload::DEFAULT_MAX_PAYLOAD_BYTES;
+
     fn counts(data: &[u8], num_bits: usize, groups: usize) -> Vec<Vec<(String, u64)>> {
-        let table = count_outcomes(data, num_bits, groups).expect("count");
+        let table = count_outcomes(data, num_bits, groups, MAX).expect("count");
         table
             .groups
             .iter()
@@ -279,7 +318,7 @@ mod tests {
     #[test]
     fn counts_per_position_share_outcomes() {
         let data = [1u8, 2, 1, 2, 2, 2];
-        let table = count_outcomes(&data, 2, 2).expect("count");
+        let table = count_outcomes(&data, 2, 2, MAX).expect("count");
         assert_eq!(table.num_outcomes(), 2);
         assert_eq!(table.groups, vec![vec![(0, 2), (1, 1)], vec![(1, 3)]]);
         assert_eq!(
@@ -300,7 +339,7 @@ mod tests {
             counts(&data, 9, 1),
             vec![owned(&[("110000000", 2), ("000000001", 1)])]
         );
-        let table = count_outcomes(&data, 9, 1).expect("count");
+        let table = count_outcomes(&data, 9, 1, MAX).expect("count");
         assert_eq!(table.outcome_u64(0), Some(0x180));
         // 16 bits go through the hash map instead of the direct table.
         assert_eq!(
@@ -315,7 +354,7 @@ mod tests {
         row[0] = 0xff; // masked to the one bit 64
         row[8] = 1;
         let data = [row.clone(), vec![0; 9], row].concat();
-        let table = count_outcomes(&data, 65, 1).expect("count");
+        let table = count_outcomes(&data, 65, 1, MAX).expect("count");
         assert_eq!(table.groups, vec![vec![(0, 2), (1, 1)]]);
         assert_eq!(table.outcome_u64(0), None);
         assert_eq!(table.outcome_bytes(0)[0], 1);
@@ -327,17 +366,57 @@ mod tests {
     #[test]
     fn count_errors() {
         assert!(matches!(
-            count_outcomes(&[1], 0, 1),
+            count_outcomes(&[1], 0, 1, MAX),
             Err(WireError::BitArray(_))
         ));
-        let err = count_outcomes(&[1, 2, 3], 9, 1).expect_err("ragged");
+        let err = count_outcomes(&[1, 2, 3], 9, 1, MAX).expect_err("ragged");
         assert!(err.to_string().contains("not whole shots"), "{err}");
-        let err = count_outcomes(&[1, 2, 3], 2, 2).expect_err("uneven");
+        let err = count_outcomes(&[1, 2, 3], 2, 2, MAX).expect_err("uneven");
         assert!(err.to_string().contains("evenly into 2"), "{err}");
-        assert_eq!(count_outcomes(&[], 3, 0).expect("empty").groups.len(), 0);
         assert_eq!(
-            count_outcomes(&[], 3, 2).expect("empty").groups,
+            count_outcomes(&[], 3, 0, MAX).expect("empty").groups.len(),
+            0
+        );
+        assert_eq!(
+            count_outcomes(&[], 3, 2, MAX).expect("empty").groups,
             vec![vec![], vec![]]
         );
+    }
+
+    #[test]
+    fn nothing_is_sized_by_num_bits_or_positions_alone() {
+        // No shots: a num_bits of 2^60 and 2^16 positions allocate nothing big.
+        assert_eq!(
+            count_outcomes(&[], 1 << 60, 1 << 16, MAX)
+                .expect("empty")
+                .groups
+                .len(),
+            1 << 16
+        );
+        let err = count_outcomes(&[], 3, usize::MAX, MAX).expect_err("positions");
+        assert!(matches!(err, WireError::PayloadTooLarge(_)), "{err}");
+        // With shots, num_bits is bounded by the data.
+        let err = count_outcomes(&[1, 2], 1 << 60, 1, MAX).expect_err("wide");
+        assert!(err.to_string().contains("not whole shots"), "{err}");
+    }
+
+    #[test]
+    fn distinct_outcomes_are_held_to_the_limit() {
+        let data: Vec<u8> = (0..=255).collect();
+        assert_eq!(
+            count_outcomes(&data, 8, 1, 256 * 8)
+                .expect("fits")
+                .num_outcomes(),
+            256
+        );
+        let err = count_outcomes(&data, 8, 1, 100 * 8).expect_err("over");
+        assert!(matches!(err, WireError::PayloadTooLarge(_)), "{err}");
+        assert!(
+            err.to_string().contains("101 distinct outcomes of 8 bits"),
+            "{err}"
+        );
+        let wide: Vec<u8> = (0..=255u8).flat_map(|b| [b; 9]).collect();
+        let err = count_outcomes(&wide, 72, 1, 72 * 10).expect_err("wide over");
+        assert!(err.to_string().contains("11 distinct outcomes"), "{err}");
     }
 }

@@ -14,4 +14,4 @@ pub mod zlib;
 
 pub use bitarray::{count_outcomes, OutcomeCounts};
 pub use npy::{decode_ndarray, encode_ndarray, npy_preamble, parse_npy, NpyHeader};
-pub use zlib::{pack, unpack};
+pub use zlib::{max_base64_len, pack, unpack, zlib_bound, DEFAULT_MAX_PAYLOAD_BYTES};

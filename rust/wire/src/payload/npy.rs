@@ -1,12 +1,20 @@
 //! `.npy` framing (format versions 1.0 to 3.0) around an array's raw data; the header
 //! dict is parsed here, strictly. An array travels as its [`pack`]ed `.npy` file.
 
-use crate::payload::zlib::{pack, unpack};
+use crate::payload::zlib::{over_limit, pack, with_stream};
 use crate::WireError;
 
 const NPY_MAGIC: &[u8] = b"\x93NUMPY";
 /// numpy pads the header so the data starts at a multiple of this.
 const NPY_ALIGN: usize = 64;
+/// numpy's own limit on dimensions (`NPY_MAXDIMS` of numpy 2); a decoded header with more
+/// could not become an array, and each dimension costs a Python int.
+pub const NPY_MAX_DIMS: usize = 64;
+/// How deeply tuples and lists may nest in a header: a structured dtype nests a level or
+/// two; the parser recurses once per level, so this bounds its stack.
+const MAX_NESTING: usize = 32;
+/// How much of a bad header an error message quotes.
+const MAX_QUOTED: usize = 200;
 
 /// The header of a `.npy` file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,19 +109,164 @@ pub fn encode_ndarray(header: &NpyHeader, data: &[u8]) -> Result<String, WireErr
     pack(&[&preamble, data])
 }
 
-/// A [`pack`]ed `.npy` file: its header, the unpacked file, and where the data starts.
-pub fn decode_ndarray(text: &str) -> Result<(NpyHeader, Vec<u8>, usize), WireError> {
-    let file = unpack(text)?;
-    let (header, offset) = parse_npy(&file)?;
-    Ok((header, file, offset))
+/// A [`pack`]ed `.npy` file of at most `max_bytes` bytes: its header, the unpacked file,
+/// and where the data starts.
+///
+/// The header is inflated first; its shape times the dtype's item size is checked
+/// (overflow-safe) against `max_bytes` before the buffer for the data is made, and the
+/// data must then be exactly that long. A dtype this parser cannot size (numpy rejects it
+/// later anyway) is only held to `max_bytes`.
+pub fn decode_ndarray(
+    text: &str,
+    max_bytes: usize,
+) -> Result<(NpyHeader, Vec<u8>, usize), WireError> {
+    with_stream(text, max_bytes, |stream| {
+        let limit = max_bytes.saturating_add(1);
+        // Magic, version and the longest (4-byte) header length.
+        let mut file = Vec::new();
+        stream.fill(&mut file, 12.min(limit))?;
+        let (start, header_len) = preamble(&file)?;
+        let header_end = start.saturating_add(header_len);
+        if header_end > max_bytes {
+            return Err(WireError::PayloadTooLarge(format!(
+                "the .npy header ends at byte {header_end}, past the limit of {max_bytes} \
+                 bytes (max_bytes)"
+            )));
+        }
+        stream.fill(&mut file, header_end)?;
+        let (header, offset) = parse_npy(&file)?;
+        if header.shape.len() > NPY_MAX_DIMS {
+            return Err(WireError::Npy(format!(
+                "the shape has {} dimensions; numpy allows at most {NPY_MAX_DIMS}",
+                header.shape.len()
+            )));
+        }
+        let Some(claimed) = data_len(&header) else {
+            stream.fill(&mut file, limit)?;
+            if file.len() > max_bytes {
+                return Err(over_limit(max_bytes));
+            }
+            stream.finish()?;
+            return Ok((header, file, offset));
+        };
+        let total = claimed
+            .and_then(|n| usize::try_from(n).ok())
+            .and_then(|n| n.checked_add(offset))
+            .filter(|&total| total <= max_bytes)
+            .ok_or_else(|| {
+                WireError::PayloadTooLarge(format!(
+                    "the .npy header claims shape {:?} of descr {:?}: {} bytes of data, \
+                     over the limit of {max_bytes} bytes (max_bytes)",
+                    header.shape,
+                    header.descr,
+                    claimed.map_or_else(|| "more than 2^64".to_owned(), |n| n.to_string())
+                ))
+            })?;
+        // One extra byte shows data longer than the shape without inflating the rest.
+        file.reserve_exact((total + 1).saturating_sub(file.len()));
+        stream.fill(&mut file, total + 1)?;
+        let got = file.len() - offset;
+        let needed = total - offset;
+        if got > needed {
+            return Err(WireError::Npy(format!(
+                "more than {needed} data bytes for shape {:?} of descr {:?} ({needed} needed)",
+                header.shape, header.descr
+            )));
+        }
+        if got < needed {
+            return Err(WireError::Npy(format!(
+                "{got} data bytes for shape {:?} of descr {:?} ({needed} needed)",
+                header.shape, header.descr
+            )));
+        }
+        stream.finish()?;
+        Ok((header, file, offset))
+    })
+}
+
+/// The size in bytes of the data `header` describes: `Some(None)` when it overflows u64,
+/// `None` when the dtype is not one this parser can size.
+fn data_len(header: &NpyHeader) -> Option<Option<u64>> {
+    let itemsize = descr_itemsize(&header.descr)?;
+    Some(
+        header
+            .shape
+            .iter()
+            .try_fold(itemsize, |acc, &dim| acc.checked_mul(dim)),
+    )
+}
+
+/// The item size of a dtype descr: a numpy type string (`<f8`, `|u1`, `<U3`, `<M8[ns]`,
+/// `|O`) or a structured dtype's field list literal.
+pub fn descr_itemsize(descr: &str) -> Option<u64> {
+    if descr.starts_with('[') {
+        let mut parser = HeaderParser::new(descr);
+        let (value, _) = parser.value().ok()?;
+        return (parser.peek().is_none()).then(|| literal_itemsize(&value))?;
+    }
+    type_itemsize(descr)
+}
+
+fn type_itemsize(descr: &str) -> Option<u64> {
+    let body = descr.strip_prefix(['<', '>', '|', '=']).unwrap_or(descr);
+    let mut chars = body.chars();
+    let kind = chars.next()?;
+    let rest = chars.as_str();
+    // Datetimes carry a unit: `M8[ns]`.
+    let digits = match rest.find('[') {
+        Some(at) if matches!(kind, 'M' | 'm') && rest.ends_with(']') => &rest[..at],
+        Some(_) => return None,
+        None => rest,
+    };
+    if kind == 'O' && digits.is_empty() {
+        return Some(8);
+    }
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    match kind {
+        'b' | 'i' | 'u' | 'f' | 'c' | 'm' | 'M' | 'S' | 'a' | 'V' | 'O' => Some(n),
+        'U' => n.checked_mul(4),
+        _ => None,
+    }
+}
+
+/// The item size of a field list: `(name, descr)` or `(name, descr, shape)` per field.
+fn literal_itemsize(value: &Literal<'_>) -> Option<u64> {
+    match value {
+        Literal::Str(descr) => type_itemsize(descr),
+        Literal::List(fields) => fields.iter().try_fold(0u64, |total, field| {
+            let Literal::Tuple(parts) = field else {
+                return None;
+            };
+            let (descr, shape) = match parts.as_slice() {
+                [_, descr] => (descr, None),
+                [_, descr, shape] => (descr, Some(shape)),
+                _ => return None,
+            };
+            let count = match shape {
+                None => 1,
+                Some(Literal::Int(n)) => *n,
+                Some(Literal::Tuple(dims)) => dims.iter().try_fold(1u64, |acc, dim| match dim {
+                    Literal::Int(n) => acc.checked_mul(*n),
+                    _ => None,
+                })?,
+                Some(_) => return None,
+            };
+            total.checked_add(literal_itemsize(descr)?.checked_mul(count)?)
+        }),
+        _ => None,
+    }
 }
 
 fn npy_error(problem: &str) -> WireError {
     WireError::Npy(problem.to_owned())
 }
 
-/// The header of a `.npy` file and the offset of its data.
-pub fn parse_npy(file: &[u8]) -> Result<(NpyHeader, usize), WireError> {
+/// Where the header dict of a `.npy` file starts and how long it is, from the magic,
+/// version and length fields.
+fn preamble(file: &[u8]) -> Result<(usize, usize), WireError> {
     if !file.starts_with(NPY_MAGIC) {
         return Err(npy_error(
             "the file does not start with the .npy magic string",
@@ -138,7 +291,12 @@ pub fn parse_npy(file: &[u8]) -> Result<(NpyHeader, usize), WireError> {
         .iter()
         .rev()
         .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-    let start = 8 + length_size;
+    Ok((8 + length_size, header_len))
+}
+
+/// The header of a `.npy` file and the offset of its data.
+pub fn parse_npy(file: &[u8]) -> Result<(NpyHeader, usize), WireError> {
+    let (start, header_len) = preamble(file)?;
     let end = start
         .checked_add(header_len)
         .filter(|&end| end <= file.len())
@@ -182,17 +340,29 @@ impl Literal<'_> {
 struct HeaderParser<'a> {
     text: &'a str,
     pos: usize,
+    depth: usize,
 }
 
 impl<'a> HeaderParser<'a> {
     fn new(text: &'a str) -> Self {
-        HeaderParser { text, pos: 0 }
+        HeaderParser {
+            text,
+            pos: 0,
+            depth: 0,
+        }
     }
 
     fn error(&self, problem: &str) -> WireError {
+        // The header may be megabytes: the message (sent back verbatim) quotes its start.
+        let text = self.text.trim_end();
+        let mut cut = text.len().min(MAX_QUOTED);
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let more = if cut < text.len() { "..." } else { "" };
         WireError::Npy(format!(
-            "header {:?}: {problem} at offset {}",
-            self.text.trim_end(),
+            "header {:?}{more}: {problem} at offset {}",
+            &text[..cut],
             self.pos
         ))
     }
@@ -305,8 +475,14 @@ impl<'a> HeaderParser<'a> {
             b'\'' | b'"' => Literal::Str(self.string(first)?),
             b'0'..=b'9' => Literal::Int(self.int()?),
             b'(' | b'[' => {
+                if self.depth == MAX_NESTING {
+                    return Err(self.error(&format!(
+                        "tuples and lists nest deeper than {MAX_NESTING} levels"
+                    )));
+                }
                 let close = if first == b'(' { b')' } else { b']' };
                 self.pos += 1;
+                self.depth += 1;
                 let mut items = Vec::new();
                 let mut trailing_comma = false;
                 while !self.eat(close) {
@@ -317,6 +493,7 @@ impl<'a> HeaderParser<'a> {
                         break;
                     }
                 }
+                self.depth -= 1;
                 if first == b'(' {
                     // `(3)` is the integer 3 in Python, not a tuple.
                     if items.len() == 1 && !trailing_comma {
@@ -376,6 +553,7 @@ impl<'a> HeaderParser<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::payload::zlib::{pack, DEFAULT_MAX_PAYLOAD_BYTES as MAX};
 
     fn header(descr: &str, fortran_order: bool, shape: &[u64]) -> NpyHeader {
         NpyHeader {
@@ -453,9 +631,10 @@ mod tests {
             ("[('a', '<i4'), ('b', '<f8', (2,))]", false, vec![2]),
         ] {
             let h = header(descr, fortran, &shape);
-            let data: Vec<u8> = (0..48).collect();
+            let size = descr_itemsize(descr).expect("itemsize") * shape.iter().product::<u64>();
+            let data: Vec<u8> = (0..size as u8).collect();
             let text = encode_ndarray(&h, &data).expect("encode");
-            let (parsed, file, offset) = decode_ndarray(&text).expect("decode");
+            let (parsed, file, offset) = decode_ndarray(&text, MAX).expect("decode");
             assert_eq!(parsed, h);
             assert_eq!(&file[offset..], &data[..]);
         }
@@ -548,5 +727,92 @@ mod tests {
             let err = parse_npy(&file).expect_err(needle);
             assert!(err.to_string().contains(needle), "{needle}: {err}");
         }
+    }
+
+    #[test]
+    fn itemsizes() {
+        for (descr, size) in [
+            ("<f8", 8),
+            ("|u1", 1),
+            ("<c16", 16),
+            ("|b1", 1),
+            ("<U3", 12),
+            ("|S5", 5),
+            ("<M8[ns]", 8),
+            ("|O", 8),
+            (">i4", 4),
+            ("[('a', '<i4'), ('b', '<f8', (2,))]", 20),
+            (
+                "[(('t', 'a'), '<i2'), ('n', [('x', '<f4')], 3), ('', '|V2')]",
+                16,
+            ),
+        ] {
+            assert_eq!(descr_itemsize(descr), Some(size), "{descr}");
+        }
+        for unknown in ["zz", "<f", "<f8[s]", "[('a')]", "<f99999999999999999999"] {
+            assert_eq!(descr_itemsize(unknown), None, "{unknown}");
+        }
+    }
+
+    #[test]
+    fn a_header_claiming_a_huge_shape_is_refused_before_its_data_is_made() {
+        // 100 bytes of .npy that claim 2^40 float64s, and 1 byte of data.
+        let pre = npy_preamble(&header("<f8", false, &[1 << 20, 1 << 20])).expect("pre");
+        let text = pack(&[&pre, b"x"]).expect("pack");
+        let err = decode_ndarray(&text, MAX).expect_err("huge");
+        assert!(matches!(err, WireError::PayloadTooLarge(_)), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("8796093022208 bytes of data"), "{msg}");
+        assert!(msg.contains(&format!("limit of {MAX} bytes")), "{msg}");
+        // Overflowing u64 is the same error, not a wrap-around.
+        let pre = npy_preamble(&header("<c16", false, &[u64::MAX, 2])).expect("pre");
+        let err = decode_ndarray(&pack(&[&pre]).expect("pack"), MAX).expect_err("overflow");
+        assert!(err.to_string().contains("more than 2^64"), "{err}");
+    }
+
+    #[test]
+    fn data_must_match_the_shape_and_the_limit() {
+        let pre = npy_preamble(&header("<f8", false, &[4])).expect("pre");
+        let short = pack(&[&pre, &[0u8; 31]]).expect("pack");
+        let err = decode_ndarray(&short, MAX).expect_err("short");
+        assert!(
+            err.to_string().contains("31 data bytes for shape [4]"),
+            "{err}"
+        );
+        let long = pack(&[&pre, &[0u8; 33]]).expect("pack");
+        let err = decode_ndarray(&long, MAX).expect_err("long");
+        assert!(err.to_string().contains("more than 32 data bytes"), "{err}");
+        let exact = pack(&[&pre, &[0u8; 32]]).expect("pack");
+        assert!(decode_ndarray(&exact, pre.len() + 32).is_ok());
+        let err = decode_ndarray(&exact, pre.len() + 31).expect_err("one over");
+        assert!(matches!(err, WireError::PayloadTooLarge(_)), "{err}");
+        // A header longer than the limit is refused before it is inflated.
+        let wide = npy_preamble(&header("|u1", false, &[1; 5000])).expect("pre");
+        let err = decode_ndarray(&pack(&[&wide]).expect("pack"), 1000).expect_err("header");
+        assert!(
+            err.to_string().contains("past the limit of 1000 bytes"),
+            "{err}"
+        );
+        // An unsized dtype is held to the limit alone.
+        let pre = npy_preamble(&header("zz", false, &[4])).expect("pre");
+        let bomb = pack(&[&pre, &vec![0u8; 1 << 20]]).expect("pack");
+        let err = decode_ndarray(&bomb, 4096).expect_err("bomb");
+        assert!(matches!(err, WireError::PayloadTooLarge(_)), "{err}");
+        assert!(decode_ndarray(&bomb, 2 << 20).is_ok());
+    }
+
+    #[test]
+    fn deep_nesting_and_too_many_dims_are_refused() {
+        let deep = format!(
+            "{{'descr': {}'<f8'{}, 'fortran_order': False, 'shape': ()}}",
+            "[".repeat(1000),
+            "]".repeat(1000)
+        );
+        let err = parse_npy(&npy_file(&deep, b"")).expect_err("deep");
+        assert!(err.to_string().contains("nest deeper than 32"), "{err}");
+        assert!(err.to_string().len() < 400, "the message quotes all: {err}");
+        let pre = npy_preamble(&header("|u1", false, &[1; 65])).expect("pre");
+        let err = decode_ndarray(&pack(&[&pre, b"x"]).expect("pack"), MAX).expect_err("dims");
+        assert!(err.to_string().contains("65 dimensions"), "{err}");
     }
 }

@@ -594,3 +594,22 @@ def test_service_refuses_hostile_inputs(
     assert client.get("/info").status_code == 200
     assert service.proc is not None
     assert service.proc.poll() is None
+
+
+def test_payloads_of_one_document_share_one_budget() -> None:
+    """Each payload alone fits the budget; together they do not: the second is refused
+    before it is unpacked, whatever its own size."""
+    array = np.zeros(1 << 16, dtype=np.uint8)  # 64 KiB, compresses to almost nothing
+    doc = encoding.dumps({"a": array, "b": array})
+    assert len(doc) < 4096
+    decoded = encoding.loads(doc, max_bytes=2 * ((1 << 16) + 1024))
+    assert decoded["a"].nbytes == decoded["b"].nbytes == 1 << 16
+    with pytest.raises(encoding.EncodingError, match="ndarray"):
+        encoding.loads(doc, max_bytes=(1 << 16) + 1024)
+
+
+def test_a_zlib_bomb_stops_at_the_document_budget() -> None:
+    bomb = encoding.dumps(np.zeros(64 << 20, dtype=np.uint8))  # 64 MiB of zeros
+    assert len(bomb) < 1 << 20
+    with pytest.raises(encoding.EncodingError, match="ndarray"):
+        encoding.loads(bomb, max_bytes=1 << 20)

@@ -22,7 +22,9 @@ import math
 import struct
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
@@ -78,6 +80,12 @@ _ORJSON_OPTIONS = (
 # bounds is built, so a small payload cannot make this process allocate or compute much
 # more than it sent. They are read at each call: assign a new value to change one
 # (docs/runtime.md, "Decoding hostile input").
+
+#: Total bytes the binary payloads (base64 of zlib: ``ndarray``, QPY circuits, …) of one
+#: document may unpack to, all of them together; each unpack is capped by what is left
+#: before it allocates (docs/runtime.md). A request body is at most 64 MiB by default and
+#: honest payloads compress 2 to 10 times, so 256 MiB is room for any of them and bounds a bomb.
+MAX_DECODED_BYTES = _native.DEFAULT_MAX_PAYLOAD_BYTES
 
 #: Largest dense matrix a ``settings`` value may describe (``Operator``,
 #: ``DensityMatrix``): 2**10 rows and columns, 16 MiB of complex entries.
@@ -138,13 +146,40 @@ def _pack(data: bytes) -> str:
     return _native.pack_payload(data)
 
 
+# What the payloads of the document being decoded may still unpack to (``loads`` sets it;
+# a contextvar so that threads decoding at once each have their own).
+_BUDGET: ContextVar[list[int] | None] = ContextVar("qdispatch_decode_budget", default=None)
+
+
+@contextmanager
+def _payload_budget(max_bytes: int) -> Iterator[None]:
+    token = _BUDGET.set([max_bytes])
+    try:
+        yield
+    finally:
+        _BUDGET.reset(token)
+
+
+def _remaining() -> int:
+    budget = _BUDGET.get()
+    return MAX_DECODED_BYTES if budget is None else budget[0]
+
+
+def _spend(size: int) -> None:
+    budget = _BUDGET.get()
+    if budget is not None:
+        budget[0] -= size
+
+
 def _unpack(type_name: str, value: Any) -> bytes:
     if not isinstance(value, str):
         raise EncodingError(type_name, f"expected a base64 string, got {type(value).__name__}")
     try:
-        return _native.unpack_payload(value)
+        data = _native.unpack_payload(value, max_bytes=_remaining())
     except _native.PayloadError as exc:
         raise EncodingError(type_name, str(exc)) from exc
+    _spend(len(data))
+    return data
 
 
 # --- ndarray ---------------------------------------------------------------------------
@@ -256,9 +291,10 @@ def _decode_ndarray(value: Any) -> np.ndarray:
     if not isinstance(value, str):
         return _object_array(value)
     try:
-        descr, shape, fortran, data = _native.decode_ndarray(value)
+        descr, shape, fortran, data = _native.decode_ndarray(value, max_bytes=_remaining())
     except _native.PayloadError as exc:
         raise EncodingError("ndarray", str(exc)) from exc
+    _spend(len(data))
     dtype = _dtype(descr)
     if dtype.hasobject:
         raise EncodingError("ndarray", f"dtype {_short(descr)} holds Python objects (needs pickle)")
@@ -1010,7 +1046,10 @@ def dumps(obj: Any) -> bytes:
 
 
 def loads(
-    data: bytes | bytearray | memoryview | str, *, settings_types: Iterable[type] = ()
+    data: bytes | bytearray | memoryview | str,
+    *,
+    settings_types: Iterable[type] = (),
+    max_bytes: int | None = None,
 ) -> Any:
     """Decode runtime JSON to the values it encodes.
 
@@ -1018,15 +1057,22 @@ def loads(
     not decode raises :class:`EncodingError`. A ``settings`` object is rebuilt only as one
     of the built-in classes (docs/runtime.md) or of ``settings_types``, called with the
     keyword parameters of its constructor; any other raises :class:`EncodingError` before
-    anything is imported or called.
+    anything is imported or called. The document's binary payloads unpack to at most
+    ``max_bytes`` in total (default :data:`MAX_DECODED_BYTES`), each refused before it is
+    allocated once the rest would not fit.
     """
-    table = _settings_table(tuple(settings_types))
+    with _payload_budget(MAX_DECODED_BYTES if max_bytes is None else max_bytes):
+        return _loads(data, tuple(settings_types))
+
+
+def _loads(data: bytes | bytearray | memoryview | str, settings_types: tuple[type, ...]) -> Any:
+    table = _settings_table(settings_types)
     try:
         tree = orjson.loads(data)
     except orjson.JSONDecodeError:
         # Python's json writes NaN and Infinity tokens, which orjson does not read.
         text = data if isinstance(data, str) else bytes(data).decode("utf-8")
-        return json.loads(text, cls=RuntimeDecoder, settings_types=tuple(settings_types))
+        return json.loads(text, cls=RuntimeDecoder, settings_types=settings_types)
     # A document without a single tag (a Qobj, plain inputs) needs no pass over its tree,
     # which costs about a microsecond a node. A key spelled with JSON escapes is missed
     # by this check, and then stays a dict: nothing is decoded that was not asked for.

@@ -275,8 +275,10 @@ class LocalExecutor:
             hello = await loop.run_in_executor(self._waiters, parent.recv)
         except (EOFError, OSError):
             hello = None
-        except BaseException:
-            self._retire(worker, kill=True)
+        except BaseException:  # cancelled by close(): no loop calls here, it may be gone
+            self._all.discard(worker)
+            if process.is_alive():
+                process.kill()
             raise
         if self._closing:
             return True
@@ -452,7 +454,7 @@ class LocalExecutor:
             worker.cancelled = True
             if worker.process.is_alive():
                 worker.process.kill()
-        for task in self._spawning:
+        for task in [*self._spawning, *self._burying]:
             task.cancel()
         for worker in list(self._all):
             worker.process.join(2.0)

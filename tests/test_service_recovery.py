@@ -69,7 +69,9 @@ def test_clean_stop_and_restart_keeps_everything(service_factory: Any) -> None:
 
 
 def test_a_crashed_worker_fails_only_its_own_job(service_factory: Any) -> None:
-    svc = service_factory("--workers", "1")
+    # One attempt allowed: a worker's death is transient, and would otherwise be retried
+    # (tests/test_faults.py).
+    svc = service_factory("--workers", "1", "--max-attempts", "1")
     client = svc.client()
     victim = submit(client, "aer_simulator", slow_qobj(shots=3000))
     bystander = submit(client, "aer_simulator", bell_qobj())

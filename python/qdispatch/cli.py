@@ -43,6 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_request_bytes=args.max_request_mb * 1024 * 1024,
         heartbeat_seconds=args.heartbeat,
         max_attempts=args.max_attempts,
+        job_time_limit=args.job_time_limit or None,
         idle_timeout=args.idle_timeout,
         programs_dir=Path(args.programs_dir).expanduser() if args.programs_dir else None,
     )
@@ -136,6 +137,12 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--programs-dir",
         help="directory of runtime programs: each DIR/<id>.py is program <id>",
+    )
+    serve.add_argument(
+        "--job-time-limit",
+        type=float,
+        default=3600.0,
+        help="seconds a job may run before it is stopped with time_limit_exceeded (0: none)",
     )
     serve.add_argument(
         "--state-file",

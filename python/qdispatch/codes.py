@@ -29,6 +29,8 @@ UNKNOWN_SESSION = "unknown_session"
 SESSION_CLOSED = "session_closed"
 SESSION_BACKEND_MISMATCH = "session_backend_mismatch"
 SESSION_EXPIRED = "session_expired"  # a job's error code: its session ran out of time
+# A job's error code: it ran longer than the service's per-job time limit (not retried).
+TIME_LIMIT_EXCEEDED = "time_limit_exceeded"
 
 __all__ = [
     "ACTIVE_JOB_LIMIT",
@@ -45,6 +47,7 @@ __all__ = [
     "SESSION_BACKEND_MISMATCH",
     "SESSION_CLOSED",
     "SESSION_EXPIRED",
+    "TIME_LIMIT_EXCEEDED",
     "UNAUTHORIZED",
     "UNKNOWN_BACKEND",
     "UNKNOWN_IMAGE",

@@ -24,6 +24,8 @@ class ServiceConfig:
     max_request_bytes: int = 64 * 1024 * 1024
     heartbeat_seconds: float = 10.0
     max_attempts: int = 3
+    #: seconds a job may run on a worker before it is stopped (``None``: no limit)
+    job_time_limit: float | None = 3600.0
     state_file: Path | None = None
     local_user: str | None = None
     idle_timeout: float | None = None

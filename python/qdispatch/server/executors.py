@@ -14,7 +14,15 @@ Local workers are started with *spawn*, not fork: the service holds SQLite conne
 an event loop and threads that must not be duplicated into a child. A worker that dies
 (segfault, OOM kill, ``kill -9``) fails only the job it was running, with a reason, and is
 replaced. Cancelling a running job kills its worker, which is then replaced too: a
-simulation in C++ cannot be interrupted any other way.
+simulation in C++ cannot be interrupted any other way. So does a job that runs past the
+per-job time limit.
+
+Faults: a worker goes back to the idle pool only if it replied and was never signalled
+(a cancel or the time limit may have killed it after its reply); every other way out of
+:meth:`LocalExecutor.execute` (an exception of a callback, a dead pipe, the caller being
+cancelled) retires the worker and starts another, in a ``finally``. An :class:`Outcome`
+says whether its failure was *transient* (the worker died, the cluster lost the task):
+the scheduler requeues those, and fails the others at once.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
+from ..codes import TIME_LIMIT_EXCEEDED
 from .programs import ProgramRef
 
 log = logging.getLogger(__name__)
@@ -77,6 +86,19 @@ class Outcome:
     seconds: float = 0.0
     code: str = EXECUTION_FAILED
     timings: dict[str, float] | None = None
+    #: the job itself is not at fault (its worker died, the cluster lost it): run it again
+    transient: bool = False
+
+
+def time_limit_outcome(limit: float, seconds: float) -> Outcome:
+    """A job stopped at the per-job time limit: deterministic, so never retried."""
+    return Outcome(
+        "error",
+        error=f"the job ran longer than the service's time limit of {limit:g} s "
+        "(--job-time-limit) and was stopped",
+        seconds=seconds,
+        code=TIME_LIMIT_EXCEEDED,
+    )
 
 
 def _outcome(reply: Reply, seconds: float) -> Outcome:
@@ -100,7 +122,22 @@ class Executor(Protocol):
 
     def cancel(self, job_id: str) -> bool: ...
 
+    def busy_jobs(self) -> set[str]: ...
+
+    def workers(self) -> dict[str, int]: ...
+
+    def audit(self) -> None: ...
+
     async def close(self) -> None: ...
+
+
+def _call(job_id: str, callback: Callable[[], None]) -> None:
+    # The scheduler's callbacks write to the store; one that fails (disk full, a lock
+    # held too long) must not strand the worker that has the job.
+    try:
+        callback()
+    except Exception:
+        log.exception("the started() callback of job %s failed", job_id)
 
 
 def run_task(task: Task, threads: int, emit: OnEvent) -> Reply:
@@ -163,25 +200,40 @@ class _Worker:
         self.process = process
         self.conn = conn
         self.job_id: str | None = None
-        self.cancelled = False
+        self.state = "starting"  # → idle ⇄ busy → retired
+        self.cancelled = False  # killed by cancel()
+        self.timed_out = False  # killed at the time limit
+
+    @property
+    def signalled(self) -> bool:
+        """Whether the service killed it: even if it replied, it must not be reused."""
+        return self.cancelled or self.timed_out
 
 
 class LocalExecutor:
-    """A pool of ``workers`` spawned processes, each running one job at a time."""
+    """A pool of ``workers`` spawned processes, each running one job at a time; a job
+    running longer than ``time_limit`` seconds is stopped (its worker is killed)."""
 
-    def __init__(self, workers: int, threads_per_worker: int = 1) -> None:
+    def __init__(
+        self, workers: int, threads_per_worker: int = 1, time_limit: float | None = None
+    ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.capacity = workers
+        self.time_limit = time_limit
         self._threads = threads_per_worker
         self._ctx = multiprocessing.get_context("spawn")
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
         self._busy: dict[str, _Worker] = {}
         self._all: set[_Worker] = set()
-        # One thread per worker waits on its pipe, so the event loop never blocks on one.
-        self._waiters = ThreadPoolExecutor(max_workers=workers + 1, thread_name_prefix="qd-pipe")
+        # One thread per worker waits on its pipe, so the event loop never blocks on one;
+        # the others join dying workers and wait for new ones to say hello.
+        self._waiters = ThreadPoolExecutor(
+            max_workers=2 * workers + 2, thread_name_prefix="qd-pipe"
+        )
         self._closing = False
         self._spawning: set[asyncio.Task[None]] = set()
+        self._burying: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Start the workers (they finish importing in the background)."""
@@ -194,6 +246,22 @@ class LocalExecutor:
         task.add_done_callback(self._spawning.discard)
 
     async def _spawn(self) -> None:
+        # Retried until a worker is up: a spawn that fails for good (too many open files,
+        # an import error in the child) must not cost a slot for the service's lifetime.
+        delay = 1.0
+        while not self._closing:
+            try:
+                if await self._spawn_one():
+                    return
+            except Exception:
+                log.exception("starting a worker process failed")
+            if self._closing:
+                return
+            log.error("a worker process failed to start; retrying in %.0f s", delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def _spawn_one(self) -> bool:
         parent, child = self._ctx.Pipe()
         process = self._ctx.Process(
             target=_worker_main, args=(child, self._threads), name="qdispatch-worker", daemon=True
@@ -207,35 +275,88 @@ class LocalExecutor:
             hello = await loop.run_in_executor(self._waiters, parent.recv)
         except (EOFError, OSError):
             hello = None
-        if self._closing:
-            return
-        if not hello or hello[0] != "ready":
-            log.error("a worker process failed to start (exit code %s); retrying", process.exitcode)
+        except BaseException:  # cancelled by close(): no loop calls here, it may be gone
             self._all.discard(worker)
-            await asyncio.sleep(1.0)
-            await self._spawn()
-            return
-        await self._idle.put(worker)
+            if process.is_alive():
+                process.kill()
+            raise
+        if self._closing:
+            return True
+        if not hello or hello[0] != "ready":
+            log.error("a worker process exited at start (exit code %s)", process.exitcode)
+            self._all.discard(worker)
+            parent.close()
+            return False
+        worker.state = "idle"
+        self._idle.put_nowait(worker)
+        return True
 
     @property
     def pids(self) -> list[int]:
         """Process ids of the live workers."""
         return [w.process.pid for w in self._all if w.process.pid is not None]
 
+    def busy_jobs(self) -> set[str]:
+        """Ids of the jobs a worker has now."""
+        return set(self._busy)
+
+    def workers(self) -> dict[str, int]:
+        """How many workers are idle, busy with a job, and starting."""
+        states = [w.state for w in self._all]
+        return {
+            "idle": states.count("idle"),
+            "busy": states.count("busy"),
+            "starting": len(self._spawning),
+        }
+
+    def audit(self) -> None:
+        """Find workers that are neither idle nor busy with a job, or missing from the
+        pool, say so loudly, and replace them (the watchdog calls this)."""
+        if self._closing:
+            return
+        for worker in list(self._all):
+            if worker.state == "busy" and self._busy.get(worker.job_id or "") is not worker:
+                log.warning(
+                    "worker %s was busy with no job (last job %s): replacing it",
+                    worker.process.pid,
+                    worker.job_id,
+                )
+                self._retire(worker, kill=True)
+        missing = self.capacity - len(self._all) - len(self._spawning)
+        for _ in range(max(0, missing)):
+            log.warning("the worker pool was %d short: starting another", missing)
+            self._spawn_later()
+
+    async def _take(self) -> _Worker:
+        """The next idle worker that is still alive (one killed while idle, by the OOM
+        killer or an operator, is replaced rather than handed a job)."""
+        while True:
+            worker = await self._idle.get()
+            if worker.process.is_alive():
+                return worker
+            log.warning("idle worker %s had died; replacing it", worker.process.pid)
+            self._retire(worker, kill=False)
+
     async def execute(
         self, task: Task, started: Callable[[], None], on_event: OnEvent | None = None
     ) -> Outcome:
         """Run ``task`` on the next idle worker, passing its events to ``on_event``."""
-        worker = await self._idle.get()
+        worker = await self._take()
+        # No await from here to the try: a cancel of the caller cannot lose the worker.
         worker.job_id = task.job_id
-        worker.cancelled = False
+        worker.state = "busy"
+        worker.cancelled = worker.timed_out = False
         self._busy[task.job_id] = worker
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
-        message: tuple[Any, ...] | None
+        message: tuple[Any, ...] | None = None
+        died = False
+        timer = None
         try:
             worker.conn.send(task)
-            started()
+            if self.time_limit:
+                timer = loop.call_later(self.time_limit, self._expire, worker, task.job_id)
+            _call(task.job_id, started)
             while True:
                 received: tuple[Any, ...] = await loop.run_in_executor(
                     self._waiters, worker.conn.recv
@@ -244,28 +365,66 @@ class LocalExecutor:
                     message = received
                     break
                 _deliver(task.job_id, on_event, received[0], received[1])
-        except (EOFError, OSError, BrokenPipeError):
-            message = None
+        except (EOFError, OSError):
+            died = True
         finally:
+            if timer is not None:
+                timer.cancel()
             self._busy.pop(task.job_id, None)
             worker.job_id = None
+            if message is not None and not worker.signalled and not self._closing:
+                worker.state = "idle"
+                self._idle.put_nowait(worker)
+            else:
+                # Killed by us (cancel, time limit) even after replying, dead on its own,
+                # or left mid-job by an exception: never handed another job.
+                self._retire(worker, kill=not died)
         if message is None:
-            return await self._replace(worker, start)
-        await self._idle.put(worker)
+            return await self._died(worker, start)
         _, reply, seconds = message
         return _outcome(reply, seconds)
 
-    async def _replace(self, worker: _Worker, start: float) -> Outcome:
-        """The worker died under a job: say why, and start another in its place."""
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._waiters, worker.process.join, 5.0)
+    def _expire(self, worker: _Worker, job_id: str) -> None:
+        if worker.job_id == job_id and not worker.signalled:
+            log.warning(
+                "job %s ran past the time limit of %g s: stopping it", job_id, self.time_limit
+            )
+            worker.timed_out = True
+            worker.process.kill()
+
+    def _retire(self, worker: _Worker, kill: bool) -> None:
+        """Take ``worker`` out of the pool for good and start another in its place."""
+        if worker.state == "retired":
+            return
+        worker.state = "retired"
         self._all.discard(worker)
-        worker.conn.close()
-        elapsed = time.perf_counter() - start
+        if kill and worker.process.is_alive():
+            worker.process.kill()
+        bury = asyncio.get_running_loop().create_task(self._bury(worker))
+        self._burying.add(bury)
+        bury.add_done_callback(self._burying.discard)
         if not self._closing:
             self._spawn_later()
+
+    async def _bury(self, worker: _Worker) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._waiters, worker.process.join, 5.0)
+        except RuntimeError:  # the executor is closing: its threads are gone
+            worker.process.join(0.5)
+        if worker.process.is_alive():
+            worker.process.kill()
+        worker.conn.close()
+
+    async def _died(self, worker: _Worker, start: float) -> Outcome:
+        """The worker is gone under a job: say why."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._waiters, worker.process.join, 5.0)
+        elapsed = time.perf_counter() - start
         if worker.cancelled:
             return Outcome("cancelled", seconds=elapsed)
+        if worker.timed_out:
+            return time_limit_outcome(self.time_limit or 0.0, elapsed)
         code = worker.process.exitcode
         how = (
             f"killed by signal {signal.Signals(-code).name}"
@@ -274,8 +433,9 @@ class LocalExecutor:
         )
         return Outcome(
             "error",
-            error=f"the worker process running this job died ({how}); the job was not retried",
+            error=f"the worker process running this job died ({how})",
             seconds=elapsed,
+            transient=True,
         )
 
     def cancel(self, job_id: str) -> bool:
@@ -294,11 +454,11 @@ class LocalExecutor:
             worker.cancelled = True
             if worker.process.is_alive():
                 worker.process.kill()
-            worker.conn.close()
-        for task in self._spawning:
+        for task in [*self._spawning, *self._burying]:
             task.cancel()
         for worker in list(self._all):
             worker.process.join(2.0)
+            worker.conn.close()
         self._waiters.shutdown(wait=False, cancel_futures=True)
 
 
@@ -374,12 +534,20 @@ class DaskExecutor:
     SLURM or PBS). Cancelling a running job releases its future; the cluster may finish
     the computation, but its result is discarded and the job stays CANCELLED."""
 
-    def __init__(self, scheduler: str, capacity: int | None = None, threads_per_task: int = 1):
+    def __init__(
+        self,
+        scheduler: str,
+        capacity: int | None = None,
+        threads_per_task: int = 1,
+        time_limit: float | None = None,
+    ):
         self.scheduler = scheduler
         self.capacity = capacity or 0
+        self.time_limit = time_limit
         self._threads = threads_per_task
         self._client: Any = None
         self._futures: dict[str, Any] = {}
+        self._timed_out: set[str] = set()
         self._cancelling: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
@@ -416,26 +584,64 @@ class DaskExecutor:
             _dask_run, task, self._threads, queue.name if queue else None, pure=False, key=key
         )
         self._futures[task.job_id] = future
-        started()  # the cluster's own scheduler decides when it runs; to us it is running
+        timer = None
+        if self.time_limit:
+            timer = asyncio.get_running_loop().call_later(
+                self.time_limit, self._expire, task.job_id
+            )
+        _call(task.job_id, started)  # the cluster decides when it runs; to us it is running
         try:
             reply = await future
             return _outcome(reply, time.perf_counter() - start)
         except asyncio.CancelledError:
             if future.cancelled() or future.status == "cancelled":
-                return Outcome("cancelled", seconds=time.perf_counter() - start)
+                return self._stopped(task.job_id, start)
             raise
         except Exception as exc:
             if future.status == "cancelled":
-                return Outcome("cancelled", seconds=time.perf_counter() - start)
+                return self._stopped(task.job_id, start)
+            # run_task answers a job's own failure with a Reply: an exception here is the
+            # cluster's (a worker lost, a connection closed), so the job may run again.
             return Outcome(
-                "error", error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start
+                "error",
+                error=f"the dask cluster lost the job: {type(exc).__name__}: {exc}",
+                seconds=time.perf_counter() - start,
+                transient=True,
             )
         finally:
+            if timer is not None:
+                timer.cancel()
+            self._timed_out.discard(task.job_id)
             self._futures.pop(task.job_id, None)
             if drain is not None:
                 # Before the outcome goes back: every event is stored ahead of the status.
                 await _end_events(queue, drain, task.job_id)
                 queue.close()
+
+    def _stopped(self, job_id: str, start: float) -> Outcome:
+        seconds = time.perf_counter() - start
+        if job_id in self._timed_out:
+            return time_limit_outcome(self.time_limit or 0.0, seconds)
+        return Outcome("cancelled", seconds=seconds)
+
+    def _expire(self, job_id: str) -> None:
+        log.warning(
+            "job %s ran past the time limit of %g s: cancelling it", job_id, self.time_limit
+        )
+        if self.cancel(job_id):
+            self._timed_out.add(job_id)
+
+    def busy_jobs(self) -> set[str]:
+        """Ids of the jobs submitted to the cluster and not finished."""
+        return set(self._futures)
+
+    def workers(self) -> dict[str, int]:
+        """Slots of the cluster in use and free (dask starts its workers itself)."""
+        busy = len(self._futures)
+        return {"idle": max(0, self.capacity - busy), "busy": busy, "starting": 0}
+
+    def audit(self) -> None:
+        """Nothing to check: dask replaces its own workers."""
 
     def cancel(self, job_id: str) -> bool:
         """Release a running job's future; ``False`` if it is not running here."""

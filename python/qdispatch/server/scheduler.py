@@ -17,6 +17,13 @@ or expires, so a job's tier is fixed when it is queued.
 Queue positions follow the same rule, and estimated start and completion times come from
 the execution rate measured per backend (an exponential moving average of seconds per
 experiment, kept in the store so that it survives restarts).
+
+Faults (docs/service.md, "Faults"): a slot is held exactly while a job's task lives — it
+is freed by the task's done callback, which runs even for a task cancelled before it
+started. The dispatch loop survives errors (it logs, backs off and goes on); an outcome
+that cannot be stored is kept and stored again later, never dropped; a job whose worker
+died or whose executor lost it is requeued until it has been tried ``max_attempts`` times.
+A watchdog checks every few seconds that each held slot belongs to a live job.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from typing import Any
 
 import orjson
 
-from ..constants import CANCELLED, DONE, ERROR, QUEUED, RUNNING
+from ..constants import CANCELLED, DONE, ERROR, FINAL_STATUSES, QUEUED, RUNNING
 from .executors import Executor, Outcome, Task
 from .programs import ProgramRef
 from .store import Event, Job, Store
@@ -46,6 +53,8 @@ log = logging.getLogger(__name__)
 USAGE_HALF_LIFE = 600.0
 _DEFAULT_RATE = 0.002  # seconds per experiment until a backend has been measured
 _RATE_WEIGHT = 0.2
+WATCHDOG_INTERVAL = 5.0  # seconds between the watchdog's checks and retries of outcomes
+_MAX_BACKOFF = 30.0  # the longest the dispatch loop waits after an error
 
 
 # Tiers of queues, dispatched strictly in this order.
@@ -77,6 +86,8 @@ class _Running:
     task: asyncio.Task[None] | None = None
     cancelled: bool = False
     on_worker: bool = False
+    recorded: bool = False  # RUNNING is in the store (and the attempt counted)
+    released: bool = False  # its slot has been given back
 
 
 class Scheduler:
@@ -89,6 +100,7 @@ class Scheduler:
         executor: Executor,
         max_attempts: int = 3,
         programs: Callable[[str], ProgramRef | None] | None = None,
+        watchdog_interval: float = WATCHDOG_INTERVAL,
     ):
         self.store = store
         self.hub = hub
@@ -104,6 +116,10 @@ class Scheduler:
         self._rates: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._watchdog_task: asyncio.Task[None] | None = None
+        self._watchdog_interval = watchdog_interval
+        # Outcomes the store refused (job id → what to store), retried by the watchdog.
+        self._unsettled: dict[str, tuple[_Running, Outcome]] = {}
         self._order_cache: dict[str, tuple[int, dict[str, tuple[int, int]]]] = {}
         self._version = 0
 
@@ -119,16 +135,20 @@ class Scheduler:
         for job in self.store.jobs_with_status(QUEUED):
             self._enqueue(job)
         await self.executor.start()
-        self._loop_task = asyncio.get_running_loop().create_task(self._dispatch_loop())
+        loop = asyncio.get_running_loop()
+        self._loop_task = loop.create_task(self._dispatch_loop())
+        self._watchdog_task = loop.create_task(self._watchdog())
         return requeued, failed
 
     async def stop(self) -> None:
         """Stop dispatching. Running jobs stay RUNNING in the store and are requeued by the
         next start, so a clean stop and a crash recover the same way."""
-        if self._loop_task:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        for background in (self._watchdog_task, self._loop_task):
+            if background:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
+        self._retry_unsettled()  # one last try; what is left stays RUNNING, and is requeued
         running = list(self._running.items())
         tasks = [r.task for _, r in running if r.task is not None]
         for task in tasks:
@@ -138,10 +158,17 @@ class Scheduler:
         # A clean stop is not the job's fault: requeue without counting the attempt (a
         # crash leaves them RUNNING, and the next start requeues them counting it).
         for job_id, run in running:
-            if run.on_worker and not run.cancelled:
-                self.store.set_status(
-                    job_id, QUEUED, step="REQUEUED", note="the service stopped", attempts_delta=-1
-                )
+            if run.on_worker and not run.cancelled and run.recorded:
+                try:
+                    self.store.set_status(
+                        job_id,
+                        QUEUED,
+                        step="REQUEUED",
+                        note="the service stopped",
+                        attempts_delta=-1,
+                    )
+                except Exception:  # it stays RUNNING: the next start requeues it
+                    log.exception("could not requeue job %s at stop", job_id)
 
     # -- queueing -----------------------------------------------------------------------
 
@@ -150,6 +177,8 @@ class Scheduler:
         self._enqueue(job)
 
     def _enqueue(self, job: Job) -> None:
+        if job.id in self._queued or job.id in self._running:
+            return  # already here (the watchdog found it while its route was queueing it)
         dedicated = job.session_id and self.store.session_mode(job.session_id) == "dedicated"
         tier = _DEDICATED if dedicated else _SHARED
         entry = _Queued(
@@ -243,15 +272,39 @@ class Scheduler:
     # -- dispatch and completion --------------------------------------------------------
 
     async def _dispatch_loop(self) -> None:
+        # Supervised: an error (a store that cannot be read) is logged and dispatch goes
+        # on after a pause, doubling up to _MAX_BACKOFF while it keeps failing.
+        backoff = 0.1
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while len(self._running) < self.executor.capacity:
-                entry = self._next()
-                if entry is None:
-                    break
-                self._dequeue(entry)
+            try:
+                self._dispatch()
+                backoff = 0.1
+            except Exception:
+                log.exception("dispatching failed; trying again in %.1f s", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+                self._wake.set()
+
+    def _dispatch(self) -> None:
+        while len(self._running) < self.executor.capacity:
+            entry = self._next()
+            if entry is None:
+                break
+            self._dequeue(entry)
+            try:
                 self._start(entry)
+            except Exception:
+                self._put_back(entry)
+                raise
+
+    def _put_back(self, entry: _Queued) -> None:
+        """Return an entry that could not be started to the head of its queue."""
+        users = self._tiers[entry.tier][entry.backend]
+        users.setdefault(entry.owner, deque()).appendleft(entry)
+        self._queued[entry.job_id] = entry
+        self._changed()
 
     def _start(self, entry: _Queued) -> None:
         job = self.store.job(entry.job_id)
@@ -267,6 +320,8 @@ class Scheduler:
                 )
                 self._publish(job.id, events)
                 return
+        # Everything that can fail comes before the slot is taken: nothing to undo.
+        task = Task(job.id, job.backend, job.kind, self.store.inputs(job.id), program)
         running = _Running(
             entry.owner,
             entry.backend,
@@ -277,17 +332,46 @@ class Scheduler:
         )
         self._running[job.id] = running
         self._running_per_user[job.owner] += 1
-        task = Task(job.id, job.backend, job.kind, self.store.inputs(job.id), program)
         running.task = asyncio.get_running_loop().create_task(self._run(task, running))
+        # The slot is given back when the task ends, however it ends: a task cancelled
+        # before its first step never runs its coroutine's ``finally``, but this runs.
+        running.task.add_done_callback(lambda _: self._release(job.id, running))
+
+    def _release(self, job_id: str, running: _Running) -> None:
+        """Give back a job's slot (once)."""
+        if self._running.get(job_id) is running:
+            del self._running[job_id]
+        if running.released:
+            return
+        running.released = True
+        self._running_per_user[running.owner] -= 1
+        if self._running_per_user[running.owner] <= 0:
+            del self._running_per_user[running.owner]
+        self._charge(running.owner, time.monotonic() - running.started)
+        self._changed()
 
     def _started(self, job_id: str, running: _Running) -> None:
         """A worker has taken the job: only now is it RUNNING (and an attempt counted)."""
         running.started = time.monotonic()
         running.on_worker = True
-        if not running.cancelled:
-            self._publish(job_id, self.store.set_status(job_id, RUNNING, attempts_delta=1))
-            if running.session_id is not None:
+        if running.cancelled:
+            return
+        try:
+            self._record_start(job_id, running)
+        except Exception:  # the job runs on; RUNNING is written before its outcome
+            log.exception("could not record the start of job %s; will retry", job_id)
+
+    def _record_start(self, job_id: str, running: _Running) -> None:
+        if running.recorded:
+            return
+        events = self.store.set_status(job_id, RUNNING, attempts_delta=1)
+        running.recorded = True
+        self._publish(job_id, events)
+        if running.session_id is not None:
+            try:
                 self.store.session_started(running.session_id)
+            except Exception:
+                log.exception("could not start the clock of session %s", running.session_id)
 
     def _event(self, job_id: str, running: _Running, kind: str, data: Any) -> None:
         """Store and publish an interim result or log line of a running job, in order."""
@@ -313,17 +397,44 @@ class Scheduler:
             raise  # the service is stopping: the job stays RUNNING and is requeued on start
         except Exception as exc:  # an executor bug must not kill the dispatcher
             log.exception("executor failed on job %s", task.job_id)
-            outcome = Outcome("error", error=f"internal error while running the job: {exc}")
+            outcome = Outcome(
+                "error", error=f"internal error while running the job: {exc}", transient=True
+            )
         finally:
-            self._running.pop(task.job_id, None)
-            self._running_per_user[running.owner] -= 1
-            self._charge(running.owner, time.monotonic() - running.started)
-            self._changed()
+            self._release(task.job_id, running)
         if running.cancelled:
             return  # already CANCELLED when cancel() was called
-        self._finish(task.job_id, running, outcome)
+        self._settle(task.job_id, running, outcome)
+
+    def _settle(self, job_id: str, running: _Running, outcome: Outcome) -> None:
+        """Store the outcome; if the store refuses, keep it and let the watchdog retry."""
+        try:
+            if running.on_worker and outcome.status != "cancelled":
+                self._record_start(job_id, running)  # if _started could not
+            self._finish(job_id, running, outcome)
+        except Exception:
+            log.exception("could not store the outcome of job %s; keeping it to retry", job_id)
+            self._unsettled[job_id] = (running, outcome)
+        else:
+            self._unsettled.pop(job_id, None)
+
+    def _retry_unsettled(self) -> None:
+        for job_id, (running, outcome) in list(self._unsettled.items()):
+            try:
+                job = self.store.job(job_id)
+            except Exception:
+                log.warning("the store is still failing; %d outcomes kept", len(self._unsettled))
+                return
+            if job is None or job.status in FINAL_STATUSES:
+                # Cancelled (or ended otherwise) while its outcome waited: that stands.
+                self._unsettled.pop(job_id, None)
+                continue
+            self._settle(job_id, running, outcome)
 
     def _finish(self, job_id: str, running: _Running, outcome: Outcome) -> None:
+        if outcome.status == "error" and outcome.transient:
+            self._transient(job_id, outcome)
+            return
         if outcome.status == "cancelled":
             events = self.store.set_status(job_id, CANCELLED)
         elif outcome.status == "done" and outcome.result is not None:
@@ -351,6 +462,66 @@ class Scheduler:
             )
         self._publish(job_id, events)
 
+    def _transient(self, job_id: str, outcome: Outcome) -> None:
+        """The job's run ended through no fault of its own: run it again, up to
+        ``max_attempts`` runs, then fail it saying why."""
+        job = self.store.job(job_id)
+        if job is None:
+            return
+        reason = outcome.error or "the job's run was lost"
+        if job.attempts < self.max_attempts:
+            note = f"{reason}; requeued (attempt {job.attempts} of {self.max_attempts})"
+            events = self.store.set_status(job_id, QUEUED, step="REQUEUED", note=note)
+            self._publish(job_id, events)
+            self._enqueue(job)
+            return
+        message = f"{reason}; not trying again after {job.attempts} attempts"
+        events = self.store.set_status(
+            job_id,
+            ERROR,
+            error={"code": outcome.code, "message": message},
+            run_seconds=outcome.seconds,
+        )
+        self._publish(job_id, events)
+
+    async def _watchdog(self) -> None:
+        while True:
+            await asyncio.sleep(self._watchdog_interval)
+            try:
+                self.check()
+            except Exception:  # one failed check must not end the watchdog
+                log.exception("the watchdog's check failed")
+
+    def check(self) -> None:
+        """Free slots held by no live job (loudly: it is a bug), let the executor check its
+        workers, store outcomes the store refused before, and queue QUEUED jobs that are
+        in no queue."""
+        for job_id, running in list(self._running.items()):
+            if running.task is None or running.task.done():
+                log.warning("job %s held a worker slot with no live task; freeing it", job_id)
+                self._release(job_id, running)
+        self.executor.audit()
+        self._retry_unsettled()
+        for job in self.store.jobs_with_status(QUEUED):
+            if job.id not in self._queued and job.id not in self._running:
+                if job.id in self._unsettled:
+                    continue
+                log.warning("job %s was QUEUED in the store but in no queue; queueing it", job.id)
+                self._enqueue(job)
+
+    def health(self) -> dict[str, Any]:
+        """What ``GET /info`` shows of the scheduler: jobs queued and running, and the
+        executor's workers."""
+        return {
+            "queued_jobs": len(self._queued),
+            "running_jobs": len(self._running),
+            "workers": self.executor.workers(),
+        }
+
+    def running_on_workers(self) -> set[str]:
+        """Ids of the jobs the scheduler believes a worker has."""
+        return {job_id for job_id, r in self._running.items() if r.on_worker}
+
     def _measured(self, backend: str, seconds: float, n_experiments: int) -> None:
         sample = seconds / max(1, n_experiments)
         old = self._rate(backend)
@@ -377,9 +548,14 @@ class Scheduler:
         return self._rates[backend]
 
     def _publish(self, job_id: str, events: list[Event]) -> None:
-        job = self.store.job(job_id)
-        if job is not None:
-            self.hub.publish(job, events)
+        # The events are stored already: a failure to publish them must not look like a
+        # failure to store them (streams catch up from the store by sequence number).
+        try:
+            job = self.store.job(job_id)
+            if job is not None:
+                self.hub.publish(job, events)
+        except Exception:
+            log.exception("could not publish %d events of job %s", len(events), job_id)
 
     # -- requests -----------------------------------------------------------------------
 
@@ -390,6 +566,9 @@ class Scheduler:
     def end(self, job: Job, status: str, error: dict[str, Any] | None = None) -> list[Event]:
         """End a queued or running job before it finishes, as ``status`` (``CANCELLED``, or
         ``ERROR`` with ``error``), and publish the change."""
+        # The store first: if it fails, nothing has changed here either.
+        events = self.store.set_status(job.id, status, error=error)
+        self._unsettled.pop(job.id, None)
         entry = self._queued.get(job.id)
         if entry is not None:
             self._dequeue(entry)
@@ -400,7 +579,6 @@ class Scheduler:
                 self.executor.cancel(job.id)
             elif running.task is not None:
                 running.task.cancel()  # still waiting for a free worker: just stop waiting
-        events = self.store.set_status(job.id, status, error=error)
         self._publish(job.id, events)
         return events
 

@@ -69,11 +69,18 @@ class Service:
 
     def _executor(self) -> Executor:
         if self.config.executor == "local":
-            return LocalExecutor(self.config.workers, self.config.threads_per_worker)
+            return LocalExecutor(
+                self.config.workers, self.config.threads_per_worker, self.config.job_time_limit
+            )
         if self.config.executor == "dask":
             if not self.config.scheduler_address:
                 raise ValueError("--executor dask needs --scheduler ADDRESS")
-            return DaskExecutor(self.config.scheduler_address, None, self.config.threads_per_worker)
+            return DaskExecutor(
+                self.config.scheduler_address,
+                None,
+                self.config.threads_per_worker,
+                self.config.job_time_limit,
+            )
         raise ValueError(f"unknown executor {self.config.executor!r} (local, dask)")
 
     # -- life cycle ---------------------------------------------------------------------

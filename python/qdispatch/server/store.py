@@ -690,6 +690,35 @@ class Store:
         )
         return [Event(r[0], r[1], r[2], r[3]) for r in rows]
 
+    def attempts(self, job_id: str) -> list[dict[str, Any]]:
+        """Each run of the job on a worker, from its status events: ``start`` and ``end``
+        times, ``outcome`` (``done``, ``error``, ``cancelled``, ``requeued``, or
+        ``running`` while it runs) and ``reason`` (the error's message or the requeue
+        note; ``None`` for ``done``)."""
+        rows = self._db.execute(
+            "SELECT data FROM events WHERE job_id = ? AND type = 'status' ORDER BY seq",
+            (job_id,),
+        )
+        attempts: list[dict[str, Any]] = []
+        current: dict[str, Any] | None = None
+        for (data,) in rows:
+            status = orjson.loads(data)
+            if status["status"] == RUNNING:
+                current = {"start": status["time"], "end": None, "outcome": "running"}
+                current["reason"] = None
+                attempts.append(current)
+            elif current is not None:
+                error = status.get("error") or {}
+                current["end"] = status["time"]
+                current["outcome"] = (
+                    "requeued" if status["status"] == QUEUED else status["status"].lower()
+                )
+                current["reason"] = status.get("note") or error.get("message")
+                if error.get("code"):
+                    current["code"] = error["code"]
+                current = None
+        return attempts
+
     def update_name(self, job_id: str, name: str | None) -> None:
         """Rename a job."""
         with self.transaction() as db:

@@ -14,7 +14,8 @@ router = APIRouter(tags=["service"])
 
 @router.get("/info")
 async def info(svc: Svc) -> Response:
-    """Service version and the limits clients pace and split their work by."""
+    """Service version, the limits clients pace and split their work by, and how busy
+    it is (jobs queued and running, workers idle, busy and starting)."""
     config = svc.config
     return json_response(
         {
@@ -24,5 +25,7 @@ async def info(svc: Svc) -> Response:
             "executor": config.executor,
             "capacity": svc.scheduler.executor.capacity,
             "heartbeat_seconds": config.heartbeat_seconds,
+            "job_time_limit": config.job_time_limit,
+            **svc.scheduler.health(),
         }
     )

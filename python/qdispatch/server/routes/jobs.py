@@ -190,9 +190,11 @@ def parse_envelope(raw: bytes) -> JobCreate:
 # -- the JSON form of a job --------------------------------------------------------------
 
 
-def view(svc: Service, job: Job, queue_info: bool = True) -> dict[str, Any]:
+def view(svc: Service, job: Job, queue_info: bool = True, attempts: bool = False) -> dict[str, Any]:
     """The JSON form of a job (``queue_info`` only when asked: it costs a pass over the
-    backend's queue the first time after each change)."""
+    backend's queue the first time after each change; ``attempts``, each run on a worker
+    and how it ended, only for one job: it reads the job's status events)."""
+    extra = {"attempts": svc.store.attempts(job.id)} if attempts else {}
     return {
         "id": job.id,
         "backend": job.backend,
@@ -218,6 +220,7 @@ def view(svc: Service, job: Job, queue_info: bool = True) -> dict[str, Any]:
         "image": job.image,
         "program_version": job.program_version,
         "usage_estimation": job.usage_estimation,
+        **extra,
     }
 
 
@@ -387,8 +390,8 @@ async def bulk_status(body: BulkStatus, svc: Svc, who: Who) -> Response:
 
 @router.get("/jobs/{job_id}")
 async def get_job(job_id: str, svc: Svc, who: Who) -> Response:
-    """One job."""
-    return json_response(view(svc, visible_job(svc, who, job_id)))
+    """One job, with its attempts."""
+    return json_response(view(svc, visible_job(svc, who, job_id), attempts=True))
 
 
 @router.get("/jobs/{job_id}/qobj")

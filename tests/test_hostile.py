@@ -407,6 +407,9 @@ def test_empty_array_cannot_claim_a_huge_shape(decode: Decode) -> None:
     refused(decode, payload, "ndarray", "MAX_ARRAY_ELEMENTS")
     payload = tagged("ndarray", npy("|V0", (10**6, 10**6)))
     refused(decode, payload, "ndarray", "MAX_ARRAY_ELEMENTS")
+    # A zero-size field of a structured dtype is a free (10**9, 10**9, 0) view of each row.
+    payload = tagged("ndarray", npy("[('a', '<f8', (1000000000, 1000000000, 0))]", (1,)))
+    refused(decode, payload, "ndarray", "MAX_ARRAY_ELEMENTS")
 
 
 def test_deep_object_array_is_refused(decode: Decode) -> None:
@@ -613,3 +616,26 @@ def test_a_zlib_bomb_stops_at_the_document_budget() -> None:
     assert len(bomb) < 1 << 20
     with pytest.raises(encoding.EncodingError, match="ndarray"):
         encoding.loads(bomb, max_bytes=1 << 20)
+
+
+def test_qpy_instruction_count_is_bounded(decode: Decode, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A few bytes of zlib can describe millions of instructions: the count the header
+    declares is bounded as a Qobj experiment's is."""
+    monkeypatch.setattr(encoding, "MAX_QPY_INSTRUCTIONS", 10)
+    circuit = QuantumCircuit(1)
+    for _ in range(11):
+        circuit.x(0)
+    refused(decode, dumps(circuit), "QuantumCircuit", "MAX_QPY_INSTRUCTIONS")
+    circuit.data.pop()
+    assert decode(dumps(circuit)) == circuit
+
+
+def test_runtime_decoder_alone_has_a_document_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``json.loads(cls=RuntimeDecoder)`` outside ``loads`` still shares one budget between
+    the document's payloads."""
+    monkeypatch.setattr(encoding, "MAX_DECODED_BYTES", (1 << 16) + 1024)
+    array = np.zeros(1 << 16, dtype=np.uint8)
+    doc = dumps({"a": array, "b": array}).decode()
+    assert json.loads(dumps({"a": array}).decode(), cls=RuntimeDecoder)["a"].nbytes == 1 << 16
+    with pytest.raises(EncodingError, match="ndarray"):
+        json.loads(doc, cls=RuntimeDecoder)

@@ -12,6 +12,13 @@ import orjson
 import pytest
 from qiskit.result import Result
 
+from qdispatch.constants import (
+    MAX_BULK_IDS,
+    MAX_CLIENT_INFO_ITEMS,
+    MAX_NAME_LENGTH,
+    MAX_TAG_LENGTH,
+    MAX_TAGS,
+)
 from qobjs import bell_qobj, device_bell, experiment, ghz, measure_all, qobj, slow_qobj
 from support import ServiceProcess, submit, wait_final, wait_status
 
@@ -530,3 +537,33 @@ def test_backends_configuration_properties_and_openapi(service: ServiceProcess) 
     ):
         assert path in spec["paths"], path
     assert "Idempotency-Key" in orjson.dumps(spec["paths"]["/jobs"]["post"]).decode()
+
+
+def test_names_tags_and_id_lists_are_bounded(service: ServiceProcess) -> None:
+    """What one request may name is bounded (docs/service.md, "Limits"): each excess is a
+    400 that names the limit, and no job is made or changed."""
+    client = service.client()
+    before = client.get("/jobs").json()["count"]
+    too_long = "n" * (MAX_NAME_LENGTH + 1)
+    for fields in (
+        {"name": too_long},
+        {"experiment_id": too_long},
+        {"tags": [f"t{i}" for i in range(MAX_TAGS + 1)]},
+        {"tags": ["t" * (MAX_TAG_LENGTH + 1)]},
+        {"client_info": {f"k{i}": "v" for i in range(MAX_CLIENT_INFO_ITEMS + 1)}},
+    ):
+        answer = client.post(
+            "/jobs", json={"backend": "aer_simulator", "qobj": bell_qobj(), **fields}
+        )
+        assert answer.status_code == 400, fields
+        assert answer.json()["error"]["code"] == "invalid_request"
+    assert client.get("/jobs").json()["count"] == before
+    job = submit(client, "aer_simulator", bell_qobj(), name="kept", tags=["kept"])
+    assert client.put(f"/jobs/{job['id']}/name", json={"name": too_long}).status_code == 400
+    tags = {"tags": [f"t{i}" for i in range(MAX_TAGS + 1)]}
+    assert client.put(f"/jobs/{job['id']}/tags", json=tags).status_code == 400
+    record = client.get(f"/jobs/{job['id']}").json()
+    assert (record["name"], record["tags"]) == ("kept", ["kept"])
+    answer = client.post("/jobs:status", json={"ids": ["x"] * (MAX_BULK_IDS + 1)})
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == "invalid_request"

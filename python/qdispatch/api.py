@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import orjson
 
 from . import _native, codes
-from .constants import utc_iso
+from .constants import MAX_BULK_IDS, utc_iso
 from .exceptions import (
     IBMApiError,
     IBMInputValueError,
@@ -431,10 +431,11 @@ class ServiceApi:
 
     def job_statuses(self, job_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """``POST /jobs:status``: the status of each of ``job_ids`` the service knows."""
-        body = {"ids": list(job_ids)}
-        statuses: dict[str, dict[str, Any]] = self._call("POST", "/jobs:status", _SERVICE, body)[
-            "statuses"
-        ]
+        ids = list(job_ids)
+        statuses: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), MAX_BULK_IDS):  # the service takes so many a call
+            body = {"ids": ids[start : start + MAX_BULK_IDS]}
+            statuses.update(self._call("POST", "/jobs:status", _SERVICE, body)["statuses"])
         return statuses
 
     def job(self, job_id: str, family: Family) -> dict[str, Any]:

@@ -48,6 +48,16 @@ SESSION_EXPIRED = "expired"
 SESSION_STATES = (SESSION_OPEN, SESSION_CLOSED, SESSION_CANCELLED, SESSION_EXPIRED)
 
 
+# What one request may name; the service refuses more with 400 ``invalid_request``
+# (docs/service.md, "Limits"). They bound what every listing, filter and event carries.
+MAX_NAME_LENGTH = 1024  # a job's name, experiment id; also a name filter's pattern
+MAX_TAGS = 100  # tags of one job
+MAX_TAG_LENGTH = 256  # characters of one tag
+MAX_CLIENT_INFO_ITEMS = 32
+MAX_CLIENT_INFO_LENGTH = 1024  # characters of one client_info key or value
+MAX_BULK_IDS = 1000  # job ids of one ``POST /jobs:status`` (the client pages longer lists)
+
+
 def job_status(name: str | None) -> JobStatus:
     """The service's status name as a :class:`~qiskit.providers.JobStatus`."""
     return JOB_STATUS.get(name or "", JobStatus.INITIALIZING)

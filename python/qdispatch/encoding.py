@@ -117,6 +117,10 @@ MAX_SET_HASH_COLLISIONS = 16
 MAX_QPY_BYTES = 64 << 20
 MAX_CIRCUIT_QUBITS = 1 << 14
 MAX_CIRCUIT_CLBITS = 1 << 14
+#: Most instructions a QPY circuit may declare: the same bound the Qobj validator puts on an
+#: experiment (``max_instructions``), so a small zlib payload cannot unfold into millions
+#: of instructions the reader then builds one by one.
+MAX_QPY_INSTRUCTIONS = 100_000
 #: Oldest QPY format version read. Older ones go through qiskit's Python reader
 #: (symengine payloads, a sympy-repr parser); 13 is what qiskit 1.3 and later write.
 MIN_QPY_VERSION = 13
@@ -260,9 +264,21 @@ def _dtype(descr: str) -> np.dtype[Any]:
             raise EncodingError(
                 "ndarray", f"descr {_short(descr)} is not a dtype ({_short(str(exc), 200)})"
             ) from exc
+        _check_subarrays(dtype)
         if len(_DTYPES) < 256:
             _DTYPES[descr] = dtype
     return dtype
+
+
+def _check_subarrays(dtype: np.dtype[Any]) -> None:
+    """Bound the shapes a structured dtype's fields declare, as an array's own shape is
+    bounded: a zero-size field can otherwise claim a (10**9, 10**9, 0) view for free."""
+    if dtype.subdtype is not None:
+        base, shape = dtype.subdtype
+        _check_shape("ndarray", list(shape), "field shape")
+        _check_subarrays(base)
+    for name in dtype.names or ():
+        _check_subarrays(dtype.fields[name][0])  # type: ignore[index]
 
 
 def _object_array(value: Any) -> np.ndarray:
@@ -367,6 +383,10 @@ def _check_qpy(type_name: str, payload: bytes) -> None:
     except struct.error as exc:
         raise refuse(f"truncated header ({exc})") from exc
     _, _, _, qubits, clbits, metadata_size, registers, instructions, variables = header
+    if instructions > MAX_QPY_INSTRUCTIONS:
+        raise refuse(
+            f"{instructions} instructions (at most MAX_QPY_INSTRUCTIONS = {MAX_QPY_INSTRUCTIONS})"
+        )
     if qubits > MAX_CIRCUIT_QUBITS:
         raise refuse(f"{qubits} qubits (at most MAX_CIRCUIT_QUBITS = {MAX_CIRCUIT_QUBITS})")
     if clbits > MAX_CIRCUIT_CLBITS:
@@ -1025,7 +1045,10 @@ class RuntimeDecoder(json.JSONDecoder):
     def decode(self, s: str, *args: Any, **kwargs: Any) -> Any:
         """Decode ``s``; :class:`EncodingError` for nesting deeper than Python recurses."""
         try:
-            return super().decode(s, *args, **kwargs)
+            if _BUDGET.get() is not None:  # inside loads(), which set the document's budget
+                return super().decode(s, *args, **kwargs)
+            with _payload_budget(MAX_DECODED_BYTES):
+                return super().decode(s, *args, **kwargs)
         except RecursionError as exc:
             raise EncodingError("JSON", "nested too deeply") from exc
 

@@ -29,7 +29,16 @@ from pydantic_core import PydanticCustomError
 
 from ... import _native
 from ... import codes as E
-from ...constants import FINAL_STATUSES, SHARE_LEVELS
+from ...constants import (
+    FINAL_STATUSES,
+    MAX_BULK_IDS,
+    MAX_CLIENT_INFO_ITEMS,
+    MAX_CLIENT_INFO_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_TAG_LENGTH,
+    MAX_TAGS,
+    SHARE_LEVELS,
+)
 from ..deps import (
     Svc,
     Who,
@@ -105,6 +114,10 @@ class JobCreate(BaseModel):
     def _string(cls, value: Any, info: ValidationInfo) -> Any:
         if value is not None and not isinstance(value, str):
             raise _invalid(f"'{info.field_name}' must be str, got {value!r}")
+        if value is not None and len(value) > MAX_NAME_LENGTH:
+            raise _invalid(
+                f"'{info.field_name}' has {len(value)} characters (at most {MAX_NAME_LENGTH})"
+            )
         return value
 
     @field_validator("image", mode="before")
@@ -139,7 +152,16 @@ class JobCreate(BaseModel):
             return None
         if not isinstance(value, dict):
             raise _invalid(f"'client_info' must be dict, got {value!r}")
-        return {str(k): str(v) for k, v in value.items()} or None
+        info = {str(k): str(v) for k, v in value.items()}
+        if len(info) > MAX_CLIENT_INFO_ITEMS or any(
+            len(k) > MAX_CLIENT_INFO_LENGTH or len(v) > MAX_CLIENT_INFO_LENGTH
+            for k, v in info.items()
+        ):
+            raise _invalid(
+                f"'client_info' may hold {MAX_CLIENT_INFO_ITEMS} items of at most "
+                f"{MAX_CLIENT_INFO_LENGTH} characters"
+            )
+        return info or None
 
     @field_validator("tags", mode="before")
     @classmethod
@@ -148,7 +170,14 @@ class JobCreate(BaseModel):
             return []
         if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
             raise _invalid(f"'tags' must be a list of strings, got {value!r}")
-        return list(dict.fromkeys(value))
+        return _bounded_tags(value)
+
+
+def _bounded_tags(tags: list[str]) -> list[str]:
+    unique = list(dict.fromkeys(tags))
+    if len(unique) > MAX_TAGS or any(len(t) > MAX_TAG_LENGTH for t in unique):
+        raise _invalid(f"a job has at most {MAX_TAGS} tags of at most {MAX_TAG_LENGTH} characters")
+    return unique
 
 
 class TagsUpdate(BaseModel):
@@ -156,17 +185,23 @@ class TagsUpdate(BaseModel):
 
     tags: list[str]
 
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: list[str]) -> list[str]:
+        _bounded_tags(value)
+        return value
+
 
 class NameUpdate(BaseModel):
     """Body of ``PUT /jobs/{id}/name``."""
 
-    name: str | None
+    name: str | None = Field(max_length=MAX_NAME_LENGTH)
 
 
 class BulkStatus(BaseModel):
     """Body of ``POST /jobs:status``."""
 
-    ids: list[str]
+    ids: list[str] = Field(max_length=MAX_BULK_IDS)
 
 
 def parse_envelope(raw: bytes) -> JobCreate:

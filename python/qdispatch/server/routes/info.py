@@ -24,5 +24,11 @@ async def info(svc: Svc) -> Response:
             "executor": config.executor,
             "capacity": svc.scheduler.executor.capacity,
             "heartbeat_seconds": config.heartbeat_seconds,
+            "rate_limit": config.rate_limit,
+            "rate_burst": config.rate_burst,
+            "big_body_bytes": config.big_body_bytes,
+            "max_uploads": config.max_uploads,
+            "max_uploads_per_user": config.max_uploads_per_user,
+            "stream_inline_result_bytes": config.stream_inline_result_bytes,
         }
     )

@@ -35,10 +35,11 @@ from typing import Any
 
 import orjson
 
+from .. import _native
 from ..constants import CANCELLED, DONE, ERROR, QUEUED, RUNNING
 from .executors import Executor, Outcome, Task
 from .programs import ProgramRef
-from .store import Event, Job, Store
+from .store import Event, Job, Store, compress
 from .stream import Hub
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 USAGE_HALF_LIFE = 600.0
 _DEFAULT_RATE = 0.002  # seconds per experiment until a backend has been measured
 _RATE_WEIGHT = 0.2
+# A result larger than this is checked and compressed in a worker thread.
+_BIG_RESULT = 1024 * 1024
 
 
 # Tiers of queues, dispatched strictly in this order.
@@ -54,6 +57,8 @@ _SHARED = 1  # every other job
 
 # backend → user → FIFO of that user's jobs for the backend
 _Queues = dict[str, dict[str, "deque[_Queued]"]]
+# A finished job's error (or None) and its result, compressed.
+_Prepared = tuple[dict[str, Any] | None, bytes]
 
 
 @dataclass
@@ -303,12 +308,16 @@ class Scheduler:
         self._publish(job_id, [self.store.append_event(job_id, kind, payload)])
 
     async def _run(self, task: Task, running: _Running) -> None:
+        prepared: _Prepared | None = None
         try:
             outcome = await self.executor.execute(
                 task,
                 lambda: self._started(task.job_id, running),
                 lambda kind, data: self._event(task.job_id, running, kind, data),
             )
+            if outcome.status == "done" and outcome.result is not None:
+                # Still counted as running: a cancel meanwhile marks it, and wins.
+                prepared = await _prepare(outcome.result, running.kind == "circuit")
         except asyncio.CancelledError:
             raise  # the service is stopping: the job stays RUNNING and is requeued on start
         except Exception as exc:  # an executor bug must not kill the dispatcher
@@ -321,22 +330,23 @@ class Scheduler:
             self._changed()
         if running.cancelled:
             return  # already CANCELLED when cancel() was called
-        self._finish(task.job_id, running, outcome)
+        self._finish(task.job_id, running, outcome, prepared)
 
-    def _finish(self, job_id: str, running: _Running, outcome: Outcome) -> None:
+    def _finish(
+        self, job_id: str, running: _Running, outcome: Outcome, prepared: _Prepared | None
+    ) -> None:
         if outcome.status == "cancelled":
             events = self.store.set_status(job_id, CANCELLED)
-        elif outcome.status == "done" and outcome.result is not None:
-            error = None
+        elif outcome.status == "done" and prepared is not None:
+            error, blob = prepared
             if running.kind == "circuit":
                 # A program's time includes whatever Python it runs: only circuit jobs
                 # measure the backend's rate, and only their results are Qobj results.
                 self._measured(running.backend, outcome.seconds, running.n_experiments)
-                error = _result_error(outcome.result)
             events = self.store.set_status(
                 job_id,
                 ERROR if error else DONE,
-                result=outcome.result,
+                result_blob=blob,
                 error=error,
                 run_seconds=outcome.seconds,
                 timings=outcome.timings,
@@ -429,6 +439,31 @@ class Scheduler:
             ),
             "seconds_per_experiment": rate,
         }
+
+
+async def _prepare(result: bytes, circuit: bool) -> _Prepared:
+    """A finished job's error (for a circuit job's result that says some experiments
+    failed) and its result compressed for the store. A big result (100k shots of memory
+    x 300 experiments is hundreds of megabytes) is prepared in a worker thread, without
+    ever being parsed whole: the event loop serves everyone else meanwhile."""
+    if len(result) <= _BIG_RESULT:
+        return (_result_error(result) if circuit else None), compress(result)
+    return await asyncio.to_thread(_prepare_big, result, circuit)
+
+
+def _prepare_big(result: bytes, circuit: bool) -> _Prepared:
+    error = None
+    if circuit:
+        # The Rust core cuts `results` off (without the GIL); only the small rest is
+        # parsed, to read `success`.
+        top, _ = _native.split_member(result, "results", "result")
+        if not orjson.loads(top).get("success", True):
+            error = {
+                "code": "experiments_failed",
+                "message": "some experiment(s) failed; partial results are available. "
+                "The result is too large to list which here: see its experiments' status.",
+            }
+    return error, compress(result)
 
 
 def _result_error(result: bytes) -> dict[str, Any] | None:

@@ -25,7 +25,7 @@ from websockets.sync.client import connect as ws_connect
 import qdispatch
 from qdispatch import _native, codes
 from qdispatch.api import ServiceApi
-from qdispatch.exceptions import IBMQApiError
+from qdispatch.exceptions import IBMQBackendApiError
 from qdispatch.server.store import Store
 from qobjs import bell_qobj, experiment, qobj
 from support import ServiceProcess, submit, wait_final
@@ -315,13 +315,16 @@ def test_the_client_waits_out_the_rate_limit(slow: ServiceProcess) -> None:
 def test_an_exhausted_rate_limit_is_the_documented_api_error(slow: ServiceProcess) -> None:
     token = make_token(slow, "hasty")
     api = ServiceApi(slow.url, token)
-    api._client = _native.Client(slow.url, token, max_attempts=1)
-    for _ in range(4):  # the burst
-        api.backends()
-    with pytest.raises(IBMQApiError) as caught:
-        api.backends()
+    api._client = _native.Client(slow.url, token, max_attempts=1)  # no retry left
+
+    def flood() -> None:
+        for _ in range(10):
+            api.backends()
+
+    with pytest.raises(IBMQBackendApiError) as caught:  # what a backends call documents
+        flood()
     assert (caught.value.status, caught.value.code) == (429, codes.RATE_LIMITED)
-    assert "requests/s" in caught.value.message
+    assert "over the service's rate of 4 requests/s" in caught.value.message
     api.close()
 
 

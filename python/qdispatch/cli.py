@@ -41,6 +41,12 @@ def _serve(args: argparse.Namespace) -> int:
         threads_per_worker=args.threads_per_worker,
         max_active_jobs=args.max_active_jobs,
         max_request_bytes=args.max_request_mb * 1024 * 1024,
+        big_body_bytes=args.big_body_kb * 1024,
+        max_uploads=args.max_uploads,
+        max_uploads_per_user=args.max_uploads_per_user,
+        rate_limit=args.rate_limit,
+        rate_burst=args.rate_burst,
+        stream_inline_result_bytes=args.stream_inline_result_kb * 1024,
         heartbeat_seconds=args.heartbeat,
         max_attempts=args.max_attempts,
         job_time_limit=args.job_time_limit or None,
@@ -121,6 +127,30 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads-per-worker", type=int, default=1, help="Aer threads per job")
     serve.add_argument("--max-active-jobs", type=int, default=None, help="per-user limit")
     serve.add_argument("--max-request-mb", type=int, default=64, help="request size limit")
+    serve.add_argument(
+        "--big-body-kb",
+        type=int,
+        default=1024,
+        help="bodies larger than this take an upload slot and are inflated off the loop",
+    )
+    serve.add_argument(
+        "--max-uploads", type=int, default=8, help="big bodies read at once, in all (503)"
+    )
+    serve.add_argument(
+        "--max-uploads-per-user", type=int, default=2, help="big bodies read at once, per user"
+    )
+    serve.add_argument(
+        "--rate-limit", type=float, default=100.0, help="requests/s per user, sustained (0: off)"
+    )
+    serve.add_argument(
+        "--rate-burst", type=int, default=1000, help="requests per user at once beyond the rate"
+    )
+    serve.add_argument(
+        "--stream-inline-result-kb",
+        type=int,
+        default=1024,
+        help="results larger than this are fetched over HTTP, not sent on the stream",
+    )
     serve.add_argument(
         "--max-attempts",
         type=int,

@@ -25,6 +25,11 @@ PAYLOAD_TOO_LARGE = "payload_too_large"
 UNSUPPORTED_ENCODING = "unsupported_encoding"
 UNAUTHORIZED = "unauthorized"
 ACTIVE_JOB_LIMIT = "active_job_limit"
+# The front door's (docs/service.md, "Limits"): each answer carries a Retry-After, and
+# the client retries after it.
+RATE_LIMITED = "rate_limited"  # 429: the user is over their request rate
+UPLOAD_LIMIT = "upload_limit"  # 429: the user has as many big bodies in flight as allowed
+SERVICE_BUSY = "service_busy"  # 503: the service reads as many big bodies as it allows
 UNKNOWN_SESSION = "unknown_session"
 SESSION_CLOSED = "session_closed"
 SESSION_BACKEND_MISMATCH = "session_backend_mismatch"
@@ -43,7 +48,9 @@ __all__ = [
     "JOB_NOT_FOUND",
     "MALFORMED_JSON",
     "PAYLOAD_TOO_LARGE",
+    "RATE_LIMITED",
     "READ_ONLY",
+    "SERVICE_BUSY",
     "SESSION_BACKEND_MISMATCH",
     "SESSION_CLOSED",
     "SESSION_EXPIRED",
@@ -54,4 +61,5 @@ __all__ = [
     "UNKNOWN_PROGRAM",
     "UNKNOWN_SESSION",
     "UNSUPPORTED_ENCODING",
+    "UPLOAD_LIMIT",
 ]

@@ -1,7 +1,8 @@
 """The service's REST + WebSocket API (FastAPI on uvicorn); docs/protocol.md describes it.
 
 ``create_app(config)`` assembles the application: the routers of ``routes/`` (one per
-resource), the body limit and decompression of every request, the error answers (every
+resource), the front door (a token and the user's request rate checked before any body
+is read), the body limit, upload slots and decompression of every request, the error answers (every
 4xx/5xx is ``{"error": {"code", "message"}}``), and a lifespan that builds the
 :class:`~qdispatch.server.service.Service` and starts and stops it.
 """
@@ -25,6 +26,7 @@ from .bodies import RequestBodies
 from .config import ServiceConfig
 from .deps import json_response
 from .errors import ServiceError
+from .front import FrontDoor, public_paths
 from .routes import backends, info, jobs, programs, sessions, stream
 from .service import Service
 
@@ -50,10 +52,14 @@ def create_app(config: ServiceConfig) -> FastAPI:
         description="Jobs of quantum circuits, queued per backend and run on qiskit-aer.",
         lifespan=lifespan,
     )
-    app.add_middleware(RequestBodies, limit=config.max_request_bytes)
     _install_error_handlers(app)
-    for module in (info, programs, backends, jobs, sessions, stream):
-        app.include_router(module.router)
+    routers = [module.router for module in (info, programs, backends, jobs, sessions, stream)]
+    for router in routers:
+        app.include_router(router)
+    # The last added is the outermost: the front door (token, rate) before the bodies.
+    app.add_middleware(RequestBodies, limit=config.max_request_bytes, big=config.big_body_bytes)
+    public = public_paths([*app.routes, *(route for r in routers for route in r.routes)])
+    app.add_middleware(FrontDoor, public=public)
     # POST /jobs reads its body itself (the Qobj is split off natively): its model is
     # listed here, where the route's openapi_extra refers to it.
     app.openapi = _openapi_listing(app, jobs.JobCreate)  # type: ignore[method-assign]
@@ -65,7 +71,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> Response:
-        return json_response(exc.body(), exc.status)
+        return json_response(exc.body(), exc.status, exc.headers or None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -1,23 +1,37 @@
-"""Request bodies: size-limited and decompressed once, for every route.
+"""Request bodies: size-limited and decompressed once, for every route, a few big ones at
+a time and off the event loop.
 
-An ASGI middleware reads the whole body (refusing it past the limit, whether it was
-declared or streamed), inflates ``Content-Encoding: gzip`` or ``deflate`` with the same
-limit on the inflated size (a small bomb never becomes gigabytes in memory), and hands
-the application a plain body. Routes never see compression.
+An ASGI middleware, behind the front door (``front.py``: only an authenticated request
+within its user's rate gets here), reads the whole body (refusing it past the limit,
+whether it was declared or streamed), inflates ``Content-Encoding: gzip`` or ``deflate``
+with the same limit on the inflated size (a small bomb never becomes gigabytes in
+memory), and hands the application a plain body. Routes never see compression.
+
+A body over ``big_body_bytes`` (as declared, as read, or once inflated) takes an upload
+slot while it is read and inflated: at most ``max_uploads_per_user`` per user (else 429
+``upload_limit``) and ``max_uploads`` in all (else 503 ``service_busy``), both answered at
+once with a ``Retry-After``, never queued. Its inflating runs in a worker thread; a small
+body's costs the loop at most ``big_body_bytes`` of output.
 """
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from typing import Any
 
-import orjson
 from starlette.datastructures import Headers
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import codes as E
+from .access import Access
+from .deps import CALLER_KEY, Caller
 from .errors import ServiceError
+from .front import refuse
+from .service import Service
+
+# Seconds a client refused an upload slot is told to wait: uploads take about that long.
+_UPLOAD_RETRY_AFTER = "1"
 
 
 def too_large(limit: int, size: int) -> ServiceError:
@@ -31,49 +45,112 @@ def too_large(limit: int, size: int) -> ServiceError:
     )
 
 
-def inflate(body: bytes, encoding: str, limit: int) -> bytes:
-    """Decode ``body`` sent with ``Content-Encoding: encoding``, at most ``limit`` bytes."""
+def decompressor(encoding: str) -> Any:
+    """A zlib decompressor for ``Content-Encoding: encoding``; ``None`` for identity."""
     if encoding in ("", "identity"):
-        return body
+        return None
     if encoding not in ("gzip", "deflate"):
         raise ServiceError(
             415,
             E.UNSUPPORTED_ENCODING,
             f"unsupported Content-Encoding '{encoding}' (gzip, deflate)",
         )
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+    return zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+
+
+def inflate_step(inflater: Any, data: bytes, head: bytes, limit: int, encoding: str) -> bytes:
+    """``head`` and what ``data`` inflates to, at most ``limit`` bytes in all (413 past it).
+    zlib releases the GIL while it works: run in a thread, this costs the loop nothing."""
+    if len(head) > limit:
+        raise too_large(limit, len(head))
+    out = _decompress(inflater, data, limit + 1 - len(head), encoding)
+    size = len(head) + len(out)
+    if size > limit or inflater.unconsumed_tail:
+        raise too_large(limit, size)
+    return head + out if head else out
+
+
+def _decompress(inflater: Any, data: bytes, most: int, encoding: str) -> bytes:
     try:
-        out = inflater.decompress(body, limit + 1)
+        out: bytes = inflater.decompress(data, most)
     except zlib.error as exc:
         raise ServiceError(
             400, E.MALFORMED_JSON, f"body is not valid {encoding} data: {exc}"
         ) from exc
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise too_large(limit, len(out))
     return out
 
 
-class RequestBodies:
-    """ASGI middleware applying the body limit and decompression to every HTTP request."""
+def inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """Decode ``body`` sent with ``Content-Encoding: encoding``, at most ``limit`` bytes."""
+    inflater = decompressor(encoding)
+    return body if inflater is None else inflate_step(inflater, body, b"", limit, encoding)
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+
+class _Slot:
+    """One request's upload slot, taken when its body turns out big, given back once."""
+
+    def __init__(self, access: Access, user: str) -> None:
+        self.access = access
+        self.user = user
+        self.held = False
+
+    def take(self) -> None:
+        if self.held:
+            return
+        full = self.access.take_upload(self.user)
+        if full == "user":
+            raise ServiceError(
+                429,
+                E.UPLOAD_LIMIT,
+                f"user '{self.user}' is already sending {self.access.max_uploads_per_user} "
+                "big request bodies, the most allowed at once; retry when one is done",
+                headers={"Retry-After": _UPLOAD_RETRY_AFTER},
+                limit=self.access.max_uploads_per_user,
+            )
+        if full == "service":
+            raise ServiceError(
+                503,
+                E.SERVICE_BUSY,
+                f"the service is reading {self.access.max_uploads} big request bodies, the "
+                "most it reads at once; retry shortly",
+                headers={"Retry-After": _UPLOAD_RETRY_AFTER},
+                limit=self.access.max_uploads,
+            )
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.access.release_upload(self.user)
+
+
+class RequestBodies:
+    """ASGI middleware applying the body limit, the upload slots and decompression to every
+    authenticated HTTP request."""
+
+    def __init__(self, app: ASGIApp, limit: int, big: int) -> None:
         self.app = app
         self.limit = limit
+        self.big = big
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        who = scope.get(CALLER_KEY)
+        if scope["type"] != "http" or not isinstance(who, Caller):
+            # A WebSocket, or a public route (the front door gave it an empty body).
             await self.app(scope, receive, send)
             return
+        svc: Service = scope["app"].state.service
         headers = Headers(scope=scope)
+        slot = _Slot(svc.access, who.user)
         try:
-            body = await self._read(headers, receive)
+            body = await self._read(headers, receive, slot)
             encoding = headers.get("content-encoding", "identity").strip().lower()
-            body = inflate(body, encoding, self.limit)
+            body = await self._inflate(body, encoding, slot)
         except ServiceError as exc:
-            await Response(orjson.dumps(exc.body()), exc.status, media_type="application/json")(
-                scope, receive, send
-            )
+            await refuse(exc, scope, receive, send)
             return
+        finally:
+            slot.release()
         raw = [
             (k, v) for k, v in scope["headers"] if k not in (b"content-encoding", b"content-length")
         ]
@@ -89,10 +166,13 @@ class RequestBodies:
 
         await self.app({**scope, "headers": raw}, replay, send)
 
-    async def _read(self, headers: Headers, receive: Receive) -> bytes:
+    async def _read(self, headers: Headers, receive: Receive, slot: _Slot) -> bytes:
         declared = headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.limit:
-            raise too_large(self.limit, int(declared))
+        if declared and declared.isdigit():
+            if int(declared) > self.limit:
+                raise too_large(self.limit, int(declared))
+            if int(declared) > self.big:
+                slot.take()
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -103,7 +183,24 @@ class RequestBodies:
             size += len(chunk)
             if size > self.limit:
                 raise too_large(self.limit, size)
+            if size > self.big:
+                slot.take()
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
+
+    async def _inflate(self, body: bytes, encoding: str, slot: _Slot) -> bytes:
+        inflater = decompressor(encoding)
+        if inflater is None:
+            return body
+        head = b""
+        data = body
+        if not slot.held:
+            # A small body: at most `big` bytes of output on the loop; a bomb stops there.
+            head = _decompress(inflater, body, self.big + 1, encoding)
+            if len(head) <= self.big:
+                return head
+            data = inflater.unconsumed_tail
+            slot.take()
+        return await asyncio.to_thread(inflate_step, inflater, data, head, self.limit, encoding)

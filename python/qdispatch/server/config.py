@@ -22,6 +22,21 @@ class ServiceConfig:
     threads_per_worker: int = 1
     max_active_jobs: int | None = None
     max_request_bytes: int = 64 * 1024 * 1024
+    #: A body larger than this (as sent or once inflated) is "big": it takes an upload
+    #: slot while it is read and inflated, and its inflating and parsing run off the event
+    #: loop. Smaller ones cost the loop at most this much work each.
+    big_body_bytes: int = 1024 * 1024
+    #: Big bodies being read or inflated at once, all users together (503 service_busy).
+    max_uploads: int = 8
+    #: Big bodies being read or inflated at once by one user (429 upload_limit).
+    max_uploads_per_user: int = 2
+    #: Requests per second one user may make, sustained (0: no limit), and how many at
+    #: once beyond that (429 rate_limited).
+    rate_limit: float = 100.0
+    rate_burst: int = 1000
+    #: Results larger than this are not inlined in the stream's result event (the client
+    #: fetches them with ``GET /jobs/{id}/results``).
+    stream_inline_result_bytes: int = 1024 * 1024
     heartbeat_seconds: float = 10.0
     max_attempts: int = 3
     #: seconds a job may run on a worker before it is stopped (``None``: no limit)

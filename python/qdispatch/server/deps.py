@@ -43,10 +43,11 @@ def bearer_token(authorization: str) -> str | None:
 
 
 def authenticate(service: Service, token: str | None) -> Caller:
-    """The user a bearer token belongs to; 401 for a missing or unknown one."""
+    """The user a bearer token belongs to; 401 for a missing or unknown one. The one token
+    check: the front door (``front.py``), the routes and the stream all use it."""
     if not token:
         raise ServiceError(401, E.UNAUTHORIZED, "missing bearer token (Authorization: Bearer …)")
-    found = service.store.user_for_token(token)
+    found = service.access.user_for_token(token)
     if found is None:
         raise ServiceError(401, E.UNAUTHORIZED, "invalid token")
     return Caller(*found)
@@ -58,11 +59,18 @@ def service_of(request: Request) -> Service:
     return svc
 
 
+#: Where the front door leaves the :class:`Caller` it authenticated, in the ASGI scope.
+CALLER_KEY = "qdispatch.caller"
+
+
 def caller_of(request: Request) -> Caller:
-    """The authenticated caller of a request (401 otherwise). Every authenticated request
-    counts as activity for the idle watchdog."""
+    """The authenticated caller of a request (401 otherwise): the one the front door found,
+    if it ran. Every authenticated request counts as activity for the idle watchdog."""
     svc = service_of(request)
     svc.last_request = time.monotonic()
+    found = request.scope.get(CALLER_KEY)
+    if isinstance(found, Caller):
+        return found
     return authenticate(svc, bearer_token(request.headers.get("authorization", "")))
 
 

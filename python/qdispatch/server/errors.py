@@ -14,11 +14,20 @@ from ..codes import JOB_NOT_FOUND
 class ServiceError(Exception):
     """An error answered to the client with ``status`` and a JSON body naming the problem."""
 
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers or {}
         self.extra = extra
 
     def body(self) -> dict[str, Any]:

@@ -42,10 +42,11 @@ from typing import Any
 
 import orjson
 
+from .. import _native
 from ..constants import CANCELLED, DONE, ERROR, FINAL_STATUSES, QUEUED, RUNNING
 from .executors import Executor, Outcome, Task
 from .programs import ProgramRef
-from .store import Event, Job, Store
+from .store import Event, Job, Store, compress
 from .stream import Hub
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ _DEFAULT_RATE = 0.002  # seconds per experiment until a backend has been measure
 _RATE_WEIGHT = 0.2
 WATCHDOG_INTERVAL = 5.0  # seconds between the watchdog's checks and retries of outcomes
 _MAX_BACKOFF = 30.0  # the longest the dispatch loop waits after an error
+# A result larger than this is checked and compressed in a worker thread.
+_BIG_RESULT = 1024 * 1024
 
 
 # Tiers of queues, dispatched strictly in this order.
@@ -63,6 +66,8 @@ _SHARED = 1  # every other job
 
 # backend → user → FIFO of that user's jobs for the backend
 _Queues = dict[str, dict[str, "deque[_Queued]"]]
+# A finished job's error (or None) and its result, compressed.
+_Prepared = tuple[dict[str, Any] | None, bytes]
 
 
 @dataclass
@@ -119,7 +124,7 @@ class Scheduler:
         self._watchdog_task: asyncio.Task[None] | None = None
         self._watchdog_interval = watchdog_interval
         # Outcomes the store refused (job id → what to store), retried by the watchdog.
-        self._unsettled: dict[str, tuple[_Running, Outcome]] = {}
+        self._unsettled: dict[str, tuple[_Running, Outcome, _Prepared | None]] = {}
         self._order_cache: dict[str, tuple[int, dict[str, tuple[int, int]]]] = {}
         self._version = 0
 
@@ -387,12 +392,16 @@ class Scheduler:
         self._publish(job_id, [self.store.append_event(job_id, kind, payload)])
 
     async def _run(self, task: Task, running: _Running) -> None:
+        prepared: _Prepared | None = None
         try:
             outcome = await self.executor.execute(
                 task,
                 lambda: self._started(task.job_id, running),
                 lambda kind, data: self._event(task.job_id, running, kind, data),
             )
+            if outcome.status == "done" and outcome.result is not None:
+                # Still counted as running: a cancel meanwhile marks it, and wins.
+                prepared = await _prepare(outcome.result, running.kind == "circuit")
         except asyncio.CancelledError:
             raise  # the service is stopping: the job stays RUNNING and is requeued on start
         except Exception as exc:  # an executor bug must not kill the dispatcher
@@ -404,22 +413,24 @@ class Scheduler:
             self._release(task.job_id, running)
         if running.cancelled:
             return  # already CANCELLED when cancel() was called
-        self._settle(task.job_id, running, outcome)
+        self._settle(task.job_id, running, outcome, prepared)
 
-    def _settle(self, job_id: str, running: _Running, outcome: Outcome) -> None:
+    def _settle(
+        self, job_id: str, running: _Running, outcome: Outcome, prepared: _Prepared | None
+    ) -> None:
         """Store the outcome; if the store refuses, keep it and let the watchdog retry."""
         try:
             if running.on_worker and outcome.status != "cancelled":
                 self._record_start(job_id, running)  # if _started could not
-            self._finish(job_id, running, outcome)
+            self._finish(job_id, running, outcome, prepared)
         except Exception:
             log.exception("could not store the outcome of job %s; keeping it to retry", job_id)
-            self._unsettled[job_id] = (running, outcome)
+            self._unsettled[job_id] = (running, outcome, prepared)
         else:
             self._unsettled.pop(job_id, None)
 
     def _retry_unsettled(self) -> None:
-        for job_id, (running, outcome) in list(self._unsettled.items()):
+        for job_id, (running, outcome, prepared) in list(self._unsettled.items()):
             try:
                 job = self.store.job(job_id)
             except Exception:
@@ -429,25 +440,26 @@ class Scheduler:
                 # Cancelled (or ended otherwise) while its outcome waited: that stands.
                 self._unsettled.pop(job_id, None)
                 continue
-            self._settle(job_id, running, outcome)
+            self._settle(job_id, running, outcome, prepared)
 
-    def _finish(self, job_id: str, running: _Running, outcome: Outcome) -> None:
+    def _finish(
+        self, job_id: str, running: _Running, outcome: Outcome, prepared: _Prepared | None
+    ) -> None:
         if outcome.status == "error" and outcome.transient:
             self._transient(job_id, outcome)
             return
         if outcome.status == "cancelled":
             events = self.store.set_status(job_id, CANCELLED)
-        elif outcome.status == "done" and outcome.result is not None:
-            error = None
+        elif outcome.status == "done" and prepared is not None:
+            error, blob = prepared
             if running.kind == "circuit":
                 # A program's time includes whatever Python it runs: only circuit jobs
                 # measure the backend's rate, and only their results are Qobj results.
                 self._measured(running.backend, outcome.seconds, running.n_experiments)
-                error = _result_error(outcome.result)
             events = self.store.set_status(
                 job_id,
                 ERROR if error else DONE,
-                result=outcome.result,
+                result_blob=blob,
                 error=error,
                 run_seconds=outcome.seconds,
                 timings=outcome.timings,
@@ -607,6 +619,31 @@ class Scheduler:
             ),
             "seconds_per_experiment": rate,
         }
+
+
+async def _prepare(result: bytes, circuit: bool) -> _Prepared:
+    """A finished job's error (for a circuit job's result that says some experiments
+    failed) and its result compressed for the store. A big result (100k shots of memory
+    x 300 experiments is hundreds of megabytes) is prepared in a worker thread, without
+    ever being parsed whole: the event loop serves everyone else meanwhile."""
+    if len(result) <= _BIG_RESULT:
+        return (_result_error(result) if circuit else None), compress(result)
+    return await asyncio.to_thread(_prepare_big, result, circuit)
+
+
+def _prepare_big(result: bytes, circuit: bool) -> _Prepared:
+    error = None
+    if circuit:
+        # The Rust core cuts `results` off (without the GIL); only the small rest is
+        # parsed, to read `success`.
+        top, _ = _native.split_member(result, "results", "result")
+        if not orjson.loads(top).get("success", True):
+            error = {
+                "code": "experiments_failed",
+                "message": "some experiment(s) failed; partial results are available. "
+                "The result is too large to list which here: see its experiments' status.",
+            }
+    return error, compress(result)
 
 
 def _result_error(result: bytes) -> dict[str, Any] | None:

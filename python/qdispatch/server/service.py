@@ -24,6 +24,7 @@ import orjson
 from .. import __version__
 from ..constants import utcnow
 from . import backends as bk
+from .access import Access
 from .config import ServiceConfig
 from .executors import DaskExecutor, Executor, LocalExecutor
 from .programs import Registry
@@ -47,6 +48,13 @@ class Service:
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
         self.store = Store(config.db)
+        self.access = Access(
+            self.store.user_for_token,
+            rate=config.rate_limit,
+            burst=config.rate_burst,
+            max_uploads=config.max_uploads,
+            max_uploads_per_user=config.max_uploads_per_user,
+        )
         self.catalog = bk.catalog()
         self.specs = {name: bk.native_spec(defn) for name, defn in self.catalog.items()}
         self.program_specs = {

@@ -222,6 +222,8 @@ class NewJob:
     image: str | None = None
     program_version: str | None = None
     usage_estimation: dict[str, Any] | None = None
+    #: ``inputs`` compressed already (off the event loop, for big ones), else ``None``
+    inputs_blob: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -491,7 +493,8 @@ class Store:
                 "INSERT OR IGNORE INTO job_tags VALUES (?, ?)", [(t, job_id) for t in new.tags]
             )
             db.execute(
-                "INSERT INTO job_data VALUES (?, 'inputs', ?)", (job_id, compress(new.inputs))
+                "INSERT INTO job_data VALUES (?, 'inputs', ?)",
+                (job_id, new.inputs_blob or compress(new.inputs)),
             )
             event = Event(job_id, 1, "status", orjson.dumps({"status": QUEUED, "time": now}))
             db.execute("INSERT INTO events VALUES (?, ?, ?, ?)", (job_id, 1, "status", event.data))
@@ -630,6 +633,7 @@ class Store:
         *,
         error: dict[str, Any] | None = None,
         result: bytes | None = None,
+        result_blob: bytes | None = None,
         run_seconds: float | None = None,
         attempts_delta: int = 0,
         step: str | None = None,
@@ -640,7 +644,10 @@ class Store:
 
         ``step`` names the time-per-step entry (defaults to the status); ``note`` goes into
         the status event, e.g. why a job was requeued; ``timings`` are a program's steps.
+        ``result_blob`` is the result compressed already (off the event loop).
         """
+        if result is not None and result_blob is None:
+            result_blob = compress(result)
         now = utcnow()
         events: list[Event] = []
         with self.transaction() as db:
@@ -661,10 +668,10 @@ class Store:
                     job_id,
                 ),
             )
-            if result is not None:
+            if result_blob is not None:
                 db.execute(
                     "INSERT OR REPLACE INTO job_data VALUES (?, 'result', ?)",
-                    (job_id, compress(result)),
+                    (job_id, result_blob),
                 )
             payload: dict[str, Any] = {"status": status, "time": now}
             if error:
@@ -672,7 +679,7 @@ class Store:
             if note:
                 payload["note"] = note
             events.append(self._append_event(db, job_id, "status", orjson.dumps(payload)))
-            if result is not None:
+            if result_blob is not None:
                 events.append(self._append_event(db, job_id, "result", None))
         return events
 

@@ -94,18 +94,26 @@ class Hub:
                     sub.push(event)
 
 
-def encode_event(store: Store, event: Event, inline_results: bool) -> bytes:
-    """The wire form of a stored event; result events carry the stored result."""
+def encode_event(store: Store, event: Event, inline_limit: int) -> bytes:
+    """The wire form of a stored event. A result event carries the stored result if it is
+    at most ``inline_limit`` bytes (0: never); a larger one has ``data: null`` and
+    ``"too_large": true`` and the client fetches it with ``GET /jobs/{id}/results``. At
+    most ``inline_limit`` bytes are ever inflated here, on the event loop, per subscriber."""
+    fields: dict[str, Any] = {"job_id": event.job_id, "seq": event.seq, "type": event.type}
     data: Any = None
     if event.type == "result":
-        if inline_results:
-            blob = store.data(event.job_id, "result")
-            data = orjson.Fragment(zlib.decompress(blob)) if blob else None
+        blob = store.data(event.job_id, "result") if inline_limit > 0 else None
+        if blob:
+            inflater = zlib.decompressobj()
+            result = inflater.decompress(blob, inline_limit + 1)
+            if len(result) > inline_limit or inflater.unconsumed_tail:
+                fields["too_large"] = True
+            else:
+                data = orjson.Fragment(result)
     elif event.data is not None:
         data = orjson.Fragment(event.data)
-    return orjson.dumps(
-        {"job_id": event.job_id, "seq": event.seq, "type": event.type, "data": data}
-    )
+    fields["data"] = data
+    return orjson.dumps(fields)
 
 
 class StreamSession:
@@ -120,6 +128,7 @@ class StreamSession:
         user: str,
         project: str | None,
         heartbeat: float,
+        inline_limit: int,
     ) -> None:
         self.ws = ws
         self.store = store
@@ -127,6 +136,7 @@ class StreamSession:
         self.visible = visible
         self.sub = Subscription(user, project)
         self.heartbeat = heartbeat
+        self.inline_limit = inline_limit
         self.inline_results = True
         self.delivered: dict[str, int] = {}
         self.lock = asyncio.Lock()
@@ -212,7 +222,8 @@ class StreamSession:
     async def _deliver(self, event: Event) -> None:
         if event.seq <= self.delivered.get(event.job_id, 0):
             return
-        await self._send(encode_event(self.store, event, self.inline_results))
+        limit = self.inline_limit if self.inline_results else 0
+        await self._send(encode_event(self.store, event, limit))
         self.delivered[event.job_id] = event.seq
 
     async def _send_live(self) -> None:

@@ -1,7 +1,9 @@
 //! The HTTP client of the job service: one pooled keep-alive `reqwest::Client`, retries
 //! with exponential backoff and full jitter on connect errors, timeouts, 5xx and 429
-//! (honouring `Retry-After`), and an `Idempotency-Key` on every POST that stays the same
-//! across the retries of one call, so a retried submission never creates two jobs.
+//! (honouring `Retry-After`, up to [`RetryPolicy::max_retry_after`]; the service's
+//! `rate_limited`, `upload_limit` and `service_busy` answers among them), and an
+//! `Idempotency-Key` on every POST that stays the same across the retries of one call,
+//! so a retried submission never creates two jobs.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -33,6 +35,9 @@ pub struct RetryPolicy {
     pub base: Duration,
     /// Largest backoff.
     pub cap: Duration,
+    /// Longest wait a `Retry-After` gets (a service asking for more is retried after
+    /// this, and counts an attempt like any other).
+    pub max_retry_after: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -41,6 +46,7 @@ impl Default for RetryPolicy {
             max_attempts: 6,
             base: Duration::from_millis(200),
             cap: Duration::from_secs(10),
+            max_retry_after: Duration::from_secs(30),
         }
     }
 }
@@ -287,18 +293,34 @@ impl ServiceClient {
             match failure {
                 Failure::Fatal(err) => return Err(err),
                 Failure::Retry(err, _) if attempt >= self.policy.max_attempts => {
+                    let gave_up = format!("(gave up after {attempt} attempts)");
                     return Err(match err {
-                        ClientError::Connection(msg) => ClientError::Connection(format!(
-                            "{msg} (gave up after {attempt} attempts)"
-                        )),
-                        ClientError::Timeout(msg) => ClientError::Timeout(format!(
-                            "{msg} (gave up after {attempt} attempts)"
-                        )),
+                        ClientError::Connection(msg) => {
+                            ClientError::Connection(format!("{msg} {gave_up}"))
+                        }
+                        ClientError::Timeout(msg) => {
+                            ClientError::Timeout(format!("{msg} {gave_up}"))
+                        }
+                        // The service's own answer (429 rate_limited, 503 service_busy, 5xx)
+                        // keeps its status and code; the message says it was retried.
+                        ClientError::Api {
+                            status,
+                            code,
+                            message,
+                            body,
+                        } if attempt > 1 => ClientError::Api {
+                            status,
+                            code,
+                            message: format!("{message} {gave_up}"),
+                            body,
+                        },
                         other => other,
                     });
                 }
                 Failure::Retry(_, retry_after) => {
-                    let delay = retry_after.unwrap_or_else(|| self.policy.backoff(attempt));
+                    let delay = retry_after
+                        .map(|wait| wait.min(self.policy.max_retry_after))
+                        .unwrap_or_else(|| self.policy.backoff(attempt));
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -472,7 +494,88 @@ mod tests {
             max_attempts: 6,
             base: Duration::from_millis(5),
             cap: Duration::from_millis(20),
+            max_retry_after: Duration::from_secs(5),
         }
+    }
+
+    const RATE_LIMITED: &str = r#"{"error": {"code": "rate_limited", "message": "slow down"}}"#;
+
+    #[tokio::test]
+    async fn rate_limited_post_is_retried_with_its_key_after_retry_after() {
+        let (url, seen) = serve(vec![
+            answer("429 Too Many Requests", "retry-after: 1\r\n", RATE_LIMITED),
+            answer(
+                "503 Service Unavailable",
+                "retry-after: 1\r\n",
+                r#"{"error": {"code": "service_busy", "message": "busy"}}"#,
+            ),
+            answer("201 Created", "", r#"{"id": "j1"}"#),
+        ])
+        .await;
+        let client = ServiceClient::new(&url, "tok", fast()).expect("client");
+        let start = std::time::Instant::now();
+        let response = client
+            .request(
+                Method::POST,
+                "/jobs",
+                &[],
+                Some(Bytes::from_static(b"{}")),
+                RequestOptions::default(),
+            )
+            .await
+            .expect("third attempt succeeds");
+        assert_eq!(response.status, 201);
+        assert!(
+            start.elapsed() >= Duration::from_millis(1900),
+            "{:?}",
+            start.elapsed()
+        );
+        let seen = seen.lock().expect("lock");
+        let keys: Vec<_> = seen.iter().map(|s| s.header("idempotency-key")).collect();
+        assert_eq!(keys.len(), 3);
+        assert!(
+            keys[0].is_some() && keys.iter().all(|k| *k == keys[0]),
+            "{keys:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn retry_after_is_capped_and_exhaustion_says_so() {
+        let (url, seen) = serve(vec![answer(
+            "429 Too Many Requests",
+            "retry-after: 86400\r\n",
+            RATE_LIMITED,
+        )])
+        .await;
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            max_retry_after: Duration::from_millis(50),
+            ..fast()
+        };
+        let client = ServiceClient::new(&url, "tok", policy).expect("client");
+        let start = std::time::Instant::now();
+        let err = client
+            .request(Method::GET, "/x", &[], None, RequestOptions::default())
+            .await
+            .expect_err("always 429");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        match err {
+            ClientError::Api {
+                status: 429,
+                ref code,
+                ref message,
+                ..
+            } => {
+                assert_eq!(code, "rate_limited");
+                assert_eq!(message, "slow down (gave up after 3 attempts)");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(seen.lock().expect("lock").len(), 3);
     }
 
     #[tokio::test]

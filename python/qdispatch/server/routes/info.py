@@ -27,5 +27,11 @@ async def info(svc: Svc) -> Response:
             "heartbeat_seconds": config.heartbeat_seconds,
             "job_time_limit": config.job_time_limit,
             **svc.scheduler.health(),
+            "rate_limit": config.rate_limit,
+            "rate_burst": config.rate_burst,
+            "big_body_bytes": config.big_body_bytes,
+            "max_uploads": config.max_uploads,
+            "max_uploads_per_user": config.max_uploads_per_user,
+            "stream_inline_result_bytes": config.stream_inline_result_bytes,
         }
     )

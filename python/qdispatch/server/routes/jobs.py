@@ -9,13 +9,15 @@ and the program's own checks its ``params`` (``programs/submission.py``).
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import zlib
-from typing import Annotated, Any, Literal
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -51,10 +53,15 @@ from ..deps import (
 from ..errors import ServiceError
 from ..programs.submission import program_job_fields
 from ..service import Service
-from ..store import Job, JobFilter, NewJob
+from ..store import Job, JobFilter, NewJob, compress
 from ..stream import encode_event
 
 DEFAULT_SHOTS = 1024
+
+T = TypeVar("T")
+# A stored blob that inflates to at most this much is inflated on the event loop for a
+# client that does not take deflate; a larger one in a worker thread, piecewise.
+_INFLATE_ON_LOOP = 1024 * 1024
 
 router = APIRouter(tags=["jobs"])
 
@@ -204,6 +211,34 @@ class BulkStatus(BaseModel):
     ids: list[str] = Field(max_length=MAX_BULK_IDS)
 
 
+def split_body(raw: bytes) -> tuple[JobCreate, bytes | None, bytes | None]:
+    """A submission's validated envelope, its Qobj and its program ``params`` (raw)."""
+    try:
+        envelope_raw, qobj = _native.split_submission(raw)
+    except _native.MalformedPayloadError as exc:
+        raise ServiceError(400, E.MALFORMED_JSON, str(exc)) from exc
+    # A program's params (megabytes of circuits, perhaps) stay bytes: the program's
+    # checks read what they need of them.
+    envelope_raw, params = _native.split_member(envelope_raw, "params", "request body")
+    return parse_envelope(envelope_raw), qobj, params
+
+
+def validate(qobj: bytes, spec: _native.BackendSpec) -> _native.QobjSummary:
+    """The Qobj's summary, checked against the backend (400 otherwise)."""
+    try:
+        return _native.validate_qobj(qobj, spec)
+    except _native.MalformedPayloadError as exc:
+        raise ServiceError(400, E.MALFORMED_JSON, str(exc)) from exc
+    except _native.InvalidQobjError as exc:
+        raise ServiceError(400, E.INVALID_QOBJ, str(exc)) from exc
+
+
+async def _off_loop(big: bool, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``: in a worker thread for a big body, else right here (a thread hop
+    costs more than small work)."""
+    return await asyncio.to_thread(fn, *args) if big else fn(*args)
+
+
 def parse_envelope(raw: bytes) -> JobCreate:
     """The submission's envelope (its body without ``qobj`` and ``params``), validated."""
     try:
@@ -291,14 +326,10 @@ async def create_job(request: Request, svc: Svc, who: Who) -> Response:
         if earlier is not None:
             return json_response(view(svc, earlier, queue_info=False), 200)
     raw = await request.body()  # limited and decompressed by RequestBodies
-    try:
-        envelope_raw, qobj = _native.split_submission(raw)
-    except _native.MalformedPayloadError as exc:
-        raise ServiceError(400, E.MALFORMED_JSON, str(exc)) from exc
-    # A program's params (megabytes of circuits, perhaps) stay bytes: the program's
-    # checks read what they need of them.
-    envelope_raw, params = _native.split_member(envelope_raw, "params", "request body")
-    body = parse_envelope(envelope_raw)
+    big = len(raw) > svc.config.big_body_bytes
+    # A big body is split and checked in a worker thread (the Rust core releases the
+    # GIL): the event loop goes on serving everyone else meanwhile.
+    body, qobj, params = await _off_loop(big, split_body, raw)
     backend_name = body.backend
     if backend_name and backend_name not in svc.catalog:
         raise unknown_backend(svc, backend_name, 400)
@@ -320,12 +351,7 @@ async def create_job(request: Request, svc: Svc, who: Who) -> Response:
         )
     else:
         assert qobj is not None
-        try:
-            summary = _native.validate_qobj(qobj, svc.specs[backend_name])
-        except _native.MalformedPayloadError as exc:
-            raise ServiceError(400, E.MALFORMED_JSON, str(exc)) from exc
-        except _native.InvalidQobjError as exc:
-            raise ServiceError(400, E.INVALID_QOBJ, str(exc)) from exc
+        summary = await _off_loop(big, validate, qobj, svc.specs[backend_name])
         payload = {
             "kind": "circuit",
             "inputs": qobj,
@@ -345,10 +371,14 @@ async def create_job(request: Request, svc: Svc, who: Who) -> Response:
                 active_jobs=active,
                 limit=limit,
             )
+    inputs_blob = None
+    if len(payload["inputs"]) > svc.config.big_body_bytes:
+        inputs_blob = await asyncio.to_thread(compress, payload["inputs"])
     new = NewJob(
         owner=who.user,
         backend=backend_name,
         **payload,
+        inputs_blob=inputs_blob,
         name=body.name,
         tags=body.tags,
         share_level=body.share_level,
@@ -500,7 +530,7 @@ async def get_events(
     visible_job(svc, who, job_id)
     events = svc.store.events_since(job_id, since, limit)
     return json_response(
-        {"events": [orjson.Fragment(encode_event(svc.store, e, False)) for e in events]}
+        {"events": [orjson.Fragment(encode_event(svc.store, e, 0)) for e in events]}
     )
 
 
@@ -588,7 +618,21 @@ def _stored_blob(request: Request, blob: bytes | None) -> Response:
     if _accepts(request.headers.get("accept-encoding", ""), "deflate"):
         headers = {**vary, "Content-Encoding": "deflate"}
         return Response(blob, media_type="application/json", headers=headers)
-    return Response(zlib.decompress(blob), media_type="application/json", headers=vary)
+    inflater = zlib.decompressobj()
+    head = inflater.decompress(blob, _INFLATE_ON_LOOP + 1)
+    if len(head) <= _INFLATE_ON_LOOP:
+        return Response(head, media_type="application/json", headers=vary)
+    # A big one is inflated piecewise in a worker thread (Starlette iterates a plain
+    # iterator in its thread pool), never whole in memory nor on the event loop.
+    pieces = _inflated(inflater, head)
+    return StreamingResponse(pieces, media_type="application/json", headers=vary)
+
+
+def _inflated(inflater: Any, head: bytes) -> Iterator[bytes]:
+    yield head
+    while inflater.unconsumed_tail:
+        yield inflater.decompress(inflater.unconsumed_tail, _INFLATE_ON_LOOP)
+    yield inflater.flush()
 
 
 def _accepts(header: str, coding: str) -> bool:

@@ -27,7 +27,15 @@ async def stream(ws: WebSocket) -> None:
         await ws.send_text(orjson.dumps({"type": "error", **exc.body()["error"]}).decode())
         await ws.close(CLOSE_UNAUTHORIZED, exc.message)
         return
+    config = svc.config
     session = StreamSession(
-        ws, svc.store, svc.hub, svc.visible, who.user, who.project, svc.config.heartbeat_seconds
+        ws,
+        svc.store,
+        svc.hub,
+        svc.visible,
+        who.user,
+        who.project,
+        config.heartbeat_seconds,
+        config.stream_inline_result_bytes,
     )
     await session.run()

@@ -29,6 +29,7 @@ UNKNOWN_SESSION = "unknown_session"
 SESSION_CLOSED = "session_closed"
 SESSION_BACKEND_MISMATCH = "session_backend_mismatch"
 SESSION_EXPIRED = "session_expired"  # a job's error code: its session ran out of time
+RESULT_TOO_LARGE = "result_too_large"  # a job's error code: its result is over the limit
 
 __all__ = [
     "ACTIVE_JOB_LIMIT",
@@ -42,6 +43,7 @@ __all__ = [
     "MALFORMED_JSON",
     "PAYLOAD_TOO_LARGE",
     "READ_ONLY",
+    "RESULT_TOO_LARGE",
     "SESSION_BACKEND_MISMATCH",
     "SESSION_CLOSED",
     "SESSION_EXPIRED",

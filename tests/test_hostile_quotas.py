@@ -20,7 +20,8 @@ from qiskit import QuantumCircuit
 from qiskit.circuit import Parameter
 from qiskit.quantum_info import SparsePauliOp
 
-from qdispatch import encoding
+import qdispatch
+from qdispatch import IBMInputValueError, Session, encoding
 from qobjs import bell_qobj, slow_qobj
 from support import ServiceProcess, submit, wait_final, wait_status
 from test_sessions import open_session, wait_session
@@ -231,6 +232,13 @@ def test_max_time_has_a_default_and_a_ceiling(svc: ServiceProcess) -> None:
         "max_time 28801 s is over this service's ceiling of 28800 s",
     )
     assert client.get("/sessions").json()["count"] == before
+    # The client's Session passes max_time on and says what the service answered.
+    with qdispatch.connect(svc.url, token=svc.token) as service:
+        with pytest.raises(IBMInputValueError, match="ceiling of 28800 s"):
+            Session("aer_simulator", max_time="9h", service=service)
+        with Session("aer_simulator", service=service) as session:
+            assert session.details()["max_time"] == 3600
+    assert client.get("/sessions").json()["count"] == before + 1
 
 
 def test_idle_session_is_closed(tight: ServiceProcess) -> None:

@@ -141,7 +141,7 @@ def test_work_of_one_job_is_bounded(svc: ServiceProcess) -> None:
         client, "sampler", {"pubs": [[circuit, values, MAX_SHOTS]]}, backend="aer_simulator"
     )
     assert message == (
-        f"pubs (1 pubs x parameter sets x shots) make {1000 * MAX_SHOTS} shots in all, over "
+        f"pubs (1 pub(s) x parameter sets x shots) make {1000 * MAX_SHOTS} shots in all, over "
         f"the limit of {MAX_JOB_SHOTS} shots per job (max_job_shots); split the work into "
         "several jobs"
     )

@@ -10,7 +10,7 @@ thousand jobs therefore never starve another user's one.
 The queues come in two tiers: jobs of ``dedicated`` sessions wait in the first, every
 other job in the second. A dedicated session's jobs go first on a share of the workers
 only, so that they can never starve anyone else: with ``capacity`` workers and a
-``dedicated_share`` ``s`` (0 to 1), ``priority_slots = floor(s x capacity)``. When a slot
+``dedicated_share`` ``s`` (0 to 1), ``priority_slots = floor(s * capacity)``. When a slot
 is free and fewer than ``priority_slots`` jobs of the first tier are running, the next job
 is the first tier's, by the fair-share rule among its users (two users' dedicated
 sessions share fairly). Otherwise the next job is the one that ranks first by fair share
@@ -198,8 +198,8 @@ class Scheduler:
 
     def priority_slots(self) -> int:
         """How many workers the jobs of dedicated sessions may take ahead of other jobs:
-        ``floor(dedicated_share x capacity)``."""
-        # The epsilon keeps 0.3 x 10 at 3 where floating point says 2.9999999999999996.
+        ``floor(dedicated_share * capacity)``."""
+        # The epsilon keeps 0.3 * 10 at 3 where floating point says 2.9999999999999996.
         return math.floor(self.dedicated_share * self.executor.capacity + 1e-9)
 
     def _dedicated_running(self) -> int:

@@ -126,7 +126,7 @@ def estimate(inputs: dict[str, Any], limits: Limits | None = None) -> tuple[int,
     ]
     if limits is not None:
         total = sum(n * shots for n, shots in runs)
-        limits.total(total, f"pubs ({len(pubs)} pubs x parameter sets x settings x shots)")
+        limits.total(total, f"pubs ({len(pubs)} pub(s) x parameter sets x settings x shots)")
     return sum(n for n, _ in runs), max(shots for _, shots in runs)
 
 

@@ -119,7 +119,7 @@ def _parse(
         parsed.append(_Pub(circuit, values, shots, size))
     if limits is not None:
         total = sum(p.size * p.shots for p in parsed)
-        limits.total(total, f"pubs ({len(parsed)} pubs x parameter sets x shots)")
+        limits.total(total, f"pubs ({len(parsed)} pub(s) x parameter sets x shots)")
     return parsed, options
 
 

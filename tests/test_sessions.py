@@ -55,13 +55,16 @@ def test_create_get_list_close_and_cancel(service: ServiceProcess) -> None:
         "created",
         "started",
         "closed",
+        "closed_reason",
         "jobs",
         "usage_seconds",
     }
     assert len(session["id"]) == 24
     assert session["mode"] == "dedicated"  # the default
     assert (session["state"], session["accepting_jobs"]) == ("open", True)
-    assert (session["max_time"], session["started"], session["closed"]) == (None, None, None)
+    # max_time: the service's default (docs/service.md, "Limits").
+    assert (session["max_time"], session["started"], session["closed"]) == (3600, None, None)
+    assert session["closed_reason"] is None
     assert session["jobs"] == NO_JOBS
     sid = session["id"]
     batch = open_session(client, "fake_generic_5q", mode="batch", max_time=120)
@@ -276,7 +279,9 @@ def test_malformed_json_body(service: ServiceProcess) -> None:
 
 @pytest.mark.parametrize("mode", ["dedicated", "batch"])
 def test_dedicated_sessions_go_first_batches_do_not(service_factory: Any, mode: str) -> None:
-    svc = service_factory("--workers", "1")
+    # With one worker the default share (0.5) gives sessions no worker ahead of others
+    # (test_hostile_quotas.py tests the share); a share of 1 gives them it.
+    svc = service_factory("--workers", "1", "--dedicated-share", "1")
     alice = svc.client(svc.token_for("alice"))
     bob = svc.client(svc.token_for("bob"))
     # Alice has a job running, so fair share alone would put Bob's queued jobs first.

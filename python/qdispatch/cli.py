@@ -8,30 +8,21 @@ import logging
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .local import default_data_dir
 from .local import stop as stop_local_service
 
+if TYPE_CHECKING:
+    from .server.config import ServiceConfig
 
-def _serve(args: argparse.Namespace) -> int:
-    # The web service (uvicorn, FastAPI, the backends) loads for `serve` only: the other
-    # commands start without it.
-    import uvicorn  # noqa: PLC0415
 
-    from .server.app import create_app  # noqa: PLC0415
-    from .server.config import ServiceConfig  # noqa: PLC0415
+def _config(args: argparse.Namespace, db: Path, port: int) -> ServiceConfig:
+    """The service's configuration from ``serve``'s arguments (``ValueError`` for a limit
+    that cannot hold)."""
+    from .server.config import ServiceConfig  # noqa: PLC0415 - loads for `serve` only
 
-    db = Path(args.db).expanduser() if args.db else default_data_dir() / "jobs.db"
-    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((args.host, args.port))
-    except OSError as exc:
-        print(f"qdispatch serve: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
-        return 2
-    port = sock.getsockname()[1]
-    config = ServiceConfig(
+    return ServiceConfig(
         db=db,
         host=args.host,
         port=port,
@@ -47,12 +38,43 @@ def _serve(args: argparse.Namespace) -> int:
         rate_limit=args.rate_limit,
         rate_burst=args.rate_burst,
         stream_inline_result_bytes=args.stream_inline_result_kb * 1024,
+        max_job_shots=args.max_job_shots,
+        max_result_bytes=int(args.max_result_mb * 1024 * 1024),
+        dedicated_share=args.dedicated_share,
+        session_max_time=args.session_max_time,
+        session_max_time_ceiling=args.session_max_time_ceiling,
+        session_idle_timeout=args.session_idle_timeout,
         heartbeat_seconds=args.heartbeat,
         max_attempts=args.max_attempts,
         job_time_limit=args.job_time_limit or None,
         idle_timeout=args.idle_timeout,
         programs_dir=Path(args.programs_dir).expanduser() if args.programs_dir else None,
     )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    # The web service (uvicorn, FastAPI, the backends) loads for `serve` only: the other
+    # commands start without it.
+    import uvicorn  # noqa: PLC0415
+
+    from .server.app import create_app  # noqa: PLC0415
+
+    db = Path(args.db).expanduser() if args.db else default_data_dir() / "jobs.db"
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as exc:
+        print(f"qdispatch serve: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 2
+    port = sock.getsockname()[1]
+    try:
+        config = _config(args, db, port)
+    except ValueError as exc:
+        sock.close()
+        print(f"qdispatch serve: {exc}", file=sys.stderr)
+        return 2
     if args.state_file:
         config.state_file = Path(args.state_file).expanduser()
     elif config.loopback:
@@ -125,7 +147,12 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--executor", choices=["local", "dask"], default="local")
     serve.add_argument("--scheduler", help="dask scheduler address, with --executor dask")
     serve.add_argument("--threads-per-worker", type=int, default=1, help="Aer threads per job")
-    serve.add_argument("--max-active-jobs", type=int, default=None, help="per-user limit")
+    serve.add_argument(
+        "--max-active-jobs",
+        type=int,
+        default=1000,
+        help="per-user limit on queued + running jobs (0: unlimited)",
+    )
     serve.add_argument("--max-request-mb", type=int, default=64, help="request size limit")
     serve.add_argument(
         "--big-body-kb",
@@ -150,6 +177,37 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=1024,
         help="results larger than this are fetched over HTTP, not sent on the stream",
+    )
+    serve.add_argument(
+        "--max-job-shots",
+        type=int,
+        default=30_000_000,
+        help="shots of one job, summed over its circuits and parameter sets",
+    )
+    serve.add_argument("--max-result-mb", type=float, default=128, help="a job's result size limit")
+    serve.add_argument(
+        "--dedicated-share",
+        type=float,
+        default=0.5,
+        help="share of the workers dedicated sessions' jobs take ahead of others (0-1)",
+    )
+    serve.add_argument(
+        "--session-max-time",
+        type=float,
+        default=3600.0,
+        help="a session's max_time (seconds) when it asks for none",
+    )
+    serve.add_argument(
+        "--session-max-time-ceiling",
+        type=float,
+        default=8 * 3600.0,
+        help="the most max_time (seconds) a session may ask for",
+    )
+    serve.add_argument(
+        "--session-idle-timeout",
+        type=float,
+        default=300.0,
+        help="close an open session after this many seconds with no job queued or running",
     )
     serve.add_argument(
         "--max-attempts",

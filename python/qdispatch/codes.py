@@ -36,6 +36,7 @@ SESSION_BACKEND_MISMATCH = "session_backend_mismatch"
 SESSION_EXPIRED = "session_expired"  # a job's error code: its session ran out of time
 # A job's error code: it ran longer than the service's per-job time limit (not retried).
 TIME_LIMIT_EXCEEDED = "time_limit_exceeded"
+RESULT_TOO_LARGE = "result_too_large"  # a job's error code: its result is over the limit
 
 __all__ = [
     "ACTIVE_JOB_LIMIT",
@@ -50,6 +51,7 @@ __all__ = [
     "PAYLOAD_TOO_LARGE",
     "RATE_LIMITED",
     "READ_ONLY",
+    "RESULT_TOO_LARGE",
     "SERVICE_BUSY",
     "SESSION_BACKEND_MISMATCH",
     "SESSION_CLOSED",

@@ -68,7 +68,11 @@ class Session:
                 the service's least busy backend.
             max_time: The most time the session may run, counted from the start of its
                 first job: seconds, or a duration such as ``"1h 30m"``. When it is
-                reached, the session's queued jobs fail.
+                reached, the session's queued jobs fail. ``None``: the service's default
+                (``session_max_time`` in ``service.info()``, 1 h unless configured); more
+                than its ceiling (``session_max_time_ceiling``, 8 h) raises
+                :class:`IBMInputValueError`. A session left idle (no job queued or
+                running) for ``session_idle_timeout`` seconds is closed by the service.
             service: The service to use; by default the backend's, else
                 ``qdispatch.connect()``.
             create_new: Open a new session on the service (``False`` is for

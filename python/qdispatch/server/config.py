@@ -20,7 +20,8 @@ class ServiceConfig:
     executor: str = "local"
     scheduler_address: str | None = None
     threads_per_worker: int = 1
-    max_active_jobs: int | None = None
+    #: Per-user QUEUED + RUNNING jobs; 0 (or ``None``) is unlimited.
+    max_active_jobs: int | None = 1000
     max_request_bytes: int = 64 * 1024 * 1024
     #: A body larger than this (as sent or once inflated) is "big": it takes an upload
     #: slot while it is read and inflated, and its inflating and parsing run off the event
@@ -37,6 +38,17 @@ class ServiceConfig:
     #: Results larger than this are not inlined in the stream's result event (the client
     #: fetches them with ``GET /jobs/{id}/results``).
     stream_inline_result_bytes: int = 1024 * 1024
+    #: Shots of one job summed over what it runs (circuits x parameter sets x shots).
+    max_job_shots: int = 30_000_000
+    #: A job's result, as it is encoded before it is stored (uncompressed).
+    max_result_bytes: int = 128 * 1024 * 1024
+    #: The share of the workers whose free slots go to dedicated sessions' jobs first.
+    dedicated_share: float = 0.5
+    #: A session's ``max_time`` when it asks for none, and the most it may ask for.
+    session_max_time: float = 3600.0
+    session_max_time_ceiling: float = 8 * 3600.0
+    #: An open session with no job queued or running for this long is closed.
+    session_idle_timeout: float = 300.0
     heartbeat_seconds: float = 10.0
     max_attempts: int = 3
     #: seconds a job may run on a worker before it is stopped (``None``: no limit)
@@ -46,6 +58,24 @@ class ServiceConfig:
     idle_timeout: float | None = None
     programs_dir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A limit that cannot hold is refused at start, not found out by the first user.
+        if self.max_active_jobs is not None and self.max_active_jobs < 0:
+            raise ValueError("max_active_jobs must be 0 (unlimited) or more")
+        if self.max_job_shots < 1 or self.max_result_bytes < 1:
+            raise ValueError("max_job_shots and max_result_bytes must be positive")
+        if not 0.0 <= self.dedicated_share <= 1.0:
+            raise ValueError(f"dedicated_share must be in [0, 1], got {self.dedicated_share}")
+        if not 0 < self.session_max_time <= self.session_max_time_ceiling:
+            raise ValueError("session_max_time must be positive and at most its ceiling")
+        if self.session_idle_timeout <= 0:
+            raise ValueError("session_idle_timeout must be positive")
+
+    @property
+    def active_job_limit(self) -> int | None:
+        """``max_active_jobs``, with ``None`` for unlimited (0 or ``None``)."""
+        return self.max_active_jobs or None
 
     @property
     def url(self) -> str:

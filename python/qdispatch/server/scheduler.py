@@ -7,16 +7,33 @@ the one who has used the least execution time lately (usage decays with a half-l
 ``USAGE_HALF_LIFE`` seconds), then the one whose next job is oldest. One user's ten
 thousand jobs therefore never starve another user's one.
 
-The queues come in two tiers. Jobs of ``dedicated`` sessions wait in the first, every
-other job in the second, and no job of the second tier starts while the first holds one:
-a dedicated session has the workers to itself until its queued jobs have run. Within a
-tier the fair-share rule above applies (two users' dedicated sessions share fairly).
-A session's mode never changes, and its queued jobs leave the queue when it is cancelled
-or expires, so a job's tier is fixed when it is queued.
+The queues come in two tiers: jobs of ``dedicated`` sessions wait in the first, every
+other job in the second. A dedicated session's jobs go first on a share of the workers
+only, so that they can never starve anyone else: with ``capacity`` workers and a
+``dedicated_share`` ``s`` (0 to 1), ``priority_slots = floor(s * capacity)``. When a slot
+is free and fewer than ``priority_slots`` jobs of the first tier are running, the next job
+is the first tier's, by the fair-share rule among its users (two users' dedicated
+sessions share fairly). Otherwise the next job is the one that ranks first by fair share
+among the jobs of both tiers, so the other ``capacity - priority_slots`` workers serve
+everyone, and a dedicated session's jobs never wait longer than they would without a
+session. With 2 workers and ``s = 0.5`` a dedicated session's jobs keep one worker
+busy ahead of the queue, and the other runs the rest by fair share (the session's owner
+already having a job running, others go first there); with 1 worker and ``s = 0.5``
+sessions take no slot ahead of others; ``s = 1`` gives them every worker, as before this
+rule, and lets a session starve the others. A session's mode never changes, and its
+queued jobs leave the queue when it is cancelled or expires, so a job's tier is fixed
+when it is queued.
 
-Queue positions follow the same rule, and estimated start and completion times come from
-the execution rate measured per backend (an exponential moving average of seconds per
-experiment, kept in the store so that it survives restarts).
+Queue positions follow the same rule, simulated: the slots free up as the running jobs'
+estimated ends come (the earliest first) and each queued job takes the estimated time of
+its experiments, so a dedicated session's priority slot is taken again each time its
+job ends; the fair-share counts of the simulation only grow (as if each job ahead were
+still running when the next starts), and only the backend's own queue is simulated (the
+workers' other jobs count while they run). Estimated start times are the simulated ones,
+from the execution rate measured per backend (an exponential moving average of seconds
+per experiment, kept in the store so that it survives restarts). A job whose result, as
+encoded, is larger than ``max_result_bytes`` ends ``ERROR`` with ``result_too_large``,
+its result not stored.
 
 Faults (docs/service.md, "Faults"): a slot is held exactly while a job's task lives — it
 is freed by the task's done callback, which runs even for a task cancelled before it
@@ -33,6 +50,7 @@ import contextlib
 import heapq
 import itertools
 import logging
+import math
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -43,6 +61,7 @@ from typing import Any
 import orjson
 
 from .. import _native
+from .. import codes as E
 from ..constants import CANCELLED, DONE, ERROR, FINAL_STATUSES, QUEUED, RUNNING
 from .executors import Executor, Outcome, Task
 from .programs import ProgramRef
@@ -60,7 +79,7 @@ _MAX_BACKOFF = 30.0  # the longest the dispatch loop waits after an error
 _BIG_RESULT = 1024 * 1024
 
 
-# Tiers of queues, dispatched strictly in this order.
+# Tiers of queues: the first goes ahead of the second on ``priority_slots`` workers.
 _DEDICATED = 0  # jobs of dedicated sessions
 _SHARED = 1  # every other job
 
@@ -88,6 +107,7 @@ class _Running:
     started: float
     session_id: str | None = None
     kind: str = "circuit"
+    tier: int = _SHARED
     task: asyncio.Task[None] | None = None
     cancelled: bool = False
     on_worker: bool = False
@@ -106,11 +126,15 @@ class Scheduler:
         max_attempts: int = 3,
         programs: Callable[[str], ProgramRef | None] | None = None,
         watchdog_interval: float = WATCHDOG_INTERVAL,
+        dedicated_share: float = 0.5,
+        max_result_bytes: int | None = None,
     ):
         self.store = store
         self.hub = hub
         self.executor = executor
         self.max_attempts = max_attempts
+        self.dedicated_share = dedicated_share
+        self.max_result_bytes = max_result_bytes
         self._programs = programs or (lambda program_id: None)
         self._tiers: tuple[_Queues, _Queues] = (defaultdict(dict), defaultdict(dict))
         self._queued: dict[str, _Queued] = {}
@@ -125,7 +149,7 @@ class Scheduler:
         self._watchdog_interval = watchdog_interval
         # Outcomes the store refused (job id → what to store), retried by the watchdog.
         self._unsettled: dict[str, tuple[_Running, Outcome, _Prepared | None]] = {}
-        self._order_cache: dict[str, tuple[int, dict[str, tuple[int, int]]]] = {}
+        self._order_cache: dict[str, tuple[int, dict[str, tuple[int, float]]]] = {}
         self._version = 0
 
     # -- life cycle ---------------------------------------------------------------------
@@ -201,6 +225,20 @@ class Scheduler:
         """How many jobs are queued or running, on every backend."""
         return len(self._queued) + len(self._running)
 
+    def active_jobs_of(self, user: str) -> int:
+        """How many of ``user``'s jobs are queued or running, on every backend."""
+        queued = sum(len(tier[b].get(user, ())) for tier in self._tiers for b in tier)
+        return queued + self._running_per_user.get(user, 0)
+
+    def priority_slots(self) -> int:
+        """How many workers the jobs of dedicated sessions may take ahead of other jobs:
+        ``floor(dedicated_share * capacity)``."""
+        # The epsilon keeps 0.3 * 10 at 3 where floating point says 2.9999999999999996.
+        return math.floor(self.dedicated_share * self.executor.capacity + 1e-9)
+
+    def _dedicated_running(self) -> int:
+        return sum(1 for r in self._running.values() if r.tier == _DEDICATED)
+
     def pending_jobs(self, backend: str) -> int:
         """How many jobs wait in ``backend``'s queue."""
         return sum(len(q) for tier in self._tiers for q in tier.get(backend, {}).values())
@@ -213,44 +251,91 @@ class Scheduler:
         now = time.monotonic()
         self._usage[user] = (self._recent_usage(user, now) + seconds, now)
 
-    def _fair_order(self, backend: str) -> dict[str, tuple[int, int]]:
-        """Every queued job of ``backend`` → (1-based position in dispatch order, number of
-        experiments queued ahead of it). Cached until the queues next change."""
+    def _fair_order(self, backend: str) -> dict[str, tuple[int, float]]:
+        """Every queued job of ``backend`` → (1-based position in dispatch order, its
+        estimated start as a ``time.monotonic()`` value), by the simulation the module's
+        docstring describes. Cached until the queues next change."""
         cached = self._order_cache.get(backend)
         if cached and cached[0] == self._version:
             return cached[1]
-        # Dispatch is simulated as if every job ahead were still running when the next
-        # starts; the counts carry over from the first tier to the second.
-        running = dict(self._running_per_user)
         now = time.monotonic()
-        order: dict[str, tuple[int, int]] = {}
-        ahead = 0
-        for tier in self._tiers:
-            users = tier.get(backend, {})
-            heads = [
-                (running.get(user, 0), self._recent_usage(user, now), q[0].order, user, 0)
-                for user, q in users.items()
-                if q
-            ]
-            heapq.heapify(heads)
+        # Slots as (when it frees, tie-break, whether its job is a dedicated session's).
+        slots = [
+            (now + max(0.0, self._rate(r.backend) * r.n_experiments - (now - r.started)), i, r.tier)
+            for i, r in enumerate(self._running.values())
+        ]
+        ticket = itertools.count(len(slots))
+        free = max(1, self.executor.capacity) - len(slots)
+        slots += [(now, next(ticket), _SHARED) for _ in range(free)]
+        heapq.heapify(slots)
+        dedicated_running = sum(1 for slot in slots if slot[2] == _DEDICATED)
+        priority = self.priority_slots()
+        rate = self._rate(backend)
+        running = dict(self._running_per_user)
+        usage: dict[str, float] = {}
+        queues = {
+            (tier, user): queue
+            for tier, users in enumerate(self._tiers)
+            for user, queue in users.get(backend, {}).items()
+            if queue
+        }
+        taken = dict.fromkeys(queues, 0)  # how many of each queue the simulation has started
+        first: list[tuple[int, float, int, str, int]] = []  # heads of the dedicated tier
+        anyone: list[tuple[int, float, int, str, int]] = []  # heads of both tiers
+
+        def push(tier: int, user: str) -> None:
+            queue, index = queues[(tier, user)], taken[(tier, user)]
+            if index < len(queue):
+                if user not in usage:
+                    usage[user] = self._recent_usage(user, now)
+                key = (running.get(user, 0), usage[user], queue[index].order, user, tier)
+                heapq.heappush(anyone, key)
+                if tier == _DEDICATED:
+                    heapq.heappush(first, key)
+
+        def pop(heads: list[tuple[int, float, int, str, int]]) -> tuple[int, str] | None:
             while heads:
-                n_running, usage, _, user, index = heapq.heappop(heads)
-                queue = users[user]
-                order[queue[index].job_id] = (len(order) + 1, ahead)
-                ahead += queue[index].n_experiments
-                running[user] = n_running + 1
-                if index + 1 < len(queue):
-                    nxt = (n_running + 1, usage, queue[index + 1].order, user, index + 1)
-                    heapq.heappush(heads, nxt)
+                n_running, _, order, user, tier = heapq.heappop(heads)
+                queue, index = queues[(tier, user)], taken[(tier, user)]
+                if index >= len(queue) or queue[index].order != order:
+                    continue  # started already, through the other heap
+                if n_running != running.get(user, 0):
+                    # The user has started a job since (counts only grow): rank it again.
+                    key = (running.get(user, 0), usage[user], order, user, tier)
+                    heapq.heappush(heads, key)
+                    continue
+                return tier, user
+            return None
+
+        for tier, user in queues:
+            push(tier, user)
+        order: dict[str, tuple[int, float]] = {}
+        while anyone:
+            free_at, _, freed_tier = heapq.heappop(slots)
+            if freed_tier == _DEDICATED:
+                dedicated_running -= 1
+            picked = pop(first) if dedicated_running < priority else None
+            picked = picked or pop(anyone)
+            if picked is None:
+                break
+            tier, user = picked
+            entry = queues[picked][taken[picked]]
+            taken[picked] += 1
+            order[entry.job_id] = (len(order) + 1, free_at)
+            running[user] = running.get(user, 0) + 1
+            if tier == _DEDICATED:
+                dedicated_running += 1
+            heapq.heappush(slots, (free_at + rate * entry.n_experiments, next(ticket), tier))
+            push(tier, user)
         self._order_cache[backend] = (self._version, order)
         return order
 
-    def _next(self) -> _Queued | None:
-        now = time.monotonic()
-        for tier in self._tiers:
-            best: _Queued | None = None
-            best_key: tuple[int, float, int] | None = None
-            for users in tier.values():
+    def _best(self, tiers: tuple[int, ...], now: float) -> _Queued | None:
+        """The head that ranks first by fair share among the queues of ``tiers``."""
+        best: _Queued | None = None
+        best_key: tuple[int, float, int] | None = None
+        for tier in tiers:
+            for users in self._tiers[tier].values():
                 for user, queue in users.items():
                     if not queue:
                         continue
@@ -261,9 +346,15 @@ class Scheduler:
                     )
                     if best_key is None or key < best_key:
                         best, best_key = queue[0], key
+        return best
+
+    def _next(self) -> _Queued | None:
+        now = time.monotonic()
+        if self._dedicated_running() < self.priority_slots():
+            best = self._best((_DEDICATED,), now)
             if best is not None:
                 return best
-        return None
+        return self._best((_DEDICATED, _SHARED), now)
 
     def _dequeue(self, entry: _Queued) -> None:
         users = self._tiers[entry.tier][entry.backend]
@@ -334,6 +425,7 @@ class Scheduler:
             time.monotonic(),
             session_id=job.session_id,
             kind=job.kind,
+            tier=entry.tier,
         )
         self._running[job.id] = running
         self._running_per_user[job.owner] += 1
@@ -399,7 +491,11 @@ class Scheduler:
                 lambda: self._started(task.job_id, running),
                 lambda kind, data: self._event(task.job_id, running, kind, data),
             )
-            if outcome.status == "done" and outcome.result is not None:
+            if (
+                outcome.status == "done"
+                and outcome.result is not None
+                and not self._too_large(outcome.result)
+            ):
                 # Still counted as running: a cancel meanwhile marks it, and wins.
                 prepared = await _prepare(outcome.result, running.kind == "circuit")
         except asyncio.CancelledError:
@@ -450,6 +546,24 @@ class Scheduler:
             return
         if outcome.status == "cancelled":
             events = self.store.set_status(job_id, CANCELLED)
+        elif (
+            outcome.status == "done"
+            and outcome.result is not None
+            and self._too_large(outcome.result)
+        ):
+            size, limit = len(outcome.result), self.max_result_bytes
+            events = self.store.set_status(
+                job_id,
+                ERROR,
+                error={
+                    "code": E.RESULT_TOO_LARGE,
+                    "message": f"the job's result is {size} bytes, over the limit of {limit} "
+                    "bytes (max_result_bytes); it was not kept. Split the work into smaller "
+                    "jobs, or ask for less (memory, fewer shots)",
+                },
+                run_seconds=outcome.seconds,
+                timings=outcome.timings,
+            )
         elif outcome.status == "done" and prepared is not None:
             error, blob = prepared
             if running.kind == "circuit":
@@ -534,6 +648,9 @@ class Scheduler:
         """Ids of the jobs the scheduler believes a worker has."""
         return {job_id for job_id, r in self._running.items() if r.on_worker}
 
+    def _too_large(self, result: bytes) -> bool:
+        return self.max_result_bytes is not None and len(result) > self.max_result_bytes
+
     def _measured(self, backend: str, seconds: float, n_experiments: int) -> None:
         sample = seconds / max(1, n_experiments)
         old = self._rate(backend)
@@ -598,15 +715,9 @@ class Scheduler:
         """Position and estimated start/completion of a queued job; ``None`` otherwise."""
         if job.status != QUEUED or job.id not in self._queued:
             return None
-        position, ahead = self._fair_order(job.backend)[job.id]
+        position, start_at = self._fair_order(job.backend)[job.id]
         rate = self._rate(job.backend)
-        now = time.monotonic()
-        busy = sum(
-            max(0.0, self._rate(r.backend) * r.n_experiments - (now - r.started))
-            for r in self._running.values()
-        )
-        capacity = max(1, self.executor.capacity)
-        start_in = (busy + rate * ahead) / capacity
+        start_in = max(0.0, start_at - time.monotonic())
         utc = datetime.now(timezone.utc)
         start = utc + timedelta(seconds=start_in)
         complete = start + timedelta(seconds=rate * job.n_experiments)

@@ -27,7 +27,7 @@ from . import backends as bk
 from .access import Access
 from .config import ServiceConfig
 from .executors import DaskExecutor, Executor, LocalExecutor
-from .programs import Registry
+from .programs import Limits, Registry
 from .scheduler import Scheduler
 from .sessions import Sessions
 from .store import Job, Store
@@ -66,9 +66,15 @@ class Service:
         self.hub = Hub(self.visible)
         self.programs = Registry.discover(config.programs_dir)
         self.scheduler = Scheduler(
-            self.store, self.hub, self._executor(), config.max_attempts, self.programs.ref
+            self.store,
+            self.hub,
+            self._executor(),
+            config.max_attempts,
+            self.programs.ref,
+            dedicated_share=config.dedicated_share,
+            max_result_bytes=config.max_result_bytes,
         )
-        self.sessions = Sessions(self.store, self.scheduler)
+        self.sessions = Sessions(self.store, self.scheduler, config.session_idle_timeout)
         #: backend → id of its properties snapshot in the store (noisy devices only)
         self.properties_ids: dict[str, int] = {}
         self.last_request = time.monotonic()
@@ -190,6 +196,15 @@ class Service:
         if job.share_level != "project" or project is None:
             return False
         return self.store.project_of(job.owner) == project
+
+    def limits(self, backend: str) -> Limits:
+        """What one job on ``backend`` may ask for (docs/service.md, "Limits")."""
+        return Limits(
+            backend,
+            self.catalog[backend].max_shots,
+            self.config.max_job_shots,
+            self.config.max_result_bytes,
+        )
 
     def backend_names(self) -> str:
         """The catalog's backends, as error messages list them."""

@@ -2,9 +2,12 @@
 
 A session is ``open`` (it takes jobs), then ``closed`` (no new jobs; those queued still
 run), ``cancelled`` (its queued jobs were cancelled) or ``expired`` (its ``max_time``,
-counted from the start of its first job, ran out; its queued jobs failed). The jobs of a
-``dedicated`` session go ahead of every other queued job (scheduler.py); a ``batch`` only
-groups jobs. Sessions are private to their owner: another user's session answers 404,
+counted from the start of its first job, ran out; its queued jobs failed). The service
+closes an open session itself when it has been idle, with no job queued or running and
+none submitted, for ``idle_timeout`` seconds (the runtime services' interactive timeout),
+and records why in its ``closed_reason``. The jobs of a ``dedicated`` session go ahead of
+other queued jobs on a share of the workers (scheduler.py); a ``batch`` only groups
+jobs. Sessions are private to their owner: another user's session answers 404,
 like one that does not exist.
 
 This module holds the rules, not the HTTP routes (those are ``routes/sessions.py``):
@@ -12,7 +15,8 @@ This module holds the rules, not the HTTP routes (those are ``routes/sessions.py
 sessions. Deadlines are kept in the store only (the first job's start and
 ``max_time``), so a service that restarts expires what ran out while it was down before
 it dispatches anything, and a background task checks the rest every ``DEADLINE_TICK``
-seconds.
+seconds. The same task closes idle sessions; when a session became idle is kept in
+memory only, so a restarted service gives every idle session its full timeout again.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import time
 from typing import overload
 
 from .. import codes as E
-from ..constants import ERROR, QUEUED, SESSION_EXPIRED
+from ..constants import ERROR, QUEUED, SESSION_CLOSED, SESSION_EXPIRED
 from .errors import ServiceError
 from .scheduler import Scheduler
 from .store import Job, Session, Store
@@ -42,10 +46,14 @@ class Sessions:
     """The sessions of a service's store: lookups, the check of a job that joins one,
     deadlines and expiry (which end queued jobs through the scheduler)."""
 
-    def __init__(self, store: Store, scheduler: Scheduler) -> None:
+    def __init__(
+        self, store: Store, scheduler: Scheduler, idle_timeout: float | None = None
+    ) -> None:
         self.store = store
         self.scheduler = scheduler
+        self.idle_timeout = idle_timeout
         self._modes: dict[str, str] = {}
+        self._idle_since: dict[str, float] = {}  # open session → when it was first seen idle
 
     def own(self, user: str, session_id: str) -> Session:
         """``user``'s session, brought up to date with its deadline; else 404."""
@@ -75,11 +83,15 @@ class Sessions:
             return backend
         session = self.own(user, session_id)
         if not session.accepting_jobs:
+            why = f" ({session.closed_reason})" if session.closed_reason else ""
             raise ServiceError(
                 409,
                 E.SESSION_CLOSED,
-                f"session '{session_id}' is {session.state} and accepts no more jobs",
+                f"session '{session_id}' is {session.state}{why} and accepts no more jobs",
             )
+        # A job on its way in: the session is not idle, whatever the store says until the
+        # job is stored.
+        self._idle_since.pop(session_id, None)
         if backend is not None and backend != session.backend:
             raise ServiceError(
                 400,
@@ -119,6 +131,25 @@ class Sessions:
             if _past_deadline(session, now):
                 self.expire(session)
 
+    def close_idle(self) -> None:
+        """Close every open session that has had no job queued or running, and none
+        submitted, for ``idle_timeout`` seconds (counted from when this check first saw
+        it idle)."""
+        if not self.idle_timeout:
+            return
+        now = time.monotonic()
+        idle = set(self.store.idle_sessions())
+        for session_id in list(self._idle_since):
+            if session_id not in idle:  # busy again, or ended
+                del self._idle_since[session_id]
+        for session_id in idle:
+            since = self._idle_since.setdefault(session_id, now)
+            if now - since >= self.idle_timeout:
+                reason = f"idle: no job queued or running for {self.idle_timeout:g} s"
+                self.store.end_session(session_id, SESSION_CLOSED, reason)
+                del self._idle_since[session_id]
+                log.info("session %s closed: %s", session_id, reason)
+
     def watch_deadlines(self) -> asyncio.Task[None]:
         """Expire the sessions that ran out while the service was down, then keep checking
         in the background. Call it before the scheduler starts dispatching, so that no
@@ -131,6 +162,7 @@ class Sessions:
             await asyncio.sleep(DEADLINE_TICK)
             try:
                 self.expire_due()
+                self.close_idle()
             except Exception:  # one failed check must not end expiry for the service's lifetime
                 log.exception("checking session deadlines failed")
 

@@ -140,6 +140,9 @@ _ADDED_JOB_COLUMNS = (
     ("usage_estimation", "TEXT"),  # JSON {"quantum_seconds": s}
     ("timings", "TEXT"),  # JSON: a program's decode_inputs/execute/encode_result seconds
 )
+_ADDED_SESSION_COLUMNS = (
+    ("closed_reason", "TEXT"),  # why the service closed it (idle); null if its owner did
+)
 
 
 def hash_token(token: str) -> str:
@@ -267,6 +270,7 @@ class Session:
     created: str
     started: str | None
     closed: str | None
+    closed_reason: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Session:
@@ -340,6 +344,10 @@ class Store:
             for name, declaration in _ADDED_JOB_COLUMNS:
                 if name not in have:
                     db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}")
+            have = {row[1] for row in db.execute("PRAGMA table_info(sessions)")}
+            for name, declaration in _ADDED_SESSION_COLUMNS:
+                if name not in have:
+                    db.execute(f"ALTER TABLE sessions ADD COLUMN {name} {declaration}")
 
     def close(self) -> None:
         """Close the connection; the WAL is checkpointed by SQLite."""
@@ -797,15 +805,25 @@ class Store:
         )
         return [Session.from_row(row) for row in rows], total
 
-    def end_session(self, session_id: str, state: str) -> None:
+    def end_session(self, session_id: str, state: str, reason: str | None = None) -> None:
         """Stop a session taking jobs: ``closed``, ``cancelled`` or ``expired``. ``closed``
-        keeps the time it first stopped taking jobs."""
+        keeps the time it first stopped taking jobs; ``reason`` says why the service
+        ended it (kept from the first time it was given)."""
         with self.transaction() as db:
             db.execute(
-                "UPDATE sessions SET state = ?, accepting_jobs = 0, closed = COALESCE(closed, ?) "
-                "WHERE id = ?",
-                (state, utcnow(), session_id),
+                "UPDATE sessions SET state = ?, accepting_jobs = 0, closed = COALESCE(closed, ?), "
+                "closed_reason = COALESCE(closed_reason, ?) WHERE id = ?",
+                (state, utcnow(), reason, session_id),
             )
+
+    def idle_sessions(self) -> list[str]:
+        """The ids of open sessions with no job queued or running."""
+        rows = self._db.execute(
+            "SELECT id FROM sessions s WHERE state = ? AND NOT EXISTS (SELECT 1 FROM jobs j "
+            "WHERE j.session_id = s.id AND j.status IN (?, ?))",
+            (SESSION_OPEN, *ACTIVE_STATUSES),
+        )
+        return [row[0] for row in rows]
 
     def session_started(self, session_id: str) -> None:
         """Record that a job of the session is running, if none had before: ``max_time``

@@ -2,8 +2,10 @@
 
 A program is a Python module with ``main(backend, publisher, **inputs)`` and, optionally,
 ``VERSION`` (default ``"1"``), ``DESCRIPTION``, ``estimate(inputs) -> (n_executions,
-shots)`` and ``SETTINGS_TYPES`` (classes its inputs may hold as ``settings`` values
-besides the built-in ones, see ``qdispatch.encoding.loads``). The :class:`Registry`
+shots)`` (or ``estimate(inputs, limits)``, to check its inputs against the job's
+:class:`Limits` and name the input over one) and ``SETTINGS_TYPES`` (classes its inputs
+may hold as ``settings`` values besides the built-in ones, see
+``qdispatch.encoding.loads``). The :class:`Registry`
 finds them in three places, in this order: the built-ins of this package, the
 entry-point group ``qdispatch.programs`` (name → module), and the files ``DIR/<id>.py``
 of ``qdispatch serve --programs-dir DIR``. An id already taken by an earlier place is
@@ -30,13 +32,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .common import InvalidInputs
+from .common import InvalidInputs, Limits
 
 __all__ = [
     "BUILTIN",
     "ENTRY_POINT",
     "ENTRY_POINT_GROUP",
     "InvalidInputs",
+    "Limits",
     "Program",
     "ProgramRef",
     "Registry",
@@ -95,22 +98,32 @@ class Program:
             "source": self.ref.source,
         }
 
-    def estimate(self, inputs: dict[str, Any]) -> tuple[int, int]:
+    def estimate(self, inputs: dict[str, Any], limits: Limits | None = None) -> tuple[int, int]:
         """``(n_executions, shots)`` of a run with ``inputs``; ``(1, 0)`` for a program
         without ``estimate``. Raises :class:`InvalidInputs` (or the program's own
-        ``ValueError``/``TypeError``) for inputs the program would refuse."""
+        ``ValueError``/``TypeError``) for inputs the program would refuse, and, with
+        ``limits``, for inputs over them: the program's own check when its ``estimate``
+        takes ``limits`` (it names the input), then, for every program, its estimate's
+        shots against ``max_shots`` and executions x shots against ``max_job_shots``."""
         _check_signature(self, inputs)
-        estimate: Callable[[dict[str, Any]], Any] | None = getattr(self.module, "estimate", None)
+        estimate: Callable[..., Any] | None = getattr(self.module, "estimate", None)
         if estimate is None:
             return 1, 0
-        answer = estimate(inputs)
+        takes_limits = limits is not None and "limits" in inspect.signature(estimate).parameters
+        answer = estimate(inputs, limits=limits) if takes_limits else estimate(inputs)
         try:
             n_executions, shots = answer
-            return max(1, int(n_executions)), max(0, int(shots))
+            n_executions, shots = max(1, int(n_executions)), max(0, int(shots))
         except (TypeError, ValueError):
             raise RuntimeError(
                 f"program '{self.id}': estimate() must return (n_executions, shots), got {answer!r}"
             ) from None
+        if limits is not None:
+            # The backstop for programs that do not check limits themselves.
+            limits.shots(shots, f"program '{self.id}': shots per execution")
+            what = f"program '{self.id}': {n_executions} executions x {shots} shots"
+            limits.total(n_executions * shots, what)
+        return n_executions, shots
 
 
 def _check_signature(program: Program, inputs: dict[str, Any]) -> None:

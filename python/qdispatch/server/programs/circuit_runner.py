@@ -6,7 +6,7 @@ from typing import Any
 
 from qiskit import QuantumCircuit
 
-from .common import InvalidInputs, for_backend, optional_int, positive_int
+from .common import InvalidInputs, Limits, for_backend, optional_int, positive_int
 
 VERSION = "1"
 DESCRIPTION = "Runs circuits (transpiled for the backend) and returns the qiskit Result."
@@ -31,14 +31,21 @@ def _optimization_level(value: Any) -> int:
     return value
 
 
-def estimate(inputs: dict[str, Any]) -> tuple[int, int]:
-    """(number of circuits, shots); refuses inputs ``main`` would refuse."""
+def estimate(inputs: dict[str, Any], limits: Limits | None = None) -> tuple[int, int]:
+    """(number of circuits, shots); refuses inputs ``main`` would refuse, and with
+    ``limits`` shots over the backend's ``max_shots``, circuits x shots over
+    ``max_job_shots`` and a ``memory`` that cannot fit in a result."""
     if "circuits" not in inputs:
         raise InvalidInputs("circuits is required")
     circuits = _circuits(inputs["circuits"])
     shots = positive_int(inputs.get("shots", _DEFAULT_SHOTS), "shots")
     optional_int(inputs.get("seed_simulator"), "seed_simulator")
     _optimization_level(inputs.get("optimization_level", 1))
+    if limits is not None:
+        limits.shots(shots, "shots")
+        limits.total(len(circuits) * shots, f"{len(circuits)} circuits x {shots} shots")
+        if inputs.get("memory"):
+            limits.memory(len(circuits) * shots, "memory")
     return len(circuits), shots
 
 

@@ -4,6 +4,7 @@ fit for the backend they run on."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from qiskit import transpile
@@ -14,7 +15,9 @@ if TYPE_CHECKING:
     from qiskit.transpiler import Target
 
 __all__ = [
+    "MEMORY_BYTES_PER_SHOT",
     "InvalidInputs",
+    "Limits",
     "check_options",
     "for_backend",
     "is_isa",
@@ -33,6 +36,53 @@ class InvalidInputs(ValueError):
 
     ``POST /jobs`` answers it with 400 ``invalid_params``.
     """
+
+
+#: The fewest bytes one shot's outcome takes in a result's ``memory`` (``"0x0",``).
+MEMORY_BYTES_PER_SHOT = 6
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one job may ask of its backend (docs/service.md, "Limits"): shots per circuit
+    (the backend's ``max_shots``), shots in all (``max_job_shots``: circuits x parameter
+    sets x shots), and the size of its result (``max_result_bytes``). A program's
+    ``estimate(inputs, limits)`` checks its inputs against them."""
+
+    backend: str
+    max_shots: int
+    max_job_shots: int
+    max_result_bytes: int
+
+    def shots(self, value: int, what: str) -> int:
+        """``value`` if it is within the backend's ``max_shots``, else
+        :class:`InvalidInputs` naming ``what``, the value and the limit."""
+        if value > self.max_shots:
+            raise InvalidInputs(
+                f"{what} {value} is over the max_shots of backend '{self.backend}' "
+                f"({self.max_shots})"
+            )
+        return value
+
+    def total(self, shots: int, what: str) -> int:
+        """``shots``, a job's shots in all, if within ``max_job_shots``; else
+        :class:`InvalidInputs` naming ``what`` and the limit."""
+        if shots > self.max_job_shots:
+            raise InvalidInputs(
+                f"{what} make {shots} shots in all, over the limit of {self.max_job_shots} "
+                "shots per job (max_job_shots); split the work into several jobs"
+            )
+        return shots
+
+    def memory(self, shots: int, what: str) -> None:
+        """Refuse a job whose per-shot ``memory`` (``shots`` outcomes in all) cannot fit in
+        ``max_result_bytes``, counting the fewest bytes an outcome takes."""
+        least = shots * MEMORY_BYTES_PER_SHOT
+        if least > self.max_result_bytes:
+            raise InvalidInputs(
+                f"{what}: the memory of {shots} shots takes at least {least} bytes, over the "
+                f"result limit of {self.max_result_bytes} bytes (max_result_bytes)"
+            )
 
 
 def _is_int(value: Any) -> bool:

@@ -10,7 +10,7 @@ from qiskit.primitives import BackendEstimatorV2
 from qiskit.primitives.containers.estimator_pub import EstimatorPub
 from qiskit.quantum_info import PauliList
 
-from .common import InvalidInputs, check_options, for_backend, optional_int
+from .common import InvalidInputs, Limits, check_options, for_backend, optional_int
 
 VERSION = "1"
 DESCRIPTION = "EstimatorV2: expectation values and standard errors, measured with shots."
@@ -30,16 +30,42 @@ def _precision(value: Any, what: str) -> float:
     return float(value)
 
 
-def _parse(inputs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
-    """The pubs as ``EstimatorPub`` objects, checked, with the default precision applied;
-    and the options."""
+def _least_precision(limits: Limits) -> float:
+    """The smallest precision whose shots (``shots_for``) fit in ``max_shots``: about
+    ``1/sqrt(max_shots)``, the next float up where rounding would ask one shot more."""
+    floor = 1.0 / math.sqrt(limits.max_shots)
+    while shots_for(floor) > limits.max_shots:
+        floor = math.nextafter(floor, math.inf)
+    return floor
+
+
+def _check_precision(precision: float, what: str, limits: Limits | None) -> float:
+    if limits is not None and precision < _least_precision(limits):
+        shots = 1.0 / precision / precision  # inf rather than an error for 1e-200
+        raise InvalidInputs(
+            f"{what} {precision!r} is under {_least_precision(limits):.6g}, the least precision "
+            f"backend '{limits.backend}' can reach: it would take {shots:.4g} shots per "
+            f"measurement, over its max_shots ({limits.max_shots}); precision must be at "
+            "least 1/sqrt(max_shots)"
+        )
+    return precision
+
+
+def _parse(
+    inputs: dict[str, Any], limits: Limits | None = None
+) -> tuple[list[Any], dict[str, Any]]:
+    """The pubs as ``EstimatorPub`` objects, checked (against ``limits`` too, when
+    given), with the default precision applied; and the options."""
     version = inputs.get("version", 2)
     if version != 2:
         raise InvalidInputs(f"version must be 2 (EstimatorV2), got {version!r}")
     options = check_options(inputs.get("options"), _OPTIONS)
     optional_int(options.get("seed_simulator"), "options.seed_simulator")
     default = inputs.get("precision")
-    default = DEFAULT_PRECISION if default is None else _precision(default, "precision")
+    if default is None:
+        default = DEFAULT_PRECISION
+    else:
+        default = _check_precision(_precision(default, "precision"), "precision", limits)
     pubs = inputs.get("pubs")
     if not isinstance(pubs, list) or not pubs:
         raise InvalidInputs(
@@ -57,7 +83,11 @@ def _parse(inputs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
             raise InvalidInputs(
                 f"{where}: circuit must be a QuantumCircuit, got {type(circuit).__name__}"
             )
-        precision = default if precision is None else _precision(precision, f"{where}: precision")
+        if precision is None:
+            precision = default
+        else:
+            what = f"{where}: precision"
+            precision = _check_precision(_precision(precision, what), what, limits)
         try:
             parsed.append(EstimatorPub.coerce((circuit, observables, values, precision)))
         except (ValueError, TypeError) as exc:
@@ -85,12 +115,19 @@ def _groups(pub: Any) -> int:
     return max(1, grouped + others)
 
 
-def estimate(inputs: dict[str, Any]) -> tuple[int, int]:
+def estimate(inputs: dict[str, Any], limits: Limits | None = None) -> tuple[int, int]:
     """(circuit executions: parameter sets times measurement settings, summed over the pubs;
-    the most shots per execution)."""
-    pubs, _ = _parse(inputs)
-    executions = sum(max(1, pub.parameter_values.size) * _groups(pub) for pub in pubs)
-    return executions, max(shots_for(pub.precision) for pub in pubs)
+    the most shots per execution). With ``limits``, refuses a precision under
+    ``1/sqrt(max_shots)`` and pubs x parameter sets x settings x shots over
+    ``max_job_shots``."""
+    pubs, _ = _parse(inputs, limits)
+    runs = [
+        (max(1, pub.parameter_values.size) * _groups(pub), shots_for(pub.precision)) for pub in pubs
+    ]
+    if limits is not None:
+        total = sum(n * shots for n, shots in runs)
+        limits.total(total, f"pubs ({len(pubs)} pub(s) x parameter sets x settings x shots)")
+    return sum(n for n, _ in runs), max(shots for _, shots in runs)
 
 
 def main(

@@ -11,7 +11,14 @@ from qiskit.primitives.containers.sampler_pub import SamplerPub
 from qdispatch._native import QobjSummary
 from qdispatch.disassembler import qobj_bytes_to_circuits, qobj_to_circuits
 
-from .common import InvalidInputs, check_options, for_backend, optional_int, positive_int
+from .common import (
+    InvalidInputs,
+    Limits,
+    check_options,
+    for_backend,
+    optional_int,
+    positive_int,
+)
 
 VERSION = "1"
 DESCRIPTION = "SamplerV2: bitstrings of each classical register, per pub."
@@ -52,8 +59,11 @@ def _experiments(circuits: Any) -> int:
     return len(experiments)
 
 
-def _parse(inputs: dict[str, Any]) -> tuple[list[_Pub], dict[str, Any]]:
-    """The pubs, checked, with the default shots applied; and the options."""
+def _parse(
+    inputs: dict[str, Any], limits: Limits | None = None
+) -> tuple[list[_Pub], dict[str, Any]]:
+    """The pubs, checked (against ``limits`` too, when given), with the default shots
+    applied; and the options."""
     version = inputs.get("version", 2)
     if version != 2:
         raise InvalidInputs(f"version must be 2 (SamplerV2), got {version!r}")
@@ -63,6 +73,8 @@ def _parse(inputs: dict[str, Any]) -> tuple[list[_Pub], dict[str, Any]]:
     default_shots = (
         _DEFAULT_SHOTS if default_shots is None else positive_int(default_shots, "shots")
     )
+    if limits is not None:
+        limits.shots(default_shots, "shots")
     n_experiments = _experiments(inputs.get("circuits"))
     pubs = inputs.get("pubs")
     if not isinstance(pubs, list) or not pubs:
@@ -76,7 +88,12 @@ def _parse(inputs: dict[str, Any]) -> tuple[list[_Pub], dict[str, Any]]:
                 f"{where} must be [circuit, parameter_values, shots], got {len(items)} items"
             )
         circuit, values, shots = [*items, None, None][:3]
-        shots = default_shots if shots is None else positive_int(shots, f"{where}: shots")
+        if shots is not None:
+            shots = positive_int(shots, f"{where}: shots")
+            if limits is not None:
+                limits.shots(shots, f"{where}: shots")
+        else:
+            shots = default_shots
         size = 1
         if isinstance(circuit, int) and not isinstance(circuit, bool):
             if not 0 <= circuit < n_experiments:
@@ -100,12 +117,17 @@ def _parse(inputs: dict[str, Any]) -> tuple[list[_Pub], dict[str, Any]]:
                 f"got {type(circuit).__name__}"
             )
         parsed.append(_Pub(circuit, values, shots, size))
+    if limits is not None:
+        total = sum(p.size * p.shots for p in parsed)
+        limits.total(total, f"pubs ({len(parsed)} pub(s) x parameter sets x shots)")
     return parsed, options
 
 
-def estimate(inputs: dict[str, Any]) -> tuple[int, int]:
-    """(circuit executions over all pubs, the most shots of a pub)."""
-    pubs, _ = _parse(inputs)
+def estimate(inputs: dict[str, Any], limits: Limits | None = None) -> tuple[int, int]:
+    """(circuit executions over all pubs, the most shots of a pub); with ``limits``,
+    refuses shots over the backend's ``max_shots`` and pubs x parameter sets x shots
+    over ``max_job_shots``."""
+    pubs, _ = _parse(inputs, limits)
     return sum(p.size for p in pubs), max(p.shots for p in pubs)
 
 

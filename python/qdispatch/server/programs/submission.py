@@ -13,11 +13,11 @@ from qdispatch._native import BackendSpec
 
 from ... import codes as E
 from ..errors import ServiceError
-from . import Program, Registry
+from . import Limits, Program, Registry
 
 
 def _decode_and_estimate(
-    program: Program, params: bytes, circuit_checks: BackendSpec
+    program: Program, params: bytes, circuit_checks: BackendSpec, limits: Limits
 ) -> tuple[int, int]:
     # Inputs a program declares as Qobjs (QOBJ_INPUTS) are validated natively, and
     # estimate() sees their summaries, never a Python tree of them (a Qobj of thousands
@@ -43,7 +43,7 @@ def _decode_and_estimate(
         except ValueError as exc:  # MalformedPayloadError, InvalidQobjError
             raise ServiceError(400, E.INVALID_PARAMS, f"{key}: {exc}") from exc
     try:
-        return program.estimate(inputs)
+        return program.estimate(inputs, limits)
     except (ValueError, TypeError) as exc:  # InvalidInputs is a ValueError
         raise ServiceError(400, E.INVALID_PARAMS, str(exc)) from exc
 
@@ -55,12 +55,15 @@ async def program_job_fields(
     params: bytes | None,
     seconds_per_execution: float,
     circuit_checks: BackendSpec,
+    limits: Limits,
 ) -> dict[str, Any]:
     """The :class:`~qdispatch.server.store.NewJob` fields of a program job submitted with
     ``program_id`` and ``image`` (the request's, already checked to be strings) and
     ``params`` (their raw JSON, which only the program's checks read), after its checks:
     ``unknown_program``, ``unknown_image``, ``invalid_params`` (the inputs do not decode,
-    or the program's ``estimate`` refuses them). ``usage_estimation`` is the estimated
+    the program's ``estimate`` refuses them, or they are over the job's ``limits``: shots
+    over the backend's ``max_shots``, shots in all over ``max_job_shots``).
+    ``usage_estimation`` is the estimated
     number of executions times ``seconds_per_execution``."""
     program = registry.get(program_id)
     if program is None:
@@ -89,7 +92,7 @@ async def program_job_fields(
         )
     # Decoding circuits and checking pubs costs milliseconds: not on the event loop.
     n_executions, shots = await asyncio.to_thread(
-        _decode_and_estimate, program, raw, circuit_checks
+        _decode_and_estimate, program, raw, circuit_checks, limits
     )
     return {
         "kind": "program",

@@ -51,6 +51,7 @@ from ..deps import (
     visible_job,
 )
 from ..errors import ServiceError
+from ..programs import InvalidInputs, Limits
 from ..programs.submission import program_job_fields
 from ..service import Service
 from ..store import Job, JobFilter, NewJob, compress
@@ -257,6 +258,37 @@ def parse_envelope(raw: bytes) -> JobCreate:
         raise ServiceError(400, E.INVALID_REQUEST, message) from None
 
 
+# -- limits of a circuit job --------------------------------------------------------------
+
+
+def _check_qobj_limits(limits: Limits, qobj: bytes, n_experiments: int, shots: int) -> None:
+    """A Qobj's shots in all within ``max_job_shots``, and, with ``memory`` on, a result
+    that can fit in ``max_result_bytes`` (else 400 ``invalid_qobj`` naming the limit).
+    The native validator has checked the shots of each experiment against the backend."""
+    try:
+        total = limits.total(n_experiments * shots, f"{n_experiments} experiments x {shots} shots")
+        if _memory_on(qobj):
+            limits.memory(total, "config.memory is true")
+    except InvalidInputs as exc:
+        raise ServiceError(400, E.INVALID_QOBJ, str(exc)) from exc
+
+
+def _memory_on(qobj: bytes) -> bool:
+    """Whether the Qobj's config asks for per-shot memory. The Qobj is searched for the
+    words first (cheap, and absent from most); only then is its config split off and read.
+    An experiment's own config is not read here: its result is measured when it is done."""
+    if b'"memory":true' not in qobj and b'"memory": true' not in qobj:
+        return False
+    _, config = _native.split_member(qobj, "config", "qobj")
+    if config is None:
+        return False
+    try:
+        parsed = orjson.loads(config)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(parsed, dict) and parsed.get("memory") is True
+
+
 # -- the JSON form of a job --------------------------------------------------------------
 
 
@@ -347,21 +379,29 @@ async def create_job(request: Request, svc: Svc, who: Who) -> Response:
     if body.program_id is not None:
         rate = svc.scheduler.seconds_per_experiment(backend_name)
         payload = await program_job_fields(
-            svc.programs, body.program_id, body.image, params, rate, svc.program_specs[backend_name]
+            svc.programs,
+            body.program_id,
+            body.image,
+            params,
+            rate,
+            svc.program_specs[backend_name],
+            svc.limits(backend_name),
         )
     else:
         assert qobj is not None
         summary = await _off_loop(big, validate, qobj, svc.specs[backend_name])
+        shots = summary.shots or DEFAULT_SHOTS
+        _check_qobj_limits(svc.limits(backend_name), qobj, summary.n_experiments, shots)
         payload = {
             "kind": "circuit",
             "inputs": qobj,
             "n_experiments": summary.n_experiments,
-            "shots": summary.shots or DEFAULT_SHOTS,
+            "shots": shots,
             "n_instructions": summary.n_instructions,
         }
-    limit = svc.config.max_active_jobs
+    limit = svc.config.active_job_limit
     if limit is not None:
-        active = svc.store.count_active(who.user)
+        active = svc.scheduler.active_jobs_of(who.user)
         if active >= limit:
             raise ServiceError(
                 429,

@@ -48,10 +48,13 @@ class SessionCreate(BaseModel):
     backend: str = Field(description="The backend every job of the session runs on.")
     mode: Literal["dedicated", "batch"] = Field(
         "dedicated",
-        description="dedicated: its queued jobs go ahead of all others; batch: grouping only.",
+        description="dedicated: its queued jobs go ahead of others on a share of the "
+        "workers; batch: grouping only.",
     )
     max_time: Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)] | None = Field(
-        None, description="Seconds from the start of its first job until it expires."
+        None,
+        description="Seconds from the start of its first job until it expires; null: the "
+        "service's default. At most the service's ceiling (GET /info).",
     )
 
 
@@ -80,6 +83,7 @@ def view(session: Session, counts: dict[str, int], usage: float = 0.0) -> dict[s
         "created": session.created,
         "started": session.started,
         "closed": session.closed,
+        "closed_reason": session.closed_reason,
         "jobs": {name: counts.get(status, 0) for status, name in _COUNTED.items()},
         "usage_seconds": usage,
     }
@@ -95,7 +99,17 @@ async def create_session(body: SessionCreate, svc: Svc, who: Who) -> Response:
     """Open a session on a backend."""
     if body.backend not in svc.catalog:
         raise unknown_backend(svc, body.backend, 400)
-    session = svc.store.create_session(who.user, body.backend, body.mode, body.max_time)
+    config = svc.config
+    max_time = config.session_max_time if body.max_time is None else body.max_time
+    if max_time > config.session_max_time_ceiling:
+        raise ServiceError(
+            400,
+            E.INVALID_REQUEST,
+            f"max_time {max_time:g} s is over this service's ceiling of "
+            f"{config.session_max_time_ceiling:g} s",
+            max_time_ceiling=config.session_max_time_ceiling,
+        )
+    session = svc.store.create_session(who.user, body.backend, body.mode, max_time)
     return json_response(view(session, {}), 201)
 
 

@@ -29,7 +29,7 @@ from qiskit.quantum_info import Pauli, SparsePauliOp
 from qdispatch import encoding
 from qdispatch.encoding import EncodingError, RuntimeDecoder, dumps, loads
 from qdispatch.runtime import ResultDecoder
-from support import ServiceProcess
+from support import ServiceProcess, wait_final
 
 Decode = Callable[..., Any]
 
@@ -592,11 +592,45 @@ def test_service_refuses_hostile_inputs(
     assert answer.json()["error"]["code"] == "invalid_params"
     assert "MAX_CIRCUIT_QUBITS" in answer.json()["error"]["message"]
 
-    # No job was created, and the service keeps answering.
-    assert client.get("/jobs").json()["count"] == 0
+    # A nested circuit (a custom gate's definition) declaring 2**28 qubits: qiskit's
+    # reader allocates 4 GiB for it and aborts its process. It is checked in a separate
+    # process, so only that one ends; the job is refused and the next check still runs.
+    params = orjson.dumps(
+        {"pubs": [[{"__type__": "QuantumCircuit", "__value__": packed(nested_wide_qpy())}]]}
+    )
+    answer = post_inputs(service, params)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["code"] == "invalid_params"
+    assert "memory" in answer.json()["error"]["message"]
+    good = QuantumCircuit(1, 1)
+    good.measure(0, 0)
+    answer = post_inputs(service, dumps({"pubs": [[good]], "shots": 10}))
+    assert answer.status_code == 201, answer.text
+    assert wait_final(client, answer.json()["id"])["status"] == "DONE"
+
+    # No job was created for any attack, and the service keeps answering.
+    assert client.get("/jobs").json()["count"] == 1
     assert client.get("/info").status_code == 200
     assert service.proc is not None
     assert service.proc.poll() is None
+
+
+def nested_wide_qpy(qubits: int = 1 << 28) -> bytes:
+    """QPY of a one-qubit circuit whose custom gate's definition declares ``qubits``."""
+    inner = QuantumCircuit(1, name="nestedgate")
+    inner.x(0)
+    outer = QuantumCircuit(1)
+    outer.append(inner.to_gate(), [0])
+    data = bytearray(qpy_payload(outer))
+    header = struct.Struct("!H1cHIIQIQI")
+    name = b"nestedgate"
+    for offset in range(len(data) - header.size):
+        fields = header.unpack_from(data, offset)
+        end = offset + header.size
+        if fields[0] == len(name) and fields[3] == 1 and data[end : end + len(name)] == name:
+            struct.pack_into("!I", data, offset + 5, qubits)  # after name, phase type, size
+            return bytes(data)
+    raise AssertionError("no nested circuit header in the QPY data")
 
 
 def test_payloads_of_one_document_share_one_budget() -> None:

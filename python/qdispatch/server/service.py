@@ -28,18 +28,13 @@ from .access import Access
 from .config import ServiceConfig
 from .executors import DaskExecutor, Executor, LocalExecutor
 from .programs import Limits, Registry
+from .programs.checker import InputChecker
 from .scheduler import Scheduler
 from .sessions import Sessions
 from .store import Job, Store
 from .stream import Hub
 
 log = logging.getLogger(__name__)
-
-# The circuits a program job carries as a Qobj are checked for the job's backend's width
-# with the ideal simulator's gates (programs make circuits fit a device themselves,
-# docs/runtime.md), and no limit on their number but the request size.
-_PROGRAM_GATES = "aer_simulator"
-_PROGRAM_MAX_CIRCUITS = 10_000_000
 
 
 class Service:
@@ -57,12 +52,7 @@ class Service:
         )
         self.catalog = bk.catalog()
         self.specs = {name: bk.native_spec(defn) for name, defn in self.catalog.items()}
-        self.program_specs = {
-            name: bk.program_circuits_spec(
-                defn, self.catalog[_PROGRAM_GATES], _PROGRAM_MAX_CIRCUITS
-            )
-            for name, defn in self.catalog.items()
-        }
+        self.input_checker = InputChecker(config.programs_dir)
         self.hub = Hub(self.visible)
         self.programs = Registry.discover(config.programs_dir)
         self.scheduler = Scheduler(
@@ -121,6 +111,7 @@ class Service:
         for task in reversed(self._tasks):
             task.cancel()
         await self.scheduler.stop()
+        self.input_checker.close()
         self.store.close()
         state_file = self.config.state_file
         if self._state_written and state_file and state_file.exists():

@@ -97,6 +97,11 @@ def _parse(
     return parsed, options
 
 
+#: Distinct Pauli terms the observables of one pub may hold. Their measurement settings
+#: are found by grouping the terms, which is quadratic in their number.
+MAX_OBSERVABLE_TERMS = 1000
+
+
 def shots_for(precision: float) -> int:
     """Shots per observable group for a target precision (a standard error of at most
     ``precision`` for an observable of norm 1)."""
@@ -109,6 +114,12 @@ def _groups(pub: Any) -> int:
     terms: set[str] = set()
     for observable in pub.observables.ravel().tolist():
         terms.update(observable)
+    if len(terms) > MAX_OBSERVABLE_TERMS:
+        # Grouping is quadratic in the terms (seconds at a few thousand): bounded first.
+        raise InvalidInputs(
+            f"the observables hold {len(terms)} distinct Pauli terms "
+            f"(at most {MAX_OBSERVABLE_TERMS} a pub)"
+        )
     paulis = [t for t in terms if set(t) <= set("IXYZ") and set(t) != {"I"}]
     others = len(terms) - len(paulis) - sum(1 for t in terms if set(t) == {"I"})
     grouped = len(PauliList(paulis).group_qubit_wise_commuting()) if paulis else 0

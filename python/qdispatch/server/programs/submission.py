@@ -3,8 +3,7 @@ queued, and what is stored with it (docs/runtime.md, "Program jobs")."""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -15,10 +14,16 @@ from ... import codes as E
 from ..errors import ServiceError
 from . import Limits, Program, Registry
 
+if TYPE_CHECKING:
+    from .checker import InputChecker
 
-def _decode_and_estimate(
+
+def decode_and_estimate(
     program: Program, params: bytes, circuit_checks: BackendSpec, limits: Limits
 ) -> tuple[int, int]:
+    """Decode a program job's params and run the program's ``estimate`` over them:
+    (executions, shots per execution), or the :class:`ServiceError` that refuses them.
+    The service runs it in a checking process (:mod:`.checker`), never in its own."""
     # Inputs a program declares as Qobjs (QOBJ_INPUTS) are validated natively, and
     # estimate() sees their summaries, never a Python tree of them (a Qobj of thousands
     # of circuits would take a second to build).
@@ -50,11 +55,11 @@ def _decode_and_estimate(
 
 async def program_job_fields(
     registry: Registry,
+    checker: InputChecker,
     program_id: str,
     image: str | None,
     params: bytes | None,
     seconds_per_execution: float,
-    circuit_checks: BackendSpec,
     limits: Limits,
 ) -> dict[str, Any]:
     """The :class:`~qdispatch.server.store.NewJob` fields of a program job submitted with
@@ -90,10 +95,9 @@ async def program_job_fields(
         raise ServiceError(
             400, E.INVALID_PARAMS, f"params must be an object of the program's inputs, got {kind}"
         )
-    # Decoding circuits and checking pubs costs milliseconds: not on the event loop.
-    n_executions, shots = await asyncio.to_thread(
-        _decode_and_estimate, program, raw, circuit_checks, limits
-    )
+    # Decoding what a user sent runs qiskit code that cannot all be bounded from outside:
+    # in a checking process, with a memory and a time limit, never in the service's own.
+    n_executions, shots = await checker.check(program.id, raw, limits.backend, limits)
     return {
         "kind": "program",
         "program_id": program.id,

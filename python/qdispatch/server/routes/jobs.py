@@ -380,11 +380,11 @@ async def create_job(request: Request, svc: Svc, who: Who) -> Response:
         rate = svc.scheduler.seconds_per_experiment(backend_name)
         payload = await program_job_fields(
             svc.programs,
+            svc.input_checker,
             body.program_id,
             body.image,
             params,
             rate,
-            svc.program_specs[backend_name],
             svc.limits(backend_name),
         )
     else:

@@ -1,0 +1,184 @@
+"""Checking a program job's inputs in a separate process, with a memory and a time limit.
+
+A program's params are decoded at submission (``encoding.loads``) and its ``estimate``
+reads them. Both run qiskit code over what a user sent, and some of it cannot be bounded
+from outside: qiskit's QPY reader allocates what a nested circuit's header declares
+before reading it (2**28 declared qubits is a 4 GiB allocation, and a failed allocation
+in its Rust core aborts the process), and grouping observables is quadratic. In the
+service process either would stop every user's requests. Here it can only end the
+checking process: the job is refused with ``400 invalid_params`` naming the limit, and
+the next check gets a fresh process.
+
+The processes are spawned (a tokio runtime and SQLite connections do not survive a
+fork), on demand, and each imports qiskit once (about a second); at most ``processes``
+checks run at once, the others wait their turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import resource
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+from ... import codes as E
+from .. import backends as bk
+from ..errors import ServiceError
+from . import Limits, Registry
+from .submission import decode_and_estimate
+
+#: Address space a checking process may add to what it holds once its imports are done.
+#: Decoded params are at most 256 MiB of payloads (``encoding.MAX_DECODED_BYTES``) plus the
+#: objects built from them; 2 GiB is room for any honest job.
+CHECK_MEMORY_BYTES = 2 << 30
+#: Seconds one check may take.
+CHECK_SECONDS = 30.0
+
+# The circuits a program job carries as a Qobj are checked for the job's backend's width
+# with the ideal simulator's gates (programs make circuits fit a device themselves,
+# docs/runtime.md), and no limit on their number but the request size.
+_PROGRAM_GATES = "aer_simulator"
+_PROGRAM_MAX_CIRCUITS = 10_000_000
+
+# The checking process's own state, made once by its initializer.
+_registry: Registry | None = None
+
+
+def program_specs() -> dict[str, Any]:
+    """Each backend's checks of a program's Qobj inputs (``QOBJ_INPUTS``)."""
+    catalog = bk.catalog()
+    return {
+        name: bk.program_circuits_spec(defn, catalog[_PROGRAM_GATES], _PROGRAM_MAX_CIRCUITS)
+        for name, defn in catalog.items()
+    }
+
+
+def _address_space() -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _start(programs_dir: Path | None, memory_bytes: int) -> None:
+    global _registry
+    _registry = Registry.discover(programs_dir)
+    _specs.update(program_specs())
+    used = _address_space()
+    if used and memory_bytes:
+        limit = used + memory_bytes
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+_specs: dict[str, Any] = {}
+
+
+def _check(program_id: str, params: bytes, backend: str, limits: Limits) -> tuple[Any, ...]:
+    """In the checking process: ``("ok", executions, shots)`` or ``("refused", status,
+    code, message)`` (exceptions with their own arguments do not travel well)."""
+    assert _registry is not None
+    program = _registry.get(program_id)
+    if program is None:
+        return ("refused", 400, E.UNKNOWN_PROGRAM, f"unknown program {program_id!r}")
+    try:
+        executions, shots = decode_and_estimate(program, params, _specs[backend], limits)
+    except ServiceError as exc:
+        return ("refused", exc.status, exc.code, exc.message)
+    except MemoryError:
+        return ("refused", 400, E.INVALID_PARAMS, _too_big())
+    return ("ok", executions, shots)
+
+
+def _too_big() -> str:
+    return (
+        "params do not decode within the service's memory limit for checking inputs "
+        f"({CHECK_MEMORY_BYTES >> 20} MiB beyond its own)"
+    )
+
+
+class InputChecker:
+    """Runs :func:`~qdispatch.server.programs.submission.decode_and_estimate` for the
+    service in ``processes`` spawned processes, each limited to ``memory_bytes`` more
+    address space and each check to ``seconds``."""
+
+    def __init__(
+        self,
+        programs_dir: Path | None,
+        processes: int = 2,
+        memory_bytes: int = CHECK_MEMORY_BYTES,
+        seconds: float = CHECK_SECONDS,
+    ) -> None:
+        self._args = (programs_dir, memory_bytes)
+        self._processes = processes
+        self._seconds = seconds
+        self._lock = threading.Lock()
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    self._processes,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_start,
+                    initargs=self._args,
+                )
+            return self._pool
+
+    def _discard(self, pool: ProcessPoolExecutor) -> None:
+        """Drop ``pool`` (broken, or running a check past its time): its processes are
+        killed so that a runaway check stops using the CPU."""
+        with self._lock:
+            if self._pool is pool:
+                self._pool = None
+        # The executor has no public way to stop a running call (3.14 adds one).
+        for process in list(getattr(pool, "_processes", {}).values()):
+            with contextlib.suppress(Exception):
+                process.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    async def check(
+        self, program_id: str, params: bytes, backend: str, limits: Limits
+    ) -> tuple[int, int]:
+        """(executions, shots per execution) of the program job, or the
+        :class:`ServiceError` that refuses it."""
+        loop = asyncio.get_running_loop()
+        answer: tuple[Any, ...] = ()
+        for attempt in range(2):
+            pool = self._executor()
+            try:
+                answer = await asyncio.wait_for(
+                    loop.run_in_executor(pool, _check, program_id, params, backend, limits),
+                    self._seconds,
+                )
+                break
+            except BrokenProcessPool as exc:
+                # Another check's process may have died under this one: one more try, in
+                # a fresh process, tells the two apart.
+                self._discard(pool)
+                if attempt:
+                    raise ServiceError(400, E.INVALID_PARAMS, _too_big()) from exc
+            except asyncio.TimeoutError as exc:  # TimeoutError itself from 3.11
+                self._discard(pool)
+                raise ServiceError(
+                    400,
+                    E.INVALID_PARAMS,
+                    f"checking the params took longer than the service's {self._seconds:g} s",
+                ) from exc
+        if answer[0] == "refused":
+            _, status, code, message = answer
+            raise ServiceError(status, code, message)
+        return int(answer[1]), int(answer[2])
+
+    def close(self) -> None:
+        """Stop the checking processes."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)

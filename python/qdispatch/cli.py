@@ -65,6 +65,9 @@ def _serve(args: argparse.Namespace) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((args.host, args.port))
+        # Listening now, before the app starts: the state file announces the URL during
+        # start-up, and a client that connects then waits in the backlog, not refused.
+        sock.listen(2048)
     except OSError as exc:
         print(f"qdispatch serve: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 2

@@ -24,14 +24,21 @@ READ_ONLY = "read_only"
 PAYLOAD_TOO_LARGE = "payload_too_large"
 UNSUPPORTED_ENCODING = "unsupported_encoding"
 UNAUTHORIZED = "unauthorized"
+OPERATOR_ONLY = "operator_only"  # 403: a route for operator tokens
 ACTIVE_JOB_LIMIT = "active_job_limit"
 UNKNOWN_SESSION = "unknown_session"
 SESSION_CLOSED = "session_closed"
 SESSION_BACKEND_MISMATCH = "session_backend_mismatch"
 SESSION_EXPIRED = "session_expired"  # a job's error code: its session ran out of time
 
+# The client's own codes (status 0: no answer came), on ``ConnectionFailedError``: the
+# service could not be reached, or its TLS certificate was refused (never retried).
+CONNECTION_FAILED = "connection_failed"
+TLS_ERROR = "tls_error"
+
 __all__ = [
     "ACTIVE_JOB_LIMIT",
+    "CONNECTION_FAILED",
     "INVALID_PARAMS",
     "INVALID_QOBJ",
     "INVALID_REQUEST",
@@ -40,11 +47,13 @@ __all__ = [
     "JOB_NOT_FINISHED",
     "JOB_NOT_FOUND",
     "MALFORMED_JSON",
+    "OPERATOR_ONLY",
     "PAYLOAD_TOO_LARGE",
     "READ_ONLY",
     "SESSION_BACKEND_MISMATCH",
     "SESSION_CLOSED",
     "SESSION_EXPIRED",
+    "TLS_ERROR",
     "UNAUTHORIZED",
     "UNKNOWN_BACKEND",
     "UNKNOWN_IMAGE",

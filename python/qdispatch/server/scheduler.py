@@ -106,6 +106,8 @@ class Scheduler:
         self._loop_task: asyncio.Task[None] | None = None
         self._order_cache: dict[str, tuple[int, dict[str, tuple[int, int]]]] = {}
         self._version = 0
+        #: backends an operator paused: their jobs queue, none starts
+        self.paused: set[str] = set()
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -157,6 +159,14 @@ class Scheduler:
         )
         self._tiers[tier][job.backend].setdefault(job.owner, deque()).append(entry)
         self._queued[job.id] = entry
+        self._changed()
+
+    def pause(self, backend: str, paused: bool) -> None:
+        """Pause (no queued job of ``backend`` starts; running ones finish) or resume it."""
+        if paused:
+            self.paused.add(backend)
+        else:
+            self.paused.discard(backend)
         self._changed()
 
     def _changed(self) -> None:
@@ -216,7 +226,9 @@ class Scheduler:
         for tier in self._tiers:
             best: _Queued | None = None
             best_key: tuple[int, float, int] | None = None
-            for users in tier.values():
+            for backend, users in tier.items():
+                if backend in self.paused:
+                    continue
                 for user, queue in users.items():
                     if not queue:
                         continue

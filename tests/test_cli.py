@@ -29,7 +29,7 @@ def test_token_create_prints_a_token_stored_hashed(tmp_path: Path) -> None:
     assert len(token) >= 40
     store = Store(db)
     try:
-        assert store.user_for_token(token) == ("ada", "lab")
+        assert store.user_for_token(token) == ("ada", "lab", False)
         assert store.user_for_token(token + "x") is None
         stored = [r[0] for r in store._db.execute("SELECT hash FROM tokens")]
         assert token not in stored  # only its hash is kept

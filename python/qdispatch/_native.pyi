@@ -123,7 +123,9 @@ class ApiError(Exception):
     body: str
 
 class ConnectionFailedError(ApiError):
-    """The job service could not be reached after every retry (status 0)."""
+    """The job service could not be reached after every retry (status 0, code
+    ``connection_failed``), or its TLS certificate was refused (code ``tls_error``, not
+    retried)."""
 
 class StreamTimeoutError(TimeoutError):
     """Waiting on the event stream timed out."""
@@ -134,8 +136,18 @@ class Client:
     multiplexed event WebSocket. Thread-safe; blocking calls release the GIL."""
 
     def __new__(
-        cls, url: str, token: str, *, timeout: float = 30.0, max_attempts: int = 6
-    ) -> Client: ...
+        cls,
+        url: str,
+        token: str,
+        *,
+        timeout: float = 30.0,
+        max_attempts: int = 6,
+        verify: bool = True,
+        ca_bundle: str | None = None,
+    ) -> Client:
+        """``verify=False`` checks no certificate; ``ca_bundle`` (a PEM file) replaces the
+        platform's CA certificates; raises ``ConnectionFailedError`` (code ``tls_error``)
+        for an unusable bundle."""
     @property
     def url(self) -> str: ...
     def request(
@@ -171,6 +183,8 @@ class Client:
         """Queued events ``(job_id, seq, type, data)``; waits up to ``timeout`` for one."""
     def stream_connected(self) -> bool:
         """Whether the event WebSocket is open now."""
+    def stream_polling(self) -> bool:
+        """Whether statuses are being polled (no WebSocket could be opened lately)."""
     def close(self) -> None:
         """Closes the socket and stops the background tasks."""
 

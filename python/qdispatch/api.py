@@ -16,8 +16,10 @@ Calls that both make take a :class:`Family`.
 from __future__ import annotations
 
 import enum
+import os
 import threading
 import uuid
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,12 +38,14 @@ from .exceptions import (
     IBMQJobApiError,
     IBMQJobInvalidStateError,
     IBMRuntimeError,
+    InsecureConnectionWarning,
     RuntimeInvalidStateError,
     RuntimeProgramNotFound,
 )
 from .local import default_data_dir, read_state
 
 E = TypeVar("E", bound=Exception)
+T = TypeVar("T")
 
 # Exceptions that carry the service's answer (``status``, ``code``) besides the message.
 _CARRY_ANSWER = (IBMQApiError, IBMQJobApiError, IBMQBackendApiError, IBMApiError)
@@ -134,6 +138,7 @@ _JOB_CANCEL: Mapping[Family, Errors] = {
         },
     ),
 }
+_STREAM: Mapping[Family, Errors] = {Family.IBMQ: _SERVICE, Family.RUNTIME: _RUNTIME_API}
 _JOB_TAGS: Mapping[Family, Errors] = {Family.IBMQ: _IBMQ_JOB, Family.RUNTIME: _RUNTIME_API}
 _JOB_LOGS = Errors(Raise(IBMRuntimeError, "Failed to get job logs: {message}"))
 
@@ -169,6 +174,28 @@ def _json(raw: bytes) -> Any:
     return orjson.loads(raw) if raw else None
 
 
+#: What ``connect(verify=...)`` takes: check against the platform's CAs, a CA bundle, or not.
+Verify = bool | str | os.PathLike[str]
+
+
+def tls_options(verify: Verify) -> dict[str, Any]:
+    """The native client's TLS keywords for ``verify``: ``True`` trusts the platform's CA
+    certificates (``SSL_CERT_FILE`` if set), or the PEM bundle ``QDISPATCH_CA_BUNDLE``
+    names; a path trusts that PEM bundle alone; ``False`` checks nothing and warns
+    (:class:`InsecureConnectionWarning`)."""
+    if verify is False:
+        warnings.warn(
+            "verify=False: the service's TLS certificate is not checked; anyone on the "
+            "network path can read and change tokens, circuits and results",
+            InsecureConnectionWarning,
+            stacklevel=5,  # tls_options <- ServiceApi <- QDispatchService <- connect() <- caller
+        )
+        return {"verify": False, "ca_bundle": None}
+    if verify is True:
+        return {"verify": True, "ca_bundle": os.environ.get("QDISPATCH_CA_BUNDLE") or None}
+    return {"verify": True, "ca_bundle": os.fspath(verify)}
+
+
 class ServiceApi:
     """The calls of one job service, through one native client.
 
@@ -176,11 +203,26 @@ class ServiceApi:
     file; a call answered 401 by it is retried once with a new client on that token.
     """
 
-    def __init__(self, url: str, token: str, *, local: bool = False, timeout: float = 30.0):
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        local: bool = False,
+        timeout: float = 30.0,
+        verify: Verify = True,
+    ):
         self._local = local
         self._timeout = timeout
         self._lock = threading.Lock()
-        self._client = _native.Client(url, token, timeout=timeout)
+        self._tls = tls_options(verify)
+        try:
+            self._client = self._new_client(url, token)
+        except _native.ApiError as exc:  # an unreadable CA bundle
+            raise _SERVICE.make(exc, {}) from exc
+
+    def _new_client(self, url: str, token: str) -> _native.Client:
+        return _native.Client(url, token, timeout=self._timeout, **self._tls)
 
     def __repr__(self) -> str:
         return f"<ServiceApi {self.url}>"
@@ -214,7 +256,7 @@ class ServiceApi:
                 raise
             with self._lock:
                 if self._client is client:
-                    self._client = _native.Client(state.url, state.token, timeout=self._timeout)
+                    self._client = self._new_client(state.url, state.token)
                     client.close()
             return call(self._client)
 
@@ -547,21 +589,33 @@ class ServiceApi:
 
     # -- the stream ---------------------------------------------------------------------------
 
-    def watch(self, job_ids: list[str]) -> None:
+    def _stream_call(self, call: Callable[[], T], family: Family) -> T:
+        # The stream fails for good only when TLS refused the service (``tls_error``):
+        # that surfaces as the family's documented exception, like any failed call.
+        try:
+            return call()
+        except _native.ApiError as exc:
+            raise _STREAM[family].make(exc, {}) from exc
+
+    def watch(self, job_ids: list[str], family: Family = Family.IBMQ) -> None:
         """Follow ``job_ids`` on the event stream (does not block)."""
-        self._client.watch(job_ids)
+        self._stream_call(lambda: self._client.watch(job_ids), family)
 
     def last_status(self, job_id: str) -> str | None:
         """The latest status pushed for ``job_id``; ``None`` if none yet."""
         return self._client.last_status(job_id)
 
-    def wait_final(self, job_id: str, timeout: float | None = None) -> str | None:
+    def wait_final(
+        self, job_id: str, timeout: float | None = None, family: Family = Family.IBMQ
+    ) -> str | None:
         """Block until ``job_id`` is final and answer its status; ``None`` on timeout."""
-        return self._client.wait_final(job_id, timeout)
+        return self._stream_call(lambda: self._client.wait_final(job_id, timeout), family)
 
-    def wait_any_final(self, job_ids: list[str], timeout: float | None = None) -> list[str]:
+    def wait_any_final(
+        self, job_ids: list[str], timeout: float | None = None, family: Family = Family.IBMQ
+    ) -> list[str]:
         """Block until one of ``job_ids`` is final; answer all that are."""
-        return self._client.wait_any_final(job_ids, timeout)
+        return self._stream_call(lambda: self._client.wait_any_final(job_ids, timeout), family)
 
     def next_events(self, timeout: float) -> list[tuple[str, int, str, bytes | None]]:
         """The stream's queued events ``(job_id, seq, type, data)``, waiting up to
@@ -571,3 +625,7 @@ class ServiceApi:
     def stream_connected(self) -> bool:
         """Whether the event WebSocket is open now."""
         return self._client.stream_connected()
+
+    def stream_polling(self) -> bool:
+        """Whether statuses are being polled because no WebSocket could be opened lately."""
+        return self._client.stream_polling()

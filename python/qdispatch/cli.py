@@ -1,20 +1,57 @@
-"""The ``qdispatch`` command: ``serve`` the job service, ``token create`` for a user,
-``demo`` for a run of random circuits through the local service."""
+"""The ``qdispatch`` command: ``serve`` the job service, ``token create|list|revoke``
+for its users, ``demo`` for a run of random circuits through the local service."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import socket
+import ssl
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .constants import utc_iso
 from .local import default_data_dir
 from .local import stop as stop_local_service
 
 if TYPE_CHECKING:
     from .server.config import ServiceConfig
+    from .server.store import Store
+
+# A token in a query string (``?token=…``) is not accepted any more, but an old client may
+# still send one: it must not reach a log (uvicorn logs WebSocket paths with their query).
+_TOKEN_IN_QUERY = re.compile(r"(?i)([?&](?:access_)?token=)[^&\s\"]*")
+
+
+class _RedactTokens(logging.Filter):
+    """Replaces the value of ``token=`` query parameters in log records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "token=" in text.lower():
+            record.msg, record.args = _TOKEN_IN_QUERY.sub(r"\1[redacted]", text), None
+        return True
+
+
+def _db_path(args: argparse.Namespace) -> Path:
+    return Path(args.db).expanduser() if args.db else default_data_dir() / "jobs.db"
+
+
+def _tls_problem(certfile: str | None, keyfile: str | None) -> str | None:
+    """Why ``--ssl-certfile``/``--ssl-keyfile`` cannot be used, checked before binding so
+    the operator reads one line rather than a traceback from inside uvicorn."""
+    if certfile is None and keyfile is None:
+        return None
+    if certfile is None or keyfile is None:
+        return "--ssl-certfile and --ssl-keyfile go together"
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        return f"cannot use --ssl-certfile {certfile} --ssl-keyfile {keyfile}: {exc}"
+    return None
 
 
 def _config(args: argparse.Namespace, db: Path, port: int) -> ServiceConfig:
@@ -49,6 +86,9 @@ def _config(args: argparse.Namespace, db: Path, port: int) -> ServiceConfig:
         job_time_limit=args.job_time_limit or None,
         idle_timeout=args.idle_timeout,
         programs_dir=Path(args.programs_dir).expanduser() if args.programs_dir else None,
+        ssl_certfile=Path(args.ssl_certfile).expanduser() if args.ssl_certfile else None,
+        ssl_keyfile=Path(args.ssl_keyfile).expanduser() if args.ssl_keyfile else None,
+        plaintext=args.plaintext,
     )
 
 
@@ -59,7 +99,18 @@ def _serve(args: argparse.Namespace) -> int:
 
     from .server.app import create_app  # noqa: PLC0415
 
-    db = Path(args.db).expanduser() if args.db else default_data_dir() / "jobs.db"
+    db = _db_path(args)
+    problem = _tls_problem(args.ssl_certfile, args.ssl_keyfile)
+    if problem:
+        print(f"qdispatch serve: {problem}", file=sys.stderr)
+        return 2
+    try:
+        refusal = _config(args, db, 0).plaintext_refusal()
+    except ValueError as exc:
+        refusal = str(exc)
+    if refusal:
+        print(f"qdispatch serve: {refusal}", file=sys.stderr)
+        return 2
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -92,34 +143,127 @@ def _serve(args: argparse.Namespace) -> int:
         )
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(config),
-            log_level=args.log_level,
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=5,
-        )
+    uvicorn_config = uvicorn.Config(
+        create_app(config),
+        log_level=args.log_level,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+        # uvicorn wraps the sockets it is handed (`run(sockets=...)`) with this context too.
+        ssl_certfile=str(config.ssl_certfile) if config.ssl_certfile else None,
+        ssl_keyfile=str(config.ssl_keyfile) if config.ssl_keyfile else None,
     )
-    host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
-    print(f"qdispatch service on http://{host}:{port} (store {db})", flush=True)
+    server = uvicorn.Server(uvicorn_config)
+    # After uvicorn.Config, which installs uvicorn's logging configuration.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).addFilter(_RedactTokens())
+    if config.plaintext and not config.loopback:
+        print("qdispatch serve: plain HTTP (--plaintext): a TLS proxy must front it", flush=True)
+    print(f"qdispatch service on {config.url} (store {db})", flush=True)
     server.run(sockets=[sock])
     return 0
 
 
-def _token_create(args: argparse.Namespace) -> int:
-    # The service's store alone, for the one command that writes to it.
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_expires(text: str, now: datetime | None = None) -> str:
+    """``--expires``: a duration (``90s``, ``45m``, ``12h``, ``30d``, ``2w``) from now, or an
+    ISO 8601 date/time (naive = UTC); answers the UTC ISO timestamp the store keeps."""
+    now = now or datetime.now(timezone.utc)
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text.lower())
+    if found:
+        when = now + timedelta(seconds=float(found[1]) * _UNITS[found[2]])
+    else:
+        try:
+            when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(
+                f"--expires {text!r}: give a duration (30d, 12h, 45m, 90s, 2w) or an ISO date"
+            ) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+    if when <= now:
+        raise ValueError(f"--expires {text!r} is in the past")
+    return utc_iso(when)
+
+
+def _open_store(args: argparse.Namespace) -> Store:
+    # The service's store alone, for the commands that manage tokens.
     from .server.store import Store  # noqa: PLC0415
 
-    db = Path(args.db).expanduser() if args.db else default_data_dir() / "jobs.db"
-    store = Store(db)
+    return Store(_db_path(args))
+
+
+def _token_create(args: argparse.Namespace) -> int:
     try:
-        print(store.create_token(args.user, args.project))
+        expires = parse_expires(args.expires) if args.expires else None
+    except ValueError as exc:
+        print(f"qdispatch token create: {exc}", file=sys.stderr)
+        return 2
+    store = _open_store(args)
+    try:
+        token, token_id = store.create_token_with_id(
+            args.user, args.project, label=args.name, expires=expires, operator=args.operator
+        )
     except ValueError as exc:
         print(f"qdispatch token create: {exc}", file=sys.stderr)
         return 2
     finally:
         store.close()
+    # The secret alone on stdout (scripts capture it); it is shown this once only.
+    print(token)
+    role = "operator " if args.operator else ""
+    until = f", expires {expires}" if expires else ""
+    print(f"{role}token {token_id} for {args.user}{until}", file=sys.stderr)
+    return 0
+
+
+def _token_list(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    try:
+        tokens = store.tokens(args.user, include_revoked=args.all)
+    finally:
+        store.close()
+    now = utc_iso(datetime.now(timezone.utc))
+    rows = [("ID", "USER", "LABEL", "CREATED", "EXPIRES", "LAST USED", "STATE")]
+    for t in tokens:
+        state = (
+            "revoked"
+            if t.revoked
+            else "expired"
+            if t.expires and t.expires <= now
+            else "operator"
+            if t.operator
+            else "active"
+        )
+        rows.append(
+            (
+                t.id,
+                t.user,
+                t.label or "-",
+                t.created,
+                t.expires or "never",
+                t.last_used or "never",
+                state,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _token_revoke(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    try:
+        revoked = store.revoke_token(args.token)
+    finally:
+        store.close()
+    if revoked is None:
+        print("qdispatch token revoke: no such token (give its id or the token)", file=sys.stderr)
+        return 1
+    print(f"revoked token {revoked.id} of {revoked.user}")
     return 0
 
 
@@ -242,15 +386,40 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
     )
+    serve.add_argument("--ssl-certfile", help="serve HTTPS/WSS with this certificate (PEM)")
+    serve.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
+    serve.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="allow plain HTTP on a non-loopback address (a TLS-terminating proxy in front)",
+    )
     serve.set_defaults(func=_serve)
 
     token = sub.add_parser("token", help="manage access tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True)
-    create = token_sub.add_parser("create", help="create a user's token and print it")
+    create = token_sub.add_parser("create", help="create a user's token and print it once")
     create.add_argument("--user", required=True)
     create.add_argument("--project", help="project the user belongs to (for share_level=project)")
+    create.add_argument(
+        "--expires", help="a duration (30d, 12h, 45m) or an ISO date; default never"
+    )
+    create.add_argument("--name", help="a label, shown by `token list`")
+    create.add_argument(
+        "--operator",
+        action="store_true",
+        help="an operator token: sees and cancels every user's jobs, pauses backends",
+    )
     create.add_argument("--db", help="SQLite store (default: the user data directory)")
     create.set_defaults(func=_token_create)
+    listed = token_sub.add_parser("list", help="list tokens (never their secrets)")
+    listed.add_argument("--user", help="only this user's")
+    listed.add_argument("--all", action="store_true", help="revoked ones too")
+    listed.add_argument("--db", help="SQLite store (default: the user data directory)")
+    listed.set_defaults(func=_token_list)
+    revoke = token_sub.add_parser("revoke", help="revoke a token at once (by id or secret)")
+    revoke.add_argument("token", metavar="TOKEN_OR_ID")
+    revoke.add_argument("--db", help="SQLite store (default: the user data directory)")
+    revoke.set_defaults(func=_token_revoke)
     stop = sub.add_parser("stop", help="stop the local service")
     stop.set_defaults(func=_stop)
 

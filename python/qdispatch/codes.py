@@ -24,6 +24,7 @@ READ_ONLY = "read_only"
 PAYLOAD_TOO_LARGE = "payload_too_large"
 UNSUPPORTED_ENCODING = "unsupported_encoding"
 UNAUTHORIZED = "unauthorized"
+OPERATOR_ONLY = "operator_only"  # 403: a route for operator tokens
 ACTIVE_JOB_LIMIT = "active_job_limit"
 # The front door's (docs/service.md, "Limits"): each answer carries a Retry-After, and
 # the client retries after it.
@@ -38,8 +39,14 @@ SESSION_EXPIRED = "session_expired"  # a job's error code: its session ran out o
 TIME_LIMIT_EXCEEDED = "time_limit_exceeded"
 RESULT_TOO_LARGE = "result_too_large"  # a job's error code: its result is over the limit
 
+# The client's own codes (status 0: no answer came), on ``ConnectionFailedError``: the
+# service could not be reached, or its TLS certificate was refused (never retried).
+CONNECTION_FAILED = "connection_failed"
+TLS_ERROR = "tls_error"
+
 __all__ = [
     "ACTIVE_JOB_LIMIT",
+    "CONNECTION_FAILED",
     "INVALID_PARAMS",
     "INVALID_QOBJ",
     "INVALID_REQUEST",
@@ -48,6 +55,7 @@ __all__ = [
     "JOB_NOT_FINISHED",
     "JOB_NOT_FOUND",
     "MALFORMED_JSON",
+    "OPERATOR_ONLY",
     "PAYLOAD_TOO_LARGE",
     "RATE_LIMITED",
     "READ_ONLY",
@@ -57,6 +65,7 @@ __all__ = [
     "SESSION_CLOSED",
     "SESSION_EXPIRED",
     "TIME_LIMIT_EXCEEDED",
+    "TLS_ERROR",
     "UNAUTHORIZED",
     "UNKNOWN_BACKEND",
     "UNKNOWN_IMAGE",

@@ -24,6 +24,12 @@ class IBMQApiError(IBMQError):
         self.code = code
 
 
+class InsecureConnectionWarning(UserWarning):
+    """``connect(..., verify=False)``: the service's TLS certificate is not checked, so
+    anyone on the path can read or change tokens, circuits and results. For testing only;
+    trust a private CA with ``verify="ca.pem"`` instead."""
+
+
 class IBMQJobError(JobError, IBMQError):
     """Base class for errors raised by a job."""
 

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from . import _native
-from .api import Family, ServiceApi
+from .api import Family, ServiceApi, Verify
 from .backend import QDispatchBackend
 from .constants import status_name
 from .exceptions import IBMQApiError, IBMQBackendApiError
@@ -34,8 +34,15 @@ E = TypeVar("E", bound=Exception)
 class QDispatchService:
     """A connection to a qdispatch job service: backends, jobs, and the shared client."""
 
-    def __init__(self, url: str, token: str, local: bool = False, timeout: float = 30.0) -> None:
-        self._api = ServiceApi(url, token, local=local, timeout=timeout)
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        local: bool = False,
+        timeout: float = 30.0,
+        verify: Verify = True,
+    ) -> None:
+        self._api = ServiceApi(url, token, local=local, timeout=timeout, verify=verify)
         self._lock = threading.Lock()
         self._backends: dict[str, QDispatchBackend] = {}
         self._events: EventRouter | None = None
@@ -258,13 +265,27 @@ class QDispatchService:
 
 
 def connect(
-    url: str | None = None, token: str | None = None, *, timeout: float = 30.0
+    url: str | None = None,
+    token: str | None = None,
+    *,
+    timeout: float = 30.0,
+    verify: Verify = True,
 ) -> QDispatchService:
     """Connect to a job service.
 
     ``connect()`` uses ``QDISPATCH_URL`` and ``QDISPATCH_TOKEN`` if set, else the local
     service (found through its state file, or started detached on 127.0.0.1).
-    ``connect(url, token=...)`` talks to a shared service.
+    ``connect(url, token=...)`` talks to a shared service; ``https://`` URLs (and the
+    event stream over ``wss://``) check the service's certificate:
+
+    * ``verify=True`` (default): against the platform's CA certificates (the file
+      ``SSL_CERT_FILE`` names, if set), or the PEM bundle ``QDISPATCH_CA_BUNDLE`` names;
+    * ``verify="ca.pem"``: against that PEM bundle alone (a private CA);
+    * ``verify=False``: not at all, with an :class:`InsecureConnectionWarning` (testing only).
+
+    A certificate that is not trusted fails the first call with :class:`IBMQApiError`
+    (``status`` 0, ``code`` ``"tls_error"``, the message naming the host and the reason);
+    the client never falls back to plain HTTP.
     """
     url = url or os.environ.get("QDISPATCH_URL")
     token = token or os.environ.get("QDISPATCH_TOKEN")
@@ -273,6 +294,6 @@ def connect(
             raise IBMQApiError(
                 f"a token is needed to connect to {url} (token=… or QDISPATCH_TOKEN)"
             )
-        return QDispatchService(url.rstrip("/"), token, timeout=timeout)
+        return QDispatchService(url.rstrip("/"), token, timeout=timeout, verify=verify)
     local: LocalService = find_or_start(detached=True)
     return QDispatchService(local.url, local.token, local=True, timeout=timeout)

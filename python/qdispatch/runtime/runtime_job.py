@@ -107,7 +107,7 @@ class RuntimeJob(BasePrimitiveJob[Any, JobStatus]):
         self._events = api_client.events
         self._feed = self._events.feed(job_id)
         if self._status not in FINAL_STATUSES:
-            self._api.watch([job_id])
+            self._api.watch([job_id], Family.RUNTIME)
         if user_callback is not None:
             self.stream_results(user_callback, self._interim_decoder)
 
@@ -292,7 +292,7 @@ class RuntimeJob(BasePrimitiveJob[Any, JobStatus]):
             RuntimeJobTimeoutError: If the job does not complete within given timeout.
         """
         if self._status not in FINAL_STATUSES:
-            status = self._api.wait_final(self._job_id, timeout)
+            status = self._api.wait_final(self._job_id, timeout, Family.RUNTIME)
             if status is None:
                 raise RuntimeJobTimeoutError(
                     f"Timed out waiting for job {self._job_id} (still "

@@ -14,6 +14,10 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .store import TokenOwner
 
 # A valid token is remembered this long: a revoked one (``qdispatch token``, or a
 # restarted local service) stops working within this many seconds. Unknown tokens are
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 TOKEN_TTL = 1.0
 _TOKEN_CACHE_MAX = 10_000
 
-Lookup = Callable[[str], "tuple[str, str | None] | None"]
+Lookup = Callable[[str], "TokenOwner | None"]
 
 
 @dataclass
@@ -50,27 +54,27 @@ class Access:
         self.burst = max(1, burst)
         self.max_uploads = max(1, max_uploads)
         self.max_uploads_per_user = max(1, max_uploads_per_user)
-        self._tokens: dict[str, tuple[float, str, str | None]] = {}
+        self._tokens: dict[str, tuple[float, TokenOwner]] = {}
         self._buckets: dict[str, _Bucket] = {}
         self._uploads: dict[str, int] = {}
         self._uploading = 0
 
     # -- tokens --------------------------------------------------------------------------
 
-    def user_for_token(self, token: str) -> tuple[str, str | None] | None:
-        """``(user, project)`` for a valid token, else ``None``; the store is asked at most
+    def user_for_token(self, token: str) -> TokenOwner | None:
+        """``(user, project, operator)`` for a valid token, else ``None``; the store is asked at most
         once per :data:`TOKEN_TTL` per valid token."""
         now = self._clock()
         hit = self._tokens.get(token)
         if hit is not None and now < hit[0]:
-            return hit[1], hit[2]
+            return hit[1]
         found = self._lookup(token)
         if found is None:
             self._tokens.pop(token, None)
             return None
         if len(self._tokens) >= _TOKEN_CACHE_MAX:
             self._tokens.clear()
-        self._tokens[token] = (now + TOKEN_TTL, *found)
+        self._tokens[token] = (now + TOKEN_TTL, found)
         return found
 
     # -- request rate ----------------------------------------------------------------------

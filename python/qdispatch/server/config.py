@@ -57,6 +57,11 @@ class ServiceConfig:
     local_user: str | None = None
     idle_timeout: float | None = None
     programs_dir: Path | None = None
+    #: TLS: the certificate chain and private key (PEM) the service serves HTTPS/WSS with
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    #: plain HTTP on a non-loopback address, for a TLS-terminating proxy in front
+    plaintext: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -78,10 +83,27 @@ class ServiceConfig:
         return self.max_active_jobs or None
 
     @property
+    def tls(self) -> bool:
+        """Whether the service itself speaks TLS."""
+        return self.ssl_certfile is not None
+
+    @property
     def url(self) -> str:
         """The service's base URL (IPv6 addresses in brackets)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+
+    def plaintext_refusal(self) -> str | None:
+        """Why the service must not start as configured: plain HTTP on a non-loopback
+        address (tokens, circuits and results would cross the network in clear) unless
+        the operator said ``--plaintext``; ``None`` when it may start."""
+        if self.tls or self.loopback or self.plaintext:
+            return None
+        return (
+            f"refusing to serve plain HTTP on {self.host}: tokens, circuits and results "
+            "would cross the network in clear. Give --ssl-certfile CERT --ssl-keyfile KEY, "
+            "or --plaintext if a TLS-terminating proxy is in front of this service"
+        )
 
     @property
     def loopback(self) -> bool:

@@ -24,10 +24,12 @@ from .store import Job
 
 @dataclass(frozen=True)
 class Caller:
-    """The authenticated user of a request."""
+    """The authenticated user of a request; an ``operator`` sees and cancels every
+    user's jobs and sessions and pauses backends."""
 
     user: str
     project: str | None
+    operator: bool = False
 
 
 def json_response(
@@ -43,8 +45,9 @@ def bearer_token(authorization: str) -> str | None:
 
 
 def authenticate(service: Service, token: str | None) -> Caller:
-    """The user a bearer token belongs to; 401 for a missing or unknown one. The one token
-    check: the front door (``front.py``), the routes and the stream all use it."""
+    """The user a bearer token belongs to; 401 for a missing, unknown, revoked or expired
+    one. The one token check: the front door (``front.py``), the routes and the stream
+    (and its re-checks) all use it."""
     if not token:
         raise ServiceError(401, E.UNAUTHORIZED, "missing bearer token (Authorization: Bearer …)")
     found = service.access.user_for_token(token)
@@ -74,22 +77,37 @@ def caller_of(request: Request) -> Caller:
     return authenticate(svc, bearer_token(request.headers.get("authorization", "")))
 
 
+def operator_of(request: Request) -> Caller:
+    """The authenticated caller, who must hold an operator token (403 otherwise)."""
+    who = caller_of(request)
+    if not who.operator:
+        raise ServiceError(403, E.OPERATOR_ONLY, "this needs an operator token")
+    return who
+
+
 Svc = Annotated[Service, Depends(service_of)]
 Who = Annotated[Caller, Depends(caller_of)]
+Operator = Annotated[Caller, Depends(operator_of)]
+
+
+def can_see(svc: Service, who: Caller, job: Job) -> bool:
+    """Whether the caller may see ``job``: an operator sees every job."""
+    return who.operator or svc.visible(who.user, who.project, job)
 
 
 def visible_job(svc: Service, who: Caller, job_id: str) -> Job:
     """A job the caller may see, else 404 (never 403: existence is not disclosed)."""
     job = svc.store.job(job_id)
-    if job is None or not svc.visible(who.user, who.project, job):
+    if job is None or not can_see(svc, who, job):
         raise not_found(job_id)
     return job
 
 
-def own_job(svc: Service, who: Caller, job_id: str) -> Job:
-    """A job the caller may change: only its owner may (403 for one shared with them)."""
+def own_job(svc: Service, who: Caller, job_id: str, *, operator: bool = False) -> Job:
+    """A job the caller may change: only its owner may (403 for one shared with them);
+    with ``operator``, an operator may too."""
     job = visible_job(svc, who, job_id)
-    if job.owner != who.user:
+    if job.owner != who.user and not (operator and who.operator):
         raise ServiceError(403, E.READ_ONLY, f"job '{job_id}' is shared with you read-only")
     return job
 

@@ -151,6 +151,8 @@ class Scheduler:
         self._unsettled: dict[str, tuple[_Running, Outcome, _Prepared | None]] = {}
         self._order_cache: dict[str, tuple[int, dict[str, tuple[int, float]]]] = {}
         self._version = 0
+        #: backends an operator paused: their jobs queue, none starts
+        self.paused: set[str] = set()
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -215,6 +217,14 @@ class Scheduler:
         )
         self._tiers[tier][job.backend].setdefault(job.owner, deque()).append(entry)
         self._queued[job.id] = entry
+        self._changed()
+
+    def pause(self, backend: str, paused: bool) -> None:
+        """Pause (no queued job of ``backend`` starts; running ones finish) or resume it."""
+        if paused:
+            self.paused.add(backend)
+        else:
+            self.paused.discard(backend)
         self._changed()
 
     def _changed(self) -> None:
@@ -331,11 +341,14 @@ class Scheduler:
         return order
 
     def _best(self, tiers: tuple[int, ...], now: float) -> _Queued | None:
-        """The head that ranks first by fair share among the queues of ``tiers``."""
+        """The head that ranks first by fair share among the queues of ``tiers``; the
+        queues of paused backends are skipped."""
         best: _Queued | None = None
         best_key: tuple[int, float, int] | None = None
         for tier in tiers:
-            for users in self._tiers[tier].values():
+            for backend, users in self._tiers[tier].items():
+                if backend in self.paused:
+                    continue
                 for user, queue in users.items():
                     if not queue:
                         continue

@@ -36,6 +36,9 @@ from .stream import Hub
 
 log = logging.getLogger(__name__)
 
+# The store's meta key of the paused backends (a JSON list).
+_PAUSED = "paused_backends"
+
 
 class Service:
     """State shared by the routes: the store, the backends, the scheduler, the hub."""
@@ -94,6 +97,9 @@ class Service:
         service was down, recover and start dispatching, then write the state file and
         start the idle watchdog (when configured)."""
         self.calibrate()
+        # An operator's pause outlives a restart: a queue paused for maintenance must not
+        # start jobs because the service was restarted.
+        self.scheduler.paused.update(orjson.loads(self.store.meta(_PAUSED, "[]") or "[]"))
         self._tasks.append(self.sessions.watch_deadlines())  # before any job is dispatched
         requeued, failed = await self.scheduler.start()
         if requeued or failed:
@@ -169,9 +175,10 @@ class Service:
             "started": utcnow(),
         }
         path = config.state_file
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        tmp.unlink(missing_ok=True)  # O_CREAT keeps the mode of a file already there
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(orjson.dumps(state))
         os.replace(tmp, path)
@@ -196,6 +203,11 @@ class Service:
             self.config.max_job_shots,
             self.config.max_result_bytes,
         )
+
+    def pause(self, backend: str, paused: bool) -> None:
+        """Pause or resume ``backend``'s queue, durably."""
+        self.scheduler.pause(backend, paused)
+        self.store.set_meta(_PAUSED, orjson.dumps(sorted(self.scheduler.paused)).decode())
 
     def backend_names(self) -> str:
         """The catalog's backends, as error messages list them."""

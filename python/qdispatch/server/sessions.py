@@ -55,10 +55,11 @@ class Sessions:
         self._modes: dict[str, str] = {}
         self._idle_since: dict[str, float] = {}  # open session → when it was first seen idle
 
-    def own(self, user: str, session_id: str) -> Session:
-        """``user``'s session, brought up to date with its deadline; else 404."""
+    def own(self, user: str, session_id: str, *, operator: bool = False) -> Session:
+        """``user``'s session (any user's for an ``operator``), brought up to date with its
+        deadline; else 404."""
         session = self.store.session(session_id)
-        if session is None or session.owner != user:
+        if session is None or (session.owner != user and not operator):
             raise not_found(session_id)
         if _past_deadline(session, time.time()):
             self.expire(session)

@@ -15,15 +15,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import os
 import secrets
 import sqlite3
+import time
 import uuid
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -44,7 +46,8 @@ from ..constants import (
 )
 from .errors import ServiceError
 
-SCHEMA_VERSION = 1
+# 2: tokens gained id, label, expires, last_used, revoked and operator.
+SCHEMA_VERSION = 2
 
 
 _SCHEMA = """
@@ -143,11 +146,51 @@ _ADDED_JOB_COLUMNS = (
 _ADDED_SESSION_COLUMNS = (
     ("closed_reason", "TEXT"),  # why the service closed it (idle); null if its owner did
 )
+# Schema 2: what `qdispatch token list/revoke` and the operator role need.
+_ADDED_TOKEN_COLUMNS = (
+    ("id", "TEXT"),  # short public id: listed and revocable without the secret
+    ("label", "TEXT"),
+    ("expires", "TEXT"),  # UTC ISO like every timestamp; NULL: never
+    ("last_used", "TEXT"),  # updated at most once per LAST_USED_EVERY seconds
+    ("revoked", "TEXT"),  # when; a revoked token stays listed for the record
+    ("operator", "INTEGER NOT NULL DEFAULT 0"),
+)
+# `last_used` is a hint for the operator, not an audit log: one write per token per minute
+# at most, never one per request.
+LAST_USED_EVERY = 60.0
 
 
 def hash_token(token: str) -> str:
     """Tokens are random 256-bit strings, so a plain SHA-256 is a sufficient one-way hash."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token_id() -> str:
+    """A token's public id: 12 random hex characters (not the secret, nor derived from it)."""
+    return secrets.token_hex(6)
+
+
+class TokenOwner(NamedTuple):
+    """Who a valid token belongs to."""
+
+    user: str
+    project: str | None
+    operator: bool = False
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """One token as ``qdispatch token list`` shows it: never the secret nor its hash."""
+
+    id: str
+    user: str
+    label: str | None
+    created: str
+    expires: str | None
+    last_used: str | None
+    revoked: str | None
+    operator: bool
+    origin: str
 
 
 def compress(data: bytes) -> bytes:
@@ -254,6 +297,7 @@ class JobFilter:
     kind: str | None = None
     created_after: str | None = None
     created_before: str | None = None
+    owner: str | None = None
 
 
 @dataclass
@@ -322,7 +366,8 @@ class Store:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _private_file(self.path)
+        self._last_used: dict[str, float] = {}  # token hash -> when last_used was written
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.create_function("regexp", 2, _regexp, deterministic=True)
@@ -332,22 +377,26 @@ class Store:
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(_SCHEMA)  # idempotent; executescript commits on its own
         self._migrate()
-        with self.transaction():
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
 
     def _migrate(self) -> None:
-        """Add the columns a store made by an earlier version lacks."""
+        """Add the columns a store made by an earlier version lacks, give its tokens ids,
+        and record the schema version it now has."""
         with self.transaction() as db:
-            have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-            for name, declaration in _ADDED_JOB_COLUMNS:
-                if name not in have:
-                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}")
-            have = {row[1] for row in db.execute("PRAGMA table_info(sessions)")}
-            for name, declaration in _ADDED_SESSION_COLUMNS:
-                if name not in have:
-                    db.execute(f"ALTER TABLE sessions ADD COLUMN {name} {declaration}")
+            for table, added in (
+                ("jobs", _ADDED_JOB_COLUMNS),
+                ("sessions", _ADDED_SESSION_COLUMNS),
+                ("tokens", _ADDED_TOKEN_COLUMNS),
+            ):
+                have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                for name, declaration in added:
+                    if name not in have:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+            for (rowid,) in db.execute("SELECT rowid FROM tokens WHERE id IS NULL").fetchall():
+                db.execute("UPDATE tokens SET id = ? WHERE rowid = ?", (new_token_id(), rowid))
+            db.execute("CREATE UNIQUE INDEX IF NOT EXISTS tokens_by_id ON tokens (id)")
+            db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
 
     def close(self) -> None:
         """Close the connection; the WAL is checkpointed by SQLite."""
@@ -378,24 +427,53 @@ class Store:
 
     # -- users and tokens ---------------------------------------------------------------
 
-    def create_token(self, user: str, project: str | None = None, origin: str = "cli") -> str:
+    def create_token(
+        self,
+        user: str,
+        project: str | None = None,
+        origin: str = "cli",
+        *,
+        label: str | None = None,
+        expires: str | None = None,
+        operator: bool = False,
+    ) -> str:
         """Create ``user`` if needed and return a new bearer token for it (stored hashed).
 
         ``origin`` says who made it: ``cli`` (``qdispatch token create``) or
         ``state-file`` (a loopback service, for its local user; see :meth:`revoke_tokens`).
+        ``expires`` is a UTC ISO timestamp (``None``: never); an ``operator`` token sees
+        and cancels every user's jobs and pauses backends.
         """
+        return self.create_token_with_id(
+            user, project, origin, label=label, expires=expires, operator=operator
+        )[0]
+
+    def create_token_with_id(
+        self,
+        user: str,
+        project: str | None = None,
+        origin: str = "cli",
+        *,
+        label: str | None = None,
+        expires: str | None = None,
+        operator: bool = False,
+    ) -> tuple[str, str]:
+        """As :meth:`create_token`, answering ``(token, id)``."""
         if not user or not user.strip():
             raise ValueError("user name must not be empty")
         token = secrets.token_urlsafe(32)
+        token_id = new_token_id()
         now = utcnow()
         with self.transaction() as db:
             db.execute("INSERT OR IGNORE INTO users VALUES (?, ?, ?)", (user, project, now))
             if project is not None:
                 db.execute("UPDATE users SET project = ? WHERE name = ?", (project, user))
             db.execute(
-                "INSERT INTO tokens VALUES (?, ?, ?, ?)", (hash_token(token), user, now, origin)
+                "INSERT INTO tokens (hash, user, created, origin, id, label, expires, operator) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (hash_token(token), user, now, origin, token_id, label, expires, int(operator)),
             )
-        return token
+        return token, token_id
 
     def revoke_tokens(self, user: str, origin: str) -> int:
         """Revoke ``user``'s tokens of ``origin``; returns how many there were."""
@@ -403,14 +481,73 @@ class Store:
             cur = db.execute("DELETE FROM tokens WHERE user = ? AND origin = ?", (user, origin))
         return cur.rowcount
 
-    def user_for_token(self, token: str) -> tuple[str, str | None] | None:
-        """``(user, project)`` for a valid token, else ``None``."""
+    def revoke_token(self, token_or_id: str) -> TokenInfo | None:
+        """Revoke one token, named by its id or by the secret itself; answers it, or
+        ``None`` if there is no such token. It stops working at once, on every request
+        and on open streams (which re-check their token every second)."""
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT rowid FROM tokens WHERE id = ? OR hash = ?",
+                (token_or_id, hash_token(token_or_id)),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE tokens SET revoked = coalesce(revoked, ?) WHERE rowid = ?",
+                (utcnow(), row[0]),
+            )
+            return self._token_info(db, "t.rowid = ?", [row[0]])[0]
+
+    def tokens(self, user: str | None = None, include_revoked: bool = False) -> list[TokenInfo]:
+        """The tokens (of ``user``), oldest first; revoked ones only if asked."""
+        where, args = ["1"], []
+        if user is not None:
+            where.append("t.user = ?")
+            args.append(user)
+        if not include_revoked:
+            where.append("t.revoked IS NULL")
+        return self._token_info(self._db, " AND ".join(where), args)
+
+    @staticmethod
+    def _token_info(db: sqlite3.Connection, where: str, args: list[Any]) -> list[TokenInfo]:
+        rows = db.execute(
+            "SELECT t.id, t.user, t.label, t.created, t.expires, t.last_used, t.revoked, "
+            f"t.operator, t.origin FROM tokens t WHERE {where} ORDER BY t.created, t.rowid",
+            args,
+        )
+        return [
+            TokenInfo(
+                id=row[0],
+                user=row[1],
+                label=row[2],
+                created=row[3],
+                expires=row[4],
+                last_used=row[5],
+                revoked=row[6],
+                operator=bool(row[7]),
+                origin=row[8],
+            )
+            for row in rows
+        ]
+
+    def user_for_token(self, token: str) -> TokenOwner | None:
+        """``(user, project, operator)`` for a valid token (not revoked, not expired), else
+        ``None``. Notes when it was used, at most once a minute per token."""
+        digest = hash_token(token)
+        now = utcnow()
         row = self._db.execute(
-            "SELECT u.name, u.project FROM tokens t JOIN users u ON u.name = t.user "
-            "WHERE t.hash = ?",
-            (hash_token(token),),
+            "SELECT u.name, u.project, t.operator FROM tokens t JOIN users u ON u.name = t.user "
+            "WHERE t.hash = ? AND t.revoked IS NULL AND (t.expires IS NULL OR t.expires > ?)",
+            (digest, now),
         ).fetchone()
-        return (row[0], row[1]) if row else None
+        if row is None:
+            return None
+        tick = time.monotonic()
+        if tick - self._last_used.get(digest, -LAST_USED_EVERY) >= LAST_USED_EVERY:
+            self._last_used[digest] = tick
+            with self.transaction() as db:
+                db.execute("UPDATE tokens SET last_used = ? WHERE hash = ?", (now, digest))
+        return TokenOwner(row[0], row[1], bool(row[2]))
 
     def project_of(self, user: str) -> str | None:
         """The project a user belongs to, if any."""
@@ -545,19 +682,26 @@ class Store:
 
     def list_jobs(
         self,
-        visible_to: tuple[str, str | None],
+        visible_to: tuple[str, str | None] | None,
         filters: JobFilter,
         limit: int,
         skip: int,
         descending: bool,
     ) -> tuple[list[Job], int]:
-        """A page of the jobs ``visible_to`` (user, project) may see, and the total count."""
-        user, project = visible_to
-        where = [
-            "(owner = ? OR share_level = 'global' OR (share_level = 'project' AND "
-            "? IS NOT NULL AND owner IN (SELECT name FROM users WHERE project = ?)))"
-        ]
-        args: list[Any] = [user, project, project]
+        """A page of the jobs ``visible_to`` (user, project) may see (``None``: every job,
+        for an operator), and the total count."""
+        where = ["1"]
+        args: list[Any] = []
+        if visible_to is not None:
+            user, project = visible_to
+            where = [
+                "(owner = ? OR share_level = 'global' OR (share_level = 'project' AND "
+                "? IS NOT NULL AND owner IN (SELECT name FROM users WHERE project = ?)))"
+            ]
+            args = [user, project, project]
+        if filters.owner:
+            where.append("owner = ?")
+            args.append(filters.owner)
         if filters.backend:
             where.append("backend = ?")
             args.append(filters.backend)
@@ -779,15 +923,19 @@ class Store:
 
     def list_sessions(
         self,
-        owner: str,
+        owner: str | None,
         state: str | None,
         backend: str | None,
         limit: int,
         skip: int,
     ) -> tuple[list[Session], int]:
-        """A page of ``owner``'s sessions, newest first, and the total count."""
-        where = ["owner = ?"]
-        args: list[Any] = [owner]
+        """A page of ``owner``'s sessions (``None``: everyone's), newest first, and the
+        total count."""
+        where = ["1"]
+        args: list[Any] = []
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
         if state:
             where.append("state = ?")
             args.append(state)
@@ -900,3 +1048,16 @@ class Store:
                 )
                 requeued.append(job.id)
         return requeued, failed
+
+
+def _private_file(path: Path) -> None:
+    """Create the store's directory (0700) and file (0600) before SQLite opens it: the
+    store holds token hashes, circuits and results. SQLite gives the -wal and -shm files
+    the database file's mode. A world-readable store made by an earlier version is
+    tightened; a directory that already existed is left as it is (it may be shared)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        with contextlib.suppress(OSError):  # gone, or not ours to change: leave it
+            if name.stat().st_mode & 0o077:
+                name.chmod(0o600)

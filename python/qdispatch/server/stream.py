@@ -16,7 +16,8 @@ Client → service messages::
 Service → client control messages carry ``type`` but no ``job_id``: ``subscribed`` (with
 the ids found and the ``missing`` ones), ``heartbeat`` (every few seconds when idle),
 ``pong`` and ``error``. A client too slow to keep up is disconnected with close code
-4008 and resumes from its last ``seq``; a bad token closes with 4401.
+4008 and resumes from its last ``seq``; a bad token closes with 4401, and so does a token
+revoked or expired while the stream is open (it is re-checked every second).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..constants import utcnow
+from .errors import ServiceError
 from .store import Event, Job, Store
 
 log = logging.getLogger(__name__)
@@ -39,16 +41,23 @@ log = logging.getLogger(__name__)
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_TOO_SLOW = 4008
 _BACKLOG = 20_000
+# How often an open stream re-checks its token: revocation and expiry reach open streams
+# within this many seconds (one indexed SELECT per stream per period).
+RECHECK_SECONDS = 1.0
 
 Visible = Callable[[str, str | None, Job], bool]
+
+# Re-checks a stream's token: why it no longer passes, or ``None``.
+Recheck = Callable[[], ServiceError | None]
 
 
 class Subscription:
     """One connection's interest: job ids and tags, and its queue of live events."""
 
-    def __init__(self, user: str, project: str | None) -> None:
+    def __init__(self, user: str, project: str | None, operator: bool = False) -> None:
         self.user = user
         self.project = project
+        self.operator = operator  # sees every job's events
         self.job_ids: set[str] = set()
         self.tags: set[str] = set()
         self.queue: asyncio.Queue[Event] = asyncio.Queue(_BACKLOG)
@@ -88,7 +97,8 @@ class Hub:
         events = list(events)
         for sub in self._subs:
             if job.id in sub.job_ids or (
-                sub.tags.intersection(job.tags) and self._visible(sub.user, sub.project, job)
+                sub.tags.intersection(job.tags)
+                and (sub.operator or self._visible(sub.user, sub.project, job))
             ):
                 for event in events:
                     sub.push(event)
@@ -129,31 +139,57 @@ class StreamSession:
         project: str | None,
         heartbeat: float,
         inline_limit: int,
+        *,
+        recheck: Recheck | None = None,
+        operator: bool = False,
     ) -> None:
         self.ws = ws
         self.store = store
         self.hub = hub
         self.visible = visible
-        self.sub = Subscription(user, project)
+        self.sub = Subscription(user, project, operator)
         self.heartbeat = heartbeat
         self.inline_limit = inline_limit
+        self.recheck = recheck
         self.inline_results = True
         self.delivered: dict[str, int] = {}
         self.lock = asyncio.Lock()
 
     async def run(self) -> None:
-        """Receive requests and send events until the client goes away."""
+        """Receive requests and send events until the client goes away (or its token
+        stops passing the re-check)."""
         self.hub.add(self.sub)
         sender = asyncio.create_task(self._send_live())
+        watched = [asyncio.create_task(self._receive())]
+        if self.recheck is not None:
+            watched.append(asyncio.create_task(self._guard(self.recheck)))
         try:
-            with contextlib.suppress(WebSocketDisconnect):  # the client went away
-                while True:
-                    await self._handle(await self.ws.receive_text())
+            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # an error of the receive loop is the endpoint's, as before
         finally:
             self.hub.remove(self.sub)
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await sender
+            for task in (sender, *watched):
+                task.cancel()
+            for task in (sender, *watched):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _receive(self) -> None:
+        with contextlib.suppress(WebSocketDisconnect):  # the client went away
+            while True:
+                await self._handle(await self.ws.receive_text())
+
+    async def _guard(self, recheck: Recheck) -> None:
+        """Close the stream (4401) as soon as its token is revoked or expires."""
+        while True:
+            await asyncio.sleep(RECHECK_SECONDS)
+            refusal = recheck()
+            if refusal is not None:
+                with contextlib.suppress(Exception):  # the client may be gone already
+                    await self._control("error", **refusal.body()["error"])
+                    await self.ws.close(CLOSE_UNAUTHORIZED, refusal.message)
+                return
 
     async def _send(self, payload: bytes) -> None:
         await self.ws.send_text(payload.decode())

@@ -16,6 +16,7 @@ use reqwest::header::{HeaderValue, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TY
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 
+use crate::tls::{self, Verify};
 use crate::ClientError;
 
 pub use reqwest::Method;
@@ -99,6 +100,7 @@ pub struct ServiceClient {
     token: Arc<str>,
     http: reqwest::Client,
     policy: RetryPolicy,
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl std::fmt::Debug for ServiceClient {
@@ -191,8 +193,20 @@ enum Failure {
 }
 
 impl ServiceClient {
-    /// A client of the service at `base_url` (e.g. `http://127.0.0.1:8000`).
+    /// A client of the service at `base_url` (e.g. `http://127.0.0.1:8000`), trusting the
+    /// platform's CA certificates for `https://`.
     pub fn new(base_url: &str, token: &str, policy: RetryPolicy) -> Result<Self, ClientError> {
+        Self::with_tls(base_url, token, policy, &Verify::Platform)
+    }
+
+    /// A client of the service at `base_url`; an `https://` service's certificate is
+    /// checked as `verify` says (the event stream's `wss://` too).
+    pub fn with_tls(
+        base_url: &str,
+        token: &str,
+        policy: RetryPolicy,
+        verify: &Verify,
+    ) -> Result<Self, ClientError> {
         let mut url = Url::parse(base_url)
             .map_err(|e| ClientError::Runtime(format!("bad service URL {base_url:?}: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
@@ -204,10 +218,16 @@ impl ServiceClient {
             let path = format!("{}/", url.path());
             url.set_path(&path);
         }
+        let tls = if url.scheme() == "https" {
+            tls::client_config(verify)?
+        } else {
+            tls::untrusting_config()?
+        };
         let http = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(10))
+            .tls_backend_preconfigured(tls.clone())
             .build()
             .map_err(|e| ClientError::Runtime(format!("HTTP client: {e}")))?;
         Ok(ServiceClient {
@@ -218,6 +238,7 @@ impl ServiceClient {
                 max_attempts: policy.max_attempts.max(1),
                 ..policy
             },
+            tls: Arc::new(tls),
         })
     }
 
@@ -229,6 +250,20 @@ impl ServiceClient {
     /// The bearer token.
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    /// The TLS configuration of `https://` (and of the stream's `wss://`).
+    pub fn tls_config(&self) -> Arc<rustls::ClientConfig> {
+        self.tls.clone()
+    }
+
+    /// The `host:port` of the service, as TLS errors name it.
+    pub fn authority(&self) -> String {
+        let host = self.base_url.host_str().unwrap_or_default();
+        match self.base_url.port_or_known_default() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        }
     }
 
     /// The retry policy.
@@ -354,6 +389,9 @@ impl ServiceClient {
         let transport = |e: reqwest::Error| -> Failure {
             if e.is_builder() || e.is_decode() || e.is_redirect() {
                 Failure::Fatal(ClientError::Runtime(format!("{method} {url}: {e}")))
+            } else if let Some(why) = tls::tls_failure(&e) {
+                // A refused certificate does not get better by retrying.
+                Failure::Fatal(ClientError::Tls(tls::describe(&self.authority(), why)))
             } else if e.is_timeout() {
                 Failure::Retry(
                     ClientError::Timeout(format!("{method} {url} after {:?}", opts.timeout)),

@@ -17,6 +17,11 @@ pub enum ClientError {
     /// The service could not be reached, after every retry; the message names the URL.
     #[error("{0}")]
     Connection(String),
+    /// TLS failed: the service's certificate was refused, the handshake failed, or the
+    /// trusted certificates could not be loaded; the message names the host (or file) and
+    /// the reason. Never retried.
+    #[error("{0}")]
+    Tls(String),
     /// The request timed out on every attempt.
     #[error("request timed out: {0}")]
     Timeout(String),

@@ -9,6 +9,10 @@
 //! `POST /jobs:status` for the watched, unfinished jobs every 0.5 s, and keeps trying the
 //! socket. Polling updates statuses only: missed events come when the socket is back.
 //!
+//! `wss://` (for an `https://` service) uses the client's TLS configuration. A TLS failure
+//! (a refused certificate) is no reason to poll instead: the stream stops, and every wait
+//! on it fails with [`ClientError::Tls`].
+//!
 //! Every event goes into one unbounded queue that [`EventStream::next_events`] drains (the
 //! Python side runs callbacks from it on its own thread, never inside the runtime).
 
@@ -28,9 +32,10 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::Connector;
 
 use crate::client::{RequestOptions, RetryPolicy, ServiceClient};
-use crate::ClientError;
+use crate::{tls, ClientError};
 
 /// The statuses a job never leaves.
 pub const FINAL_STATUSES: [&str; 3] = ["DONE", "ERROR", "CANCELLED"];
@@ -112,6 +117,8 @@ struct Shared {
     connected: AtomicBool,
     polling: AtomicBool,
     last_error: Mutex<Option<String>>,
+    /// Why the stream stopped for good (a TLS failure): every wait fails with it.
+    fatal: Mutex<Option<ClientError>>,
 }
 
 impl Shared {
@@ -123,6 +130,10 @@ impl Shared {
 
     fn set_error(&self, msg: String) {
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg);
+    }
+
+    fn fatal(&self) -> Option<ClientError> {
+        self.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -156,6 +167,7 @@ impl EventStream {
             connected: AtomicBool::new(false),
             polling: AtomicBool::new(false),
             last_error: Mutex::new(None),
+            fatal: Mutex::new(None),
         });
         EventStream {
             shared,
@@ -167,6 +179,9 @@ impl EventStream {
     }
 
     fn ensure_started(&self) -> Result<(), ClientError> {
+        if let Some(err) = self.shared.fatal() {
+            return Err(err);
+        }
         if *self.shutdown.borrow() {
             return Err(ClientError::Runtime("the client is closed".to_owned()));
         }
@@ -282,6 +297,9 @@ impl EventStream {
             };
             if !done.is_empty() || job_ids.is_empty() {
                 return Ok(done);
+            }
+            if let Some(err) = self.shared.fatal() {
+                return Err(err);
             }
             if *closed.borrow() {
                 return Err(ClientError::Runtime("the client is closed".to_owned()));
@@ -527,24 +545,32 @@ enum SessionEnd {
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn open_socket(shared: &Shared) -> Result<Socket, String> {
-    let url = stream_url(&shared.client).map_err(|e| e.to_string())?;
+/// Opens the socket; [`ClientError::Tls`] when TLS failed, else [`ClientError::Stream`].
+async fn open_socket(shared: &Shared) -> Result<Socket, ClientError> {
+    let stream_err = |msg: String| ClientError::Stream(msg);
+    let url = stream_url(&shared.client)?;
     let mut request = url
         .as_str()
         .into_client_request()
-        .map_err(|e| format!("{url}: {e}"))?;
+        .map_err(|e| stream_err(format!("{url}: {e}")))?;
+    // The token travels in this header only: never in the URL, which logs keep.
     let auth = HeaderValue::from_str(&format!("Bearer {}", shared.client.token()))
-        .map_err(|e| format!("bad token: {e}"))?;
+        .map_err(|e| stream_err(format!("bad token: {e}")))?;
     request.headers_mut().insert("Authorization", auth);
+    // The same TLS configuration as the HTTP client's (used for `wss://` only).
+    let connector = Connector::Rustls(shared.client.tls_config());
     match tokio::time::timeout(
         shared.config.connect_timeout,
-        tokio_tungstenite::connect_async(request),
+        tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector)),
     )
     .await
     {
         Ok(Ok((socket, _))) => Ok(socket),
-        Ok(Err(e)) => Err(format!("cannot open {url}: {e}")),
-        Err(_) => Err(format!("cannot open {url}: timed out")),
+        Ok(Err(e)) => Err(match tls::tls_failure(&e) {
+            Some(why) => ClientError::Tls(tls::describe(&shared.client.authority(), why)),
+            None => stream_err(format!("cannot open {url}: {e}")),
+        }),
+        Err(_) => Err(stream_err(format!("cannot open {url}: timed out"))),
     }
 }
 
@@ -580,8 +606,19 @@ async fn socket_loop(
                     SessionEnd::Lost(why) => shared.set_error(why),
                 }
             }
-            Err(why) => {
-                shared.set_error(why);
+            Err(ClientError::Tls(why)) => {
+                // Polling would cross the same refused TLS: stop, and fail the waiters.
+                shared.set_error(why.clone());
+                *shared.fatal.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(ClientError::Tls(why));
+                shared.finals.send_modify(|n| *n += 1);
+                return;
+            }
+            Err(other) => {
+                shared.set_error(match other {
+                    ClientError::Stream(why) => why,
+                    other => other.to_string(),
+                });
                 failures += 1;
                 if failures >= shared.config.fallback_after {
                     shared.polling.store(true, Ordering::SeqCst);

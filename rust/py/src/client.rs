@@ -20,6 +20,7 @@ use qdispatch_client::client::{
 };
 use qdispatch_client::stream::{is_final, EventStream, StreamConfig};
 use qdispatch_client::submit::{submit_all, Chunk};
+use qdispatch_client::tls::Verify;
 use qdispatch_client::ClientError;
 use qdispatch_wire::results;
 use tokio::runtime::Runtime;
@@ -101,6 +102,13 @@ pub(crate) fn client_err(err: ClientError) -> PyErr {
             set_attrs(py, &e, 0, "connection_failed", &msg, "");
             e
         }
+        // A refused certificate is a failure to connect (same class, status 0) that callers
+        // can tell apart by its code; it was not retried.
+        ClientError::Tls(msg) => {
+            let e = ConnectionFailedError::new_err((msg.clone(),));
+            set_attrs(py, &e, 0, "tls_error", &msg, "");
+            e
+        }
         ClientError::Stream(msg) => StreamTimeoutError::new_err(msg),
         ClientError::Json(msg) => MalformedPayloadError::new_err(msg),
         ClientError::Runtime(msg) => PyRuntimeError::new_err(msg),
@@ -178,14 +186,32 @@ impl Client {
 #[pymethods]
 impl Client {
     #[new]
-    #[pyo3(signature = (url, token, *, timeout = 30.0, max_attempts = 6))]
-    fn new(url: &str, token: &str, timeout: f64, max_attempts: u32) -> PyResult<Self> {
+    /// `verify=False` checks no TLS certificate; `ca_bundle` (a PEM file) replaces the
+    /// platform's CA certificates.
+    #[pyo3(signature = (url, token, *, timeout = 30.0, max_attempts = 6, verify = true, ca_bundle = None))]
+    fn new(
+        py: Python<'_>,
+        url: &str,
+        token: &str,
+        timeout: f64,
+        max_attempts: u32,
+        verify: bool,
+        ca_bundle: Option<std::path::PathBuf>,
+    ) -> PyResult<Self> {
         let rt = runtime()?;
         let policy = RetryPolicy {
             max_attempts: max_attempts.max(1),
             ..RetryPolicy::default()
         };
-        let core = ServiceClient::new(url, token, policy).map_err(client_err)?;
+        let verify = match (verify, ca_bundle) {
+            (false, _) => Verify::Off,
+            (true, Some(path)) => Verify::CaBundle(path),
+            (true, None) => Verify::Platform,
+        };
+        // Reading the platform's certificates is file I/O: without the GIL.
+        let core = py
+            .detach(|| ServiceClient::with_tls(url, token, policy, &verify))
+            .map_err(client_err)?;
         // reqwest's client registers with the runtime it is first used on; build the stream
         // (which spawns there) against the same runtime.
         let stream = EventStream::new(core.clone(), StreamConfig::default(), rt.handle().clone());
@@ -412,6 +438,11 @@ impl Client {
     /// Whether the event WebSocket is open now.
     fn stream_connected(&self) -> bool {
         self.stream.is_connected()
+    }
+
+    /// Whether statuses are being polled (no WebSocket could be opened lately).
+    fn stream_polling(&self) -> bool {
+        self.stream.is_polling()
     }
 
     /// Closes the socket and stops the background tasks; blocked waits return.

@@ -10,20 +10,23 @@ from fastapi.responses import Response
 
 from ... import __version__
 from .. import backends as bk
-from ..deps import Svc, Who, iso_timestamp, json_response, unknown_backend
+from ..deps import Operator, Svc, Who, iso_timestamp, json_response, unknown_backend
 from ..service import Service
 
 router = APIRouter(tags=["backends"])
 
 
 def status_of(svc: Service, name: str) -> dict[str, Any]:
-    """``BackendStatus``-shaped dict."""
+    """``BackendStatus``-shaped dict; a paused backend (jobs queue, none starts) says
+    ``status_msg: "paused"``."""
+    paused = name in svc.scheduler.paused
     return {
         "backend_name": name,
         "backend_version": __version__,
         "operational": True,
         "pending_jobs": svc.scheduler.pending_jobs(name),
-        "status_msg": "active",
+        "status_msg": "paused" if paused else "active",
+        "paused": paused,
     }
 
 
@@ -80,3 +83,18 @@ async def backend_properties(
 async def backend_status(name: str, svc: Svc, who: Who) -> Response:
     """Whether the backend is operational and how many jobs wait for it."""
     return json_response(status_of(svc, _backend(svc, name).name))
+
+
+@router.post("/backends/{name}/pause")
+async def pause_backend(name: str, svc: Svc, who: Operator) -> Response:
+    """Operators: stop starting the backend's jobs (new ones still queue; running ones
+    finish). Durable across restarts."""
+    svc.pause(_backend(svc, name).name, True)
+    return json_response(status_of(svc, name))
+
+
+@router.post("/backends/{name}/resume")
+async def resume_backend(name: str, svc: Svc, who: Operator) -> Response:
+    """Operators: start the backend's queued jobs again."""
+    svc.pause(_backend(svc, name).name, False)
+    return json_response(status_of(svc, name))

@@ -44,6 +44,7 @@ from ...constants import (
 from ..deps import (
     Svc,
     Who,
+    can_see,
     iso_timestamp,
     json_response,
     own_job,
@@ -458,8 +459,10 @@ async def list_jobs(
     created_after: str | None = None,
     created_before: str | None = None,
     descending: bool = True,
+    user: Annotated[str | None, Query(description="only this user's jobs")] = None,
 ) -> Response:
-    """Jobs the caller may see, newest first, with filters and paging."""
+    """Jobs the caller may see (an operator: every user's), newest first, with filters
+    and paging."""
     statuses = [s.upper() for s in status or []]
     filters = JobFilter(
         backend=backend,
@@ -472,8 +475,10 @@ async def list_jobs(
         kind=kind,
         created_after=iso_timestamp(created_after),
         created_before=iso_timestamp(created_before),
+        owner=user,
     )
-    jobs, total = svc.store.list_jobs((who.user, who.project), filters, limit, skip, descending)
+    visible_to = None if who.operator else (who.user, who.project)
+    jobs, total = svc.store.list_jobs(visible_to, filters, limit, skip, descending)
     return json_response({"jobs": [view(svc, j) for j in jobs], "count": total})
 
 
@@ -483,7 +488,7 @@ async def bulk_status(body: BulkStatus, svc: Svc, who: Who) -> Response:
     found = svc.store.jobs_by_ids(body.ids)
     out: dict[str, Any] = {}
     for job_id, job in found.items():
-        if svc.visible(who.user, who.project, job):
+        if can_see(svc, who, job):
             out[job_id] = {
                 "status": job.status,
                 "error": job.error,
@@ -619,8 +624,9 @@ async def get_metrics(job_id: str, svc: Svc, who: Who) -> Response:
 
 @router.post("/jobs/{job_id}/cancel")
 async def cancel_job(job_id: str, svc: Svc, who: Who) -> Response:
-    """Cancel a queued or running job; 409 if it has already finished."""
-    job = own_job(svc, who, job_id)
+    """Cancel a queued or running job (its owner, or an operator); 409 if it has already
+    finished."""
+    job = own_job(svc, who, job_id, operator=True)
     if job.status in FINAL_STATUSES:
         raise ServiceError(
             409,

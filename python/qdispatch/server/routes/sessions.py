@@ -121,10 +121,12 @@ async def list_sessions(
     backend: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 10,
     skip: Annotated[int, Query(ge=0)] = 0,
+    user: Annotated[str | None, Query(description="an operator: only this user's")] = None,
 ) -> Response:
-    """The caller's sessions, newest first."""
+    """The caller's sessions (an operator: every user's, or ``user``'s), newest first."""
     svc.sessions.expire_due()  # so that the state filter sees deadlines that just ran out
-    sessions, total = svc.store.list_sessions(who.user, state, backend, limit, skip)
+    owner = user if who.operator else who.user
+    sessions, total = svc.store.list_sessions(owner, state, backend, limit, skip)
     counts = svc.store.session_job_counts([s.id for s in sessions])
     listed = [view(s, counts[s.id], svc.store.session_usage(s.id)) for s in sessions]
     return json_response({"sessions": listed, "count": total})
@@ -133,14 +135,16 @@ async def list_sessions(
 @router.get("/sessions/{session_id}")
 async def get_session(session_id: str, svc: Svc, who: Who) -> Response:
     """One of the caller's sessions."""
-    return json_response(_view_one(svc, svc.sessions.own(who.user, session_id)))
+    return json_response(
+        _view_one(svc, svc.sessions.own(who.user, session_id, operator=who.operator))
+    )
 
 
 @router.patch("/sessions/{session_id}")
 async def update_session(session_id: str, body: SessionUpdate, svc: Svc, who: Who) -> Response:
     """``{"accepting_jobs": false}`` closes the session: it takes no more jobs, and those
     queued still run. A session that is not open cannot be closed or reopened (409)."""
-    session = svc.sessions.own(who.user, session_id)
+    session = svc.sessions.own(who.user, session_id, operator=who.operator)
     if session.state != SESSION_OPEN:
         what = "reopened" if body.accepting_jobs else "closed"
         raise ServiceError(
@@ -150,7 +154,7 @@ async def update_session(session_id: str, body: SessionUpdate, svc: Svc, who: Wh
         )
     if not body.accepting_jobs:
         svc.store.end_session(session_id, SESSION_CLOSED)
-        session = svc.sessions.own(who.user, session_id)
+        session = svc.sessions.own(who.user, session_id, operator=who.operator)
     return json_response(_view_one(svc, session))
 
 
@@ -158,7 +162,7 @@ async def update_session(session_id: str, body: SessionUpdate, svc: Svc, who: Wh
 async def cancel_session(session_id: str, svc: Svc, who: Who) -> Response:
     """Cancel the session: it is closed and its queued jobs are cancelled; running jobs
     finish. 409 if it was already cancelled or expired."""
-    session = svc.sessions.own(who.user, session_id)
+    session = svc.sessions.own(who.user, session_id, operator=who.operator)
     if session.ended:
         raise ServiceError(
             409,
@@ -168,4 +172,6 @@ async def cancel_session(session_id: str, svc: Svc, who: Who) -> Response:
     svc.store.end_session(session_id, SESSION_CANCELLED)
     for job in svc.store.session_jobs(session_id, QUEUED):
         svc.scheduler.cancel(job)
-    return json_response(_view_one(svc, svc.sessions.own(who.user, session_id)))
+    return json_response(
+        _view_one(svc, svc.sessions.own(who.user, session_id, operator=who.operator))
+    )

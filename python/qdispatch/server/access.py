@@ -62,8 +62,8 @@ class Access:
     # -- tokens --------------------------------------------------------------------------
 
     def user_for_token(self, token: str) -> TokenOwner | None:
-        """``(user, project, operator)`` for a valid token, else ``None``; the store is asked at most
-        once per :data:`TOKEN_TTL` per valid token."""
+        """``(user, project, operator)`` for a valid token, else ``None``; the store is
+        asked at most once per :data:`TOKEN_TTL` per valid token."""
         now = self._clock()
         hit = self._tokens.get(token)
         if hit is not None and now < hit[0]:

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import codes as E
 from .access import retry_after
-from .deps import CALLER_KEY, authenticate, bearer_token, caller_of
+from .deps import CALLER_KEY, authenticate, bearer_token, caller_of, operator_of
 from .errors import ServiceError
 from .service import Service
 
@@ -43,7 +43,9 @@ def public_paths(routes: Iterable[BaseRoute]) -> frozenset[str]:
 
 
 def _asks_caller(dependant: Dependant) -> bool:
-    return any(d.call is caller_of or _asks_caller(d) for d in dependant.dependencies)
+    return any(
+        d.call in (caller_of, operator_of) or _asks_caller(d) for d in dependant.dependencies
+    )
 
 
 def has_body(headers: Headers) -> bool:

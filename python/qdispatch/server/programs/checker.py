@@ -119,6 +119,10 @@ class InputChecker:
         self._seconds = seconds
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
+        # One check per process at a time, so that a check's time counts from when a
+        # process takes it, not from when it joined the queue (per event loop: asyncio
+        # primitives belong to one).
+        self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
 
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
@@ -137,11 +141,18 @@ class InputChecker:
         with self._lock:
             if self._pool is pool:
                 self._pool = None
-        # The executor has no public way to stop a running call (3.14 adds one).
-        for process in list(getattr(pool, "_processes", {}).values()):
+        # The executor has no public way to stop a running call (3.14 adds one). Checks
+        # queued behind it fail with BrokenProcessPool, and are tried again.
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
             with contextlib.suppress(Exception):
                 process.kill()
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=False)
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._slots[0] is not loop:
+            self._slots = (loop, asyncio.Semaphore(self._processes))
+        return self._slots[1]
 
     async def check(
         self, program_id: str, params: bytes, backend: str, limits: Limits
@@ -153,10 +164,11 @@ class InputChecker:
         for attempt in range(2):
             pool = self._executor()
             try:
-                answer = await asyncio.wait_for(
-                    loop.run_in_executor(pool, _check, program_id, params, backend, limits),
-                    self._seconds,
-                )
+                async with self._semaphore():
+                    answer = await asyncio.wait_for(
+                        loop.run_in_executor(pool, _check, program_id, params, backend, limits),
+                        self._seconds,
+                    )
                 break
             except BrokenProcessPool as exc:
                 # Another check's process may have died under this one: one more try, in
@@ -177,8 +189,8 @@ class InputChecker:
         return int(answer[1]), int(answer[2])
 
     def close(self) -> None:
-        """Stop the checking processes."""
-        with self._lock:
-            pool, self._pool = self._pool, None
+        """Stop the checking processes, a check still running included (it would hold up
+        the service's exit)."""
+        pool = self._pool
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            self._discard(pool)

@@ -19,12 +19,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .store import TokenOwner
 
-# A valid token is remembered this long: a revoked one (``qdispatch token``, or a
-# restarted local service) stops working within this many seconds. Unknown tokens are
-# never remembered, so guessing cannot fill the cache.
-TOKEN_TTL = 1.0
-_TOKEN_CACHE_MAX = 10_000
-
 Lookup = Callable[[str], "TokenOwner | None"]
 
 
@@ -54,7 +48,6 @@ class Access:
         self.burst = max(1, burst)
         self.max_uploads = max(1, max_uploads)
         self.max_uploads_per_user = max(1, max_uploads_per_user)
-        self._tokens: dict[str, tuple[float, TokenOwner]] = {}
         self._buckets: dict[str, _Bucket] = {}
         self._uploads: dict[str, int] = {}
         self._uploading = 0
@@ -62,20 +55,10 @@ class Access:
     # -- tokens --------------------------------------------------------------------------
 
     def user_for_token(self, token: str) -> TokenOwner | None:
-        """``(user, project, operator)`` for a valid token, else ``None``; the store is
-        asked at most once per :data:`TOKEN_TTL` per valid token."""
-        now = self._clock()
-        hit = self._tokens.get(token)
-        if hit is not None and now < hit[0]:
-            return hit[1]
-        found = self._lookup(token)
-        if found is None:
-            self._tokens.pop(token, None)
-            return None
-        if len(self._tokens) >= _TOKEN_CACHE_MAX:
-            self._tokens.clear()
-        self._tokens[token] = (now + TOKEN_TTL, found)
-        return found
+        """``(user, project, operator)`` for a valid token, else ``None``. Asked of the store
+        on every request (one indexed lookup of the token's hash): a revoked or expired
+        token stops working at once, as ``qdispatch token revoke`` promises."""
+        return self._lookup(token)
 
     # -- request rate ----------------------------------------------------------------------
 

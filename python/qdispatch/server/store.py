@@ -1056,7 +1056,11 @@ def _private_file(path: Path) -> None:
     the database file's mode. A world-readable store made by an earlier version is
     tightened; a directory that already existed is left as it is (it may be shared)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    # Only a new file is opened here. Closing any descriptor of a database file drops
+    # every POSIX lock this process holds on it, so opening an existing store (which
+    # another connection of this process may hold) could let SQLite corrupt it.
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
     for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         with contextlib.suppress(OSError):  # gone, or not ours to change: leave it
             if name.stat().st_mode & 0o077:

@@ -1,5 +1,6 @@
 """The ``qdispatch`` command: ``serve`` the job service, ``token create|list|revoke``
-for its users, ``demo`` for a run of random circuits through the local service."""
+for its users, ``gc`` to delete old finished jobs, ``demo`` for a run of random circuits
+through the local service."""
 
 from __future__ import annotations
 
@@ -167,11 +168,23 @@ def _serve(args: argparse.Namespace) -> int:
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*")
+
+
+def parse_duration(text: str) -> float:
+    """A duration such as ``90s``, ``45m``, ``12h``, ``30d`` or ``2w``, in seconds (positive);
+    ``ValueError`` otherwise."""
+    found = _DURATION.fullmatch(text.lower())
+    if not found or float(found[1]) <= 0:
+        raise ValueError(f"{text!r}: give a positive duration (90s, 45m, 12h, 30d, 2w)")
+    return float(found[1]) * _UNITS[found[2]]
+
+
 def parse_expires(text: str, now: datetime | None = None) -> str:
     """``--expires``: a duration (``90s``, ``45m``, ``12h``, ``30d``, ``2w``) from now, or an
     ISO 8601 date/time (naive = UTC); answers the UTC ISO timestamp the store keeps."""
     now = now or datetime.now(timezone.utc)
-    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text.lower())
+    found = _DURATION.fullmatch(text.lower())
     if found:
         when = now + timedelta(seconds=float(found[1]) * _UNITS[found[2]])
     else:
@@ -193,6 +206,25 @@ def _open_store(args: argparse.Namespace) -> Store:
     from .server.store import Store  # noqa: PLC0415
 
     return Store(_db_path(args))
+
+
+def _duration_arg(text: str) -> float:
+    # argparse reports a type's ValueError as "invalid value"; say what is expected.
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _gc(args: argparse.Namespace) -> int:
+    cutoff = utc_iso(datetime.now(timezone.utc) - timedelta(seconds=args.older_than))
+    store = _open_store(args)
+    try:
+        deleted = store.delete_finished_before(cutoff)
+    finally:
+        store.close()
+    print(f"deleted {deleted} finished jobs that ended before {cutoff}")
+    return 0
 
 
 def _token_create(args: argparse.Namespace) -> int:
@@ -420,6 +452,17 @@ def parser() -> argparse.ArgumentParser:
     revoke.add_argument("token", metavar="TOKEN_OR_ID")
     revoke.add_argument("--db", help="SQLite store (default: the user data directory)")
     revoke.set_defaults(func=_token_revoke)
+    gc = sub.add_parser(
+        "gc", help="delete finished jobs (with their results and events) older than a duration"
+    )
+    gc.add_argument(
+        "--older-than",
+        required=True,
+        type=_duration_arg,
+        help="jobs that ended longer ago than this: 90s, 45m, 12h, 30d, 2w",
+    )
+    gc.add_argument("--db", help="SQLite store (default: the user data directory)")
+    gc.set_defaults(func=_gc)
     stop = sub.add_parser("stop", help="stop the local service")
     stop.set_defaults(func=_stop)
 

@@ -1023,6 +1023,60 @@ class Store:
         )
         return [Session.from_row(row) for row in rows]
 
+    def delete_finished_before(self, cutoff_iso: str, batch: int = 500) -> int:
+        """Retention: delete the final jobs (DONE, ERROR, CANCELLED) whose last status change
+        is older than ``cutoff_iso`` (a UTC ISO timestamp), with their tags, inputs, results
+        and events, then the ended sessions left with no job. Queued and running jobs are
+        never touched. Returns how many jobs were deleted.
+
+        Each ``batch`` of jobs is its own short transaction, so that the service's writes
+        wait at most one batch for the lock; the candidates are found by a read, which
+        blocks no writer in WAL mode.
+        """
+        if batch < 1:
+            raise ValueError("batch must be positive")
+        final = sorted(FINAL_STATUSES)
+        marks = ",".join("?" * len(final))
+        # A job's end is its newest time-per-step entry: the final step's name varies
+        # (COMPLETED, ERROR, CANCELLED...), and every entry is the same ISO format, so the
+        # strings order as the times do.
+        ended = "(SELECT MAX(value) FROM json_each(time_per_step))"
+        ids = [
+            row[0]
+            for row in self._db.execute(
+                f"SELECT id FROM jobs WHERE status IN ({marks}) AND {ended} < ? ORDER BY rowid",
+                (*final, cutoff_iso),
+            )
+        ]
+        deleted = 0
+        for start in range(0, len(ids), batch):
+            chunk = ids[start : start + batch]
+            in_chunk = ",".join("?" * len(chunk))
+            with self.transaction() as db:
+                # A final status never changes, but check it again under the lock anyway:
+                # deleting a live job would lose it.
+                gone = [
+                    row[0]
+                    for row in db.execute(
+                        f"SELECT id FROM jobs WHERE id IN ({in_chunk}) AND status IN ({marks})",
+                        (*chunk, *final),
+                    )
+                ]
+                if not gone:
+                    continue
+                in_gone = ",".join("?" * len(gone))
+                for table in ("events", "job_data", "job_tags"):
+                    db.execute(f"DELETE FROM {table} WHERE job_id IN ({in_gone})", gone)
+                db.execute(f"DELETE FROM jobs WHERE id IN ({in_gone})", gone)
+                deleted += len(gone)
+        with self.transaction() as db:
+            db.execute(
+                "DELETE FROM sessions WHERE state != ? AND closed IS NOT NULL AND closed < ? "
+                "AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.session_id = sessions.id)",
+                (SESSION_OPEN, cutoff_iso),
+            )
+        return deleted
+
     def recover(self, max_attempts: int) -> tuple[list[str], list[str]]:
         """After a restart: requeue jobs that were RUNNING, or fail those that have been
         dispatched ``max_attempts`` times already. Returns (requeued ids, failed ids)."""

@@ -73,6 +73,8 @@ def _config(args: argparse.Namespace, db: Path, port: int) -> ServiceConfig:
         big_body_bytes=args.big_body_kb * 1024,
         max_uploads=args.max_uploads,
         max_uploads_per_user=args.max_uploads_per_user,
+        body_min_rate=int(args.body_min_rate_kb * 1024),
+        body_grace_seconds=args.body_grace,
         rate_limit=args.rate_limit,
         rate_burst=args.rate_burst,
         stream_inline_result_bytes=args.stream_inline_result_kb * 1024,
@@ -344,6 +346,18 @@ def parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--max-uploads-per-user", type=int, default=2, help="big bodies read at once, per user"
+    )
+    serve.add_argument(
+        "--body-min-rate-kb",
+        type=float,
+        default=128,
+        help="a request body must arrive at least this fast (KiB/s) after the grace (408)",
+    )
+    serve.add_argument(
+        "--body-grace",
+        type=float,
+        default=10.0,
+        help="seconds a request body may take before --body-min-rate-kb applies",
     )
     serve.add_argument(
         "--rate-limit", type=float, default=100.0, help="requests/s per user, sustained (0: off)"

@@ -5,6 +5,7 @@ stream whose token was revoked. Each is let go in bounded time, and nothing else
 from __future__ import annotations
 
 import socket
+import sqlite3
 import time
 from collections.abc import Iterator
 
@@ -14,7 +15,7 @@ from qdispatch import codes
 from qdispatch.api import ServiceApi
 from qdispatch.exceptions import IBMQApiError
 from qdispatch.server.store import Store
-from support import ServiceProcess
+from support import ServiceProcess, wait_final
 from test_hostile_front import (
     MiB,
     big_upload_head,
@@ -154,3 +155,56 @@ def test_nothing_else_was_held(svc: ServiceProcess) -> None:
     with socket.create_connection(("127.0.0.1", int(svc.url.rsplit(":", 1)[1])), timeout=5):
         pass
     assert svc.client().get("/jobs").status_code == 200
+
+
+# -- a program that publishes without end ------------------------------------------------
+
+FLOOD = '''
+def main(backend, publisher, count=200, size=10_000):
+    for i in range(count):
+        publisher.publish("x" * size)
+        print("line", i)
+    return {"published": count}
+'''
+
+
+@pytest.fixture(scope="module")
+def flooded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """A service with a program that publishes 2 MB of interim results, and a 0.5 MiB
+    budget of events per job."""
+    root = tmp_path_factory.mktemp("flood")
+    (root / "programs").mkdir()
+    (root / "programs" / "flood.py").write_text(FLOOD)
+    service = ServiceProcess(
+        root,
+        "--workers",
+        "1",
+        "--programs-dir",
+        str(root / "programs"),
+        "--max-job-events-mb",
+        "0.5",
+    ).start()
+    yield ready(service)
+    service.stop()
+
+
+def test_a_jobs_events_stop_at_their_budget(flooded: ServiceProcess) -> None:
+    """The events past the budget are dropped, once said in the log; the job ends DONE with
+    its result, and what is stored for it stays within the budget."""
+    client = flooded.client()
+    body = {"program_id": "flood", "backend": "aer_simulator", "params": {}}
+    created = client.post("/jobs", json=body)
+    assert created.status_code == 201, created.text
+    job = wait_final(client, created.json()["id"])
+    assert job["status"] == "DONE", job
+    with sqlite3.connect(flooded.db) as db:
+        stored = db.execute(
+            "SELECT count(*), sum(length(data)) FROM events WHERE job_id = ? "
+            "AND type IN ('interim', 'log')",
+            (job["id"],),
+        ).fetchone()
+    assert stored[0] < 200
+    assert stored[1] <= 512 * 1024 + 1024
+    logs = client.get(f"/jobs/{job['id']}/logs").text
+    assert "passed the service's limit of 524288 bytes" in logs
+    assert client.get(f"/jobs/{job['id']}/results").status_code == 200

@@ -80,6 +80,7 @@ def _config(args: argparse.Namespace, db: Path, port: int) -> ServiceConfig:
         stream_inline_result_bytes=args.stream_inline_result_kb * 1024,
         max_job_shots=args.max_job_shots,
         max_result_bytes=int(args.max_result_mb * 1024 * 1024),
+        max_job_event_bytes=int(args.max_job_events_mb * 1024 * 1024),
         dedicated_share=args.dedicated_share,
         session_max_time=args.session_max_time,
         session_max_time_ceiling=args.session_max_time_ceiling,
@@ -378,6 +379,12 @@ def parser() -> argparse.ArgumentParser:
         help="shots of one job, summed over its circuits and parameter sets",
     )
     serve.add_argument("--max-result-mb", type=float, default=128, help="a job's result size limit")
+    serve.add_argument(
+        "--max-job-events-mb",
+        type=float,
+        default=64,
+        help="a job's interim results and log lines, in all; later ones are dropped (0: none)",
+    )
     serve.add_argument(
         "--dedicated-share",
         type=float,

@@ -46,6 +46,9 @@ class ServiceConfig:
     max_job_shots: int = 30_000_000
     #: A job's result, as it is encoded before it is stored (uncompressed).
     max_result_bytes: int = 128 * 1024 * 1024
+    #: A job's interim results and log lines together, as stored; later ones are dropped
+    #: (0: no limit).
+    max_job_event_bytes: int = 64 * 1024 * 1024
     #: The share of the workers whose free slots go to dedicated sessions' jobs first.
     dedicated_share: float = 0.5
     #: A session's ``max_time`` when it asks for none, and the most it may ask for.

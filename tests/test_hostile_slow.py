@@ -159,13 +159,13 @@ def test_nothing_else_was_held(svc: ServiceProcess) -> None:
 
 # -- a program that publishes without end ------------------------------------------------
 
-FLOOD = '''
+FLOOD = """
 def main(backend, publisher, count=200, size=10_000):
     for i in range(count):
         publisher.publish("x" * size)
         print("line", i)
     return {"published": count}
-'''
+"""
 
 
 @pytest.fixture(scope="module")

@@ -590,8 +590,9 @@ class ServiceApi:
     # -- the stream ---------------------------------------------------------------------------
 
     def _stream_call(self, call: Callable[[], T], family: Family) -> T:
-        # The stream fails for good only when TLS refused the service (``tls_error``):
-        # that surfaces as the family's documented exception, like any failed call.
+        # The stream fails for good only when TLS refused the service (``tls_error``) or
+        # the service refused the token (``unauthorized``, close code 4401): that
+        # surfaces as the family's documented exception, like any failed call.
         try:
             return call()
         except _native.ApiError as exc:

@@ -73,11 +73,14 @@ def _config(args: argparse.Namespace, db: Path, port: int) -> ServiceConfig:
         big_body_bytes=args.big_body_kb * 1024,
         max_uploads=args.max_uploads,
         max_uploads_per_user=args.max_uploads_per_user,
+        body_min_rate=int(args.body_min_rate_kb * 1024),
+        body_grace_seconds=args.body_grace,
         rate_limit=args.rate_limit,
         rate_burst=args.rate_burst,
         stream_inline_result_bytes=args.stream_inline_result_kb * 1024,
         max_job_shots=args.max_job_shots,
         max_result_bytes=int(args.max_result_mb * 1024 * 1024),
+        max_job_event_bytes=int(args.max_job_events_mb * 1024 * 1024),
         dedicated_share=args.dedicated_share,
         session_max_time=args.session_max_time,
         session_max_time_ceiling=args.session_max_time_ceiling,
@@ -346,6 +349,18 @@ def parser() -> argparse.ArgumentParser:
         "--max-uploads-per-user", type=int, default=2, help="big bodies read at once, per user"
     )
     serve.add_argument(
+        "--body-min-rate-kb",
+        type=float,
+        default=128,
+        help="a request body must arrive at least this fast (KiB/s) after the grace (408)",
+    )
+    serve.add_argument(
+        "--body-grace",
+        type=float,
+        default=10.0,
+        help="seconds a request body may take before --body-min-rate-kb applies",
+    )
+    serve.add_argument(
         "--rate-limit", type=float, default=100.0, help="requests/s per user, sustained (0: off)"
     )
     serve.add_argument(
@@ -364,6 +379,12 @@ def parser() -> argparse.ArgumentParser:
         help="shots of one job, summed over its circuits and parameter sets",
     )
     serve.add_argument("--max-result-mb", type=float, default=128, help="a job's result size limit")
+    serve.add_argument(
+        "--max-job-events-mb",
+        type=float,
+        default=64,
+        help="a job's interim results and log lines, in all; later ones are dropped (0: none)",
+    )
     serve.add_argument(
         "--dedicated-share",
         type=float,

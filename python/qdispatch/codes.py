@@ -31,6 +31,9 @@ ACTIVE_JOB_LIMIT = "active_job_limit"
 RATE_LIMITED = "rate_limited"  # 429: the user is over their request rate
 UPLOAD_LIMIT = "upload_limit"  # 429: the user has as many big bodies in flight as allowed
 SERVICE_BUSY = "service_busy"  # 503: the service reads as many big bodies as it allows
+# 408: the request's body came slower than the service's minimum rate (a slow or stalled
+# upload would otherwise hold its connection, and a big one its upload slot, for ever).
+REQUEST_TIMEOUT = "request_timeout"
 UNKNOWN_SESSION = "unknown_session"
 SESSION_CLOSED = "session_closed"
 SESSION_BACKEND_MISMATCH = "session_backend_mismatch"
@@ -59,6 +62,7 @@ __all__ = [
     "PAYLOAD_TOO_LARGE",
     "RATE_LIMITED",
     "READ_ONLY",
+    "REQUEST_TIMEOUT",
     "RESULT_TOO_LARGE",
     "SERVICE_BUSY",
     "SESSION_BACKEND_MISMATCH",

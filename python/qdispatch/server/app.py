@@ -57,7 +57,13 @@ def create_app(config: ServiceConfig) -> FastAPI:
     for router in routers:
         app.include_router(router)
     # The last added is the outermost: the front door (token, rate) before the bodies.
-    app.add_middleware(RequestBodies, limit=config.max_request_bytes, big=config.big_body_bytes)
+    app.add_middleware(
+        RequestBodies,
+        limit=config.max_request_bytes,
+        big=config.big_body_bytes,
+        min_rate=config.body_min_rate,
+        grace=config.body_grace_seconds,
+    )
     public = public_paths([*app.routes, *(route for r in routers for route in r.routes)])
     app.add_middleware(FrontDoor, public=public)
     # POST /jobs reads its body itself (the Qobj is split off natively): its model is

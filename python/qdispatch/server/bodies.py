@@ -12,11 +12,17 @@ slot while it is read and inflated: at most ``max_uploads_per_user`` per user (e
 ``upload_limit``) and ``max_uploads`` in all (else 503 ``service_busy``), both answered at
 once with a ``Retry-After``, never queued. Its inflating runs in a worker thread; a small
 body's costs the loop at most ``big_body_bytes`` of output.
+
+Every body must keep arriving: after ``grace`` seconds it must have come at ``min_rate``
+bytes a second on average from the start (``grace + received / min_rate`` seconds in
+all), else 408 ``request_timeout`` and the connection is closed. A client that stalls or
+trickles frees its connection and, for a big body, its upload slot, in bounded time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import zlib
 from typing import Any
 
@@ -42,6 +48,17 @@ def too_large(limit: int, size: int) -> ServiceError:
         f"request body of {size} bytes is over the service's limit of {limit} bytes; "
         "split the experiments over more jobs",
         limit=limit,
+    )
+
+
+def too_slow(received: int, seconds: float, min_rate: int) -> ServiceError:
+    """The answer to a body that came slower than the minimum rate."""
+    return ServiceError(
+        408,
+        E.REQUEST_TIMEOUT,
+        f"request body too slow: {received} bytes in {seconds:.1f} s, under the service's "
+        f"minimum of {min_rate / 1024:g} KiB/s; send the body at once",
+        min_rate=min_rate,
     )
 
 
@@ -128,10 +145,14 @@ class RequestBodies:
     """ASGI middleware applying the body limit, the upload slots and decompression to every
     authenticated HTTP request."""
 
-    def __init__(self, app: ASGIApp, limit: int, big: int) -> None:
+    def __init__(
+        self, app: ASGIApp, limit: int, big: int, min_rate: int = 0, grace: float = 0.0
+    ) -> None:
         self.app = app
         self.limit = limit
         self.big = big
+        self.min_rate = min_rate
+        self.grace = grace
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         who = scope.get(CALLER_KEY)
@@ -175,8 +196,9 @@ class RequestBodies:
                 slot.take()
         chunks: list[bytes] = []
         size = 0
+        start = time.monotonic()
         while True:
-            message: dict[str, Any] = dict(await receive())
+            message: dict[str, Any] = dict(await self._next(receive, start, size))
             if message["type"] == "http.disconnect":
                 break
             chunk = message.get("body", b"")
@@ -189,6 +211,18 @@ class RequestBodies:
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
+
+    async def _next(self, receive: Receive, start: float, size: int) -> Message:
+        """The next message of the body, if it comes before the minimum rate's deadline."""
+        if not self.min_rate:
+            return await receive()
+        left = start + self.grace + size / self.min_rate - time.monotonic()
+        try:
+            # Past the deadline, what has already arrived is still taken (the loop may
+            # have been busy, not the client slow); nothing more is waited for.
+            return await asyncio.wait_for(receive(), max(left, 0.05))
+        except TimeoutError:
+            raise too_slow(size, time.monotonic() - start, self.min_rate) from None
 
     async def _inflate(self, body: bytes, encoding: str, slot: _Slot) -> bytes:
         inflater = decompressor(encoding)

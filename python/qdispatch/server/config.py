@@ -31,6 +31,10 @@ class ServiceConfig:
     max_uploads: int = 8
     #: Big bodies being read or inflated at once by one user (429 upload_limit).
     max_uploads_per_user: int = 2
+    #: A request body must arrive at least this fast, after a grace period (408
+    #: request_timeout): a stalled or trickling upload frees its connection and its slot.
+    body_min_rate: int = 128 * 1024
+    body_grace_seconds: float = 10.0
     #: Requests per second one user may make, sustained (0: no limit), and how many at
     #: once beyond that (429 rate_limited).
     rate_limit: float = 100.0
@@ -42,6 +46,9 @@ class ServiceConfig:
     max_job_shots: int = 30_000_000
     #: A job's result, as it is encoded before it is stored (uncompressed).
     max_result_bytes: int = 128 * 1024 * 1024
+    #: A job's interim results and log lines together, as stored; later ones are dropped
+    #: (0: no limit).
+    max_job_event_bytes: int = 64 * 1024 * 1024
     #: The share of the workers whose free slots go to dedicated sessions' jobs first.
     dedicated_share: float = 0.5
     #: A session's ``max_time`` when it asks for none, and the most it may ask for.

@@ -113,6 +113,7 @@ class _Running:
     on_worker: bool = False
     recorded: bool = False  # RUNNING is in the store (and the attempt counted)
     released: bool = False  # its slot has been given back
+    event_bytes: int = 0  # interim results and log lines stored for it so far
 
 
 class Scheduler:
@@ -128,6 +129,7 @@ class Scheduler:
         watchdog_interval: float = WATCHDOG_INTERVAL,
         dedicated_share: float = 0.5,
         max_result_bytes: int | None = None,
+        max_event_bytes: int | None = None,
     ):
         self.store = store
         self.hub = hub
@@ -135,6 +137,7 @@ class Scheduler:
         self.max_attempts = max_attempts
         self.dedicated_share = dedicated_share
         self.max_result_bytes = max_result_bytes
+        self.max_event_bytes = max_event_bytes
         self._programs = programs or (lambda program_id: None)
         self._tiers: tuple[_Queues, _Queues] = (defaultdict(dict), defaultdict(dict))
         self._queued: dict[str, _Queued] = {}
@@ -494,6 +497,24 @@ class Scheduler:
         else:
             log.warning("job %s sent an event of unknown kind %r; dropped", job_id, kind)
             return
+        limit = self.max_event_bytes
+        if limit is not None and running.event_bytes + len(payload) > limit:
+            # A program that publishes without end would fill the store (and every
+            # subscriber's socket): past its budget the job's events are dropped, once
+            # said in its log; the job itself runs on and its result is kept.
+            if running.event_bytes <= limit:
+                running.event_bytes = limit + 1
+                log.warning("job %s is over its %d bytes of events; dropping more", job_id, limit)
+                note = orjson.dumps(
+                    {
+                        "text": f"qdispatch: this job's interim results and log lines "
+                        f"passed the service's limit of {limit} bytes; later ones are "
+                        "dropped\n"
+                    }
+                )
+                self._publish(job_id, [self.store.append_event(job_id, "log", note)])
+            return
+        running.event_bytes += len(payload)
         self._publish(job_id, [self.store.append_event(job_id, kind, payload)])
 
     async def _run(self, task: Task, running: _Running) -> None:

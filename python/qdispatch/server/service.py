@@ -66,6 +66,7 @@ class Service:
             self.programs.ref,
             dedicated_share=config.dedicated_share,
             max_result_bytes=config.max_result_bytes,
+            max_event_bytes=config.max_job_event_bytes or None,
         )
         self.sessions = Sessions(self.store, self.scheduler, config.session_idle_timeout)
         #: backend → id of its properties snapshot in the store (noisy devices only)

@@ -540,7 +540,13 @@ fn stream_url(client: &ServiceClient) -> Result<String, ClientError> {
 enum SessionEnd {
     Closed,
     Lost(String),
+    /// The service closed with 4401: the token is bad, revoked or expired. Reconnecting
+    /// with the same token can only be refused again.
+    Unauthorized(String),
 }
+
+/// The close code of a stream whose token the service refused (`docs/protocol.md` §10).
+const CLOSE_UNAUTHORIZED: u16 = 4401;
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -604,6 +610,20 @@ async fn socket_loop(
                 match end {
                     SessionEnd::Closed => return,
                     SessionEnd::Lost(why) => shared.set_error(why),
+                    SessionEnd::Unauthorized(why) => {
+                        // Waiters fail with the service's refusal instead of waiting on a
+                        // stream that can never come back; polling would be refused too.
+                        shared.set_error(why.clone());
+                        *shared.fatal.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(ClientError::Api {
+                                status: 401,
+                                code: "unauthorized".to_owned(),
+                                message: format!("event stream: {why}"),
+                                body: String::new(),
+                            });
+                        shared.finals.send_modify(|n| *n += 1);
+                        return;
+                    }
                 }
             }
             Err(ClientError::Tls(why)) => {
@@ -679,11 +699,17 @@ async fn session(
                 Ok(Some(Ok(Message::Text(text)))) => handle_message(shared, text.as_bytes()),
                 Ok(Some(Ok(Message::Binary(data)))) => handle_message(shared, &data),
                 Ok(Some(Ok(Message::Close(frame)))) => {
-                    let why = frame.map_or_else(
-                        || "closed by the service".to_owned(),
-                        |f| format!("closed by the service ({}: {})", u16::from(f.code), f.reason),
-                    );
-                    return SessionEnd::Lost(why);
+                    return match frame {
+                        Some(f) if u16::from(f.code) == CLOSE_UNAUTHORIZED => {
+                            SessionEnd::Unauthorized(f.reason.to_string())
+                        }
+                        Some(f) => SessionEnd::Lost(format!(
+                            "closed by the service ({}: {})",
+                            u16::from(f.code),
+                            f.reason
+                        )),
+                        None => SessionEnd::Lost("closed by the service".to_owned()),
+                    };
                 }
                 Ok(Some(Ok(_))) => {}
             },
@@ -910,6 +936,54 @@ mod tests {
         assert!(stream
             .last_error()
             .is_some_and(|e| e.contains("nothing received")));
+        stream.close();
+    }
+
+    #[tokio::test]
+    async fn refused_token_fails_waiters_and_stops_reconnecting() {
+        use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                if let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await {
+                    let frame = CloseFrame {
+                        code: CloseCode::from(4401),
+                        reason: "token revoked".into(),
+                    };
+                    let _ = ws.close(Some(frame)).await;
+                }
+            }
+        });
+        let stream = EventStream::new(client_for(addr), config(), Handle::current());
+        let waited = tokio::time::timeout(
+            Duration::from_secs(5),
+            stream.wait_final("j1", Some(Duration::from_secs(30))),
+        )
+        .await
+        .expect("the waiter is failed, not left waiting");
+        match waited {
+            Err(ClientError::Api {
+                status,
+                code,
+                message,
+                ..
+            }) => {
+                assert_eq!((status, code.as_str()), (401, "unauthorized"));
+                assert!(message.contains("token revoked"), "{message}");
+            }
+            other => panic!("expected the refusal, got {other:?}"),
+        }
+        // Reconnecting (every 20-100 ms in this config) would only be refused again.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "reconnected with a refused token"
+        );
         stream.close();
     }
 

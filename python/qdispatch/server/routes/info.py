@@ -38,6 +38,8 @@ async def info(svc: Svc) -> Response:
             "big_body_bytes": config.big_body_bytes,
             "max_uploads": config.max_uploads,
             "max_uploads_per_user": config.max_uploads_per_user,
+            "body_min_rate": config.body_min_rate,
+            "body_grace_seconds": config.body_grace_seconds,
             "stream_inline_result_bytes": config.stream_inline_result_bytes,
         }
     )

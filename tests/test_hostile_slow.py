@@ -4,20 +4,24 @@ stream whose token was revoked. Each is let go in bounded time, and nothing else
 
 from __future__ import annotations
 
+import resource
 import socket
 import sqlite3
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from qdispatch import codes
 from qdispatch.api import ServiceApi
 from qdispatch.exceptions import IBMQApiError
+from qdispatch.server.connections import raise_open_files_limit
 from qdispatch.server.store import Store
 from support import ServiceProcess, wait_final
 from test_hostile_front import (
     MiB,
+    address,
     big_upload_head,
     job_count,
     make_token,
@@ -208,3 +212,78 @@ def test_a_jobs_events_stop_at_their_budget(flooded: ServiceProcess) -> None:
     logs = client.get(f"/jobs/{job['id']}/logs").text
     assert "passed the service's limit of 524288 bytes" in logs
     assert client.get(f"/jobs/{job['id']}/results").status_code == 200
+
+
+# -- connections that never become requests ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """A service closing connections whose headers take over a second, with room for 40
+    connections at once."""
+    service = ServiceProcess(
+        tmp_path_factory.mktemp("slow-headers"),
+        "--workers",
+        "1",
+        "--header-timeout",
+        "1",
+        "--max-connections",
+        "40",
+    ).start()
+    yield ready(service)
+    service.stop()
+
+
+def closed_by_peer(sock: socket.socket, within: float) -> bool:
+    sock.settimeout(within)
+    try:
+        return sock.recv(1024) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_connections_that_never_finish_their_headers_are_closed(guarded: ServiceProcess) -> None:
+    """30 connections, some silent and some sending half a header line, are closed after
+    the header timeout; another user is answered throughout."""
+    host, port = address(guarded)
+    with watched(guarded, make_token(guarded, "bystander")):
+        socks = [socket.create_connection((host, port), timeout=5) for _ in range(30)]
+        for sock in socks[::2]:
+            sock.sendall(b"GET /jobs HTTP/1.1\r\nHost: x\r\nAuthoriz")
+        began = time.monotonic()
+        assert all(closed_by_peer(sock, 10) for sock in socks)
+        assert time.monotonic() - began < 8
+        for sock in socks:
+            sock.close()
+
+
+def test_a_full_house_gets_503_and_frees_up(guarded: ServiceProcess) -> None:
+    """Past --max-connections, a new request is answered 503 at once; once the held
+    connections are gone, requests are served again."""
+    host, port = address(guarded)
+    held = [socket.create_connection((host, port), timeout=5) for _ in range(45)]
+    try:
+        time.sleep(0.3)
+        refused = httpx.get(f"{guarded.url}/info", timeout=5)
+        assert refused.status_code == 503
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{guarded.url}/info", timeout=5).status_code != 200:
+        assert time.monotonic() < deadline, "the connections were never given back"
+        time.sleep(0.1)
+
+
+def test_the_open_files_limit_is_raised_within_the_hard_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+        wanted = min(1024, hard)
+        assert raise_open_files_limit(wanted) == wanted
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == wanted
+        assert raise_open_files_limit(16) == wanted  # never lowered
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -75,6 +75,8 @@ def _config(args: argparse.Namespace, db: Path, port: int) -> ServiceConfig:
         max_uploads_per_user=args.max_uploads_per_user,
         body_min_rate=int(args.body_min_rate_kb * 1024),
         body_grace_seconds=args.body_grace,
+        header_timeout=args.header_timeout,
+        max_connections=args.max_connections,
         rate_limit=args.rate_limit,
         rate_burst=args.rate_burst,
         stream_inline_result_bytes=args.stream_inline_result_kb * 1024,
@@ -96,12 +98,21 @@ def _config(args: argparse.Namespace, db: Path, port: int) -> ServiceConfig:
     )
 
 
+# Open files the service needs besides its connections: the store (and its WAL), the
+# workers' pipes, the checker processes, the libraries it loads.
+_FILES_BESIDES_CONNECTIONS = 256
+
+
 def _serve(args: argparse.Namespace) -> int:
     # The web service (uvicorn, FastAPI, the backends) loads for `serve` only: the other
     # commands start without it.
     import uvicorn  # noqa: PLC0415
 
     from .server.app import create_app  # noqa: PLC0415
+    from .server.connections import (  # noqa: PLC0415
+        header_deadline_protocol,
+        raise_open_files_limit,
+    )
 
     db = _db_path(args)
     problem = _tls_problem(args.ssl_certfile, args.ssl_keyfile)
@@ -147,8 +158,21 @@ def _serve(args: argparse.Namespace) -> int:
         )
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    # Room for every connection, plus the store, the workers' pipes and the libraries.
+    open_files = raise_open_files_limit(config.max_connections + _FILES_BESIDES_CONNECTIONS)
+    connections = min(config.max_connections, open_files - _FILES_BESIDES_CONNECTIONS)
+    if connections < config.max_connections:
+        print(
+            f"qdispatch serve: the open files limit ({open_files}) allows "
+            f"{max(connections, 0)} connections, not --max-connections {config.max_connections}",
+            file=sys.stderr,
+        )
+        if connections < 16:
+            return 2
     uvicorn_config = uvicorn.Config(
         create_app(config),
+        http=header_deadline_protocol(config.header_timeout),
+        limit_concurrency=connections,
         log_level=args.log_level,
         access_log=False,
         lifespan="on",
@@ -359,6 +383,18 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=10.0,
         help="seconds a request body may take before --body-min-rate-kb applies",
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a connection may take to send its request headers before it is closed",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=4096,
+        help="open connections and requests at once; beyond them requests get 503",
     )
     serve.add_argument(
         "--rate-limit", type=float, default=100.0, help="requests/s per user, sustained (0: off)"

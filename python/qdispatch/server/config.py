@@ -35,6 +35,11 @@ class ServiceConfig:
     #: request_timeout): a stalled or trickling upload frees its connection and its slot.
     body_min_rate: int = 128 * 1024
     body_grace_seconds: float = 10.0
+    #: A connection whose request headers are not in after this long is closed.
+    header_timeout: float = 10.0
+    #: Open connections and requests in progress at once; beyond them new requests are
+    #: answered 503 (uvicorn's ``limit_concurrency``). The open files limit is raised to fit.
+    max_connections: int = 4096
     #: Requests per second one user may make, sustained (0: no limit), and how many at
     #: once beyond that (429 rate_limited).
     rate_limit: float = 100.0

@@ -92,3 +92,25 @@ def test_serve_retention_sweeps_while_jobs_are_submitted(tmp_path: Path) -> None
         found = check.execute(f"SELECT COUNT(*) FROM jobs WHERE id IN ({marks})", list(kept))
         assert found.fetchone()[0] == len(kept)
     check.close()
+
+
+def test_a_sweep_goes_a_batch_at_a_time_and_lets_writes_in_between(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    old = add_finished_jobs(db, 25, OLD, "alice")
+    store = Store(db)
+    try:
+        steps = store.sweep_finished("2021-01-01T00:00:00.000000Z", batch=4)
+        counts = []
+        made = []
+        for count in steps:
+            counts.append(count)
+            assert not store._db.in_transaction  # nothing held between two steps
+            job, _ = store.create_job(bell_job("alice"))  # a write between two steps
+            made.append(job.id)
+        assert sum(counts) == len(old)
+        assert max(counts) <= 4
+        assert len(counts) == 25 // 4 + 1 + 1  # the windows, then the sessions
+        assert all(store.job(job_id) is not None for job_id in made)
+        assert store._db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == len(made)
+    finally:
+        store.close()

@@ -30,9 +30,17 @@ from qdispatch import Session, encoding
 from qdispatch.codes import STORAGE_FULL
 from qdispatch.constants import DONE
 from qdispatch.exceptions import IBMApiError, IBMQBackendApiError
+from qdispatch.server.errors import StorageFull
 from qdispatch.server.store import Store
 from qobjs import bell_qobj
-from support import ServiceProcess, add_finished_jobs, submit, wait_final, wait_status
+from support import (
+    ServiceProcess,
+    add_finished_jobs,
+    bell_job,
+    submit,
+    wait_final,
+    wait_status,
+)
 
 OLD = "2020-01-01T00:00:00.000000Z"
 CAP_MB = 4
@@ -240,3 +248,75 @@ def test_a_full_store_refuses_new_work_keeps_outcomes_and_recovers(tmp_path: Pat
         assert store._db.execute("PRAGMA foreign_key_check").fetchall() == []
     finally:
         store.close()
+
+
+def test_a_refused_write_is_rolled_back_whole_and_the_store_goes_on(tmp_path: Path) -> None:
+    # SQLite rolls a transaction back itself on SQLITE_FULL; the store must neither hide
+    # that behind "cannot rollback" nor leave half a job behind.
+    store = Store(tmp_path / "jobs.db", max_bytes=1024 * 1024)
+    try:
+        made = 0
+        refused: StorageFull | None = None
+        while refused is None and made < 1000:
+            try:
+                store.create_job(bell_job("alice", _tags(90)))
+                made += 1
+            except StorageFull as exc:
+                refused = exc
+        assert refused is not None
+        assert (refused.status, refused.code) == (507, STORAGE_FULL)
+        assert made > 0
+        assert store.refused_writes == 1
+        assert store.full_since is not None
+        assert store.storage()["full"] is True
+        assert not store._db.in_transaction
+        counts = [
+            store._db.execute(f"SELECT COUNT(DISTINCT job_id) FROM {table}").fetchone()[0]
+            for table in ("job_data", "events")
+        ]
+        assert counts == [made, made]  # every job whole, the refused one not at all
+        assert store._db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == made
+        # Reads go on, and once pages are freed writes succeed again and clear the flag.
+        assert len(store.jobs_with_status("QUEUED")) == made
+        oldest = store._db.execute("SELECT id FROM jobs ORDER BY rowid LIMIT 5").fetchall()
+        for (job_id,) in oldest:
+            store.set_status(job_id, "CANCELLED")
+        assert store.delete_finished_before("9999-01-01T00:00:00.000000Z") == 5
+        store.create_job(bell_job("alice", _tags(90)))
+        assert store.full_since is None
+        assert store.storage()["refused_writes"] == 1
+        assert store._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        (("--max-store-mb", "0.5"), "at least 1 MiB"),
+        (("--retention", "soon"), "positive duration"),
+        (("--retention", "0d"), "positive duration"),
+    ],
+)
+def test_serve_refuses_bad_storage_options(
+    tmp_path: Path, flag: tuple[str, str], message: str
+) -> None:
+    answer = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qdispatch",
+            "serve",
+            "--port",
+            "0",
+            "--db",
+            str(tmp_path / "j.db"),
+            *flag,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert answer.returncode == 2, answer.stderr
+    assert message in answer.stderr

@@ -4,6 +4,7 @@ waiting for jobs."""
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -16,7 +17,8 @@ from typing import Any
 import httpx
 import orjson
 
-from qdispatch.constants import FINAL_STATUSES
+from qdispatch.constants import DONE, FINAL_STATUSES, RUNNING
+from qdispatch.server.store import NewJob, Store, compress
 
 
 class ServiceProcess:
@@ -221,3 +223,89 @@ class CuttableProxy:
         self._closed = True
         self._server.close()
         self.cut()
+
+
+def bell_job(owner: str, tags: list[str] | None = None) -> NewJob:
+    """A one-experiment Bell job as the service stores it (a real Qobj: it can run)."""
+    qobj = {
+        "qobj_id": "stored-bell",
+        "type": "QASM",
+        "schema_version": "1.3.0",
+        "header": {},
+        "config": {"shots": 64, "memory_slots": 2},
+        "experiments": [
+            {
+                "header": {"name": "bell", "n_qubits": 2, "memory_slots": 2},
+                "config": {"n_qubits": 2, "memory_slots": 2},
+                "instructions": [
+                    {"name": "h", "qubits": [0]},
+                    {"name": "cx", "qubits": [0, 1]},
+                    {"name": "measure", "qubits": [0, 1], "memory": [0, 1]},
+                ],
+            }
+        ],
+    }
+    return NewJob(
+        owner=owner,
+        backend="aer_simulator",
+        kind="circuit",
+        inputs=orjson.dumps(qobj),
+        n_experiments=1,
+        shots=64,
+        n_instructions=3,
+        tags=tags or [],
+    )
+
+
+def backdate(store: Store, job_id: str, when: str) -> None:
+    """Make every status step (and the creation) of a stored job happen at ``when``."""
+    with store.transaction() as db:
+        (steps,) = db.execute("SELECT time_per_step FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        db.execute(
+            "UPDATE jobs SET time_per_step = ?, created = ? WHERE id = ?",
+            (orjson.dumps(dict.fromkeys(orjson.loads(steps), when)).decode(), when, job_id),
+        )
+
+
+def add_finished_jobs(
+    db: Path, count: int, ended: str, owner: str, result_bytes: int = 64, tag: str = "old"
+) -> list[str]:
+    """Put ``count`` DONE jobs of ``owner`` that ended at ``ended`` into the store at
+    ``db``, as if they had run then: each with its inputs, events, tag ``tag`` and a
+    result of ``result_bytes`` random (incompressible) bytes. One job is made the way the
+    service makes them, the rest are copies of it, in one transaction of this process's
+    own connection (never the service's: a second connection in the service's process
+    would be the corruption hazard the store warns about)."""
+    store = Store(db)
+    try:
+        template, _ = store.create_job(bell_job(owner, [tag]))
+        store.set_status(template.id, RUNNING)
+        store.set_status(template.id, DONE, result=orjson.dumps({"filler": True}))
+        backdate(store, template.id, ended)
+        columns = [row[1] for row in store._db.execute("PRAGMA table_info(jobs)")]
+        copied = ", ".join(c for c in columns if c != "id")
+        ids = [template.id]
+        with store.transaction() as tx:
+            for _ in range(count - 1):
+                job_id = os.urandom(12).hex()
+                tx.execute(
+                    f"INSERT INTO jobs (id, {copied}) SELECT ?, {copied} FROM jobs WHERE id = ?",
+                    (job_id, template.id),
+                )
+                for table, select in (
+                    ("events", "?, seq, type, data FROM events"),
+                    ("job_data", "?, kind, data FROM job_data"),
+                    ("job_tags", "tag, ? FROM job_tags"),
+                ):
+                    tx.execute(
+                        f"INSERT INTO {table} SELECT {select} WHERE job_id = ?",
+                        (job_id, template.id),
+                    )
+                ids.append(job_id)
+            tx.executemany(
+                "UPDATE job_data SET data = ? WHERE job_id = ? AND kind = 'result'",
+                [(compress(os.urandom(result_bytes)), job_id) for job_id in ids],
+            )
+    finally:
+        store.close()
+    return ids

@@ -97,6 +97,14 @@ def _unable_to_retrieve(exception: type[Exception]) -> Raise:
     return Raise(exception, "Unable to retrieve result for job {job_id}: {message}")
 
 
+def _storage_full(message: str) -> dict[str, Raise]:
+    """``507 storage_full`` (the service's disk is full) for a runtime call that writes:
+    :class:`IBMApiError`, which carries ``status`` and ``code`` (the runtime family's
+    other exceptions carry neither), so callers can tell it from a refused input and
+    retry later. The IBMQ family's exceptions carry them already."""
+    return {codes.STORAGE_FULL: Raise(IBMApiError, message)}
+
+
 # -- the tables ---------------------------------------------------------------------------
 
 _SERVICE = Errors(Raise(IBMQApiError))
@@ -134,7 +142,8 @@ _JOB_CANCEL: Mapping[Family, Errors] = {
         {
             codes.JOB_FINISHED: Raise(
                 RuntimeInvalidStateError, "Job {job_id} cannot be cancelled: {message}"
-            )
+            ),
+            **_storage_full("Failed to cancel job {job_id}: {message}"),
         },
     ),
 }
@@ -144,7 +153,8 @@ _JOB_LOGS = Errors(Raise(IBMRuntimeError, "Failed to get job logs: {message}"))
 
 _SUBMIT_JOB = Errors(
     _BACKEND.default,
-    # The job manager waits for a free slot on this one rather than fail.
+    # The job manager waits for a free slot on this one rather than fail. A full store
+    # (storage_full) is the default's IBMQBackendApiError, with status 507 and its code.
     {codes.ACTIVE_JOB_LIMIT: Raise(IBMQBackendJobLimitError)},
 )
 # Codes of a refused program submission that name a bad input.
@@ -159,15 +169,23 @@ _SUBMIT_PROGRAM = Errors(
     {
         codes.UNKNOWN_PROGRAM: Raise(RuntimeProgramNotFound),
         **dict.fromkeys(_INPUT_ERRORS, Raise(IBMInputValueError)),
+        **_storage_full("job not submitted: {message}"),
     },
 )
 
 _SESSION = Errors(
     Raise(IBMRuntimeError, "session {session_id}: {message}"),
-    dict.fromkeys((codes.INVALID_REQUEST, codes.UNKNOWN_BACKEND), Raise(IBMInputValueError)),
+    {
+        **dict.fromkeys((codes.INVALID_REQUEST, codes.UNKNOWN_BACKEND), Raise(IBMInputValueError)),
+        **_storage_full("session {session_id}: {message}"),
+    },
 )
 # Closing a session that has already ended (closed, cancelled, expired) does nothing.
-_SESSION_CLOSE = Errors(_SESSION.default, ignored=frozenset({codes.SESSION_CLOSED}))
+_SESSION_CLOSE = Errors(
+    _SESSION.default,
+    _storage_full("session {session_id}: {message}"),
+    ignored=frozenset({codes.SESSION_CLOSED}),
+)
 
 
 def _json(raw: bytes) -> Any:

@@ -90,6 +90,8 @@ def _config(args: argparse.Namespace, db: Path, port: int) -> ServiceConfig:
         heartbeat_seconds=args.heartbeat,
         max_attempts=args.max_attempts,
         job_time_limit=args.job_time_limit or None,
+        retention=args.retention,
+        max_store_bytes=int(args.max_store_mb * 1024 * 1024) if args.max_store_mb else None,
         idle_timeout=args.idle_timeout,
         programs_dir=Path(args.programs_dir).expanduser() if args.programs_dir else None,
         ssl_certfile=Path(args.ssl_certfile).expanduser() if args.ssl_certfile else None,
@@ -467,6 +469,19 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=3600.0,
         help="seconds a job may run before it is stopped with time_limit_exceeded (0: none)",
+    )
+    serve.add_argument(
+        "--retention",
+        type=_duration_arg,
+        default=None,
+        help="delete finished jobs that ended longer ago than this: 90s, 45m, 12h, 30d, 2w "
+        "(default: keep them)",
+    )
+    serve.add_argument(
+        "--max-store-mb",
+        type=float,
+        default=0,
+        help="cap the store's size; past it new work gets 507 storage_full (0: the disk)",
     )
     serve.add_argument(
         "--state-file",

@@ -41,6 +41,9 @@ SESSION_EXPIRED = "session_expired"  # a job's error code: its session ran out o
 # A job's error code: it ran longer than the service's per-job time limit (not retried).
 TIME_LIMIT_EXCEEDED = "time_limit_exceeded"
 RESULT_TOO_LARGE = "result_too_large"  # a job's error code: its result is over the limit
+# 507: the service's store cannot take more data (its disk, or its --max-store-mb, is full).
+# Nothing was changed; reads still work. Retry later, once the operator has freed space.
+STORAGE_FULL = "storage_full"
 
 # The client's own codes (status 0: no answer came), on ``ConnectionFailedError``: the
 # service could not be reached, or its TLS certificate was refused (never retried).
@@ -68,6 +71,7 @@ __all__ = [
     "SESSION_BACKEND_MISMATCH",
     "SESSION_CLOSED",
     "SESSION_EXPIRED",
+    "STORAGE_FULL",
     "TIME_LIMIT_EXCEEDED",
     "TLS_ERROR",
     "UNAUTHORIZED",

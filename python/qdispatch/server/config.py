@@ -65,6 +65,12 @@ class ServiceConfig:
     max_attempts: int = 3
     #: seconds a job may run on a worker before it is stopped (``None``: no limit)
     job_time_limit: float | None = 3600.0
+    #: Retention: finished jobs (with their events, inputs, results and tags) that ended
+    #: longer ago than this many seconds are deleted by the service (``None``: kept).
+    retention: float | None = None
+    #: The store's size cap (SQLite's ``max_page_count``); past it new work is refused
+    #: with 507 ``storage_full`` as on a full disk (``None``: the disk is the limit).
+    max_store_bytes: int | None = None
     state_file: Path | None = None
     local_user: str | None = None
     idle_timeout: float | None = None
@@ -88,6 +94,10 @@ class ServiceConfig:
             raise ValueError("session_max_time must be positive and at most its ceiling")
         if self.session_idle_timeout <= 0:
             raise ValueError("session_idle_timeout must be positive")
+        if self.retention is not None and self.retention <= 0:
+            raise ValueError("retention must be positive (or None: keep every job)")
+        if self.max_store_bytes is not None and self.max_store_bytes < 1024 * 1024:
+            raise ValueError("max_store_bytes must be at least 1 MiB (or None: no cap)")
 
     @property
     def active_job_limit(self) -> int | None:

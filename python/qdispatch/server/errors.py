@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..codes import JOB_NOT_FOUND
+from ..codes import JOB_NOT_FOUND, STORAGE_FULL
 
 
 class ServiceError(Exception):
@@ -33,6 +33,21 @@ class ServiceError(Exception):
     def body(self) -> dict[str, Any]:
         """The JSON body sent to the client."""
         return {"error": {"code": self.code, "message": self.message, **self.extra}}
+
+
+class StorageFull(ServiceError):
+    """The store refused a write for lack of space (SQLite's ``SQLITE_FULL``: the disk, or
+    the store's ``--max-store-mb``, is full). Raised by the store for every write it
+    refuses, after rolling the write back: answered ``507 storage_full``; what runs in
+    the background (a job's outcome) keeps what it could not store and tries again."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            507,
+            STORAGE_FULL,
+            "the service's disk is full: its store cannot take more data, and nothing was "
+            "changed. Retry later, once the operator has freed space",
+        )
 
 
 def not_found(job_id: str) -> ServiceError:

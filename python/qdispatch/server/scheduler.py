@@ -63,6 +63,7 @@ import orjson
 from .. import _native
 from .. import codes as E
 from ..constants import CANCELLED, DONE, ERROR, FINAL_STATUSES, QUEUED, RUNNING
+from .errors import StorageFull
 from .executors import Executor, Outcome, Task
 from .programs import ProgramRef
 from .store import Event, Job, Store, compress
@@ -553,6 +554,10 @@ class Scheduler:
             if running.on_worker and outcome.status != "cancelled":
                 self._record_start(job_id, running)  # if _started could not
             self._finish(job_id, running, outcome, prepared)
+        except StorageFull:
+            # Expected while the disk is full, and retried every few seconds: no traceback.
+            log.warning("the store is full: the outcome of job %s is kept until it fits", job_id)
+            self._unsettled[job_id] = (running, outcome, prepared)
         except Exception:
             log.exception("could not store the outcome of job %s; keeping it to retry", job_id)
             self._unsettled[job_id] = (running, outcome, prepared)
@@ -600,10 +605,6 @@ class Scheduler:
             )
         elif outcome.status == "done" and prepared is not None:
             error, blob = prepared
-            if running.kind == "circuit":
-                # A program's time includes whatever Python it runs: only circuit jobs
-                # measure the backend's rate, and only their results are Qobj results.
-                self._measured(running.backend, outcome.seconds, running.n_experiments)
             events = self.store.set_status(
                 job_id,
                 ERROR if error else DONE,
@@ -612,6 +613,15 @@ class Scheduler:
                 run_seconds=outcome.seconds,
                 timings=outcome.timings,
             )
+            if running.kind == "circuit":
+                # A program's time includes whatever Python it runs: only circuit jobs
+                # measure the backend's rate, and only their results are Qobj results.
+                # After the outcome is stored, so that an outcome retried (the store was
+                # full) is measured once; the rate is an estimate, its write may fail.
+                try:
+                    self._measured(running.backend, outcome.seconds, running.n_experiments)
+                except Exception:
+                    log.warning("could not store the rate of %s", running.backend, exc_info=True)
         else:
             events = self.store.set_status(
                 job_id,
@@ -676,6 +686,9 @@ class Scheduler:
             "queued_jobs": len(self._queued),
             "running_jobs": len(self._running),
             "workers": self.executor.workers(),
+            # outcomes of finished runs the store refused (a full disk), retried every
+            # few seconds: their jobs still read RUNNING
+            "held_outcomes": len(self._unsettled),
         }
 
     def running_on_workers(self) -> set[str]:

@@ -29,6 +29,7 @@ from .config import ServiceConfig
 from .executors import DaskExecutor, Executor, LocalExecutor
 from .programs import Limits, Registry
 from .programs.checker import InputChecker
+from .retention import Retention
 from .scheduler import Scheduler
 from .sessions import Sessions
 from .store import Job, Store
@@ -45,7 +46,7 @@ class Service:
 
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
-        self.store = Store(config.db)
+        self.store = Store(config.db, config.max_store_bytes)
         self.access = Access(
             self.store.user_for_token,
             rate=config.rate_limit,
@@ -69,6 +70,7 @@ class Service:
             max_event_bytes=config.max_job_event_bytes or None,
         )
         self.sessions = Sessions(self.store, self.scheduler, config.session_idle_timeout)
+        self.retention = Retention(self.store, config.retention) if config.retention else None
         #: backend → id of its properties snapshot in the store (noisy devices only)
         self.properties_ids: dict[str, int] = {}
         self.last_request = time.monotonic()
@@ -107,6 +109,8 @@ class Service:
             log.warning(
                 "recovered after restart: %d requeued, %d failed", len(requeued), len(failed)
             )
+        if self.retention is not None:
+            self._tasks.append(self.retention.start())
         if self.config.state_file:
             self._state_written = self._write_state()
         if self.config.idle_timeout:

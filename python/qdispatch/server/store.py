@@ -17,6 +17,7 @@ import functools
 import hashlib
 import os
 import secrets
+import shutil
 import sqlite3
 import time
 import uuid
@@ -44,7 +45,7 @@ from ..constants import (
     SESSION_OPEN,
     utcnow,
 )
-from .errors import ServiceError
+from .errors import ServiceError, StorageFull
 
 # 2: tokens gained id, label, expires, last_used, revoked and operator.
 SCHEMA_VERSION = 2
@@ -158,6 +159,20 @@ _ADDED_TOKEN_COLUMNS = (
 # `last_used` is a hint for the operator, not an audit log: one write per token per minute
 # at most, never one per request.
 LAST_USED_EVERY = 60.0
+# SQLite's primary result code for "database or disk is full" (sqlite3.SQLITE_FULL from
+# Python 3.11 on).
+_SQLITE_FULL = 13
+
+
+def is_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite refusing a write for lack of space (``SQLITE_FULL``: the
+    disk is full, or the store has reached its ``max_page_count``)."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return bool(code & 0xFF == _SQLITE_FULL)
+    return "database or disk is full" in str(exc)
 
 
 def hash_token(token: str) -> str:
@@ -364,10 +379,20 @@ def _regexp(pattern: str, value: str | None) -> bool:
 class Store:
     """The job store. One instance per service process; not thread-safe by design."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, max_bytes: int | None = None) -> None:
+        """Open (or create) the store at ``path``. ``max_bytes`` caps the database's size
+        (SQLite's ``max_page_count``): past it every write that needs more room is
+        refused as if the disk were full (:class:`~qdispatch.server.errors.StorageFull`),
+        until deletions free pages."""
         self.path = Path(path)
+        self.max_bytes = max_bytes
         _private_file(self.path)
         self._last_used: dict[str, float] = {}  # token hash -> when last_used was written
+        #: writes refused for lack of space since the store was opened
+        self.refused_writes = 0
+        #: when the first of the writes refused since the last one that succeeded was
+        #: refused (UTC ISO); ``None`` while writes succeed
+        self.full_since: str | None = None
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.create_function("regexp", 2, _regexp, deterministic=True)
@@ -377,6 +402,33 @@ class Store:
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(_SCHEMA)  # idempotent; executescript commits on its own
         self._migrate()
+        if max_bytes is not None:
+            # Per connection, not stored in the file. A store already larger keeps its
+            # size (SQLite never sets it below the current page count) and takes nothing
+            # new until pages are freed.
+            pages = max(1, max_bytes // self._pragma("page_size"))
+            self._db.execute(f"PRAGMA max_page_count = {pages}")
+
+    def _pragma(self, name: str) -> int:
+        return int(self._db.execute(f"PRAGMA {name}").fetchone()[0])
+
+    def storage(self) -> dict[str, Any]:
+        """How full the store is, for ``GET /info``: ``full`` while writes are refused for
+        lack of space (since ``full_since``; a write that succeeds clears it), the
+        writes refused since start, the database's size and its cap, and the free space
+        of the store's file system."""
+        try:
+            disk_free: int | None = shutil.disk_usage(self.path.parent).free
+        except OSError:
+            disk_free = None
+        return {
+            "full": self.full_since is not None,
+            "full_since": self.full_since,
+            "refused_writes": self.refused_writes,
+            "size_bytes": self._pragma("page_count") * self._pragma("page_size"),
+            "max_bytes": self.max_bytes,
+            "disk_free_bytes": disk_free,
+        }
 
     def _migrate(self) -> None:
         """Add the columns a store made by an earlier version lacks, give its tokens ids,
@@ -404,14 +456,24 @@ class Store:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; rolled back if the block raises."""
+        """One write transaction; rolled back if the block (or the commit) raises. A
+        write refused for lack of space raises
+        :class:`~qdispatch.server.errors.StorageFull` (``507 storage_full``)."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
+            self._db.execute("COMMIT")
+        except BaseException as exc:
+            # SQLite may have rolled the transaction back itself (it does on SQLITE_FULL);
+            # a ROLLBACK then would fail and hide the error that matters.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            if is_full(exc):
+                self.refused_writes += 1
+                self.full_since = self.full_since or utcnow()
+                raise StorageFull() from exc
             raise
-        self._db.execute("COMMIT")
+        self.full_since = None
 
     # -- meta ---------------------------------------------------------------------------
 
@@ -545,7 +607,11 @@ class Store:
         tick = time.monotonic()
         if tick - self._last_used.get(digest, -LAST_USED_EVERY) >= LAST_USED_EVERY:
             self._last_used[digest] = tick
-            with self.transaction() as db:
+            # A hint, not a record: a full disk or a held lock must not refuse a read.
+            with (
+                contextlib.suppress(StorageFull, sqlite3.OperationalError),
+                self.transaction() as db,
+            ):
                 db.execute("UPDATE tokens SET last_used = ? WHERE hash = ?", (now, digest))
         return TokenOwner(row[0], row[1], bool(row[2]))
 
@@ -1029,10 +1095,18 @@ class Store:
         and events, then the ended sessions left with no job. Queued and running jobs are
         never touched. Returns how many jobs were deleted.
 
-        Each ``batch`` of jobs is its own short transaction, so that the service's writes
-        wait at most one batch for the lock; the candidates are found by a read, which
-        blocks no writer in WAL mode.
+        Each ``batch`` of jobs is its own short transaction (see :meth:`sweep_finished`,
+        which this runs to the end), so that other writers wait at most one batch.
         """
+        return sum(self.sweep_finished(cutoff_iso, batch))
+
+    def sweep_finished(self, cutoff_iso: str, batch: int = 500) -> Iterator[int]:
+        """:meth:`delete_finished_before` one step at a time: each step looks at the next
+        ``batch`` jobs in rowid order, deletes those of them that ended before
+        ``cutoff_iso`` in one transaction and yields how many it deleted; the ended
+        sessions left without jobs go in a last step. No statement or transaction stays
+        open between steps, so the service runs a sweep on its own connection, letting
+        requests and dispatch use it between any two steps."""
         if batch < 1:
             raise ValueError("batch must be positive")
         final = sorted(FINAL_STATUSES)
@@ -1041,41 +1115,43 @@ class Store:
         # (COMPLETED, ERROR, CANCELLED...), and every entry is the same ISO format, so the
         # strings order as the times do.
         ended = "(SELECT MAX(value) FROM json_each(time_per_step))"
-        ids = [
-            row[0]
-            for row in self._db.execute(
-                f"SELECT id FROM jobs WHERE status IN ({marks}) AND {ended} < ? ORDER BY rowid",
-                (*final, cutoff_iso),
-            )
-        ]
-        deleted = 0
-        for start in range(0, len(ids), batch):
-            chunk = ids[start : start + batch]
-            in_chunk = ",".join("?" * len(chunk))
+        # Jobs created after the sweep began ended after the cutoff: the scan stops there.
+        top = self._db.execute("SELECT MAX(rowid) FROM jobs").fetchone()[0] or 0
+        after = 0
+        while after < top:
+            # The window: the next `batch` rows (a walk of the rowid b-tree, no sort).
+            row = self._db.execute(
+                "SELECT rowid FROM jobs WHERE rowid > ? ORDER BY rowid LIMIT 1 OFFSET ?",
+                (after, batch - 1),
+            ).fetchone()
+            last = min(row[0], top) if row else top
             with self.transaction() as db:
-                # A final status never changes, but check it again under the lock anyway:
+                # A final status never changes, but it is read under the write lock anyway:
                 # deleting a live job would lose it.
                 gone = [
-                    row[0]
-                    for row in db.execute(
-                        f"SELECT id FROM jobs WHERE id IN ({in_chunk}) AND status IN ({marks})",
-                        (*chunk, *final),
+                    r[0]
+                    for r in db.execute(
+                        # NOT INDEXED: the rowid range bounds the work; the status index
+                        # would visit every final job of the store at each step.
+                        f"SELECT id FROM jobs NOT INDEXED WHERE rowid > ? AND rowid <= ? "
+                        f"AND status IN ({marks}) AND {ended} < ?",
+                        (after, last, *final, cutoff_iso),
                     )
                 ]
-                if not gone:
-                    continue
-                in_gone = ",".join("?" * len(gone))
-                for table in ("events", "job_data", "job_tags"):
-                    db.execute(f"DELETE FROM {table} WHERE job_id IN ({in_gone})", gone)
-                db.execute(f"DELETE FROM jobs WHERE id IN ({in_gone})", gone)
-                deleted += len(gone)
+                if gone:
+                    in_gone = ",".join("?" * len(gone))
+                    for table in ("events", "job_data", "job_tags"):
+                        db.execute(f"DELETE FROM {table} WHERE job_id IN ({in_gone})", gone)
+                    db.execute(f"DELETE FROM jobs WHERE id IN ({in_gone})", gone)
+            after = last
+            yield len(gone)
         with self.transaction() as db:
             db.execute(
                 "DELETE FROM sessions WHERE state != ? AND closed IS NOT NULL AND closed < ? "
                 "AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.session_id = sessions.id)",
                 (SESSION_OPEN, cutoff_iso),
             )
-        return deleted
+        yield 0
 
     def recover(self, max_attempts: int) -> tuple[list[str], list[str]]:
         """After a restart: requeue jobs that were RUNNING, or fail those that have been

@@ -14,8 +14,9 @@ router = APIRouter(tags=["service"])
 
 @router.get("/info")
 async def info(svc: Svc) -> Response:
-    """Service version, the limits clients pace and split their work by, and how busy
-    it is (jobs queued and running, workers idle, busy and starting)."""
+    """Service version, the limits clients pace and split their work by, how busy it is
+    (jobs queued and running, workers idle, busy and starting, outcomes held for the
+    store), and its store (full or not, size) and retention."""
     config = svc.config
     return json_response(
         {
@@ -41,5 +42,8 @@ async def info(svc: Svc) -> Response:
             "body_min_rate": config.body_min_rate,
             "body_grace_seconds": config.body_grace_seconds,
             "stream_inline_result_bytes": config.stream_inline_result_bytes,
+            # docs/service.md, "Durability": a full store, and what retention deletes.
+            "storage": svc.store.storage(),
+            "retention": svc.retention.state() if svc.retention is not None else None,
         }
     )

@@ -39,9 +39,11 @@ def _env(data_dir: Path, **extra: str) -> dict[str, str]:
     return {**env, "QDISPATCH_DATA_DIR": str(data_dir), **extra}
 
 
-def _serve(db: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _serve(
+    db: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "qdispatch", "serve", "--port", "0", "--db", str(db), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120, env=env)
 
 
 @pytest.fixture
@@ -83,7 +85,9 @@ def test_the_lock_excludes_other_openers_and_names_its_holder(tmp_path: Path) ->
         with pytest.raises(StoreBusyError, match=f"pid {os.getpid()} on host {this_host()}"):
             StoreLock.acquire(db)
         found = holder(db)
-        assert found is not None and found.here and found.pid == os.getpid()
+        assert found is not None
+        assert found.here
+        assert found.pid == os.getpid()
     assert StoreLock.try_acquire(db) is not None
     # The lock is a file of its own: the store itself is never locked or opened by it.
     assert not db.exists()
@@ -94,8 +98,9 @@ def _connect_and_run(data_dir: str, barrier: Any, results: Any) -> None:
     every other one has connected too) run another on the same connection."""
     os.environ["QDISPATCH_DATA_DIR"] = data_dir
     os.environ.pop("QDISPATCH_URL", None)
-    import qdispatch  # noqa: PLC0415 - imported in the spawned child, after the env is set
     from qiskit import QuantumCircuit  # noqa: PLC0415 - the same
+
+    import qdispatch  # noqa: PLC0415 - imported in the spawned child, after the env is set
 
     qc = QuantumCircuit(2, 2)
     qc.x(1)
@@ -159,14 +164,16 @@ def test_a_state_file_from_another_host_is_never_trusted(
         find_or_start(data_dir, detached=True)
     message = str(caught.value)
     assert "runs on host node-b" in message
-    assert "QDISPATCH_DATA_DIR" in message and "network address" in message
+    assert "QDISPATCH_DATA_DIR" in message
+    assert "network address" in message
     # ...and no second service was started on the store node-b's service holds.
     assert not lock_path(data_dir / "jobs.db").exists()
     assert not (data_dir / "service.log").exists()
     # The same state file written here is trusted.
     (data_dir / "server.json").write_bytes(orjson.dumps({**state, "host": this_host()}))
     found = read_state(data_dir)
-    assert found is not None and found.url == live.url
+    assert found is not None
+    assert found.url == live.url
     (data_dir / "server.json").unlink()  # not the data dir's own service: not to be stopped
 
 
@@ -186,9 +193,12 @@ def test_a_store_held_by_another_host_is_not_served_twice(data_dir: Path) -> Non
 def test_the_state_file_records_the_host(data_dir: Path) -> None:
     found = find_or_start(data_dir, workers=1, detached=True)
     state = orjson.loads((data_dir / "server.json").read_bytes())
-    assert state["host"] == this_host() and state["pid"] == found.pid
+    assert state["host"] == this_host()
+    assert state["pid"] == found.pid
     held = holder(data_dir / "jobs.db")
-    assert held is not None and held.pid == found.pid and held.here
+    assert held is not None
+    assert held.pid == found.pid
+    assert held.here
 
 
 # -- network filesystems ---------------------------------------------------------------------
@@ -285,7 +295,12 @@ def test_a_store_on_a_network_filesystem_is_refused_end_to_end(tmp_path: Path) -
     # connect() without a URL says the same: the service's refusal is in the error.
     code = "import qdispatch\nqdispatch.connect()\n"
     client = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=nfs
+        [sys.executable, "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=nfs,
     )
     assert client.returncode == 1
     assert "LocalServiceError" in client.stderr

@@ -98,9 +98,9 @@ def _connect_and_run(data_dir: str, barrier: Any, results: Any) -> None:
     every other one has connected too) run another on the same connection."""
     os.environ["QDISPATCH_DATA_DIR"] = data_dir
     os.environ.pop("QDISPATCH_URL", None)
-    from qiskit import QuantumCircuit  # noqa: PLC0415 - the same
+    from qiskit import QuantumCircuit  # noqa: PLC0415 - in the spawned child only
 
-    import qdispatch  # noqa: PLC0415 - imported in the spawned child, after the env is set
+    import qdispatch  # noqa: PLC0415 - in the spawned child, after its environment is set
 
     qc = QuantumCircuit(2, 2)
     qc.x(1)

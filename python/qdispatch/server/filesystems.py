@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import sys
 from pathlib import Path
 
 #: Environment variable: a truthy value lets the service use a store on a network
@@ -127,7 +128,10 @@ class _StatFs(ctypes.Structure):
 
 
 def statfs_magic(path: Path) -> int | None:
-    """``statfs(path).f_type`` on Linux; ``None`` where it cannot be had."""
+    """``statfs(path).f_type`` on Linux; ``None`` where it cannot be had (other systems lay
+    out ``struct statfs`` differently)."""
+    if not sys.platform.startswith("linux"):
+        return None
     name = ctypes.util.find_library("c")
     if name is None:
         return None

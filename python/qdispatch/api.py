@@ -16,8 +16,10 @@ Calls that both make take a :class:`Family`.
 from __future__ import annotations
 
 import enum
+import logging
 import os
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -42,10 +44,16 @@ from .exceptions import (
     RuntimeInvalidStateError,
     RuntimeProgramNotFound,
 )
-from .local import default_data_dir, read_state
+from .local import LocalServiceError, default_data_dir, find_or_start
 
 E = TypeVar("E", bound=Exception)
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+# A wait on the local service's stream wakes this often to see whether the service is
+# still there (a wait with no timeout would otherwise outlive a killed service forever).
+_LOCAL_CHECK_SECONDS = 2.0
 
 # Exceptions that carry the service's answer (``status``, ``code``) besides the message.
 _CARRY_ANSWER = (IBMQApiError, IBMQJobApiError, IBMQBackendApiError, IBMApiError)
@@ -217,8 +225,15 @@ def tls_options(verify: Verify) -> dict[str, Any]:
 class ServiceApi:
     """The calls of one job service, through one native client.
 
-    A local service that restarted revoked our token and wrote a new one in its state
-    file; a call answered 401 by it is retried once with a new client on that token.
+    For the local service (``local=True``), the client survives the service: when a call
+    cannot reach it (``connection_failed``: killed, OOM, stopped when idle) or is refused
+    with 401 (it restarted and revoked our token), the service is found again or
+    restarted through :func:`~qdispatch.local.find_or_start` (under the store's lock, so
+    many clients restart one service), the native client is replaced by one for its new
+    URL and token, every watched job is watched again on the new event stream, and the
+    call is retried once. Waits on the stream check every few seconds that the service
+    is still there. The store keeps the jobs; the restarted service requeues the ones the
+    dead one was running.
     """
 
     def __init__(
@@ -231,6 +246,9 @@ class ServiceApi:
         verify: Verify = True,
     ):
         self._local = local
+        self._token = token
+        self._data_dir = default_data_dir() if local else None
+        self._watched: set[str] = set()  # to watch again on a restarted service's stream
         self._timeout = timeout
         self._lock = threading.Lock()
         self._tls = tls_options(verify)
@@ -261,22 +279,63 @@ class ServiceApi:
 
     # -- the plumbing -------------------------------------------------------------------------
 
-    def _with_fresh_token(self, call: Callable[[_native.Client], bytes]) -> bytes:
+    def _revive(self, client: _native.Client) -> bool:
+        """Move to the local service as it is now, if it is not the one ``client`` talks
+        to: find it, or start it if it is gone. Answers whether calls should be retried
+        (``False``: the service is the same, or none could be had)."""
+        with self._lock:
+            if self._client is not client:
+                return True  # another thread moved already
+            try:
+                found = find_or_start(self._data_dir, detached=True)
+            except (LocalServiceError, OSError) as exc:
+                log.warning("the local qdispatch service is gone; no restart: %s", exc)
+                return False
+            if found.url == str(client.url) and found.token == self._token:
+                return False
+            log.warning("the local qdispatch service restarted: now %s", found.url)
+            fresh = self._new_client(found.url, found.token)
+            if self._watched:
+                fresh.watch(sorted(self._watched.copy()))
+            self._client, self._token = fresh, found.token
+        client.close()
+        return True
+
+    def _with_live_service(self, call: Callable[[_native.Client], T]) -> T:
         client = self._client
         try:
             return call(client)
         except _native.ApiError as exc:
-            # A restarted local service revoked our token and wrote a new one.
-            if exc.status != 401 or not self._local:
+            gone = exc.status == 401 or str(exc.code) == codes.CONNECTION_FAILED
+            if not self._local or not gone or not self._revive(client):
                 raise
-            state = read_state(default_data_dir())
-            if state is None:
-                raise
-            with self._lock:
-                if self._client is client:
-                    self._client = self._new_client(state.url, state.token)
-                    client.close()
             return call(self._client)
+
+    def _wait(
+        self,
+        wait: Callable[[_native.Client, float | None], T],
+        timeout: float | None,
+        family: Family,
+    ) -> T:
+        """``wait(client, timeout)`` on the stream; for the local service, in slices, moving
+        to a restarted service when the stream is down and the service gone."""
+        if not self._local:
+            return self._stream_call(lambda: wait(self._client, timeout), family)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            client = self._client
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            step = _LOCAL_CHECK_SECONDS if left is None else min(_LOCAL_CHECK_SECONDS, left)
+            try:
+                found = wait(client, step)
+            except _native.ApiError as exc:
+                if self._client is client:
+                    raise _STREAM[family].make(exc, {}) from exc
+                continue  # the client was replaced (and closed) while we waited on it
+            if found or (left is not None and left <= step):
+                return found
+            if not client.stream_connected():
+                self._revive(client)
 
     def _request(
         self,
@@ -291,7 +350,7 @@ class ServiceApi:
         """One call returning the raw body; a service error becomes what ``errors`` says
         (``subject`` fills in its message); ``None`` for an ignored one."""
         try:
-            return self._with_fresh_token(
+            return self._with_live_service(
                 lambda c: c.request(method, path, body, query=list(query or []))
             )
         except _native.ApiError as exc:
@@ -339,7 +398,7 @@ class ServiceApi:
         ``error(message, status, code)`` (default :class:`IBMQApiError`)."""
         make: Callable[[str, int, str], Exception] = error or IBMQApiError
         try:
-            return self._with_fresh_token(
+            return self._with_live_service(
                 lambda c: c.request(method, path, body, query=list(query or []))
             )
         except _native.ApiError as exc:
@@ -404,8 +463,9 @@ class ServiceApi:
             IBMQBackendJobLimitError: The user's active-job limit is reached.
             IBMQBackendApiError: The service refused the job for another reason.
         """
+        key = uuid.uuid4().hex  # one key for every try: a restarted service makes one job
         try:
-            raw = self._with_fresh_token(lambda c: c.submit(envelope, qobj))
+            raw = self._with_live_service(lambda c: c.submit(envelope, qobj, idempotency_key=key))
         except _native.ApiError as exc:
             raise _SUBMIT_JOB.make(exc, {}) from exc
         job: dict[str, Any] = orjson.loads(raw)
@@ -433,7 +493,7 @@ class ServiceApi:
         """
         key = uuid.uuid4().hex  # one key for every retry: the service makes one job
         try:
-            raw = self._with_fresh_token(
+            raw = self._with_live_service(
                 lambda c: c.request(
                     "POST", "/jobs", body, idempotency_key=key, gzip=len(body) > _GZIP_ABOVE
                 )
@@ -618,6 +678,8 @@ class ServiceApi:
 
     def watch(self, job_ids: list[str], family: Family = Family.IBMQ) -> None:
         """Follow ``job_ids`` on the event stream (does not block)."""
+        if self._local:
+            self._watched.update(job_ids)
         self._stream_call(lambda: self._client.watch(job_ids), family)
 
     def last_status(self, job_id: str) -> str | None:
@@ -628,13 +690,13 @@ class ServiceApi:
         self, job_id: str, timeout: float | None = None, family: Family = Family.IBMQ
     ) -> str | None:
         """Block until ``job_id`` is final and answer its status; ``None`` on timeout."""
-        return self._stream_call(lambda: self._client.wait_final(job_id, timeout), family)
+        return self._wait(lambda c, t: c.wait_final(job_id, t), timeout, family)
 
     def wait_any_final(
         self, job_ids: list[str], timeout: float | None = None, family: Family = Family.IBMQ
     ) -> list[str]:
         """Block until one of ``job_ids`` is final; answer all that are."""
-        return self._stream_call(lambda: self._client.wait_any_final(job_ids, timeout), family)
+        return self._wait(lambda c, t: c.wait_any_final(job_ids, t), timeout, family)
 
     def next_events(self, timeout: float) -> list[tuple[str, int, str, bytes | None]]:
         """The stream's queued events ``(job_id, seq, type, data)``, waiting up to

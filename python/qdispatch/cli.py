@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from .constants import utc_iso
 from .local import default_data_dir
 from .local import stop as stop_local_service
+from .storelock import StoreBusyError, StoreLock
 
 if TYPE_CHECKING:
     from .server.config import ServiceConfig
@@ -64,7 +65,7 @@ def _config(args: argparse.Namespace, db: Path, port: int) -> ServiceConfig:
         db=db,
         host=args.host,
         port=port,
-        workers=args.workers,
+        workers=args.workers or _auto_workers(args.threads_per_worker),
         executor=args.executor,
         scheduler_address=args.scheduler,
         threads_per_worker=args.threads_per_worker,
@@ -97,12 +98,49 @@ def _config(args: argparse.Namespace, db: Path, port: int) -> ServiceConfig:
         ssl_certfile=Path(args.ssl_certfile).expanduser() if args.ssl_certfile else None,
         ssl_keyfile=Path(args.ssl_keyfile).expanduser() if args.ssl_keyfile else None,
         plaintext=args.plaintext,
+        allow_network_fs=args.allow_network_fs,
     )
 
 
 # Open files the service needs besides its connections: the store (and its WAL), the
 # workers' pipes, the checker processes, the libraries it loads.
 _FILES_BESIDES_CONNECTIONS = 256
+
+
+def _auto_workers(threads_per_worker: int) -> int:
+    """``--workers auto``: one worker per ``threads_per_worker`` CPUs this process may use."""
+    from .server.cpus import usable_cpus  # noqa: PLC0415 - loads for `serve` only
+
+    return max(1, usable_cpus() // max(1, threads_per_worker))
+
+
+def _workers_arg(text: str) -> int | None:
+    # None is "auto", resolved by _config once --threads-per-worker is known.
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        workers = int(text)
+    except ValueError:
+        workers = 0
+    if workers < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of workers, or auto")
+    return workers
+
+
+def _claim_store(db: Path, allow_network_fs: bool) -> StoreLock | str:
+    """The store's lock, held until this process exits (one service per store), or why
+    the service must not start: the store is on a network filesystem, or served already."""
+    from .server.filesystems import network_fs_refusal  # noqa: PLC0415 - `serve` only
+
+    refusal = network_fs_refusal(db, allow_network_fs)
+    if refusal:
+        return refusal
+    try:
+        lock = StoreLock.acquire(db)
+    except (StoreBusyError, OSError) as exc:
+        return str(exc)
+    lock.record()
+    return lock
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -145,6 +183,12 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         sock.close()
         print(f"qdispatch serve: {exc}", file=sys.stderr)
+        return 2
+    # Held (referenced here) while the server runs; the kernel drops it when we exit.
+    store_lock = _claim_store(db, config.allow_network_fs)
+    if isinstance(store_lock, str):
+        sock.close()
+        print(f"qdispatch serve: {store_lock}", file=sys.stderr)
         return 2
     if args.state_file:
         config.state_file = Path(args.state_file).expanduser()
@@ -191,6 +235,7 @@ def _serve(args: argparse.Namespace) -> int:
         print("qdispatch serve: plain HTTP (--plaintext): a TLS proxy must front it", flush=True)
     print(f"qdispatch service on {config.url} (store {db})", flush=True)
     server.run(sockets=[sock])
+    store_lock.close()
     return 0
 
 
@@ -351,7 +396,13 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
     serve.add_argument("--db", help="SQLite store (default: the user data directory)")
-    serve.add_argument("--workers", type=int, default=2, help="local worker processes")
+    serve.add_argument(
+        "--workers",
+        type=_workers_arg,
+        default=None,
+        help="local worker processes, or auto (default): the CPUs this process may use "
+        "(affinity and cgroup quota, as a Slurm allocation sets them) / --threads-per-worker",
+    )
     serve.add_argument("--executor", choices=["local", "dask"], default="local")
     serve.add_argument("--scheduler", help="dask scheduler address, with --executor dask")
     serve.add_argument("--threads-per-worker", type=int, default=1, help="Aer threads per job")
@@ -496,6 +547,12 @@ def parser() -> argparse.ArgumentParser:
         "--plaintext",
         action="store_true",
         help="allow plain HTTP on a non-loopback address (a TLS-terminating proxy in front)",
+    )
+    serve.add_argument(
+        "--allow-network-fs",
+        action="store_true",
+        help="use a store on a network filesystem (NFS, Lustre, GPFS…) though WAL is unsafe "
+        "there (also QDISPATCH_ALLOW_NETWORK_FS=1): only if one host ever opens it",
     )
     serve.set_defaults(func=_serve)
 

@@ -1,8 +1,10 @@
 """The local service: found through its state file, or started on 127.0.0.1.
 
-A service bound to loopback writes ``server.json`` (url, token, pid) beside its store in
-the user's data directory. Anything on this machine that wants "the local service" reads
-that file, checks the service still answers, and otherwise starts one.
+A service bound to loopback writes ``server.json`` (url, token, pid, host) beside its
+store in the user's data directory (``QDISPATCH_DATA_DIR`` chooses another). Anything on
+this machine that wants "the local service" reads that file, checks the service runs on
+this host and still answers, and otherwise starts one, under the store's lock so that
+there is never more than one.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import platformdirs
+
+from .storelock import HANDOFF_ENV, StoreLock, holder, this_host
 
 
 def default_data_dir() -> Path:
@@ -56,19 +61,43 @@ def _answers(url: str) -> bool:
         return False
 
 
-def read_state(data_dir: Path) -> LocalService | None:
-    """The service described by ``data_dir/server.json``, if it is up."""
-    path = data_dir / "server.json"
+class LocalServiceError(RuntimeError):
+    """The local service cannot be found or started; the message says why and what to do."""
+
+
+def _read_state_file(data_dir: Path) -> dict[str, Any] | None:
     try:
-        state = orjson.loads(path.read_bytes())
+        state = orjson.loads((data_dir / "server.json").read_bytes())
     except (OSError, orjson.JSONDecodeError):
         return None
-    if not state.get("token") or not _answers(state["url"]):
+    return state if isinstance(state, dict) else None
+
+
+def _elsewhere(state: dict[str, Any] | None) -> str | None:
+    """The other host a state file was written on; ``None`` if it is this one's (or says
+    none, as before state files named their host)."""
+    host = state.get("host") if state else None
+    return str(host) if host and host != this_host() else None
+
+
+def read_state(data_dir: Path) -> LocalService | None:
+    """The service described by ``data_dir/server.json``, if it runs on this host and is up.
+
+    A loopback URL written on another host is never tried: on this host the same port may
+    be another service, or nothing."""
+    state = _read_state_file(data_dir)
+    if not state or not state.get("token") or _elsewhere(state):
+        return None
+    if not _answers(state["url"]):
         return None
     return LocalService(state["url"], state["token"], int(state["pid"]))
 
 
 DEFAULT_IDLE_TIMEOUT = 600.0
+
+# Detached services this process started, by pid: kept so that they are reaped (a zombie
+# still "exists" for ``kill(pid, 0)``) and their Popen never warns that it outlived us.
+_DETACHED: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def find_or_start(
@@ -82,18 +111,75 @@ def find_or_start(
     """The running local service, or a new one on 127.0.0.1 with its store in
     ``data_dir``.
 
+    One service per store, whoever calls: the store's lock (:mod:`qdispatch.storelock`)
+    is taken before a service is started and handed to it, so processes that call this at
+    the same moment start one service and all get it. A state file written on another host
+    (a shared home directory) is never trusted, and no second service is started on a
+    store another host's service holds: :class:`LocalServiceError` says what to do.
+
     A *detached* service runs in its own session: it outlives this process (jobs keep
     running after the script exits) and stops itself after ``idle_timeout`` seconds
     without work; ``qdispatch stop`` stops it at once. Otherwise :meth:`LocalService.stop`
     stops a service this call started.
     """
     data_dir = data_dir or default_data_dir()
-    found = read_state(data_dir)
-    if found is not None:
-        return found
-    data_dir.mkdir(parents=True, exist_ok=True)
+    db = data_dir / "jobs.db"
+    deadline = time.monotonic() + timeout
+    while True:
+        found = read_state(data_dir)
+        if found is not None:
+            return found
+        other = _elsewhere(_read_state_file(data_dir))
+        if other is not None:
+            raise LocalServiceError(_served_elsewhere(data_dir, other))
+        lock = StoreLock.try_acquire(db)
+        if lock is not None:
+            with lock:  # the service keeps its own copy of the lock
+                return _start(data_dir, lock, workers, deadline, detached, idle_timeout)
+        held = holder(db)
+        if held is not None and not held.here:
+            raise LocalServiceError(_served_elsewhere(data_dir, held.host))
+        if time.monotonic() > deadline:
+            who = str(held) if held is not None else "another process"
+            raise LocalServiceError(
+                f"the store {db} is held by {who}, but no service answers at the URL in "
+                f"{data_dir / 'server.json'} after {timeout:.0f} s; see {data_dir / 'service.log'}"
+            )
+        time.sleep(0.05)
+
+
+def _served_elsewhere(data_dir: Path, host: str) -> str:
+    return (
+        f"the local qdispatch service of {data_dir} runs on host {host}, not on this one "
+        f"({this_host()}): its 127.0.0.1 address cannot be reached from here, and a second "
+        "service on the same store would corrupt it. Connect to that service by its network "
+        "address (connect(url, token=...), QDISPATCH_URL/QDISPATCH_TOKEN), or give this "
+        "host a store of its own on a node-local disk (QDISPATCH_DATA_DIR). If that service "
+        f"is no longer running, delete {data_dir / 'server.json'}"
+    )
+
+
+def _log_tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return "\n".join(text[-lines:])
+
+
+def _start(
+    data_dir: Path,
+    lock: StoreLock,
+    workers: int | None,
+    deadline: float,
+    detached: bool,
+    idle_timeout: float | None,
+) -> LocalService:
+    """Start the service on ``data_dir``'s store, handing it ``lock``, and wait for it."""
     state_file = data_dir / "server.json"
+    # We hold the store's lock, so no service serves it: a state file left is stale.
     state_file.unlink(missing_ok=True)
+    lock.record()
     cmd = [
         sys.executable,
         "-m",
@@ -112,28 +198,35 @@ def find_or_start(
         cmd += ["--workers", str(workers)]
     if idle_timeout:
         cmd += ["--idle-timeout", str(idle_timeout)]
-    log = open(data_dir / "service.log", "ab")  # noqa: SIM115 - handed to the child
+    log_path = data_dir / "service.log"
+    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
     process = subprocess.Popen(
         cmd,
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=detached,  # no SIGINT from our terminal, no death with our session
+        pass_fds=(lock.fd,),
+        env={**os.environ, HANDOFF_ENV: str(lock.fd)},
     )
     log.close()
-    deadline = time.monotonic() + timeout
+    for pid, started in list(_DETACHED.items()):
+        if started.poll() is not None:
+            del _DETACHED[pid]
+    if detached:
+        _DETACHED[process.pid] = process
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(
+            raise LocalServiceError(
                 f"the local qdispatch service exited with code {process.returncode}; "
-                f"see {data_dir / 'service.log'}"
+                f"see {log_path}:\n{_log_tail(log_path)}"
             )
         found = read_state(data_dir)
         if found is not None and found.pid == process.pid:
             return LocalService(found.url, found.token, found.pid, None if detached else process)
         time.sleep(0.05)
     process.kill()
-    raise RuntimeError(f"the local qdispatch service did not start within {timeout:.0f} s")
+    raise LocalServiceError(f"the local qdispatch service did not start in time; see {log_path}")
 
 
 def stop(data_dir: Path | None = None, timeout: float = 30.0) -> int | None:
@@ -143,11 +236,16 @@ def stop(data_dir: Path | None = None, timeout: float = 30.0) -> int | None:
         return None
     os.kill(found.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
+    ours = _DETACHED.get(found.pid)
     while time.monotonic() < deadline:
-        try:
-            os.kill(found.pid, 0)
-        except ProcessLookupError:
-            return found.pid
+        if ours is not None:
+            if ours.poll() is not None:  # our child: reaped here, else it stays a zombie
+                return found.pid
+        else:
+            try:
+                os.kill(found.pid, 0)
+            except ProcessLookupError:
+                return found.pid
         time.sleep(0.05)
     raise RuntimeError(
         f"the local qdispatch service (pid {found.pid}) did not stop in {timeout:.0f} s"

@@ -286,6 +286,11 @@ def connect(
     A certificate that is not trusted fails the first call with :class:`IBMQApiError`
     (``status`` 0, ``code`` ``"tls_error"``, the message naming the host and the reason);
     the client never falls back to plain HTTP.
+
+    A client of the local service restarts it if it dies (docs/service.md, "One service
+    per store"). :class:`qdispatch.local.LocalServiceError` says why no local service could
+    be had: its store is served from another host, it is on a network filesystem, or the
+    service did not start (the message ends with its log).
     """
     url = url or os.environ.get("QDISPATCH_URL")
     token = token or os.environ.get("QDISPATCH_TOKEN")

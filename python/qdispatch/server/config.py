@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cpus import usable_cpus
+
 
 @dataclass
 class ServiceConfig:
@@ -16,7 +18,9 @@ class ServiceConfig:
     db: Path
     host: str = "127.0.0.1"
     port: int = 8000
-    workers: int = 2
+    #: Local worker processes; by default the CPUs this process may use (``--workers
+    #: auto``: its affinity mask and cgroup quota, as a Slurm allocation sets them).
+    workers: int = field(default_factory=usable_cpus)
     executor: str = "local"
     scheduler_address: str | None = None
     threads_per_worker: int = 1
@@ -80,6 +84,8 @@ class ServiceConfig:
     ssl_keyfile: Path | None = None
     #: plain HTTP on a non-loopback address, for a TLS-terminating proxy in front
     plaintext: bool = False
+    #: use a store on a network filesystem (NFS, Lustre, GPFS…) despite WAL's hazards there
+    allow_network_fs: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -23,6 +23,7 @@ import orjson
 
 from .. import __version__
 from ..constants import utcnow
+from ..storelock import this_host
 from . import backends as bk
 from .access import Access
 from .config import ServiceConfig
@@ -168,6 +169,9 @@ class Service:
         if config.loopback:
             # One local user, with a fresh token each start: clients read it from this
             # file. Tokens of earlier starts are revoked: only the state file's is valid.
+            # No live service is left holding one: this process holds the store's lock
+            # (one service per store), and local clients of the earlier one re-read this
+            # file when their token is refused or their service is gone.
             user = config.local_user or getpass.getuser()
             self.store.revoke_tokens(user, origin="state-file")
             token = self.store.create_token(user, origin="state-file")
@@ -175,6 +179,8 @@ class Service:
             "url": config.url,
             "token": token,
             "pid": os.getpid(),
+            # A loopback URL means nothing on another host (a shared home directory).
+            "host": this_host(),
             "db": str(config.db),
             "version": __version__,
             "started": utcnow(),

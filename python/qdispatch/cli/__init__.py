@@ -14,13 +14,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .constants import utc_iso
-from .local import default_data_dir
-from .local import stop as stop_local_service
+from ..constants import utc_iso
+from ..local import default_data_dir
+from ..local import stop as stop_local_service
 
 if TYPE_CHECKING:
-    from .server.config import ServiceConfig
-    from .server.store import Store
+    from ..server.config import ServiceConfig
+    from ..server.store import Store
 
 # A token in a query string (``?token=…``) is not accepted any more, but an old client may
 # still send one: it must not reach a log (uvicorn logs WebSocket paths with their query).
@@ -58,7 +58,7 @@ def _tls_problem(certfile: str | None, keyfile: str | None) -> str | None:
 def _config(args: argparse.Namespace, db: Path, port: int) -> ServiceConfig:
     """The service's configuration from ``serve``'s arguments (``ValueError`` for a limit
     that cannot hold)."""
-    from .server.config import ServiceConfig  # noqa: PLC0415 - loads for `serve` only
+    from ..server.config import ServiceConfig  # noqa: PLC0415 - loads for `serve` only
 
     return ServiceConfig(
         db=db,
@@ -98,7 +98,7 @@ def _serve(args: argparse.Namespace) -> int:
     # commands start without it.
     import uvicorn  # noqa: PLC0415
 
-    from .server.app import create_app  # noqa: PLC0415
+    from ..server.app import create_app  # noqa: PLC0415
 
     db = _db_path(args)
     problem = _tls_problem(args.ssl_certfile, args.ssl_keyfile)
@@ -203,7 +203,7 @@ def parse_expires(text: str, now: datetime | None = None) -> str:
 
 def _open_store(args: argparse.Namespace) -> Store:
     # The service's store alone, for the commands that manage tokens.
-    from .server.store import Store  # noqa: PLC0415
+    from ..server.store import Store  # noqa: PLC0415
 
     return Store(_db_path(args))
 
@@ -307,7 +307,7 @@ def _stop(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     # The demo is a client of the service: qiskit and the client load for it alone.
-    from .demo import run_demo  # noqa: PLC0415
+    from ..demo import run_demo  # noqa: PLC0415
 
     summary = run_demo(args.circuits, args.backend, args.shots)
     return 1 if summary["failed_jobs"] else 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import socket
 import ssl
@@ -90,6 +91,7 @@ def _config(args: argparse.Namespace, db: Path, port: int) -> ServiceConfig:
         ssl_certfile=Path(args.ssl_certfile).expanduser() if args.ssl_certfile else None,
         ssl_keyfile=Path(args.ssl_keyfile).expanduser() if args.ssl_keyfile else None,
         plaintext=args.plaintext,
+        metrics_token=args.metrics_token or None,
     )
 
 
@@ -424,6 +426,12 @@ def parser() -> argparse.ArgumentParser:
         "--plaintext",
         action="store_true",
         help="allow plain HTTP on a non-loopback address (a TLS-terminating proxy in front)",
+    )
+    serve.add_argument(
+        "--metrics-token",
+        default=os.environ.get("QDISPATCH_METRICS_TOKEN"),
+        help="a token that may read GET /metrics besides operator tokens "
+        "(default: $QDISPATCH_METRICS_TOKEN, which keeps it out of the process list)",
     )
     serve.set_defaults(func=_serve)
 

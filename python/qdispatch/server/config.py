@@ -62,6 +62,9 @@ class ServiceConfig:
     ssl_keyfile: Path | None = None
     #: plain HTTP on a non-loopback address, for a TLS-terminating proxy in front
     plaintext: bool = False
+    #: A bearer token that may read ``GET /metrics`` (besides operator tokens); for a
+    #: Prometheus server that should hold no user's token. ``None``: operators only.
+    metrics_token: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -3,6 +3,8 @@ by (no authentication)."""
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter
 from fastapi.responses import Response
 
@@ -39,5 +41,10 @@ async def info(svc: Svc) -> Response:
             "max_uploads": config.max_uploads,
             "max_uploads_per_user": config.max_uploads_per_user,
             "stream_inline_result_bytes": config.stream_inline_result_bytes,
+            # How it is doing (docs/service.md, "Metrics"): per backend, the queue and an
+            # estimate of how long it takes to drain; jobs and circuits finished per second.
+            "queues": svc.metrics.queues(svc.catalog, svc.scheduler.executor.capacity),
+            **svc.metrics.throughput(),
+            "uptime_seconds": round(time.monotonic() - svc.metrics.started, 1),
         }
     )

@@ -1,6 +1,7 @@
 """The ``qdispatch`` command: ``serve`` the job service, ``token create|list|revoke``
 for its users, ``gc`` to delete old finished jobs, ``demo`` for a run of random circuits
-through the local service."""
+through the local service; and to see and steer jobs: ``jobs``, ``job``, ``cancel``,
+``sets``, ``set``, ``sessions``, ``status`` and ``top`` (tables, or ``--json``)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 from ..constants import utc_iso
 from ..local import default_data_dir
 from ..local import stop as stop_local_service
+from . import jobs, sessions, sets, status
 
 if TYPE_CHECKING:
     from ..server.config import ServiceConfig
@@ -479,6 +481,10 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--backend", default="aer_simulator")
     demo.add_argument("--shots", type=int, default=1024)
     demo.set_defaults(func=_demo)
+
+    # The job commands (issue 15), one module per group; they connect as connect() does.
+    for group in (jobs, sets, sessions, status):
+        group.register(sub)
     return top
 
 

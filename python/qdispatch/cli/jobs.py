@@ -6,8 +6,8 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from . import output
 from .common import add_connection, add_json, client, command, connect_from, since
+from .output import Out as output
 
 if TYPE_CHECKING:
     from ..service import QDispatchService

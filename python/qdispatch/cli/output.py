@@ -89,3 +89,17 @@ def fields(pairs: Iterable[tuple[str, Any]], title: str | None = None) -> Table:
     for name, value in pairs:
         shown.add_row(name, value if isinstance(value, Text) else Text(str(value)))
     return shown
+
+
+class Out:
+    """This module's functions, as one name the command modules import (``from . import
+    output`` would make the package itself a dependency of each of them, a cycle)."""
+
+    console = staticmethod(console)
+    print_json = staticmethod(print_json)
+    print_json_line = staticmethod(print_json_line)
+    status = staticmethod(status)
+    when = staticmethod(when)
+    seconds = staticmethod(seconds)
+    table = staticmethod(table)
+    fields = staticmethod(fields)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from . import output
 from .common import add_connection, add_json, command, connect_from
+from .output import Out as output
 
 __all__ = ["register"]
 

@@ -7,8 +7,8 @@ import argparse
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import output
 from .common import add_connection, add_json, client, command, connect_from, since
+from .output import Out as output
 
 if TYPE_CHECKING:
     from ..service import QDispatchService

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Group
 from rich.live import Live
 
-from . import output
 from .common import add_connection, add_json, command, connect_from
 from .jobs import JOB_COLUMNS, job_row
+from .output import Out as output
 
 if TYPE_CHECKING:
     from rich.console import RenderableType

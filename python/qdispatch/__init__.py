@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from qdispatch.algorithms import AlgorithmJob
     from qdispatch.assembler import AssembleError, assemble
     from qdispatch.backend import QDispatchBackend
+    from qdispatch.completion import as_completed
     from qdispatch.encoding import RuntimeDecoder, RuntimeEncoder
     from qdispatch.exceptions import (
         IBMApiError,
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
         IBMQManagedResultDataNotAvailable,
         IBMRuntimeError,
         InsecureConnectionWarning,
+        JobsTimeoutError,
         RuntimeInvalidStateError,
         RuntimeJobFailureError,
         RuntimeJobMaxTimeoutError,
@@ -113,6 +115,8 @@ _LAZY = {
     "RuntimeInvalidStateError": "qdispatch.exceptions",
     "RuntimeJobTimeoutError": "qdispatch.exceptions",
     "RuntimeJobMaxTimeoutError": "qdispatch.exceptions",
+    "JobsTimeoutError": "qdispatch.exceptions",
+    "as_completed": "qdispatch.completion",
     "RuntimeJob": "qdispatch.runtime",
     "ResultDecoder": "qdispatch.runtime",
     "RunnerResult": "qdispatch.runtime",
@@ -167,6 +171,7 @@ __all__ = [
     "IBMQManagedResultDataNotAvailable",
     "IBMRuntimeError",
     "InsecureConnectionWarning",
+    "JobsTimeoutError",
     "ManagedJob",
     "ManagedJobSet",
     "ManagedResults",
@@ -195,6 +200,7 @@ __all__ = [
     "Sampler",
     "Session",
     "__version__",
+    "as_completed",
     "assemble",
     "connect",
 ]

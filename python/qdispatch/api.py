@@ -645,6 +645,26 @@ class ServiceApi:
         session: dict[str, Any] = self._call("POST", "/sessions", _SESSION, body, session_id="")
         return session
 
+    def sessions(
+        self,
+        *,
+        state: str | None = None,
+        backend_name: str | None = None,
+        limit: int | None = None,
+        skip: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """``GET /sessions``: the caller's sessions (an operator's: everyone's), newest
+        first."""
+        query = [("state", state)] if state else []
+        query += [("backend", backend_name)] if backend_name else []
+        query += [("limit", str(limit))] if limit is not None else []
+        query += [("skip", str(skip))] if skip is not None else []
+        path = "/sessions"
+        found: list[dict[str, Any]] = self._call("GET", path, _SESSION, query=query, session_id="")[
+            "sessions"
+        ]
+        return found
+
     def session(self, session_id: str | None) -> dict[str, Any]:
         """``GET /sessions/{id}``."""
         path = f"/sessions/{session_id}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from qiskit.exceptions import QiskitError
 from qiskit.providers.exceptions import JobError, JobTimeoutError
 
@@ -152,3 +154,15 @@ class RuntimeJobTimeoutError(JobTimeoutError, IBMRuntimeError):
 
 class RuntimeJobMaxTimeoutError(IBMRuntimeError):
     """The runtime job did not finish within the time allowed."""
+
+
+class JobsTimeoutError(IBMQJobTimeoutError, RuntimeJobTimeoutError):
+    """:func:`qdispatch.as_completed` timed out with jobs still unfinished (``pending``).
+
+    Both a job timeout of the IBMQ provider and of the runtime: ``except
+    IBMQJobTimeoutError``, ``except RuntimeJobTimeoutError`` and qiskit's
+    ``except JobTimeoutError`` all catch it, whichever kind of job was waited for."""
+
+    def __init__(self, message: str, pending: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.pending = list(pending or [])

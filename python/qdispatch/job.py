@@ -19,6 +19,7 @@ from qiskit.circuit import QuantumCircuit
 from qiskit.providers import JobStatus, JobV1
 from qiskit.result import Result
 
+from . import progress
 from .api import Family
 from .constants import FINAL_STATUSES, job_status, local_time
 from .disassembler import qobj_to_circuits
@@ -195,13 +196,7 @@ class IBMQJob(JobV1):
         deadline = None if timeout is None else time.monotonic() + timeout
         api = self._api
         if callback is None:
-            if self._status not in FINAL_STATUSES:
-                if api.wait_final(self._job_id, timeout) is None:
-                    raise IBMQJobTimeoutError(
-                        f"Timeout while waiting for job {self._job_id} (still "
-                        f"{api.last_status(self._job_id) or self._status} after {timeout} s)."
-                    )
-                self.refresh()
+            self._wait_final(timeout, show=False)
             return
         step = wait if wait is not None else 5.0
         last: JobStatus | None = None
@@ -219,6 +214,19 @@ class IBMQJob(JobV1):
                     f"after {timeout} s)."
                 )
             api.wait_final(self._job_id, step if remaining is None else min(step, remaining))
+
+    def _wait_final(self, timeout: float | None, show: bool | None) -> None:
+        """Wait for the pushed final status, then refresh; a progress bar if ``show``
+        (``None``: if someone is watching, :func:`qdispatch.progress.interactive`)."""
+        if self._status in FINAL_STATUSES:
+            return
+        label = f"job {self._job_id} on {self._backend.name}"
+        if progress.wait_final(self._api, self._job_id, timeout, Family.IBMQ, label, show) is None:
+            raise IBMQJobTimeoutError(
+                f"Timeout while waiting for job {self._job_id} (still "
+                f"{self._api.last_status(self._job_id) or self._status} after {timeout} s)."
+            )
+        self.refresh()
 
     def cancel(self) -> bool:
         """Attempt to cancel the job.
@@ -277,7 +285,8 @@ class IBMQJob(JobV1):
         partial: bool = False,
         refresh: bool = False,
     ) -> Result:
-        """Return the result of the job, waiting for it to finish.
+        """Return the result of the job, waiting for it to finish (with a progress bar on
+        stderr when in a terminal or a notebook: :mod:`qdispatch.progress`).
 
         Args:
             timeout: Seconds to wait for the job.
@@ -294,7 +303,7 @@ class IBMQJob(JobV1):
         """
         if self._result is not None and not refresh and (partial or self._status == "DONE"):
             return self._result
-        self.wait_for_final_state(timeout=timeout)
+        self._wait_final(timeout, show=None)
         if self._status == "CANCELLED":
             raise IBMQJobInvalidStateError(
                 f"Unable to retrieve result for job {self._job_id}. Job was cancelled."

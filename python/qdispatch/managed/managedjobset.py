@@ -16,7 +16,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -440,6 +440,43 @@ class ManagedJobSet:
             m.job is not None and m.job.status() is JobStatus.DONE for m in mjobs
         )
         return ManagedResults(self, backend.name, success)
+
+    def as_completed(
+        self, timeout: float | None = None, partial: bool = False
+    ) -> Iterator[ManagedJob]:
+        """Yield each managed job of this set the moment its job finishes, in the order
+        they finish, its result already fetched: ``mjob.result()`` answers at once
+        (``None`` for a chunk that failed, was cancelled or was never submitted; with
+        ``partial``, a failed job's partial result), and ``mjob.start_index`` to
+        ``mjob.end_index`` say which of the set's experiments it holds. Chunks that
+        could not be submitted and jobs already fetched come first. A sweep can be
+        analysed as it runs; :meth:`results` afterwards fetches nothing again.
+
+        Args:
+            timeout: Seconds to wait for the whole set, from the first ``next()``.
+            partial: If ``True``, fetch the partial results of failed jobs.
+
+        Raises:
+            IBMQJobManagerTimeoutError: If jobs are still unfinished after ``timeout``.
+        """
+        mjobs = self.managed_jobs()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pending = {m.job.job_id(): m for m in mjobs if m.job is not None}
+        for mjob in mjobs:
+            if mjob.job is None:
+                yield mjob
+        api = self._require_backend().service.api if pending else None
+        while pending and api is not None:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise IBMQJobManagerTimeoutError(
+                    f"timed out after {timeout} s with {len(pending)} of {len(mjobs)} jobs "
+                    f"of job set {self._id} unfinished"
+                )
+            for job_id in api.wait_any_final(sorted(pending), remaining):
+                mjob = pending.pop(job_id)
+                mjob.result(partial=partial)  # final already: one fetch, no wait
+                yield mjob
 
     # -- names and tags -------------------------------------------------------------------
 

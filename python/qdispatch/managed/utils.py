@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tqdm import tqdm
+from .. import progress as _progress
 
 # The tags every job of a set carries (the package's docstring has their form).
 SET_TAG = "qdispatch_jobset:"
@@ -37,7 +37,7 @@ def progress_reporter(
                 )
 
         return call
-    bar = tqdm(total=experiments, unit="experiment", desc="job set")
+    bar = _progress.bar(experiments, "job set", unit="experiment")
 
     def update(done: int, exps: int) -> None:
         if done < 0:

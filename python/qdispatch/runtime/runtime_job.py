@@ -17,6 +17,7 @@ import orjson
 from qiskit.primitives import BasePrimitiveJob
 from qiskit.providers import JobStatus
 
+from .. import progress
 from ..api import Family
 from ..constants import FINAL_STATUSES, job_status, local_time
 from ..encoding import loads
@@ -291,8 +292,17 @@ class RuntimeJob(BasePrimitiveJob[Any, JobStatus]):
         Raises:
             RuntimeJobTimeoutError: If the job does not complete within given timeout.
         """
+        self._wait_final(timeout, show=False)
+
+    def _wait_final(self, timeout: float | None, show: bool | None) -> None:
+        """:meth:`wait_for_final_state`, with a progress bar if ``show`` (``None``: if
+        someone is watching, :func:`qdispatch.progress.interactive`)."""
         if self._status not in FINAL_STATUSES:
-            status = self._api.wait_final(self._job_id, timeout, Family.RUNTIME)
+            session = f" in session {self._session_id}" if self._session_id else ""
+            label = f"{self._program_id} job {self._job_id}{session}"
+            status = progress.wait_final(
+                self._api, self._job_id, timeout, Family.RUNTIME, label, show
+            )
             if status is None:
                 raise RuntimeJobTimeoutError(
                     f"Timed out waiting for job {self._job_id} (still "
@@ -307,7 +317,8 @@ class RuntimeJob(BasePrimitiveJob[Any, JobStatus]):
     def result(
         self, timeout: float | None = None, decoder: type[ResultDecoder] | None = None
     ) -> Any:
-        """Return the results of the job, waiting for it to finish.
+        """Return the results of the job, waiting for it to finish (with a progress bar
+        on stderr when in a terminal or a notebook: :mod:`qdispatch.progress`).
 
         Args:
             timeout: Number of seconds to wait for job.
@@ -323,7 +334,7 @@ class RuntimeJob(BasePrimitiveJob[Any, JobStatus]):
         if use in self._results:
             return self._results[use]
         try:
-            self.wait_for_final_state(timeout)
+            self._wait_final(timeout, show=None)
         except RuntimeJobTimeoutError as exc:
             raise RuntimeJobMaxTimeoutError(str(exc)) from exc
         if self._status == "ERROR":

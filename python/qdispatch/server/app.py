@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from .. import __version__
 from .. import codes as E
@@ -27,7 +28,8 @@ from .config import ServiceConfig
 from .deps import json_response
 from .errors import ServiceError
 from .front import FrontDoor, public_paths
-from .routes import backends, info, jobs, programs, sessions, stream
+from .metrics import Metrics, RequestTimer
+from .routes import backends, info, jobs, metrics, programs, sessions, stream
 from .service import Service
 
 log = logging.getLogger(__name__)
@@ -53,10 +55,14 @@ def create_app(config: ServiceConfig) -> FastAPI:
         lifespan=lifespan,
     )
     _install_error_handlers(app)
-    routers = [module.router for module in (info, programs, backends, jobs, sessions, stream)]
+    routers = [
+        module.router for module in (info, programs, backends, jobs, sessions, stream, metrics)
+    ]
     for router in routers:
         app.include_router(router)
     # The last added is the outermost: the front door (token, rate) before the bodies.
+    # The request timer is innermost, where the router leaves the matched route.
+    app.add_middleware(RequestTimer, metrics=_metrics_of)
     app.add_middleware(
         RequestBodies,
         limit=config.max_request_bytes,
@@ -70,6 +76,11 @@ def create_app(config: ServiceConfig) -> FastAPI:
     # listed here, where the route's openapi_extra refers to it.
     app.openapi = _openapi_listing(app, jobs.JobCreate)  # type: ignore[method-assign]
     return app
+
+
+def _metrics_of(scope: Scope) -> Metrics | None:
+    service = getattr(scope["app"].state, "service", None)
+    return service.metrics if service is not None else None
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -86,6 +86,9 @@ class ServiceConfig:
     plaintext: bool = False
     #: use a store on a network filesystem (NFS, Lustre, GPFS…) despite WAL's hazards there
     allow_network_fs: bool = False
+    #: A bearer token that may read ``GET /metrics`` (besides operator tokens); for a
+    #: Prometheus server that should hold no user's token. ``None``: operators only.
+    metrics_token: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

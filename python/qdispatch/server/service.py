@@ -28,6 +28,7 @@ from . import backends as bk
 from .access import Access
 from .config import ServiceConfig
 from .executors import DaskExecutor, Executor, LocalExecutor
+from .metrics import Metrics
 from .programs import Limits, Registry
 from .programs.checker import InputChecker
 from .retention import Retention
@@ -72,6 +73,8 @@ class Service:
         )
         self.sessions = Sessions(self.store, self.scheduler, config.session_idle_timeout)
         self.retention = Retention(self.store, config.retention) if config.retention else None
+        self.metrics = Metrics(self.store, self.scheduler, lambda: self.catalog, config.executor)
+        self.hub.observe(self.metrics.observe)
         #: backend → id of its properties snapshot in the store (noisy devices only)
         self.properties_ids: dict[str, int] = {}
         self.last_request = time.monotonic()

@@ -746,6 +746,14 @@ class Store:
         ).fetchone()
         return int(row[0])
 
+    def job_counts(self) -> dict[tuple[str, str], int]:
+        """How many jobs there are per ``(status, backend)``: one pass over the
+        ``jobs_by_status`` index (what ``GET /metrics`` shows)."""
+        rows = self._db.execute(
+            "SELECT status, backend, COUNT(*) FROM jobs GROUP BY status, backend"
+        )
+        return {(row[0], row[1]): int(row[2]) for row in rows}
+
     def list_jobs(
         self,
         visible_to: tuple[str, str | None] | None,

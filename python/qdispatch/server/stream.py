@@ -50,6 +50,9 @@ Visible = Callable[[str, str | None, Job], bool]
 # Re-checks a stream's token: why it no longer passes, or ``None``.
 Recheck = Callable[[], ServiceError | None]
 
+# Told of every publication: the job and its events (stored already).
+Observer = Callable[[Job, list[Event]], None]
+
 
 class Subscription:
     """One connection's interest: job ids and tags, and its queue of live events."""
@@ -77,6 +80,12 @@ class Hub:
     def __init__(self, visible: Visible) -> None:
         self._visible = visible
         self._subs: set[Subscription] = set()
+        self._observers: list[Observer] = []
+
+    def observe(self, observer: Observer) -> None:
+        """Call ``observer(job, events)`` for every publication, subscribed or not (the
+        service's metrics see each job finish this way)."""
+        self._observers.append(observer)
 
     def subscriptions(self) -> int:
         """How many stream connections are open."""
@@ -92,9 +101,14 @@ class Hub:
 
     def publish(self, job: Job, events: Iterable[Event]) -> None:
         """Deliver ``events`` (already stored) of ``job`` to every interested subscription."""
+        events = list(events)
+        for observer in self._observers:
+            try:
+                observer(job, events)
+            except Exception:  # an observer's bug must not stop delivery
+                log.exception("an observer of job %s's events failed", job.id)
         if not self._subs:
             return
-        events = list(events)
         for sub in self._subs:
             if job.id in sub.job_ids or (
                 sub.tags.intersection(job.tags)

@@ -3,6 +3,8 @@ by (no authentication)."""
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter
 from fastapi.responses import Response
 
@@ -45,5 +47,10 @@ async def info(svc: Svc) -> Response:
             # docs/service.md, "Durability": a full store, and what retention deletes.
             "storage": svc.store.storage(),
             "retention": svc.retention.state() if svc.retention is not None else None,
+            # How it is doing (docs/service.md, "Metrics"): per backend, the queue and an
+            # estimate of how long it takes to drain; jobs and circuits finished per second.
+            "queues": svc.metrics.queues(svc.catalog, svc.scheduler.executor.capacity),
+            **svc.metrics.throughput(),
+            "uptime_seconds": round(time.monotonic() - svc.metrics.started, 1),
         }
     )

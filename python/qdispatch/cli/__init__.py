@@ -1,11 +1,13 @@
 """The ``qdispatch`` command: ``serve`` the job service, ``token create|list|revoke``
 for its users, ``gc`` to delete old finished jobs, ``demo`` for a run of random circuits
-through the local service."""
+through the local service; and to see and steer jobs: ``jobs``, ``job``, ``cancel``,
+``sets``, ``set``, ``sessions``, ``status`` and ``top`` (tables, or ``--json``)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import socket
 import ssl
@@ -14,14 +16,15 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .constants import utc_iso
-from .local import default_data_dir
-from .local import stop as stop_local_service
-from .storelock import StoreBusyError, StoreLock
+from ..constants import utc_iso
+from ..local import default_data_dir
+from ..local import stop as stop_local_service
+from ..storelock import StoreBusyError, StoreLock
+from . import jobs, sessions, sets, status
 
 if TYPE_CHECKING:
-    from .server.config import ServiceConfig
-    from .server.store import Store
+    from ..server.config import ServiceConfig
+    from ..server.store import Store
 
 # A token in a query string (``?token=…``) is not accepted any more, but an old client may
 # still send one: it must not reach a log (uvicorn logs WebSocket paths with their query).
@@ -59,7 +62,7 @@ def _tls_problem(certfile: str | None, keyfile: str | None) -> str | None:
 def _config(args: argparse.Namespace, db: Path, port: int) -> ServiceConfig:
     """The service's configuration from ``serve``'s arguments (``ValueError`` for a limit
     that cannot hold)."""
-    from .server.config import ServiceConfig  # noqa: PLC0415 - loads for `serve` only
+    from ..server.config import ServiceConfig  # noqa: PLC0415 - loads for `serve` only
 
     return ServiceConfig(
         db=db,
@@ -99,6 +102,7 @@ def _config(args: argparse.Namespace, db: Path, port: int) -> ServiceConfig:
         ssl_keyfile=Path(args.ssl_keyfile).expanduser() if args.ssl_keyfile else None,
         plaintext=args.plaintext,
         allow_network_fs=args.allow_network_fs,
+        metrics_token=args.metrics_token or None,
     )
 
 
@@ -109,7 +113,7 @@ _FILES_BESIDES_CONNECTIONS = 256
 
 def _auto_workers(threads_per_worker: int) -> int:
     """``--workers auto``: one worker per ``threads_per_worker`` CPUs this process may use."""
-    from .server.cpus import usable_cpus  # noqa: PLC0415 - loads for `serve` only
+    from ..server.cpus import usable_cpus  # noqa: PLC0415 - loads for `serve` only
 
     return max(1, usable_cpus() // max(1, threads_per_worker))
 
@@ -130,7 +134,7 @@ def _workers_arg(text: str) -> int | None:
 def _claim_store(db: Path, allow_network_fs: bool) -> StoreLock | str:
     """The store's lock, held until this process exits (one service per store), or why
     the service must not start: the store is on a network filesystem, or served already."""
-    from .server.filesystems import network_fs_refusal  # noqa: PLC0415 - `serve` only
+    from ..server.filesystems import network_fs_refusal  # noqa: PLC0415 - `serve` only
 
     refusal = network_fs_refusal(db, allow_network_fs)
     if refusal:
@@ -148,8 +152,8 @@ def _serve(args: argparse.Namespace) -> int:
     # commands start without it.
     import uvicorn  # noqa: PLC0415
 
-    from .server.app import create_app  # noqa: PLC0415
-    from .server.connections import (  # noqa: PLC0415
+    from ..server.app import create_app  # noqa: PLC0415
+    from ..server.connections import (  # noqa: PLC0415
         header_deadline_protocol,
         raise_open_files_limit,
     )
@@ -277,7 +281,7 @@ def parse_expires(text: str, now: datetime | None = None) -> str:
 
 def _open_store(args: argparse.Namespace) -> Store:
     # The service's store alone, for the commands that manage tokens.
-    from .server.store import Store  # noqa: PLC0415
+    from ..server.store import Store  # noqa: PLC0415
 
     return Store(_db_path(args))
 
@@ -381,7 +385,7 @@ def _stop(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     # The demo is a client of the service: qiskit and the client load for it alone.
-    from .demo import run_demo  # noqa: PLC0415
+    from ..demo import run_demo  # noqa: PLC0415
 
     summary = run_demo(args.circuits, args.backend, args.shots)
     return 1 if summary["failed_jobs"] else 0
@@ -554,6 +558,12 @@ def parser() -> argparse.ArgumentParser:
         help="use a store on a network filesystem (NFS, Lustre, GPFS…) though WAL is unsafe "
         "there (also QDISPATCH_ALLOW_NETWORK_FS=1): only if one host ever opens it",
     )
+    serve.add_argument(
+        "--metrics-token",
+        default=os.environ.get("QDISPATCH_METRICS_TOKEN"),
+        help="a token that may read GET /metrics besides operator tokens "
+        "(default: $QDISPATCH_METRICS_TOKEN, which keeps it out of the process list)",
+    )
     serve.set_defaults(func=_serve)
 
     token = sub.add_parser("token", help="manage access tokens")
@@ -600,6 +610,10 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--backend", default="aer_simulator")
     demo.add_argument("--shots", type=int, default=1024)
     demo.set_defaults(func=_demo)
+
+    # The job commands (issue 15), one module per group; they connect as connect() does.
+    for group in (jobs, sets, sessions, status):
+        group.register(sub)
     return top
 
 

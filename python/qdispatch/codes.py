@@ -38,6 +38,10 @@ SESSION_EXPIRED = "session_expired"  # a job's error code: its session ran out o
 # A job's error code: it ran longer than the service's per-job time limit (not retried).
 TIME_LIMIT_EXCEEDED = "time_limit_exceeded"
 RESULT_TOO_LARGE = "result_too_large"  # a job's error code: its result is over the limit
+# 403 from the dashboard (/ui): a POST without its login's CSRF token, or from another
+# origin; and the dashboard's answer for a job set it finds no job of.
+CSRF_FAILED = "csrf_failed"
+JOB_SET_NOT_FOUND = "job_set_not_found"
 
 # The client's own codes (status 0: no answer came), on ``ConnectionFailedError``: the
 # service could not be reached, or its TLS certificate was refused (never retried).
@@ -47,6 +51,7 @@ TLS_ERROR = "tls_error"
 __all__ = [
     "ACTIVE_JOB_LIMIT",
     "CONNECTION_FAILED",
+    "CSRF_FAILED",
     "INVALID_PARAMS",
     "INVALID_QOBJ",
     "INVALID_REQUEST",
@@ -54,6 +59,7 @@ __all__ = [
     "JOB_HAS_NO_RESULT",
     "JOB_NOT_FINISHED",
     "JOB_NOT_FOUND",
+    "JOB_SET_NOT_FOUND",
     "MALFORMED_JSON",
     "OPERATOR_ONLY",
     "PAYLOAD_TOO_LARGE",

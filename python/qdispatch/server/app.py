@@ -1,9 +1,10 @@
 """The service's REST + WebSocket API (FastAPI on uvicorn); docs/protocol.md describes it.
 
 ``create_app(config)`` assembles the application: the routers of ``routes/`` (one per
-resource), the front door (a token and the user's request rate checked before any body
-is read), the body limit, upload slots and decompression of every request, the error answers (every
-4xx/5xx is ``{"error": {"code", "message"}}``), and a lifespan that builds the
+resource, and the dashboard's with its static files), the front door (a token and the
+user's request rate checked before any body is read), the body limit, upload slots and
+decompression of every request, the error answers (every 4xx/5xx is
+``{"error": {"code", "message"}}``), and a lifespan that builds the
 :class:`~qdispatch.server.service.Service` and starts and stops it.
 """
 
@@ -19,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.staticfiles import StaticFiles
 
 from .. import __version__
 from .. import codes as E
@@ -27,8 +29,10 @@ from .config import ServiceConfig
 from .deps import json_response
 from .errors import ServiceError
 from .front import FrontDoor, public_paths
-from .routes import backends, info, jobs, programs, sessions, stream
+from .routes import backends, info, jobs, programs, sessions, stream, ui
 from .service import Service
+from .ui import STATIC
+from .ui.logins import Logins
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +57,16 @@ def create_app(config: ServiceConfig) -> FastAPI:
         lifespan=lifespan,
     )
     _install_error_handlers(app)
-    routers = [module.router for module in (info, programs, backends, jobs, sessions, stream)]
+    routers = [module.router for module in (info, programs, backends, jobs, sessions, stream, ui)]
     for router in routers:
         app.include_router(router)
+    # The dashboard: its stylesheet and scripts, and who is logged in (routes/ui.py).
+    app.mount(f"{ui.PREFIX}/static", StaticFiles(directory=STATIC), name="ui-static")
+    app.state.ui_logins = Logins(config.ui_login_seconds, config.ui_max_logins)
     # The last added is the outermost: the front door (token, rate) before the bodies.
     app.add_middleware(RequestBodies, limit=config.max_request_bytes, big=config.big_body_bytes)
     public = public_paths([*app.routes, *(route for r in routers for route in r.routes)])
-    app.add_middleware(FrontDoor, public=public)
+    app.add_middleware(FrontDoor, public=public, self_authenticating=(ui.PREFIX,))
     # POST /jobs reads its body itself (the Qobj is split off natively): its model is
     # listed here, where the route's openapi_extra refers to it.
     app.openapi = _openapi_listing(app, jobs.JobCreate)  # type: ignore[method-assign]

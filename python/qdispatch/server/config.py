@@ -62,6 +62,10 @@ class ServiceConfig:
     ssl_keyfile: Path | None = None
     #: plain HTTP on a non-loopback address, for a TLS-terminating proxy in front
     plaintext: bool = False
+    #: The dashboard (``/ui``): how long a browser's login lasts, and how many logins the
+    #: service holds at once (a new one beyond ends the oldest).
+    ui_login_seconds: float = 8 * 3600.0
+    ui_max_logins: int = 10_000
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -76,6 +80,8 @@ class ServiceConfig:
             raise ValueError("session_max_time must be positive and at most its ceiling")
         if self.session_idle_timeout <= 0:
             raise ValueError("session_idle_timeout must be positive")
+        if self.ui_login_seconds <= 0 or self.ui_max_logins < 1:
+            raise ValueError("ui_login_seconds and ui_max_logins must be positive")
 
     @property
     def active_job_limit(self) -> int | None:

@@ -36,7 +36,10 @@ def operator_token(svc: ServiceProcess, user: str = "ops") -> str:
 @pytest.fixture(scope="module")
 def dash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     """A service with one worker, so that a paused backend keeps jobs queued at will."""
-    svc = ServiceProcess(tmp_path_factory.mktemp("ui"), "--workers", "1", "--heartbeat", "1")
+    # A 16 KiB result limit: a chunk with 2,700 shots of memory passes the check at
+    # submission (6 bytes a shot at least) and fails when done, result_too_large.
+    root = tmp_path_factory.mktemp("ui")
+    svc = ServiceProcess(root, "--workers", "1", "--heartbeat", "1", "--max-result-mb", "0.015625")
     svc.start()
     yield svc
     svc.stop()
@@ -262,8 +265,10 @@ def test_cancel_needs_the_csrf_token_and_the_origin(
 # -- the data the pages draw ---------------------------------------------------------------
 
 
-def submit_set(svc: ServiceProcess, set_id: str, sizes: list[int]) -> list[dict[str, Any]]:
-    """Jobs tagged as IBMQJobManager tags a set's chunks."""
+def submit_set(
+    svc: ServiceProcess, set_id: str, sizes: list[int], failing: int | None = None
+) -> list[dict[str, Any]]:
+    """Jobs tagged as IBMQJobManager tags a set's chunks; chunk ``failing`` ends ERROR."""
     jobs, start = [], 0
     for index, size in enumerate(sizes):
         tags = [
@@ -273,24 +278,39 @@ def submit_set(svc: ServiceProcess, set_id: str, sizes: list[int]) -> list[dict[
             f"qdispatch_jobset_size:{len(sizes)}:{sum(sizes)}",
         ]
         experiments = [ghz(2, f"c{start + i}") for i in range(size)]
-        jobs.append(submit(svc.client(), BACKEND, qobj(experiments), name=f"s_{index}_", tags=tags))
+        shots = 2700 // size  # all its experiments together: 2,700 shots of memory
+        payload = qobj(experiments, shots, memory=True) if index == failing else qobj(experiments)
+        jobs.append(submit(svc.client(), BACKEND, payload, name=f"s_{index}_", tags=tags))
         start += size
     return jobs
 
 
-def test_job_set_overview_and_counts_data(dash: ServiceProcess) -> None:
-    jobs = submit_set(dash, "set1", [2, 3, 1])
-    dash.client().post(f"/jobs/{jobs[2]['id']}/cancel")
-    for job in jobs[:2]:
+def test_job_set_overview_and_counts_data(dash: ServiceProcess, ops: httpx.Client) -> None:
+    ops.post(f"/backends/{BACKEND}/pause").raise_for_status()
+    try:
+        jobs = submit_set(dash, "set1", [2, 3, 1, 2], failing=3)
+        dash.client().post(f"/jobs/{jobs[2]['id']}/cancel").raise_for_status()
+    finally:
+        ops.post(f"/backends/{BACKEND}/resume").raise_for_status()
+    for job in jobs:
         wait_final(dash.client(), job["id"])
     alice = logged_in(dash, dash.token)
     data = alice.get("/ui/api/sets/set1").json()
-    assert (data["name"], data["n_jobs"], data["n_experiments"]) == ("s", 3, 6)
-    assert [c["count"] for c in data["chunks"]] == [2, 3, 1]
-    assert data["experiments_done"] in (5, 6)  # the cancelled chunk may have run already
+    assert (data["name"], data["n_jobs"], data["n_experiments"]) == ("s", 4, 8)
+    assert [c["count"] for c in data["chunks"]] == [2, 3, 1, 2]
+    assert [c["status"] for c in data["chunks"]] == ["DONE", "DONE", "CANCELLED", "ERROR"]
+    assert [c["progress"] for c in data["chunks"]] == [1.0, 1.0, 1.0, 1.0]
+    assert data["experiments_done"] == 5
     assert data["tags"] == ["sweep"]
-    if data["chunks"][2]["status"] == "CANCELLED":
-        assert [c["index"] for c in data["failed"]] == [2]
+    failed = {c["index"]: c["error"] for c in data["failed"]}
+    assert failed[2] == "cancelled"
+    assert failed[3].startswith("the job's result is")
+    overview = alice.get("/ui/api/overview").json()
+    assert jobs[3]["id"] in {j["id"] for j in overview["failures"]}
+    assert set(overview["workers"]) >= {"idle", "busy"}
+    assert BACKEND in {q["backend"] for q in overview["queues"]}
+    assert len(overview["throughput"]["finished"]) == 30
+    assert sum(overview["throughput"]["finished"]) >= 4
     page = alice.get("/ui/sets/set1")
     assert page.status_code == 200
     assert "2\N{EN DASH}4" in page.text
@@ -302,12 +322,8 @@ def test_job_set_overview_and_counts_data(dash: ServiceProcess) -> None:
     assert sum(n for _, n in counts["outcomes"]) == counts["shots"]
     out_of_range = alice.get(f"/ui/api/jobs/{jobs[1]['id']}/counts", params={"experiment": 9})
     assert out_of_range.status_code == 400
-    overview = alice.get("/ui/api/overview").json()
-    assert set(overview["workers"]) >= {"idle", "busy"}
-    assert BACKEND in {q["backend"] for q in overview["queues"]}
-    assert all(q["depth"] >= 0 for q in overview["queues"])
-    assert len(overview["throughput"]["finished"]) == 30
-    assert sum(overview["throughput"]["finished"]) >= 2
+    program_less = alice.get(f"/ui/api/jobs/{jobs[3]['id']}/counts")
+    assert program_less.status_code == 409  # an ERROR job kept no result to plot
     alice.close()
 
 
@@ -345,10 +361,16 @@ def _wait(driver: Any, condition: Callable[[Any], Any], timeout: float = 60.0) -
 
 
 def _text(driver: Any, css: str) -> str:
-    from selenium.webdriver.common.by import By  # noqa: PLC0415 - optional
+    """The shown text of the first element ``css`` selects (read in one step: the pages
+    replace elements as events come)."""
+    script = "const e = document.querySelector(arguments[0]); return e ? e.textContent : '';"
+    return str(driver.execute_script(script, css)).strip()
 
-    elements = driver.find_elements(By.CSS_SELECTOR, css)
-    return str(elements[0].text) if elements else ""
+
+def _texts(driver: Any, css: str) -> list[str]:
+    """The shown text of every element ``css`` selects, in one step."""
+    script = "return Array.from(document.querySelectorAll(arguments[0]), (e) => e.textContent);"
+    return [str(t).strip() for t in driver.execute_script(script, css)]
 
 
 def _shot(driver: Any, name: str) -> Path:
@@ -395,7 +417,7 @@ def test_in_a_browser_follow_a_job_live_plot_it_and_cancel_another(
         ops.post(f"/backends/{BACKEND}/resume").raise_for_status()
         _wait(browser, lambda d: _text(d, "#status") == "DONE")
         assert browser.execute_script("return window.notReloaded") is True
-        steps = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#timeline td .status")]
+        steps = _texts(browser, "#timeline td .status")
         assert steps[0] == "CREATED"
         assert "RUNNING" in steps
         assert steps[-1] == "COMPLETED"
@@ -403,11 +425,16 @@ def test_in_a_browser_follow_a_job_live_plot_it_and_cancel_another(
         _wait(browser, lambda d: d.find_element(By.ID, "show-histogram").is_enabled())
         browser.find_element(By.ID, "show-histogram").click()
         _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#histogram rect.bar"))
-        labels = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#histogram .bar-label")]
+        labels = _texts(browser, "#histogram .bar-label")
         assert set(labels) == {"000", "111"}
-        counts = [int(e.text) for e in browser.find_elements(By.CSS_SELECTOR, ".bar-count")]
+        counts = [int(t) for t in _texts(browser, "#histogram .bar-count")]
         assert sum(counts) == 2000
+        browser.execute_script("document.getElementById('timeline-bar').scrollIntoView()")
         _shot(browser, "job-histogram")
+        browser.set_window_size(1200, 1040)  # the whole job, for the README
+        browser.execute_script("window.scrollTo(0, 0)")
+        _shot(browser, "job-page")
+        browser.set_window_size(1200, 800)
         # Cancel a queued job from its page.
         wait_final(client, queued["id"])  # the resume let it run too: queue another
         ops.post(f"/backends/{BACKEND}/pause").raise_for_status()
@@ -427,10 +454,23 @@ def test_in_a_browser_follow_a_job_live_plot_it_and_cancel_another(
         ops.post(f"/backends/{BACKEND}/resume").raise_for_status()
         _wait(browser, lambda d: _text(d, row) == "DONE")
         _shot(browser, "jobs")
-        # A job set and the overview.
-        submit_set(dash, "browserset", [3, 3, 2, 3])
+        # A job set: its chunks and failures follow the stream.
+        ops.post(f"/backends/{BACKEND}/pause").raise_for_status()
+        chunks = submit_set(dash, "browserset", [3, 3, 2, 3, 2], failing=4)
         browser.get(f"{dash.url}/ui/sets/browserset")
-        _wait(browser, lambda d: _text(d, "#done") == "11", timeout=120)
+        statuses = "#chunks .status"
+        _wait(browser, lambda d: len(_texts(d, statuses)) == 5)
+        assert set(_texts(browser, statuses)) == {"QUEUED"}
+        client.post(f"/jobs/{chunks[3]['id']}/cancel").raise_for_status()
+        _wait(browser, lambda d: "CANCELLED" in _text(d, "#failed"))
+        ops.post(f"/backends/{BACKEND}/resume").raise_for_status()
+        _wait(browser, lambda d: "the job's result is" in _text(d, "#failed"), timeout=120)
+        _wait(browser, lambda d: _text(d, "#done") == "8", timeout=120)
+        grown = "var b = document.getElementById('total-bar'); return b.offsetWidth"
+        whole = "return document.getElementById('total-bar').parentNode.clientWidth"
+        _wait(
+            browser, lambda d: abs(d.execute_script(grown) - 8 / 13 * d.execute_script(whole)) < 3
+        )
         _shot(browser, "set")
         browser.get(f"{dash.url}/ui/")
         _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#sparkline polyline"))

@@ -45,6 +45,7 @@ from starlette.requests import HTTPConnection
 from ... import codes as E
 from ...constants import (
     ACTIVE_STATUSES,
+    CANCELLED,
     DONE,
     ERROR,
     FINAL_STATUSES,
@@ -583,7 +584,8 @@ def _chunk(svc: Service, job: dict[str, Any], start: int, count: int) -> dict[st
         "status": status,
         "start": start,
         "count": count,
-        "error": (job.get("error") or {}).get("message"),
+        "error": (job.get("error") or {}).get("message")
+        or ("cancelled" if status == CANCELLED else None),
         "progress": progress,
         "running_since": running_since,
         "expected_seconds": expected,

@@ -14,10 +14,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
+import orjson
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from qdispatch import encoding
 from qobjs import bell_qobj, ghz, qobj
 from support import ServiceProcess, submit, wait_final
 
@@ -33,13 +35,40 @@ def operator_token(svc: ServiceProcess, user: str = "ops") -> str:
     return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
 
 
+# A program that logs and publishes, waits for a file, then logs and publishes again.
+GATE = """
+import time
+from pathlib import Path
+
+
+def main(backend, publisher, flag):
+    print("warming up")
+    publisher.publish({"step": 1, "energy": -1.25})
+    deadline = time.monotonic() + 60
+    while not Path(flag).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError("nobody opened the gate")
+        time.sleep(0.02)
+    print("converged")
+    publisher.publish({"step": 2, "energy": -1.5})
+    return "done"
+"""
+
+
 @pytest.fixture(scope="module")
 def dash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     """A service with one worker, so that a paused backend keeps jobs queued at will."""
+    root = tmp_path_factory.mktemp("ui")
+    programs = root / "programs"
+    programs.mkdir()
+    (programs / "gate.py").write_text(GATE)
     # A 16 KiB result limit: a chunk with 2,700 shots of memory passes the check at
     # submission (6 bytes a shot at least) and fails when done, result_too_large.
-    root = tmp_path_factory.mktemp("ui")
-    svc = ServiceProcess(root, "--workers", "1", "--heartbeat", "1", "--max-result-mb", "0.015625")
+    svc = ServiceProcess(
+        root,
+        *("--workers", "1", "--heartbeat", "1", "--max-result-mb", "0.015625"),
+        *("--programs-dir", str(programs)),
+    )
     svc.start()
     yield svc
     svc.stop()
@@ -380,6 +409,17 @@ def _shot(driver: Any, name: str) -> Path:
     return path
 
 
+def _log_in(driver: Any, svc: ServiceProcess, path: str) -> None:
+    """Open ``path``, be sent to the login form, log in, and land on ``path``."""
+    from selenium.webdriver.common.by import By  # noqa: PLC0415 - optional
+
+    driver.get(f"{svc.url}{path}")
+    _wait(driver, lambda d: "/ui/login" in d.current_url)
+    driver.find_element(By.ID, "token").send_keys(svc.token)
+    driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+    _wait(driver, lambda d: d.current_url == f"{svc.url}{path}")
+
+
 def _no_page_errors(driver: Any) -> None:
     """Nothing the page did was refused (a CSP violation, a script error)."""
     severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
@@ -398,11 +438,7 @@ def test_in_a_browser_follow_a_job_live_plot_it_and_cancel_another(
         job = submit(client, BACKEND, qobj([ghz(3, "ghz3")], shots=2000), name=XSS_NAME)
         queued = submit(client, BACKEND, bell_qobj(), name="to cancel")
         # Logging in through the form, from a page that needs a login.
-        browser.get(f"{dash.url}/ui/jobs/{job['id']}")
-        _wait(browser, lambda d: "/ui/login" in d.current_url)
-        browser.find_element(By.ID, "token").send_keys(dash.token)
-        browser.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
-        _wait(browser, lambda d: d.current_url.endswith(f"/ui/jobs/{job['id']}"))
+        _log_in(browser, dash, f"/ui/jobs/{job['id']}")
         assert browser.get_cookie("qdispatch_ui")["httpOnly"] is True
         assert browser.execute_script("return document.cookie") == ""  # HttpOnly: not readable
         assert dash.token not in browser.page_source
@@ -478,3 +514,33 @@ def test_in_a_browser_follow_a_job_live_plot_it_and_cancel_another(
         _no_page_errors(browser)
     finally:
         ops.post(f"/backends/{BACKEND}/resume").raise_for_status()
+
+
+def test_in_a_browser_a_program_jobs_logs_and_interim_results_stream_in(
+    dash: ServiceProcess, browser: Any, tmp_path: Path
+) -> None:
+    flag = tmp_path / "open"
+    body = {
+        "program_id": "gate",
+        "backend": BACKEND,
+        "params": orjson.Fragment(encoding.dumps({"flag": str(flag)})),
+    }
+    answer = dash.client().post("/jobs", content=orjson.dumps(body))
+    assert answer.status_code == 201, answer.text
+    job_id = answer.json()["id"]
+    _log_in(browser, dash, f"/ui/jobs/{job_id}")
+    _wait(browser, lambda d: _text(d, "#status") == "RUNNING")
+    _wait(browser, lambda d: "warming up" in _text(d, "#logs"))
+    _wait(browser, lambda d: len(_texts(d, "#interim li")) == 1)
+    browser.execute_script("window.notReloaded = true")
+    flag.touch()
+    _wait(browser, lambda d: _text(d, "#status") == "DONE")
+    _wait(browser, lambda d: "converged" in _text(d, "#logs"))
+    _wait(browser, lambda d: len(_texts(d, "#interim li")) == 2)
+    assert browser.execute_script("return window.notReloaded") is True
+    interim = [orjson.loads(t) for t in _texts(browser, "#interim li")]
+    assert [item["step"] for item in interim] == [1, 2]
+    assert _text(browser, "#logs").splitlines() == ["warming up", "converged"]
+    browser.execute_script("document.getElementById('logs').scrollIntoView()")
+    _shot(browser, "program-job")
+    _no_page_errors(browser)

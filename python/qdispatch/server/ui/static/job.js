@@ -48,6 +48,21 @@
         )
       )
     );
+    const attempts = job.attempts || [];
+    document.getElementById("attempts-card").hidden = !attempts.length;
+    document.getElementById("attempts").replaceChildren(
+      ...attempts.map((a, i) =>
+        el(
+          "tr",
+          {},
+          el("td", {}, i + 1),
+          el("td", { class: "when" }, when(a.start)),
+          el("td", { class: "when" }, when(a.end)),
+          el("td", {}, a.outcome),
+          el("td", { class: "error" }, a.reason || "")
+        )
+      )
+    );
     const form = document.getElementById("cancel-form");
     if (form && !data.can_cancel) form.remove();
     const button = document.getElementById("show-histogram");
@@ -156,7 +171,7 @@
       logs.append(document.createTextNode(event.data.text || ""));
       logs.scrollTop = logs.scrollHeight;
     } else if (event.type === "interim") {
-      interim.append(el("li", {}, el("pre", {}, JSON.stringify(event.data, null, 1).slice(0, 4000))));
+      interim.append(el("li", {}, el("pre", {}, JSON.stringify(event.data).slice(0, 4000))));
     }
   });
   timelineBar();

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from websockets.sync.client import connect
 from qdispatch import encoding
 from qobjs import bell_qobj, ghz, qobj
 from support import ServiceProcess, submit, wait_final
+from test_network import pki  # noqa: F401 - the fixture: a CA and the service's certificate
 
 BACKEND = "aer_simulator"
 XSS_NAME = "<script>alert('name')</script>"
@@ -128,6 +130,22 @@ def test_login_sets_a_strict_httponly_cookie_that_is_not_the_token(dash: Service
         assert page.headers["x-frame-options"] == "DENY"
         assert page.headers["cache-control"] == "no-store"
     client.close()
+
+
+def test_over_tls_the_login_cookie_is_secure(
+    service_factory: Callable[..., ServiceProcess],
+    pki: dict[str, Path],  # noqa: F811 - the fixture imported above
+) -> None:
+    svc = service_factory("--ssl-certfile", str(pki["cert"]), "--ssl-keyfile", str(pki["key"]))
+    assert svc.url.startswith("https://")
+    verify = ssl.create_default_context(cafile=str(pki["ca"]))
+    with httpx.Client(base_url=svc.url, headers={"Origin": svc.url}, verify=verify) as client:
+        answer = client.post("/ui/login", data={"token": svc.token})
+        assert answer.status_code == 303, answer.text
+        attributes = [p.strip().lower() for p in answer.headers["set-cookie"].split(";")]
+        assert "secure" in attributes
+        assert "httponly" in attributes
+        assert "samesite=strict" in attributes
 
 
 def test_login_refuses_a_bad_token_and_a_foreign_origin(dash: ServiceProcess) -> None:

@@ -183,7 +183,9 @@ def _refused_page(request: Request, exc: ServiceError) -> Response:
     if exc.status == 401 and request.method == "GET":
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"{PREFIX}/login?{urlencode({'next': target})}", 303)
-    return _render("error.html", request, exc.status, error=exc.message, code=exc.code)
+    page = _render("error.html", request, exc.status, error=exc.message, code=exc.code)
+    page.headers.update(exc.headers)  # a 429's Retry-After
+    return page
 
 
 # -- who is asking ------------------------------------------------------------------------

@@ -44,6 +44,10 @@ RESULT_TOO_LARGE = "result_too_large"  # a job's error code: its result is over 
 # 507: the service's store cannot take more data (its disk, or its --max-store-mb, is full).
 # Nothing was changed; reads still work. Retry later, once the operator has freed space.
 STORAGE_FULL = "storage_full"
+# 403 from the dashboard (/ui): a POST without its login's CSRF token, or from another
+# origin; and the dashboard's answer for a job set it finds no job of.
+CSRF_FAILED = "csrf_failed"
+JOB_SET_NOT_FOUND = "job_set_not_found"
 
 # The client's own codes (status 0: no answer came), on ``ConnectionFailedError``: the
 # service could not be reached, or its TLS certificate was refused (never retried).
@@ -53,6 +57,7 @@ TLS_ERROR = "tls_error"
 __all__ = [
     "ACTIVE_JOB_LIMIT",
     "CONNECTION_FAILED",
+    "CSRF_FAILED",
     "INVALID_PARAMS",
     "INVALID_QOBJ",
     "INVALID_REQUEST",
@@ -60,6 +65,7 @@ __all__ = [
     "JOB_HAS_NO_RESULT",
     "JOB_NOT_FINISHED",
     "JOB_NOT_FOUND",
+    "JOB_SET_NOT_FOUND",
     "MALFORMED_JSON",
     "OPERATOR_ONLY",
     "PAYLOAD_TOO_LARGE",

@@ -48,6 +48,13 @@ SESSION_EXPIRED = "expired"
 SESSION_STATES = (SESSION_OPEN, SESSION_CLOSED, SESSION_CANCELLED, SESSION_EXPIRED)
 
 
+# The tags every job of a managed job set carries (``managed/``'s docstring has their
+# form); the service's dashboard reads a set's chunks from them.
+SET_TAG = "qdispatch_jobset:"
+JOB_TAG = "qdispatch_job:"
+SIZE_TAG = "qdispatch_jobset_size:"
+INTERNAL_TAGS = (SET_TAG, JOB_TAG, SIZE_TAG)
+
 # What one request may name; the service refuses more with 400 ``invalid_request``
 # (docs/service.md, "Limits"). They bound what every listing, filter and event carries.
 MAX_NAME_LENGTH = 1024  # a job's name, experiment id; also a name filter's pattern

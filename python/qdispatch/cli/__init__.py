@@ -103,6 +103,8 @@ def _config(args: argparse.Namespace, db: Path, port: int) -> ServiceConfig:
         plaintext=args.plaintext,
         allow_network_fs=args.allow_network_fs,
         metrics_token=args.metrics_token or None,
+        ui_login_seconds=args.ui_login_hours * 3600.0,
+        ui_max_logins=args.ui_max_logins,
     )
 
 
@@ -544,6 +546,15 @@ def parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+    )
+    serve.add_argument(
+        "--ui-login-hours", type=float, default=8.0, help="how long a dashboard login lasts"
+    )
+    serve.add_argument(
+        "--ui-max-logins",
+        type=int,
+        default=10_000,
+        help="dashboard logins held at once (a new one beyond ends the oldest)",
     )
     serve.add_argument("--ssl-certfile", help="serve HTTPS/WSS with this certificate (PEM)")
     serve.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")

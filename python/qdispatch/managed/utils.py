@@ -6,12 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import progress as _progress
+from ..constants import INTERNAL_TAGS, JOB_TAG, SET_TAG, SIZE_TAG
 
-# The tags every job of a set carries (the package's docstring has their form).
-SET_TAG = "qdispatch_jobset:"
-JOB_TAG = "qdispatch_job:"
-SIZE_TAG = "qdispatch_jobset_size:"
-INTERNAL_TAGS = (SET_TAG, JOB_TAG, SIZE_TAG)
+# The tags every job of a set carries (the package's docstring has their form) are
+# vocabulary the service's dashboard reads too: defined in constants.py.
+__all__ = ["INTERNAL_TAGS", "JOB_TAG", "SET_TAG", "SIZE_TAG", "progress_reporter"]
 
 
 def progress_reporter(

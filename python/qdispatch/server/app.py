@@ -1,9 +1,10 @@
 """The service's REST + WebSocket API (FastAPI on uvicorn); docs/protocol.md describes it.
 
 ``create_app(config)`` assembles the application: the routers of ``routes/`` (one per
-resource), the front door (a token and the user's request rate checked before any body
-is read), the body limit, upload slots and decompression of every request, the error answers (every
-4xx/5xx is ``{"error": {"code", "message"}}``), and a lifespan that builds the
+resource, and the dashboard's with its static files), the front door (a token and the
+user's request rate checked before any body is read), the body limit, upload slots and
+decompression of every request, the error answers (every 4xx/5xx is
+``{"error": {"code", "message"}}``), and a lifespan that builds the
 :class:`~qdispatch.server.service.Service` and starts and stops it.
 """
 
@@ -19,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from .. import __version__
@@ -29,8 +31,10 @@ from .deps import json_response
 from .errors import ServiceError
 from .front import FrontDoor, public_paths
 from .metrics import Metrics, RequestTimer
-from .routes import backends, info, jobs, metrics, programs, sessions, stream
+from .routes import backends, info, jobs, metrics, programs, sessions, stream, ui
 from .service import Service
+from .ui import STATIC
+from .ui.logins import Logins
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +60,13 @@ def create_app(config: ServiceConfig) -> FastAPI:
     )
     _install_error_handlers(app)
     routers = [
-        module.router for module in (info, programs, backends, jobs, sessions, stream, metrics)
+        module.router for module in (info, programs, backends, jobs, sessions, stream, metrics, ui)
     ]
     for router in routers:
         app.include_router(router)
+    # The dashboard: its stylesheet and scripts, and who is logged in (routes/ui.py).
+    app.mount(f"{ui.PREFIX}/static", StaticFiles(directory=STATIC), name="ui-static")
+    app.state.ui_logins = Logins(config.ui_login_seconds, config.ui_max_logins)
     # The last added is the outermost: the front door (token, rate) before the bodies.
     # The request timer is innermost, where the router leaves the matched route.
     app.add_middleware(RequestTimer, metrics=_metrics_of)
@@ -71,7 +78,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         grace=config.body_grace_seconds,
     )
     public = public_paths([*app.routes, *(route for r in routers for route in r.routes)])
-    app.add_middleware(FrontDoor, public=public)
+    app.add_middleware(FrontDoor, public=public, self_authenticating=(ui.PREFIX,))
     # POST /jobs reads its body itself (the Qobj is split off natively): its model is
     # listed here, where the route's openapi_extra refers to it.
     app.openapi = _openapi_listing(app, jobs.JobCreate)  # type: ignore[method-assign]

@@ -89,6 +89,10 @@ class ServiceConfig:
     #: A bearer token that may read ``GET /metrics`` (besides operator tokens); for a
     #: Prometheus server that should hold no user's token. ``None``: operators only.
     metrics_token: str | None = None
+    #: The dashboard (``/ui``): how long a browser's login lasts, and how many logins the
+    #: service holds at once (a new one beyond ends the oldest).
+    ui_login_seconds: float = 8 * 3600.0
+    ui_max_logins: int = 10_000
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -107,6 +111,8 @@ class ServiceConfig:
             raise ValueError("retention must be positive (or None: keep every job)")
         if self.max_store_bytes is not None and self.max_store_bytes < 1024 * 1024:
             raise ValueError("max_store_bytes must be at least 1 MiB (or None: no cap)")
+        if self.ui_login_seconds <= 0 or self.ui_max_logins < 1:
+            raise ValueError("ui_login_seconds and ui_max_logins must be positive")
 
     @property
     def active_job_limit(self) -> int | None:

@@ -15,11 +15,13 @@ from typing import Annotated, Any
 import orjson
 from fastapi import Depends, Request
 from fastapi.responses import Response
+from starlette.requests import HTTPConnection
 
 from .. import codes as E
 from .errors import ServiceError, not_found
 from .service import Service
 from .store import Job
+from .ui.logins import Login, Logins
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,35 @@ def operator_of(request: Request) -> Caller:
     if not who.operator:
         raise ServiceError(403, E.OPERATOR_ONLY, "this needs an operator token")
     return who
+
+
+#: The dashboard's login cookie: the id of a login held in the service's memory
+#: (:mod:`~qdispatch.server.ui.logins`), never the token itself.
+UI_COOKIE = "qdispatch_ui"
+
+
+def ui_logins(conn: HTTPConnection) -> Logins:
+    """The dashboard's logins (one table per application)."""
+    logins: Logins = conn.app.state.ui_logins
+    return logins
+
+
+def ui_login_of(conn: HTTPConnection) -> tuple[Caller, Login]:
+    """The caller of a dashboard request or stream, and their login, from the login
+    cookie: 401 without a login, or when the token it was made with no longer passes the
+    same one check as a bearer token (:func:`authenticate`; the login ends then)."""
+    svc: Service = conn.app.state.service
+    logins = ui_logins(conn)
+    login = logins.get(conn.cookies.get(UI_COOKIE))
+    if login is None:
+        raise ServiceError(401, E.UNAUTHORIZED, "not logged in to the dashboard")
+    try:
+        who = authenticate(svc, login.token)
+    except ServiceError:
+        logins.end(login.id)
+        raise
+    svc.last_request = time.monotonic()
+    return who, login
 
 
 Svc = Annotated[Service, Depends(service_of)]

@@ -7,7 +7,9 @@ read; a user over their request rate is answered 429 ``rate_limited`` with a
 ``Retry-After``. Only then does :class:`~qdispatch.server.bodies.RequestBodies` read the
 body. The routes that need no token (``/info``, the OpenAPI spec and its pages) are found
 from the routes themselves: those without the ``Who`` dependency. They never get a body.
-WebSockets authenticate themselves (``routes/stream.py``).
+WebSockets authenticate themselves (``routes/stream.py``), and so does the dashboard
+(the paths under ``self_authenticating`` prefixes, ``/ui``: a login cookie, not a bearer
+token; ``routes/ui.py`` applies the same token check, the rate and a body limit itself).
 """
 
 from __future__ import annotations
@@ -80,15 +82,22 @@ def rate_limited(user: str, wait: float, rate: float, burst: int) -> ServiceErro
 class FrontDoor:
     """ASGI middleware: authentication and the request rate, before the body is read."""
 
-    def __init__(self, app: ASGIApp, public: frozenset[str]) -> None:
+    def __init__(
+        self, app: ASGIApp, public: frozenset[str], self_authenticating: tuple[str, ...] = ()
+    ) -> None:
         self.app = app
         self.public = public
+        self.own = self_authenticating
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if scope["path"] in self.public:
+        path: str = scope["path"]
+        if any(path == p or path.startswith(p + "/") for p in self.own):
+            await self.app(scope, receive, send)
+            return
+        if path in self.public:
             await self.app(scope, _no_body(receive), send)
             return
         svc: Service = scope["app"].state.service

@@ -5,7 +5,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install build demo test test-python test-rust lint bench clean
+.PHONY: install build demo test test-python test-rust lint bench wheel test-wheel clean
 
 # The venv is rebuilt when the project's dependencies or Rust sources change.
 $(BIN)/.installed: pyproject.toml Cargo.toml Cargo.lock $(shell find rust -name '*.rs' -o -name Cargo.toml)
@@ -18,7 +18,7 @@ install: $(BIN)/.installed
 
 # Rebuild the extension in place after changing Rust code (release profile).
 build: install
-	test -x $(BIN)/maturin || $(BIN)/python -m pip install --quiet 'maturin>=1.7,<2'
+	test -x $(BIN)/maturin || $(BIN)/python -m pip install --quiet 'maturin>=1.9.3,<2'
 	$(BIN)/maturin develop --release --quiet
 
 demo: install
@@ -43,6 +43,44 @@ lint: install
 bench: install
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m pytest benches --benchmark-enable -q
+
+# The tools `make wheel` needs (maturin, ziglang, auditwheel, twine): pyproject.toml's
+# `dist` dependency group, which pip >= 25.1 installs without building the project.
+$(BIN)/.dist-tools: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade 'pip>=25.1'
+	$(BIN)/python -m pip install --quiet --group dist
+	touch $@
+
+# A wheel clusters can install, and the sdist, in dist/. abi3 (any CPython >= 3.10) and
+# linked by zig against glibc 2.17 (manylinux2014), so it installs on RHEL/Rocky 7, 8, 9 and
+# the like without Rust; the release profile is Cargo.toml's. auditwheel must find no symbol
+# newer than glibc 2.17, twine the metadata an index would show valid.
+#
+# The unwinder must be the system's libgcc_s.so.1, as in a gcc build: zig links its own
+# libunwind into the extension instead, and glibc's pthread_exit (which Python calls for a
+# daemon thread that wakes during interpreter shutdown) unwinds through our Rust frames with
+# libgcc_s, whose context the static libunwind misreads: a segfault at exit. Linking any
+# libgcc_s.so.1 (only its GCC_3.0..4.2.0 symbols are used) makes the references dynamic.
+LIBGCC_S = $(shell cc -print-file-name=libgcc_s.so.1)
+
+wheel: $(BIN)/.dist-tools
+	@test -f "$(LIBGCC_S)" || { echo "no libgcc_s.so.1 found by cc -print-file-name"; exit 1; }
+	rm -f dist/qdispatch-*.whl dist/qdispatch-*.tar.gz
+	$(BIN)/maturin build --release --locked --zig --compatibility manylinux2014 --out dist \
+	  -- -C link-arg=$(LIBGCC_S)
+	$(BIN)/maturin sdist --out dist
+	mkdir -p build
+	$(BIN)/auditwheel show dist/qdispatch-*.whl | tee build/auditwheel.txt
+	tr -s ' \n' '  ' < build/auditwheel.txt \
+	  | grep -q 'platform tag: "manylinux_2_\(5\|12\|17\)_x86_64"'
+	$(BIN)/twine check --strict dist/qdispatch-*
+
+# The wheel in dist/ installed into a new virtual environment, with no Rust on PATH, and
+# the demo run from it (qiskit, qiskit-aer and the rest come from the package index).
+test-wheel: install
+	@ls dist/qdispatch-*.whl >/dev/null 2>&1 || { echo "no wheel in dist/: make wheel"; exit 1; }
+	QDISPATCH_WHEEL="$$(ls dist/qdispatch-*.whl)" $(BIN)/python -m pytest -q tests/test_wheel.py
 
 clean:
 	rm -rf $(VENV) target build dist .pytest_cache .mypy_cache .ruff_cache

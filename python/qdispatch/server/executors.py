@@ -674,7 +674,7 @@ class DaskExecutor:
         """Read the cluster's workers: capacity is their thread count."""
         identity = await self._client.scheduler.identity()
         scheduler_id = identity.get("id")
-        if self._scheduler_id is not None and scheduler_id != self._scheduler_id:
+        if self._connected.is_set() and scheduler_id != self._scheduler_id:
             # The client reconnected by itself between two checks: the futures it had
             # were cancelled by Dask (their jobs are requeued); say it happened.
             log.warning(
@@ -742,9 +742,10 @@ class DaskExecutor:
             self._lose(f"{type(exc).__name__}: {exc}")
 
     async def _reconnect(self) -> None:
-        # Our own client, from scratch: the old one may be reconnecting by itself (for
-        # its own timeout), and nothing it still holds is of use.
         old, self._client = self._client, None
+        if old is not None and await self._recovered(old):
+            self._reconnected(1)
+            return
         if old is not None:
             await _close_quietly(old)
         delay, attempts = _RECONNECT_FIRST, 0
@@ -760,17 +761,37 @@ class DaskExecutor:
                     delay,
                 )
             else:
-                log.warning(
-                    "reconnected to the dask scheduler at %s after %.1f s (%d attempts); "
-                    "capacity %d",
-                    self.scheduler,
-                    time.monotonic() - self._lost_at,
-                    attempts,
-                    self.capacity,
-                )
+                self._reconnected(attempts)
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RECONNECT_MAX)
+
+    async def _recovered(self, client: Any) -> bool:
+        """Whether ``client`` reconnected by itself: dask's client retries for its
+        ``timeout`` (cancelling that logs a traceback, so it is waited out), then closes."""
+        deadline = time.monotonic() + 2 * _CONNECT_TIMEOUT
+        while client.status == "connecting" and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        if client.status != "running":
+            return False
+        self._client = client
+        try:
+            await asyncio.wait_for(self._refresh(), _CONNECT_TIMEOUT)
+        except Exception:
+            self._client = None
+            return False
+        self._lost = asyncio.Event()
+        self._connected.set()
+        return True
+
+    def _reconnected(self, attempts: int) -> None:
+        log.warning(
+            "reconnected to the dask scheduler at %s after %.1f s (%d attempts); capacity %d",
+            self.scheduler,
+            time.monotonic() - self._lost_at,
+            attempts,
+            self.capacity,
+        )
 
     async def _ready_client(self) -> tuple[Any, asyncio.Event]:
         """The connected client and the event that says it was lost; waits out a

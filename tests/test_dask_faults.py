@@ -10,9 +10,11 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from qiskit.result import Result
 
@@ -139,3 +141,74 @@ def test_a_scheduler_restart_requeues_running_jobs_and_cancels_none(
     log = svc.log()
     assert "lost the connection to the dask scheduler" in log
     assert "reconnected to the dask scheduler" in log
+
+
+# dask-jobqueue's local cluster, as a user would configure Slurm: one single-threaded
+# worker per "batch job"; a lost batch job is replaced after 1 s, not Dask's 15 s.
+JOBQUEUE_YAML = """\
+jobqueue:
+  local:
+    cores: 1
+    memory: 1GiB
+    processes: 1
+    scheduler-options:
+      dashboard_address: ":0"
+      host: 127.0.0.1
+distributed:
+  adaptive:
+    interval: 500ms
+  deploy:
+    lost-worker-timeout: 1s
+"""
+
+
+def _batch_jobs(service_pid: int) -> list[psutil.Process]:
+    """The "batch jobs" of the service's local jobqueue cluster (``dask_worker``)."""
+    found = []
+    for child in psutil.Process(service_pid).children():
+        try:
+            if any("dask_worker" in part for part in child.cmdline()):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def test_a_batch_job_ending_under_a_job_requeues_the_job(
+    service_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("dask_jobqueue")
+    config = tmp_path / "dask-config"
+    config.mkdir()
+    (config / "jobqueue.yaml").write_text(JOBQUEUE_YAML)
+    monkeypatch.setenv("DASK_CONFIG", str(config))
+    # One worker kept even when idle: the replacement stays to be seen.
+    svc = service_factory(
+        "--executor",
+        "dask",
+        "--dask-cluster",
+        "local-jobqueue",
+        "--dask-min-workers",
+        "1",
+        "--dask-max-workers",
+        "1",
+    )
+    assert svc.proc is not None
+    client = svc.client()
+    job = submit(client, "aer_simulator", slow_qobj(shots=800))
+    wait_status(client, job["id"], "RUNNING")
+    (batch_job,) = _batch_jobs(svc.proc.pid)
+    # The allocation ends (walltime, preemption): the batch job and its worker are gone.
+    doomed = [batch_job, *batch_job.children(recursive=True)]
+    for process in doomed:
+        process.kill()
+    psutil.wait_procs(doomed, timeout=30)
+
+    final = wait_final(client, job["id"], timeout=180)  # on a new batch job
+    assert final["status"] == "DONE", final
+    assert sum(_result_counts(client, job["id"]).values()) == 800
+    attempts = client.get(f"/jobs/{job['id']}").json()["attempts"]
+    assert [a["outcome"] for a in attempts] == ["requeued", "done"], attempts
+    assert "the dask cluster lost the job" in attempts[0]["reason"]
+    (replacement,) = _batch_jobs(svc.proc.pid)
+    assert replacement.pid != batch_job.pid

@@ -27,6 +27,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import dask.config
 from distributed.deploy import Adaptive
 
 from .config import JOBQUEUE_CLUSTERS
@@ -54,18 +55,23 @@ async def start_cluster(kind: str) -> Any:
         raise ClusterConfigError(
             f"--dask-cluster {kind} needs dask-jobqueue: pip install 'qdispatch[dask]'"
         ) from exc
-    try:
-        # Everything else comes from jobqueue.<name>.* of the Dask config, as
-        # dask-jobqueue reads it when no keyword is given.
-        cluster = cls(n_workers=0, asynchronous=True)
-    except ValueError as exc:
-        section = cls.job_cls.default_config_name()
-        raise ClusterConfigError(
-            f"cannot make a {class_name} from the Dask configuration: {exc}\n"
-            f"Set at least 'cores' and 'memory' under jobqueue: {section}: in "
-            "~/.config/dask/jobqueue.yaml (or a file of $DASK_CONFIG)"
-        ) from exc
-    await cluster
+    # A worker that dies under a task (its batch job's allocation ended, it was
+    # preempted, OOM) fails the task at once rather than Dask running it again
+    # unseen: the service requeues the job, counting the attempt in its record and
+    # against --max-attempts, as it does for a local worker that died.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        try:
+            # Everything else comes from jobqueue.<name>.* of the Dask config, as
+            # dask-jobqueue reads it when no keyword is given.
+            cluster = cls(n_workers=0, asynchronous=True)
+        except ValueError as exc:
+            section = cls.job_cls.default_config_name()
+            raise ClusterConfigError(
+                f"cannot make a {class_name} from the Dask configuration: {exc}\n"
+                f"Set at least 'cores' and 'memory' under jobqueue: {section}: in "
+                "~/.config/dask/jobqueue.yaml (or a file of $DASK_CONFIG)"
+            ) from exc
+        await cluster  # the scheduler reads its configuration as it starts
     log.info(
         "started a %s (scheduler %s); its workers are batch jobs of this script:\n%s",
         class_name,

@@ -113,8 +113,3 @@ def adapt(cluster: Any, demand: Callable[[], int], minimum: int, maximum: int) -
     workers; the check interval and how many checks a worker stays idle before it is
     released are Dask's ``distributed.adaptive.interval`` and ``wait-count``."""
     return cluster.adapt(Adaptive=QueueAdaptive, demand=demand, minimum=minimum, maximum=maximum)
-
-
-def requested_workers(cluster: Any) -> tuple[int, int]:
-    """Workers the cluster has asked the batch system for, and those connected."""
-    return len(cluster.requested), len(cluster.observed)

@@ -627,11 +627,6 @@ class DaskExecutor:
         self._watcher: asyncio.Task[None] | None = None
         self._closing = False
 
-    @property
-    def connected(self) -> bool:
-        """Whether the service is connected to the Dask scheduler now."""
-        return self._connected.is_set()
-
     async def start(self) -> None:
         """Start the cluster (``--dask-cluster``) or find the scheduler, and connect. A
         scheduler that cannot be reached at start is an error (a wrong address is found

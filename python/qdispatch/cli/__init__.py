@@ -71,6 +71,9 @@ def _config(args: argparse.Namespace, db: Path, port: int) -> ServiceConfig:
         workers=args.workers or _auto_workers(args.threads_per_worker),
         executor=args.executor,
         scheduler_address=args.scheduler,
+        dask_cluster=args.dask_cluster,
+        dask_min_workers=args.dask_min_workers,
+        dask_max_workers=args.dask_max_workers,
         threads_per_worker=args.threads_per_worker,
         max_active_jobs=args.max_active_jobs,
         max_request_bytes=args.max_request_mb * 1024 * 1024,
@@ -200,9 +203,6 @@ def _serve(args: argparse.Namespace) -> int:
         config.state_file = Path(args.state_file).expanduser()
     elif config.loopback:
         config.state_file = db.parent / "server.json"
-    if args.executor == "dask" and not args.scheduler:
-        print("qdispatch serve: --executor dask needs --scheduler ADDRESS", file=sys.stderr)
-        return 2
     if config.programs_dir is not None and not config.programs_dir.is_dir():
         print(
             f"qdispatch serve: --programs-dir {config.programs_dir} is not a directory",
@@ -411,6 +411,19 @@ def parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--executor", choices=["local", "dask"], default="local")
     serve.add_argument("--scheduler", help="dask scheduler address, with --executor dask")
+    serve.add_argument(
+        "--dask-cluster",
+        metavar="KIND",
+        help="with --executor dask: start a dask-jobqueue cluster (slurm, pbs, sge, lsf, "
+        "htcondor, oar, moab, local-jobqueue) configured by jobqueue.<kind>.* of the Dask "
+        "config, its workers scaled from the queue",
+    )
+    serve.add_argument(
+        "--dask-min-workers", type=int, default=0, help="--dask-cluster: workers kept when idle"
+    )
+    serve.add_argument(
+        "--dask-max-workers", type=int, default=4, help="--dask-cluster: most workers at once"
+    )
     serve.add_argument("--threads-per-worker", type=int, default=1, help="Aer threads per job")
     serve.add_argument(
         "--max-active-jobs",

@@ -10,6 +10,20 @@ from typing import Any
 
 from .cpus import usable_cpus
 
+#: ``serve --dask-cluster`` kinds → the dask-jobqueue class that makes the cluster (module,
+#: name). ``local-jobqueue`` runs its "batch jobs" as local processes (dask-jobqueue's own
+#: test cluster): for trying the setup on one machine.
+JOBQUEUE_CLUSTERS: dict[str, tuple[str, str]] = {
+    "slurm": ("dask_jobqueue", "SLURMCluster"),
+    "pbs": ("dask_jobqueue", "PBSCluster"),
+    "sge": ("dask_jobqueue", "SGECluster"),
+    "lsf": ("dask_jobqueue", "LSFCluster"),
+    "htcondor": ("dask_jobqueue", "HTCondorCluster"),
+    "oar": ("dask_jobqueue", "OARCluster"),
+    "moab": ("dask_jobqueue", "MoabCluster"),
+    "local-jobqueue": ("dask_jobqueue.local", "LocalCluster"),
+}
+
 
 @dataclass
 class ServiceConfig:
@@ -23,6 +37,12 @@ class ServiceConfig:
     workers: int = field(default_factory=usable_cpus)
     executor: str = "local"
     scheduler_address: str | None = None
+    #: ``--executor dask``: start this kind of dask-jobqueue cluster (a key of
+    #: ``JOBQUEUE_CLUSTERS``) instead of connecting to ``scheduler_address``, and scale its
+    #: workers from the queue between these bounds (in Dask workers)
+    dask_cluster: str | None = None
+    dask_min_workers: int = 0
+    dask_max_workers: int = 4
     threads_per_worker: int = 1
     #: Per-user QUEUED + RUNNING jobs; 0 (or ``None``) is unlimited.
     max_active_jobs: int | None = 1000
@@ -113,6 +133,25 @@ class ServiceConfig:
             raise ValueError("max_store_bytes must be at least 1 MiB (or None: no cap)")
         if self.ui_login_seconds <= 0 or self.ui_max_logins < 1:
             raise ValueError("ui_login_seconds and ui_max_logins must be positive")
+        self._check_dask()
+
+    def _check_dask(self) -> None:
+        if self.executor == "dask" and not (self.scheduler_address or self.dask_cluster):
+            raise ValueError(
+                "--executor dask needs --scheduler ADDRESS (a running Dask scheduler) or "
+                "--dask-cluster KIND (a dask-jobqueue cluster started by the service)"
+            )
+        if self.dask_cluster is not None and self.dask_cluster not in JOBQUEUE_CLUSTERS:
+            kinds = ", ".join(JOBQUEUE_CLUSTERS)
+            raise ValueError(f"unknown --dask-cluster {self.dask_cluster!r} (one of {kinds})")
+        if self.dask_cluster is not None and self.scheduler_address:
+            raise ValueError("--dask-cluster starts its own scheduler: drop --scheduler")
+        if self.dask_cluster is not None and self.executor != "dask":
+            raise ValueError("--dask-cluster needs --executor dask")
+        if not 0 <= self.dask_min_workers <= self.dask_max_workers or self.dask_max_workers < 1:
+            raise ValueError(
+                "--dask-min-workers and --dask-max-workers need 0 <= min <= max and max >= 1"
+            )
 
     @property
     def active_job_limit(self) -> int | None:

@@ -28,6 +28,7 @@ the scheduler requeues those, and fails the others at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -529,97 +530,365 @@ async def _end_events(queue: Any, drain: asyncio.Task[None], job_id: str) -> Non
         drain.cancel()
 
 
+# Reconnecting to a lost Dask scheduler: the first retry after this many seconds, doubling
+# up to the last; each attempt waits this long for the scheduler to answer.
+_RECONNECT_FIRST = 0.5
+_RECONNECT_MAX = 30.0
+_CONNECT_TIMEOUT = 5.0
+# How often the connection is checked and the cluster's thread count read.
+_POLL_INTERVAL = 1.0
+
+
+async def _result(future: Any) -> tuple[Reply | None, str | None]:
+    """A dask future's reply, or why there is none. Never raises for the future's own
+    fate (so nothing is left unretrieved); a cancel of this waiter itself propagates."""
+    try:
+        reply: Reply = await future
+        return reply, None
+    except asyncio.CancelledError as exc:
+        reason = getattr(exc, "reason", None)  # distributed's FutureCancelledError
+        if reason is None:
+            raise
+        return None, f"dask cancelled the task ({reason})"
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+async def _close_quietly(client: Any) -> None:
+    # A client whose scheduler is gone may fail, or wait, while closing: neither matters.
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.close(), _CONNECT_TIMEOUT)
+
+
+@dataclass
+class _DaskRun:
+    """A job submitted (or being submitted) to the cluster."""
+
+    stop: asyncio.Event
+    future: Any = None
+
+
 class DaskExecutor:
-    """Runs jobs as tasks on a dask.distributed cluster (e.g. one dask-jobqueue put on
-    SLURM or PBS). Cancelling a running job releases its future; the cluster may finish
-    the computation, but its result is discarded and the job stays CANCELLED."""
+    """Runs jobs as tasks on a dask.distributed cluster: one that is already running
+    (``scheduler``, an address), or one the service starts through dask-jobqueue
+    (``cluster``, a kind of :data:`~qdispatch.server.config.JOBQUEUE_CLUSTERS`) whose
+    workers it scales from its queue (``demand()``: jobs queued and running) between
+    ``min_workers`` and ``max_workers``.
+
+    ``capacity`` follows the cluster's thread count as workers come and go;
+    ``on_capacity()`` is called when it changes, so that the scheduler dispatches again.
+
+    Only the service's own cancels end a job CANCELLED (a user's cancel) or with
+    ``time_limit_exceeded`` (the time limit): their ids are remembered while the job's
+    future is released. Every other end without a reply — the future cancelled by Dask
+    (the client lost the scheduler), a lost worker, a closed connection — is a transient
+    failure, which the scheduler requeues as another attempt. A lost connection to the
+    scheduler is re-established with backoff (0.5 s doubling to 30 s); meanwhile the
+    capacity is 0, so jobs stay QUEUED, and dispatch resumes on reconnect."""
 
     def __init__(
         self,
-        scheduler: str,
-        capacity: int | None = None,
+        scheduler: str | None = None,
         threads_per_task: int = 1,
         time_limit: float | None = None,
+        *,
+        cluster: str | None = None,
+        min_workers: int = 0,
+        max_workers: int = 4,
+        demand: Callable[[], int] | None = None,
+        on_capacity: Callable[[], None] | None = None,
+        poll_interval: float = _POLL_INTERVAL,
     ):
+        if not scheduler and not cluster:
+            raise ValueError("the dask executor needs a scheduler address or a cluster kind")
         self.scheduler = scheduler
-        self.capacity = capacity or 0
+        self.capacity = 0
         self.time_limit = time_limit
         self._threads = threads_per_task
+        self._cluster_kind = cluster
+        self._bounds = (min_workers, max_workers)
+        self._demand = demand or (lambda: 0)
+        self._on_capacity = on_capacity
+        self._poll = poll_interval
+        self._cluster: Any = None
+        self._adaptive: Any = None
         self._client: Any = None
-        self._futures: dict[str, Any] = {}
+        self._connected = asyncio.Event()
+        self._lost = asyncio.Event()  # set when the current connection is found lost
+        self._lost_at = 0.0
+        self._last_capacity = 0  # before the loss: what "starting" waits for
+        self._scheduler_id: str | None = None
+        self._runs: dict[str, _DaskRun] = {}
+        # Jobs the service itself is stopping (a user's cancel, the time limit): only these
+        # end without a reply and without being retried.
+        self._cancelled: set[str] = set()
         self._timed_out: set[str] = set()
-        self._cancelling: set[asyncio.Task[Any]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._watcher: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def start(self) -> None:
-        """Connect to the scheduler; capacity defaults to the cluster's thread count."""
+        """Start the cluster (``--dask-cluster``) or find the scheduler, and connect. A
+        scheduler that cannot be reached at start is an error (a wrong address is found
+        at once); one lost later is reconnected to."""
         try:
-            from distributed import Client  # noqa: PLC0415  (dask is optional: --executor dask)
+            import distributed  # noqa: F401, PLC0415  (dask is optional: --executor dask)
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise RuntimeError(
                 "the dask executor needs dask.distributed: pip install 'qdispatch[dask]'"
             ) from exc
-        self._client = await Client(self.scheduler, asynchronous=True, timeout="30s")
-        if not self.capacity:
-            # A cluster whose workers are still starting (dask-jobqueue) has none yet.
-            await self._client.wait_for_workers(1, timeout=120)
-            identity = await self._client.scheduler.identity()
-            workers = identity.get("workers", {}).values()
-            self.capacity = max(1, sum(int(w.get("nthreads", 1)) for w in workers))
+        if self._cluster_kind is not None:
+            # dask-jobqueue and the adaptive machinery load for --dask-cluster only.
+            from . import dask_cluster  # noqa: PLC0415
+
+            self._cluster = await dask_cluster.start_cluster(self._cluster_kind)
+            self.scheduler = self._cluster.scheduler_address
+            minimum, maximum = self._bounds
+            self._adaptive = dask_cluster.adapt(self._cluster, self._demand, minimum, maximum)
+        await self._connect()
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _connect(self) -> None:
+        from distributed import Client  # noqa: PLC0415  (dask is optional: --executor dask)
+
+        client = Client(
+            self.scheduler, asynchronous=True, timeout=_CONNECT_TIMEOUT, set_as_default=False
+        )
+        try:
+            await client
+            self._client = client
+            await asyncio.wait_for(self._refresh(), _CONNECT_TIMEOUT)
+        except BaseException:
+            self._client = None
+            await _close_quietly(client)
+            raise
+        self._lost = asyncio.Event()
+        self._connected.set()
+
+    async def _refresh(self) -> None:
+        """Read the cluster's workers: capacity is their thread count."""
+        identity = await self._client.scheduler.identity()
+        scheduler_id = identity.get("id")
+        if self._connected.is_set() and scheduler_id != self._scheduler_id:
+            # The client reconnected by itself between two checks: the futures it had
+            # were cancelled by Dask (their jobs are requeued); say it happened.
+            log.warning(
+                "the dask scheduler at %s was restarted (it had lost the service's tasks; "
+                "their jobs were requeued)",
+                self.scheduler,
+            )
+        self._scheduler_id = scheduler_id
+        workers = identity.get("workers", {}).values()
+        self._set_capacity(sum(int(w.get("nthreads", 1)) for w in workers))
+
+    def _set_capacity(self, capacity: int) -> None:
+        if capacity == self.capacity:
+            return
+        log.info("dask cluster capacity: %d -> %d threads", self.capacity, capacity)
+        self.capacity = capacity
+        if self._on_capacity is not None:
+            try:
+                self._on_capacity()
+            except Exception:
+                log.exception("the capacity callback failed")
+
+    def _lose(self, reason: str) -> None:
+        """The connection is gone: no capacity until it is back; jobs waiting on it are
+        answered as transient failures by :meth:`execute`."""
+        if not self._connected.is_set() or self._closing:
+            return
+        self._connected.clear()
+        self._lost.set()
+        self._lost_at = time.monotonic()
+        self._last_capacity = self.capacity
+        log.error(
+            "lost the connection to the dask scheduler at %s (%s): running jobs are "
+            "requeued, queued ones wait; reconnecting",
+            self.scheduler,
+            reason,
+        )
+        self._set_capacity(0)
+
+    async def _watch(self) -> None:
+        """Check the connection every ``poll_interval`` and follow the thread count;
+        reconnect with backoff when it is lost. Supervised: an error is logged and the
+        watch goes on."""
+        while not self._closing:
+            try:
+                if self._connected.is_set():
+                    await asyncio.sleep(self._poll)
+                    await self._check()
+                else:
+                    await self._reconnect()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("checking the dask connection failed")
+                await asyncio.sleep(self._poll)
+
+    async def _check(self) -> None:
+        client = self._client
+        if client is None or client.status != "running":
+            self._lose(f"client {getattr(client, 'status', 'gone')}")
+            return
+        try:
+            await asyncio.wait_for(self._refresh(), _CONNECT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as exc:
+            self._lose(f"{type(exc).__name__}: {exc}")
+
+    async def _reconnect(self) -> None:
+        old, self._client = self._client, None
+        if old is not None and await self._recovered(old):
+            self._reconnected(1)
+            return
+        if old is not None:
+            await _close_quietly(old)
+        delay, attempts = _RECONNECT_FIRST, 0
+        while not self._closing:
+            attempts += 1
+            try:
+                await self._connect()
+            except Exception as exc:
+                log.info(
+                    "reconnecting to the dask scheduler at %s failed (%s); next try in %.1f s",
+                    self.scheduler,
+                    exc,
+                    delay,
+                )
+            else:
+                self._reconnected(attempts)
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RECONNECT_MAX)
+
+    async def _recovered(self, client: Any) -> bool:
+        """Whether ``client`` reconnected by itself: dask's client retries for its
+        ``timeout`` (cancelling that logs a traceback, so it is waited out), then closes."""
+        deadline = time.monotonic() + 2 * _CONNECT_TIMEOUT
+        while client.status == "connecting" and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        if client.status != "running":
+            return False
+        self._client = client
+        try:
+            await asyncio.wait_for(self._refresh(), _CONNECT_TIMEOUT)
+        except Exception:
+            self._client = None
+            return False
+        self._lost = asyncio.Event()
+        self._connected.set()
+        return True
+
+    def _reconnected(self, attempts: int) -> None:
+        log.warning(
+            "reconnected to the dask scheduler at %s after %.1f s (%d attempts); capacity %d",
+            self.scheduler,
+            time.monotonic() - self._lost_at,
+            attempts,
+            self.capacity,
+        )
+
+    async def _ready_client(self) -> tuple[Any, asyncio.Event]:
+        """The connected client and the event that says it was lost; waits out a
+        reconnect (the scheduler may dispatch just before the loss is noticed)."""
+        while True:
+            await self._connected.wait()
+            client = self._client
+            if client is not None and client.status == "running":
+                return client, self._lost
+            self._lose(f"client {getattr(client, 'status', 'gone')}")
 
     async def execute(
         self, task: Task, started: Callable[[], None], on_event: OnEvent | None = None
     ) -> Outcome:
         """Submit ``task`` to the cluster and wait for its result, passing a program's
         events to ``on_event`` while it runs."""
+        client, lost = await self._ready_client()
         start = time.perf_counter()
-        key = f"qdispatch-{task.job_id}-{time.time_ns()}"
+        job_id = task.job_id
+        key = f"qdispatch-{job_id}-{time.time_ns()}"
+        run = _DaskRun(asyncio.Event())
+        self._runs[job_id] = run
         queue: Any = None
         drain: asyncio.Task[None] | None = None
-        if task.kind == "program":
-            from distributed import Queue  # noqa: PLC0415  (dask is optional: qdispatch[dask])
-
-            queue = await Queue(f"{key}-events", client=self._client)
-            drain = asyncio.get_running_loop().create_task(_drain(queue, task.job_id, on_event))
-        future = self._client.submit(
-            _dask_run, task, self._threads, queue.name if queue else None, pure=False, key=key
-        )
-        self._futures[task.job_id] = future
         timer = None
-        if self.time_limit:
-            timer = asyncio.get_running_loop().call_later(
-                self.time_limit, self._expire, task.job_id
-            )
-        _call(task.job_id, started)  # the cluster decides when it runs; to us it is running
+        replied = False
         try:
-            reply = await future
-            return _outcome(reply, time.perf_counter() - start)
-        except asyncio.CancelledError:
-            if future.cancelled() or future.status == "cancelled":
-                return self._stopped(task.job_id, start)
-            raise
-        except Exception as exc:
-            if future.status == "cancelled":
-                return self._stopped(task.job_id, start)
-            # run_task answers a job's own failure with a Reply: an exception here is the
-            # cluster's (a worker lost, a connection closed), so the job may run again.
+            # The cluster decides when it runs; to us it is running (and an attempt) now,
+            # so a failure to submit is requeued like any other loss.
+            _call(job_id, started)
+            if self.time_limit:
+                timer = asyncio.get_running_loop().call_later(self.time_limit, self._expire, job_id)
+            problem: str | None = None
+            if not run.stop.is_set():
+                try:
+                    if task.kind == "program":
+                        from distributed import Queue  # noqa: PLC0415  (dask is optional)
+
+                        queue = await Queue(f"{key}-events", client=client)
+                        drain = asyncio.get_running_loop().create_task(
+                            _drain(queue, job_id, on_event)
+                        )
+                    run.future = client.submit(
+                        _dask_run,
+                        task,
+                        self._threads,
+                        queue.name if queue else None,
+                        pure=False,
+                        key=key,
+                    )
+                except Exception as exc:
+                    problem = f"{type(exc).__name__}: {exc}"
+            if run.future is not None:
+                reply, problem = await self._wait(run, lost)
+                if reply is not None:
+                    replied = True
+                    return _outcome(reply, time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            if job_id in self._cancelled:
+                return self._stopped(job_id, seconds)
+            # run_task answers a job's own failure with a Reply: anything else is the
+            # cluster's (a worker lost, the connection closed), so the job may run again.
             return Outcome(
                 "error",
-                error=f"the dask cluster lost the job: {type(exc).__name__}: {exc}",
-                seconds=time.perf_counter() - start,
+                error=f"the dask cluster lost the job: {problem or 'no reply'}",
+                seconds=seconds,
                 transient=True,
             )
         finally:
             if timer is not None:
                 timer.cancel()
-            self._timed_out.discard(task.job_id)
-            self._futures.pop(task.job_id, None)
+            self._runs.pop(job_id, None)
+            self._cancelled.discard(job_id)
+            self._timed_out.discard(job_id)
             if drain is not None:
-                # Before the outcome goes back: every event is stored ahead of the status.
-                await _end_events(queue, drain, task.job_id)
-                queue.close()
+                if replied:
+                    # Before the outcome goes back: every event is stored ahead of it.
+                    await _end_events(queue, drain, job_id)
+                else:  # nothing more will come, and the scheduler may be gone
+                    drain.cancel()
+                with contextlib.suppress(Exception):
+                    queue.close()
 
-    def _stopped(self, job_id: str, start: float) -> Outcome:
-        seconds = time.perf_counter() - start
+    async def _wait(self, run: _DaskRun, lost: asyncio.Event) -> tuple[Reply | None, str | None]:
+        """The future's reply, or why there is none: it failed, the service stopped the
+        job (``run.stop``), or the connection was lost."""
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_task(_result(run.future))
+        stopping = loop.create_task(run.stop.wait())
+        losing = loop.create_task(lost.wait())
+        try:
+            await asyncio.wait({waiter, stopping, losing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pending in (waiter, stopping, losing):
+                pending.cancel()
+        if waiter.done() and not waiter.cancelled():
+            return waiter.result()
+        if losing.done() and not losing.cancelled():
+            return None, "the connection to the dask scheduler was lost"
+        return None, "stopped by the service"
+
+    def _stopped(self, job_id: str, seconds: float) -> Outcome:
         if job_id in self._timed_out:
             return time_limit_outcome(self.time_limit or 0.0, seconds)
         return Outcome("cancelled", seconds=seconds)
@@ -628,32 +897,71 @@ class DaskExecutor:
         log.warning(
             "job %s ran past the time limit of %g s: cancelling it", job_id, self.time_limit
         )
-        if self.cancel(job_id):
+        if job_id in self._runs:
             self._timed_out.add(job_id)
+            self.cancel(job_id)
 
     def busy_jobs(self) -> set[str]:
         """Ids of the jobs submitted to the cluster and not finished."""
-        return set(self._futures)
+        return set(self._runs)
 
     def workers(self) -> dict[str, int]:
-        """Slots of the cluster in use and free (dask starts its workers itself)."""
-        busy = len(self._futures)
-        return {"idle": max(0, self.capacity - busy), "busy": busy, "starting": 0}
+        """Slots (worker threads) of the cluster in use and free, and those on their way:
+        batch jobs requested and not yet connected, or, while the scheduler is out of
+        reach, the slots the cluster had."""
+        busy = len(self._runs)
+        starting = 0
+        if not self._connected.is_set():
+            starting = max(1, self._last_capacity)
+        elif self._cluster is not None:
+            requested, observed = len(self._cluster.requested), len(self._cluster.observed)
+            starting = max(0, requested - observed) * max(1, self._threads_per_worker())
+        return {"idle": max(0, self.capacity - busy), "busy": busy, "starting": starting}
+
+    def _threads_per_worker(self) -> int:
+        job = getattr(self._cluster, "_dummy_job", None)
+        return int(getattr(job, "worker_process_threads", 1))
 
     def audit(self) -> None:
-        """Nothing to check: dask replaces its own workers."""
+        """Nothing to check: dask replaces its own workers, and the connection is
+        watched all the time."""
 
     def cancel(self, job_id: str) -> bool:
-        """Release a running job's future; ``False`` if it is not running here."""
-        future = self._futures.get(job_id)
-        if future is None:
+        """Stop a running job: remember that the service stopped it, release its future;
+        ``False`` if it is not running here."""
+        run = self._runs.get(job_id)
+        if run is None:
             return False
-        task = asyncio.get_running_loop().create_task(future.cancel())
-        self._cancelling.add(task)
-        task.add_done_callback(self._cancelling.discard)
+        self._cancelled.add(job_id)
+        run.stop.set()
+        if run.future is not None:
+            task = asyncio.get_running_loop().create_task(self._release(run.future))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         return True
 
+    async def _release(self, future: Any) -> None:
+        # The job is over for the service already; the cluster may finish the computation.
+        try:
+            await asyncio.wait_for(future.cancel(), _CONNECT_TIMEOUT)
+        except Exception as exc:
+            log.info("could not cancel a dask future (%s); its result is dropped", exc)
+
     async def close(self) -> None:
-        """Disconnect from the cluster (the cluster itself keeps running)."""
+        """Disconnect from the cluster; stop it if the service started it (its batch
+        jobs are cancelled), otherwise it keeps running."""
+        self._closing = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        for task in list(self._background):
+            task.cancel()
         if self._client is not None:
-            await self._client.close()
+            await _close_quietly(self._client)
+            self._client = None
+        if self._cluster is not None:
+            if self._adaptive is not None:
+                self._adaptive.stop(reason="the service is stopping")
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._cluster.close(), 30)

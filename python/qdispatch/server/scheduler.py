@@ -231,6 +231,11 @@ class Scheduler:
             self.paused.discard(backend)
         self._changed()
 
+    def wake(self) -> None:
+        """Dispatch again: the executor's capacity changed (a Dask cluster's workers came
+        or went, its scheduler was lost or is back)."""
+        self._changed()
+
     def _changed(self) -> None:
         self._version += 1
         self._wake.set()

@@ -87,15 +87,28 @@ class Service:
                 self.config.workers, self.config.threads_per_worker, self.config.job_time_limit
             )
         if self.config.executor == "dask":
-            if not self.config.scheduler_address:
-                raise ValueError("--executor dask needs --scheduler ADDRESS")
             return DaskExecutor(
                 self.config.scheduler_address,
-                None,
                 self.config.threads_per_worker,
                 self.config.job_time_limit,
+                cluster=self.config.dask_cluster,
+                min_workers=self.config.dask_min_workers,
+                max_workers=self.config.dask_max_workers,
+                demand=self._dask_demand,
+                on_capacity=self._capacity_changed,
             )
         raise ValueError(f"unknown executor {self.config.executor!r} (local, dask)")
+
+    def _dask_demand(self) -> int:
+        """Job slots the Dask cluster should have: every job queued or running, but
+        those queued for a paused backend (they will not start)."""
+        paused = sum(self.scheduler.pending_jobs(backend) for backend in self.scheduler.paused)
+        return self.scheduler.active_jobs() - paused
+
+    def _capacity_changed(self) -> None:
+        # Called by the executor, which is made before the scheduler: the scheduler
+        # exists by the time the cluster's capacity first changes (at start).
+        self.scheduler.wake()
 
     # -- life cycle ---------------------------------------------------------------------
 

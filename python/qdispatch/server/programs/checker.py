@@ -36,8 +36,11 @@ from .submission import decode_and_estimate
 #: Decoded params are at most 256 MiB of payloads (``encoding.MAX_DECODED_BYTES``) plus the
 #: objects built from them; 2 GiB is room for any honest job.
 CHECK_MEMORY_BYTES = 2 << 30
-#: Seconds one check may take.
+#: Seconds one check may take, once its process is up.
 CHECK_SECONDS = 30.0
+#: Seconds a fresh checking process may take to start (spawn, import qiskit, load the
+#: programs): not the user's time, so not counted in ``CHECK_SECONDS``.
+START_SECONDS = 120.0
 
 # The circuits a program job carries as a Qobj are checked for the job's backend's width
 # with the ideal simulator's gates (programs make circuits fit a device themselves,
@@ -77,6 +80,11 @@ def _start(programs_dir: Path | None, memory_bytes: int) -> None:
 
 
 _specs: dict[str, Any] = {}
+
+
+def _ready() -> bool:
+    """Answered once the process has run its initializer: the check's clock starts then."""
+    return _registry is not None
 
 
 def _check(program_id: str, params: bytes, backend: str, limits: Limits) -> tuple[Any, ...]:
@@ -165,6 +173,10 @@ class InputChecker:
             pool = self._executor()
             try:
                 async with self._semaphore():
+                    # A process that is starting (the first check, or the one after a
+                    # runaway) is waited for apart: on a busy machine spawning and
+                    # importing qiskit alone can take longer than a check may.
+                    await asyncio.wait_for(loop.run_in_executor(pool, _ready), START_SECONDS)
                     answer = await asyncio.wait_for(
                         loop.run_in_executor(pool, _check, program_id, params, backend, limits),
                         self._seconds,

@@ -84,6 +84,7 @@ def _config(args: argparse.Namespace, db: Path, port: int) -> ServiceConfig:
         session_idle_timeout=args.session_idle_timeout,
         heartbeat_seconds=args.heartbeat,
         max_attempts=args.max_attempts,
+        drain_timeout=args.drain_timeout,
         job_time_limit=args.job_time_limit or None,
         idle_timeout=args.idle_timeout,
         programs_dir=Path(args.programs_dir).expanduser() if args.programs_dir else None,
@@ -99,6 +100,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415
 
     from .server.app import create_app  # noqa: PLC0415
+    from .server.shutdown import GracefulServer  # noqa: PLC0415
 
     db = _db_path(args)
     problem = _tls_problem(args.ssl_certfile, args.ssl_keyfile)
@@ -144,8 +146,9 @@ def _serve(args: argparse.Namespace) -> int:
         )
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    app = create_app(config)
     uvicorn_config = uvicorn.Config(
-        create_app(config),
+        app,
         log_level=args.log_level,
         access_log=False,
         lifespan="on",
@@ -154,7 +157,8 @@ def _serve(args: argparse.Namespace) -> int:
         ssl_certfile=str(config.ssl_certfile) if config.ssl_certfile else None,
         ssl_keyfile=str(config.ssl_keyfile) if config.ssl_keyfile else None,
     )
-    server = uvicorn.Server(uvicorn_config)
+    # On SIGTERM/SIGINT: drain, requeue, spool (docs/service.md, "Faults").
+    server = GracefulServer(uvicorn_config, app)
     # After uvicorn.Config, which installs uvicorn's logging configuration.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).addFilter(_RedactTokens())
@@ -162,7 +166,9 @@ def _serve(args: argparse.Namespace) -> int:
         print("qdispatch serve: plain HTTP (--plaintext): a TLS proxy must front it", flush=True)
     print(f"qdispatch service on {config.url} (store {db})", flush=True)
     server.run(sockets=[sock])
-    return 0
+    # 0 once every job is stored, requeued or spooled; 1 if an outcome was lost (or the
+    # service never started).
+    return 0 if server.clean else 1
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -393,6 +399,12 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=3,
         help="times a job may be interrupted by a service crash before it is failed",
+    )
+    serve.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=20.0,
+        help="on SIGTERM/SIGINT, seconds running jobs get to finish before they are requeued",
     )
     serve.add_argument(
         "--idle-timeout",

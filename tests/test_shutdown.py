@@ -8,7 +8,9 @@ starts it again on the same store and checks what became of each job.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import random
 import signal
 import sqlite3
 import stat
@@ -24,8 +26,14 @@ import psutil
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
+from qdispatch.codes import RESULT_TOO_LARGE
+from qdispatch.constants import CANCELLED, DONE, ERROR
+from qdispatch.server.executors import Outcome
+from qdispatch.server.spool import Spool
+from qdispatch.server.store import Store
 from qobjs import bell_qobj, slow_qobj
 from support import ServiceProcess, submit, wait_final, wait_status
+from test_faults import FakeExecutor, FaultyStore, _new_job, _scheduler, _settle
 
 # A margin over --drain-timeout for the rest of a stop on a loaded 2-core machine: uvicorn's
 # wait for requests in flight (5 s at most), stopping the workers, the store's last writes.
@@ -270,3 +278,81 @@ def test_an_outcome_the_store_refuses_at_stop_is_spooled_and_stored_on_start(
         assert f"stored the outcome of job {job_id} spooled by the last stop" in svc.log()
     finally:
         svc.stop()
+
+
+# -- in process: the scheduler's drain and spool, with the fake executor of test_faults ----
+
+
+def test_the_spool_keeps_what_the_store_refused_until_the_next_start(tmp_path: Path) -> None:
+    """Two outcomes the store refuses at stop (a result, and one over max_result_bytes)
+    are spooled; a scheduler on the same store and spool stores both before dispatching,
+    drops the file of a job that ended meanwhile, and leaves an unreadable file alone."""
+    spool = Spool(tmp_path / "jobs.db.spool")
+    result = orjson.dumps({"success": True, "results": [{"success": True}]})
+    big = orjson.dumps({"success": True, "results": [{"success": True, "pad": "x" * 400}]})
+
+    async def first_run() -> tuple[str, str, str]:
+        every = range(1, 10**9)
+        store = FaultyStore(
+            tmp_path / "jobs.db", {"set_status:DONE": every, "set_status:ERROR": every}
+        )
+        store.armed = True
+        fake = FakeExecutor(3, random.Random(0))
+        sched = _scheduler(store, fake, watchdog_interval=3600, max_result_bytes=300)
+        sched._spool = spool
+        await sched.start()
+        jobs = [_new_job(store, owner) for owner in ("ann", "bob", "cy")]
+        for job in jobs:
+            sched.submit(job)
+        await _settle()
+        assert set(fake.on_worker) == {job.id for job in jobs}
+        fake.end(jobs[0].id, Outcome("done", result=result, seconds=0.5))
+        fake.end(jobs[1].id, Outcome("done", result=big, seconds=0.5))
+        await _settle()
+        sched.begin_drain()
+        assert await sched.drain(time.monotonic() + 0.2, asyncio.Event()) == 1  # cy's runs on
+        report = await sched.stop(settle_tries=2)
+        assert set(report.spooled) == {jobs[0].id, jobs[1].id}
+        assert report.requeued == [jobs[2].id]
+        assert not report.lost
+        store.close()
+        return jobs[0].id, jobs[1].id, jobs[2].id
+
+    done_id, big_id, requeued_id = asyncio.run(first_run())
+    assert len(spool) == 2
+    # A job that ends another way before the next start (here: its spool file is
+    # copied to a job that was then cancelled) has its file dropped, not stored.
+    store = Store(tmp_path / "jobs.db")
+    cancelled = _new_job(store, "dee")
+    store.set_status(cancelled.id, CANCELLED)
+    store.close()
+    copied = (spool.path / f"{done_id}.outcome").read_bytes()
+    (spool.path / f"{cancelled.id}.outcome").write_bytes(copied)
+    (spool.path / "0123abcd.outcome").write_bytes(b"not json\n")
+
+    async def second_run() -> None:
+        store = Store(tmp_path / "jobs.db")
+        fake = FakeExecutor(1, random.Random(0))
+        sched = _scheduler(store, fake, watchdog_interval=3600, max_result_bytes=10**6)
+        sched._spool = spool
+        await sched.start()
+        done = store.job(done_id)
+        assert done is not None
+        assert done.status == DONE
+        assert store.data(done_id, "result") is not None
+        assert done.attempts == 1
+        # Over the limit of the run that produced it, though this run's is larger.
+        too_large = store.job(big_id)
+        assert too_large is not None
+        assert too_large.status == ERROR
+        assert (too_large.error or {})["code"] == RESULT_TOO_LARGE
+        ended = store.job(cancelled.id)
+        assert ended is not None
+        assert ended.status == CANCELLED
+        await _settle()
+        assert set(fake.on_worker) == {requeued_id}  # the requeued one runs again
+        await sched.stop()
+        store.close()
+
+    asyncio.run(second_run())
+    assert sorted(p.name for p in spool.path.iterdir()) == ["0123abcd.outcome"]

@@ -22,13 +22,26 @@ from qdispatch.server.store import NewJob, Store, compress
 
 
 class ServiceProcess:
-    """``qdispatch serve`` on a store in a temporary directory; restartable on the same store."""
+    """``qdispatch serve`` on a store in a temporary directory; restartable on the same store.
 
-    def __init__(self, root: Path, *args: str) -> None:
+    ``launcher`` is what follows the interpreter on the command line, before ``serve``: a
+    test that injects faults into the service's own process gives ``("-c", code)``, code
+    that patches the service and then calls ``qdispatch.cli.main(sys.argv[1:])``.
+
+    Unless ``args`` say otherwise, the service runs with ``--drain-timeout 0``: ``stop()``
+    (SIGTERM) requeues running jobs at once rather than letting them finish, so that a
+    test's teardown never waits for its jobs (tests/test_shutdown.py tests the drain)."""
+
+    def __init__(
+        self, root: Path, *args: str, launcher: tuple[str, ...] = ("-m", "qdispatch")
+    ) -> None:
         self.root = root
+        self.launcher = launcher
         self.db = root / "jobs.db"
         self.state_file = root / "server.json"
         self.args = list(args)
+        if not any(arg.startswith("--drain-timeout") for arg in self.args):
+            self.args += ["--drain-timeout", "0"]
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.token = ""
@@ -41,8 +54,7 @@ class ServiceProcess:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "qdispatch",
+                *self.launcher,
                 "serve",
                 "--port",
                 "0",

@@ -96,6 +96,7 @@ def _config(args: argparse.Namespace, db: Path, port: int) -> ServiceConfig:
         session_idle_timeout=args.session_idle_timeout,
         heartbeat_seconds=args.heartbeat,
         max_attempts=args.max_attempts,
+        drain_timeout=args.drain_timeout,
         job_time_limit=args.job_time_limit or None,
         retention=args.retention,
         max_store_bytes=int(args.max_store_mb * 1024 * 1024) if args.max_store_mb else None,
@@ -162,6 +163,7 @@ def _serve(args: argparse.Namespace) -> int:
         header_deadline_protocol,
         raise_open_files_limit,
     )
+    from ..server.shutdown import GracefulServer  # noqa: PLC0415
 
     db = _db_path(args)
     problem = _tls_problem(args.ssl_certfile, args.ssl_keyfile)
@@ -221,8 +223,9 @@ def _serve(args: argparse.Namespace) -> int:
         )
         if connections < 16:
             return 2
+    app = create_app(config)
     uvicorn_config = uvicorn.Config(
-        create_app(config),
+        app,
         http=header_deadline_protocol(config.header_timeout),
         limit_concurrency=connections,
         log_level=args.log_level,
@@ -233,7 +236,8 @@ def _serve(args: argparse.Namespace) -> int:
         ssl_certfile=str(config.ssl_certfile) if config.ssl_certfile else None,
         ssl_keyfile=str(config.ssl_keyfile) if config.ssl_keyfile else None,
     )
-    server = uvicorn.Server(uvicorn_config)
+    # On SIGTERM/SIGINT: drain, requeue, spool (docs/service.md, "Faults").
+    server = GracefulServer(uvicorn_config, app)
     # After uvicorn.Config, which installs uvicorn's logging configuration.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).addFilter(_RedactTokens())
@@ -242,7 +246,9 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"qdispatch service on {config.url} (store {db})", flush=True)
     server.run(sockets=[sock])
     store_lock.close()
-    return 0
+    # 0 once every job is stored, requeued or spooled; 1 if an outcome was lost (or the
+    # service never started).
+    return 0 if server.clean else 1
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -522,6 +528,12 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=3,
         help="times a job may be interrupted by a service crash before it is failed",
+    )
+    serve.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=20.0,
+        help="on SIGTERM/SIGINT, seconds running jobs get to finish before they are requeued",
     )
     serve.add_argument(
         "--idle-timeout",

@@ -87,6 +87,8 @@ class ServiceConfig:
     session_idle_timeout: float = 300.0
     heartbeat_seconds: float = 10.0
     max_attempts: int = 3
+    #: On SIGTERM/SIGINT, seconds the running jobs get to finish before they are requeued.
+    drain_timeout: float = 20.0
     #: seconds a job may run on a worker before it is stopped (``None``: no limit)
     job_time_limit: float | None = 3600.0
     #: Retention: finished jobs (with their events, inputs, results and tags) that ended
@@ -152,6 +154,8 @@ class ServiceConfig:
             raise ValueError(
                 "--dask-min-workers and --dask-max-workers need 0 <= min <= max and max >= 1"
             )
+        if not 0.0 <= self.drain_timeout < float("inf"):
+            raise ValueError(f"drain_timeout must be 0 or more seconds, got {self.drain_timeout}")
 
     @property
     def active_job_limit(self) -> int | None:

@@ -174,7 +174,11 @@ def _worker_main(conn: Connection, threads: int) -> None:
     """A local worker: run tasks from ``conn`` until the service goes away. A program's
     events go out on the same pipe, ahead of the reply: ``(kind, data)``, then
     ``("reply", Reply, seconds)``."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the service, not for us
+    # Ctrl-C, or a SIGTERM sent to the whole process group (systemd's default KillMode), is
+    # for the service: it lets this worker finish its job while it drains, then stops it
+    # itself (SIGKILL). Orphaned by a service that died, a worker exits at its pipe's EOF.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     conn.send(("ready", os.getpid()))
     sending = threading.Lock()  # a program may publish from threads of its own
 

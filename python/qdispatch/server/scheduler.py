@@ -41,6 +41,13 @@ started. The dispatch loop survives errors (it logs, backs off and goes on); an 
 that cannot be stored is kept and stored again later, never dropped; a job whose worker
 died or whose executor lost it is requeued until it has been tried ``max_attempts`` times.
 A watchdog checks every few seconds that each held slot belongs to a live job.
+
+Stopping (docs/service.md, "Faults"): :meth:`Scheduler.begin_drain` stops dispatching,
+:meth:`Scheduler.drain` waits (up to a deadline) for the running jobs to finish and their
+outcomes to be stored, and :meth:`Scheduler.stop` requeues what still runs, tries the
+outcomes the store refused a few more times and writes those it still refuses to the
+:class:`~qdispatch.server.spool.Spool`, which the next :meth:`Scheduler.start` stores
+before it dispatches anything.
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ import math
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -66,6 +73,7 @@ from ..constants import CANCELLED, DONE, ERROR, FINAL_STATUSES, QUEUED, RUNNING
 from .errors import StorageFull
 from .executors import Executor, Outcome, Task
 from .programs import ProgramRef
+from .spool import Spool
 from .store import Event, Job, Store, compress
 from .stream import Hub
 
@@ -76,6 +84,7 @@ _DEFAULT_RATE = 0.002  # seconds per experiment until a backend has been measure
 _RATE_WEIGHT = 0.2
 WATCHDOG_INTERVAL = 5.0  # seconds between the watchdog's checks and retries of outcomes
 _MAX_BACKOFF = 30.0  # the longest the dispatch loop waits after an error
+_SETTLE_PAUSE = 0.5  # seconds before the 2nd try at stop to store a refused outcome (then 2x…)
 # A result larger than this is checked and compressed in a worker thread.
 _BIG_RESULT = 1024 * 1024
 
@@ -117,6 +126,19 @@ class _Running:
     event_bytes: int = 0  # interim results and log lines stored for it so far
 
 
+@dataclass
+class StopReport:
+    """What :meth:`Scheduler.stop` did with the jobs it found unfinished: ``requeued`` ran
+    past the drain and are QUEUED again, ``spooled`` had outcomes the store refused that
+    are now in the spool, ``lost`` had outcomes that could be neither stored nor spooled
+    (their jobs stay RUNNING in the store, and the next start requeues them)."""
+
+    finished: int = 0  # jobs that finished while the scheduler drained
+    requeued: list[str] = field(default_factory=list)
+    spooled: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+
+
 class Scheduler:
     """Owns the queues and the executor; every status change goes through here."""
 
@@ -131,6 +153,7 @@ class Scheduler:
         dedicated_share: float = 0.5,
         max_result_bytes: int | None = None,
         max_event_bytes: int | None = None,
+        spool: Spool | None = None,
     ):
         self.store = store
         self.hub = hub
@@ -155,13 +178,19 @@ class Scheduler:
         self._unsettled: dict[str, tuple[_Running, Outcome, _Prepared | None]] = {}
         self._order_cache: dict[str, tuple[int, dict[str, tuple[int, float]]]] = {}
         self._version = 0
+        # Where outcomes the store still refuses at stop are kept for the next start.
+        self._spool = spool
+        self._draining = False
+        self._finished_in_drain = 0
         #: backends an operator paused: their jobs queue, none starts
         self.paused: set[str] = set()
 
     # -- life cycle ---------------------------------------------------------------------
 
     async def start(self) -> tuple[list[str], list[str]]:
-        """Recover after a restart, load the queues from the store, start dispatching."""
+        """Store the outcomes spooled by the last stop, recover after a restart, load the
+        queues from the store, start dispatching."""
+        self._settle_spooled()  # before recovery would requeue their jobs
         requeued, failed = self.store.recover(self.max_attempts)
         for job_id in requeued + failed:
             job = self.store.job(job_id)
@@ -175,23 +204,52 @@ class Scheduler:
         self._watchdog_task = loop.create_task(self._watchdog())
         return requeued, failed
 
-    async def stop(self) -> None:
-        """Stop dispatching. Running jobs stay RUNNING in the store and are requeued by the
-        next start, so a clean stop and a crash recover the same way."""
+    def begin_drain(self) -> None:
+        """Start no more jobs (queued ones stay QUEUED in the store, for the next start);
+        jobs on workers run on. A job still waiting for a free worker stops waiting: it
+        never left QUEUED in the store."""
+        self._draining = True
+        for running in list(self._running.values()):
+            if not running.on_worker and running.task is not None:
+                running.task.cancel()
+        self._changed()
+
+    async def drain(self, deadline: float, hurry: asyncio.Event) -> int:
+        """Wait until no job runs, the ``time.monotonic()`` ``deadline`` passes or
+        ``hurry`` is set; outcomes are stored as jobs finish meanwhile. Returns how many
+        jobs still run."""
+        if not self._draining:
+            self.begin_drain()
+        hurried = asyncio.ensure_future(hurry.wait())
+        try:
+            while self._running and not hurry.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                await asyncio.wait({hurried}, timeout=min(left, 0.05))
+        finally:
+            hurried.cancel()
+        return len(self._running)
+
+    async def stop(self, settle_tries: int = 1) -> StopReport:
+        """Stop dispatching and the jobs that still run: they are requeued without counting
+        the run as an attempt (the service's stop is not the job's fault; a crash leaves
+        them RUNNING, and the next start requeues them counting it). Outcomes the store
+        refused are tried ``settle_tries`` times more, pausing between tries; those it
+        still refuses go to the spool (if there is one) for the next start."""
+        report = StopReport(finished=self._finished_in_drain)
+        self._draining = True
         for background in (self._watchdog_task, self._loop_task):
             if background:
                 background.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await background
-        self._retry_unsettled()  # one last try; what is left stays RUNNING, and is requeued
         running = list(self._running.items())
         tasks = [r.task for _, r in running if r.task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.executor.close()
-        # A clean stop is not the job's fault: requeue without counting the attempt (a
-        # crash leaves them RUNNING, and the next start requeues them counting it).
         for job_id, run in running:
             if run.on_worker and not run.cancelled and run.recorded:
                 try:
@@ -199,11 +257,122 @@ class Scheduler:
                         job_id,
                         QUEUED,
                         step="REQUEUED",
-                        note="the service stopped",
+                        note="the service stopped before the job finished",
                         attempts_delta=-1,
                     )
                 except Exception:  # it stays RUNNING: the next start requeues it
                     log.exception("could not requeue job %s at stop", job_id)
+                else:
+                    report.requeued.append(job_id)
+        for attempt in range(settle_tries):
+            if not self._unsettled:
+                break
+            if attempt:
+                await asyncio.sleep(_SETTLE_PAUSE * 2 ** (attempt - 1))
+            self._retry_unsettled()
+        self._spool_unsettled(report)
+        return report
+
+    def _spool_unsettled(self, report: StopReport) -> None:
+        """Write the outcomes the store still refuses to the spool (or say they are lost:
+        their jobs stay RUNNING in the store and run again after the next start)."""
+        for job_id, (running, outcome, prepared) in list(self._unsettled.items()):
+            if self._spool is None:
+                log.error("the outcome of job %s could not be stored and is lost", job_id)
+                report.lost.append(job_id)
+                continue
+            header, blob = self._spool_form(job_id, running, outcome, prepared)
+            try:
+                path = self._spool.put(job_id, header, blob)
+            except Exception:
+                log.exception("the outcome of job %s could be neither stored nor spooled", job_id)
+                report.lost.append(job_id)
+                continue
+            log.warning("the store refused the outcome of job %s: spooled to %s", job_id, path)
+            report.spooled.append(job_id)
+            del self._unsettled[job_id]
+
+    def _spool_form(
+        self, job_id: str, running: _Running, outcome: Outcome, prepared: _Prepared | None
+    ) -> tuple[dict[str, Any], bytes | None]:
+        """An unsettled outcome as a spool file's header and blob: what :meth:`_finish`
+        needs, with the result already in its stored form (a result over the limit as
+        the error it becomes, so the limit of this run decides, not the next's)."""
+        if (
+            outcome.status == "done"
+            and outcome.result is not None
+            and prepared is None
+            and self._too_large(outcome.result)
+        ):
+            outcome = Outcome(
+                "error",
+                error=_too_large_error(len(outcome.result), self.max_result_bytes)["message"],
+                seconds=outcome.seconds,
+                code=E.RESULT_TOO_LARGE,
+                timings=outcome.timings,
+            )
+        header = {
+            "version": 1,
+            "job_id": job_id,
+            "status": outcome.status,
+            "error": outcome.error,
+            "code": outcome.code,
+            "seconds": outcome.seconds,
+            "timings": outcome.timings,
+            "transient": outcome.transient,
+            "kind": running.kind,
+            "backend": running.backend,
+            "n_experiments": running.n_experiments,
+            "on_worker": running.on_worker,
+            "prepared": prepared is not None,
+            "result_error": prepared[0] if prepared is not None else None,
+        }
+        return header, (prepared[1] if prepared is not None else None)
+
+    def _settle_spooled(self) -> None:
+        """Store the outcomes the last stop spooled; a spool file goes once its outcome is
+        stored, or when its job has ended otherwise. One the store refuses again stays,
+        and its job is requeued by recovery (it runs again)."""
+        if self._spool is None:
+            return
+        for job_id, header, blob in self._spool.entries():
+            try:
+                job = self.store.job(job_id)
+                if job is None or job.status in FINAL_STATUSES:
+                    self._spool.remove(job_id)  # deleted, or ended by a later run
+                    continue
+                outcome = Outcome(
+                    header["status"],
+                    error=header.get("error"),
+                    seconds=float(header.get("seconds") or 0.0),
+                    code=header.get("code") or "execution_failed",
+                    timings=header.get("timings"),
+                    transient=bool(header.get("transient")),
+                )
+                prepared = (header.get("result_error"), blob or b"") if header["prepared"] else None
+                running = _Running(
+                    job.owner,
+                    header.get("backend") or job.backend,
+                    int(header.get("n_experiments") or job.n_experiments),
+                    time.monotonic(),
+                    session_id=job.session_id,
+                    kind=header.get("kind") or job.kind,
+                    on_worker=bool(header.get("on_worker")),
+                    recorded=job.status == RUNNING,
+                    released=True,  # it holds no slot here
+                )
+                if running.on_worker and outcome.status != "cancelled":
+                    self._record_start(job_id, running)
+                self._finish(job_id, running, outcome, prepared)
+            except Exception:
+                log.exception(
+                    "could not store the spooled outcome of job %s; it stays in %s",
+                    job_id,
+                    self._spool.path,
+                )
+                continue
+            self._spool.remove(job_id)
+            log.warning("stored the outcome of job %s spooled by the last stop", job_id)
 
     # -- queueing -----------------------------------------------------------------------
 
@@ -406,7 +575,7 @@ class Scheduler:
                 self._wake.set()
 
     def _dispatch(self) -> None:
-        while len(self._running) < self.executor.capacity:
+        while not self._draining and len(self._running) < self.executor.capacity:
             entry = self._next()
             if entry is None:
                 break
@@ -550,6 +719,8 @@ class Scheduler:
         if running.cancelled:
             return  # already CANCELLED when cancel() was called
         self._settle(task.job_id, running, outcome, prepared)
+        if self._draining:
+            self._finished_in_drain += 1
 
     def _settle(
         self, job_id: str, running: _Running, outcome: Outcome, prepared: _Prepared | None
@@ -595,16 +766,10 @@ class Scheduler:
             and outcome.result is not None
             and self._too_large(outcome.result)
         ):
-            size, limit = len(outcome.result), self.max_result_bytes
             events = self.store.set_status(
                 job_id,
                 ERROR,
-                error={
-                    "code": E.RESULT_TOO_LARGE,
-                    "message": f"the job's result is {size} bytes, over the limit of {limit} "
-                    "bytes (max_result_bytes); it was not kept. Split the work into smaller "
-                    "jobs, or ask for less (memory, fewer shots)",
-                },
+                error=_too_large_error(len(outcome.result), self.max_result_bytes),
                 run_seconds=outcome.seconds,
                 timings=outcome.timings,
             )
@@ -782,6 +947,16 @@ class Scheduler:
             ),
             "seconds_per_experiment": rate,
         }
+
+
+def _too_large_error(size: int, limit: int | None) -> dict[str, Any]:
+    """The error of a job whose result (``size`` bytes) is over ``max_result_bytes``."""
+    return {
+        "code": E.RESULT_TOO_LARGE,
+        "message": f"the job's result is {size} bytes, over the limit of {limit} "
+        "bytes (max_result_bytes); it was not kept. Split the work into smaller "
+        "jobs, or ask for less (memory, fewer shots)",
+    }
 
 
 async def _prepare(result: bytes, circuit: bool) -> _Prepared:

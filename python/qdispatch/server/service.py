@@ -5,7 +5,9 @@ One ``Service`` per application, built by the lifespan of
 native checks made from it, the event hub, the program registry, the scheduler with its
 executor, and the sessions. :meth:`Service.start` and :meth:`Service.stop` are its life
 cycle: recover jobs left over from a previous run, start dispatching, and (for a service
-on loopback) write the state file that local clients find it by.
+on loopback) write the state file that local clients find it by. :meth:`Service.begin_shutdown`
+(on the first SIGTERM/SIGINT) and :meth:`Service.hurry` (on the second) drive a graceful
+stop; :mod:`qdispatch.server.shutdown` says in which order.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import signal
 import time
 from datetime import datetime
+from pathlib import Path
 
 import orjson
 
@@ -32,8 +35,9 @@ from .metrics import Metrics
 from .programs import Limits, Registry
 from .programs.checker import InputChecker
 from .retention import Retention
-from .scheduler import Scheduler
+from .scheduler import Scheduler, StopReport
 from .sessions import Sessions
+from .spool import Spool
 from .store import Job, Store
 from .stream import Hub
 
@@ -41,6 +45,15 @@ log = logging.getLogger(__name__)
 
 # The store's meta key of the paused backends (a JSON list).
 _PAUSED = "paused_backends"
+# How long a stop waits for the streams to be closed (1001) before the connections go.
+_STREAMS_CLOSE_WAIT = 1.0
+# Tries (after the first) to store an outcome the store refused, at stop, before spooling.
+_SETTLE_TRIES = 3
+
+
+def spool_path(db: Path) -> Path:
+    """Where outcomes the store refused at stop wait for the next start: beside the store."""
+    return Path(f"{db}.spool")
 
 
 class Service:
@@ -70,6 +83,7 @@ class Service:
             dedicated_share=config.dedicated_share,
             max_result_bytes=config.max_result_bytes,
             max_event_bytes=config.max_job_event_bytes or None,
+            spool=Spool(spool_path(config.db)),
         )
         self.sessions = Sessions(self.store, self.scheduler, config.session_idle_timeout)
         self.retention = Retention(self.store, config.retention) if config.retention else None
@@ -80,6 +94,11 @@ class Service:
         self.last_request = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
         self._state_written = False
+        # A graceful stop: when the drain ends (time.monotonic()), and the second signal.
+        self._drain_deadline: float | None = None
+        self._hurry = asyncio.Event()
+        #: what the stop did with unfinished jobs (``None`` until it has stopped)
+        self.stop_report: StopReport | None = None
 
     def _executor(self) -> Executor:
         if self.config.executor == "local":
@@ -133,12 +152,62 @@ class Service:
         if self.config.idle_timeout:
             self._tasks.append(asyncio.get_running_loop().create_task(self._stop_when_idle()))
 
+    async def begin_shutdown(self) -> None:
+        """The first step of a graceful stop (the first SIGTERM or SIGINT): no job starts
+        any more, running jobs have ``drain_timeout`` seconds from now to finish, and every
+        event stream is closed with 1001 (waiting up to a second for the close frames to
+        go out). Requests already being served go on."""
+        if self._drain_deadline is not None:
+            return
+        timeout = self.config.drain_timeout
+        self._drain_deadline = time.monotonic() + timeout
+        for task in self._tasks:
+            task.cancel()  # the idle watchdog must not signal again meanwhile
+        self.scheduler.begin_drain()
+        running = self.scheduler.health()["running_jobs"]
+        log.warning(
+            "stopping: no new job starts; %d running jobs have %g s to finish "
+            "(a second SIGTERM or Ctrl-C requeues them at once)",
+            running,
+            timeout,
+        )
+        self.hub.going_away()
+        deadline = time.monotonic() + _STREAMS_CLOSE_WAIT
+        while self.hub.subscriptions() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+    def hurry(self) -> None:
+        """End the drain at once (the second SIGTERM or SIGINT): jobs still running are
+        requeued, and outcomes the store refuses are spooled after one more try."""
+        if not self._hurry.is_set():
+            log.warning("stopping now: running jobs are requeued")
+        self._hurry.set()
+
+    @property
+    def stopped(self) -> bool:
+        """Whether :meth:`stop` has run."""
+        return self.stop_report is not None
+
     async def stop(self) -> None:
-        """Stop dispatching (running jobs are requeued by the next start), close the store,
-        and remove the state file if it is still this process's."""
+        """Drain (see :meth:`begin_shutdown`; begun here if no signal began it), then
+        requeue the jobs still running, store or spool the outcomes held in memory, close
+        the store, and remove the state file if it is still this process's."""
+        await self.begin_shutdown()
+        assert self._drain_deadline is not None
         for task in reversed(self._tasks):
             task.cancel()
-        await self.scheduler.stop()
+        await self.scheduler.drain(self._drain_deadline, self._hurry)
+        tries = 1 if self._hurry.is_set() else _SETTLE_TRIES
+        report = await self.scheduler.stop(settle_tries=tries)
+        self.stop_report = report
+        log.warning(
+            "stopped: %d jobs finished while draining, %d requeued, %d outcomes spooled, "
+            "%d outcomes lost",
+            report.finished,
+            len(report.requeued),
+            len(report.spooled),
+            len(report.lost),
+        )
         self.input_checker.close()
         self.store.close()
         state_file = self.config.state_file

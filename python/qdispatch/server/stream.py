@@ -17,7 +17,9 @@ Service → client control messages carry ``type`` but no ``job_id``: ``subscrib
 the ids found and the ``missing`` ones), ``heartbeat`` (every few seconds when idle),
 ``pong`` and ``error``. A client too slow to keep up is disconnected with close code
 4008 and resumes from its last ``seq``; a bad token closes with 4401, and so does a token
-revoked or expired while the stream is open (it is re-checked every second).
+revoked or expired while the stream is open (it is re-checked every second). When the
+service stops, every stream is closed with 1001 (going away) before the service stops
+listening: the client resumes by ``seq`` from the next service.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_TOO_SLOW = 4008
+CLOSE_GOING_AWAY = 1001  # RFC 6455: the service is going away
 _BACKLOG = 20_000
 # How often an open stream re-checks its token: revocation and expiry reach open streams
 # within this many seconds (one indexed SELECT per stream per period).
@@ -65,6 +68,7 @@ class Subscription:
         self.tags: set[str] = set()
         self.queue: asyncio.Queue[Event] = asyncio.Queue(_BACKLOG)
         self.overflowed = asyncio.Event()
+        self.leaving = asyncio.Event()  # the service is stopping: close with 1001
 
     def push(self, event: Event) -> None:
         """Queue a live event; a full backlog marks the subscription for disconnection."""
@@ -86,6 +90,7 @@ class Hub:
         """Call ``observer(job, events)`` for every publication, subscribed or not (the
         service's metrics see each job finish this way)."""
         self._observers.append(observer)
+        self._leaving = False
 
     def subscriptions(self) -> int:
         """How many stream connections are open."""
@@ -94,6 +99,15 @@ class Hub:
     def add(self, sub: Subscription) -> None:
         """Start delivering to ``sub``."""
         self._subs.add(sub)
+        if self._leaving:
+            sub.leaving.set()
+
+    def going_away(self) -> None:
+        """The service is stopping: every stream (and any that opens still) closes with
+        1001, so that its client knows to resume elsewhere rather than seeing a cut."""
+        self._leaving = True
+        for sub in self._subs:
+            sub.leaving.set()
 
     def remove(self, sub: Subscription) -> None:
         """Stop delivering to ``sub``."""
@@ -174,7 +188,7 @@ class StreamSession:
         stops passing the re-check)."""
         self.hub.add(self.sub)
         sender = asyncio.create_task(self._send_live())
-        watched = [asyncio.create_task(self._receive())]
+        watched = [asyncio.create_task(self._receive()), asyncio.create_task(self._leave())]
         if self.recheck is not None:
             watched.append(asyncio.create_task(self._guard(self.recheck)))
         try:
@@ -193,6 +207,13 @@ class StreamSession:
         with contextlib.suppress(WebSocketDisconnect):  # the client went away
             while True:
                 await self._handle(await self.ws.receive_text())
+
+    async def _leave(self) -> None:
+        """Close the stream (1001) when the service stops."""
+        await self.sub.leaving.wait()
+        with contextlib.suppress(Exception):  # the client may be gone already
+            async with self.lock:  # not in the middle of an event
+                await self.ws.close(CLOSE_GOING_AWAY, "the service is stopping; resume by seq")
 
     async def _guard(self, recheck: Recheck) -> None:
         """Close the stream (4401) as soon as its token is revoked or expires."""

@@ -34,6 +34,11 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("qdispatch", appauthor=False))
 
 
+#: How long stopping the local service waits for it to drain (``serve --drain-timeout``,
+#: default 20 s, plus its last writes) before it is killed or given up on.
+STOP_GRACE_SECONDS = 40.0
+
+
 @dataclass(frozen=True)
 class LocalService:
     """How to reach a running local service; ``process`` is set if we started it."""
@@ -48,7 +53,9 @@ class LocalService:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(20)
+                # Room for the service's drain (--drain-timeout, 20 s) and its last writes:
+                # killed earlier, a running job's run would count as a failed attempt.
+                self.process.wait(STOP_GRACE_SECONDS)
             except subprocess.TimeoutExpired:
                 self.process.kill()
 
@@ -229,7 +236,7 @@ def _start(
     raise LocalServiceError(f"the local qdispatch service did not start in time; see {log_path}")
 
 
-def stop(data_dir: Path | None = None, timeout: float = 30.0) -> int | None:
+def stop(data_dir: Path | None = None, timeout: float = STOP_GRACE_SECONDS) -> int | None:
     """Stop the local service (SIGTERM, then wait); returns its pid, or None if none ran."""
     found = read_state(data_dir or default_data_dir())
     if found is None:

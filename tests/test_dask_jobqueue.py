@@ -7,6 +7,7 @@ The cluster is configured the way a user configures Slurm, from a Dask config fi
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from qobjs import bell_qobj
 from support import submit, wait_final
 
 pytest.importorskip("dask_jobqueue")
+from distributed import Client
+from distributed.security import Security
 
 # What a user puts in ~/.config/dask/jobqueue.yaml, for the local test cluster: one
 # single-threaded worker per batch job, a dashboard on a free port, quick adapting.
@@ -29,6 +32,7 @@ jobqueue:
     memory: 1GiB
     processes: 1
     death-timeout: 30
+    shared-temp-directory: {shared}
     scheduler-options:
       dashboard_address: ":0"
       host: 127.0.0.1
@@ -61,7 +65,9 @@ def test_workers_follow_the_queue_up_and_back_to_zero(
 ) -> None:
     config = tmp_path / "dask-config"
     config.mkdir()
-    (config / "jobqueue.yaml").write_text(JOBQUEUE_YAML)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (config / "jobqueue.yaml").write_text(JOBQUEUE_YAML.format(shared=shared))
     monkeypatch.setenv("DASK_CONFIG", str(config))  # the service (and its workers) read it
     svc = service_factory(
         "--executor", "dask", "--dask-cluster", "local-jobqueue", "--dask-max-workers", "2"
@@ -73,7 +79,16 @@ def test_workers_follow_the_queue_up_and_back_to_zero(
     assert info["workers"] == {"idle": 0, "busy": 0, "starting": 0}
     assert _batch_jobs(svc.proc.pid) == []
 
-    jobs = [submit(client, "aer_simulator", bell_qobj(shots=200)) for _ in range(6)]
+    # The cluster speaks TLS with its own temporary CA: a client without its certificate
+    # (another user of the cluster's network) is refused.
+    found = re.search(r"Scheduler at:\s+(tls://[\d.]+:\d+)", svc.log())
+    assert found is not None, svc.log()
+    with pytest.raises((OSError, TimeoutError)):
+        Client(found.group(1), security=Security.temporary(), timeout="3s")  # another CA
+    with pytest.raises((OSError, TimeoutError)):
+        Client(found.group(1).replace("tls://", "tcp://"), timeout="3s")
+
+    jobs = [submit(client, "aer_simulator", bell_qobj(shots=200)) for _ in range(24)]
     most_capacity, most_batch_jobs = 0, 0
     deadline = time.monotonic() + 120
     pending = {job["id"] for job in jobs}
@@ -88,7 +103,7 @@ def test_workers_follow_the_queue_up_and_back_to_zero(
         final = wait_final(client, job["id"])
         assert final["status"] == "DONE", final
         assert client.get(f"/jobs/{job['id']}/results").status_code == 200
-    # Six jobs queued asked for six single-thread workers; --dask-max-workers allowed two.
+    # 24 jobs queued asked for 24 single-thread workers; --dask-max-workers allowed two.
     assert most_capacity == 2
     assert 1 <= most_batch_jobs <= 2
 

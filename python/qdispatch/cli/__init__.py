@@ -74,6 +74,7 @@ def _config(args: argparse.Namespace, db: Path, port: int) -> ServiceConfig:
         dask_cluster=args.dask_cluster,
         dask_min_workers=args.dask_min_workers,
         dask_max_workers=args.dask_max_workers,
+        dask_insecure=args.dask_insecure,
         threads_per_worker=args.threads_per_worker,
         max_active_jobs=args.max_active_jobs,
         max_request_bytes=args.max_request_mb * 1024 * 1024,
@@ -429,6 +430,12 @@ def parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--dask-max-workers", type=int, default=4, help="--dask-cluster: most workers at once"
+    )
+    serve.add_argument(
+        "--dask-insecure",
+        action="store_true",
+        help="--dask-cluster: plain TCP instead of TLS (anyone who reaches the scheduler can "
+        "run code in the service: only on a network no one else uses)",
     )
     serve.add_argument("--threads-per-worker", type=int, default=1, help="Aer threads per job")
     serve.add_argument(

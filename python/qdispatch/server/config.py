@@ -43,6 +43,8 @@ class ServiceConfig:
     dask_cluster: str | None = None
     dask_min_workers: int = 0
     dask_max_workers: int = 4
+    #: ``--dask-cluster`` without TLS (by default the cluster makes a temporary CA).
+    dask_insecure: bool = False
     threads_per_worker: int = 1
     #: Per-user QUEUED + RUNNING jobs; 0 (or ``None``) is unlimited.
     max_active_jobs: int | None = 1000

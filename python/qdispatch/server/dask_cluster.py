@@ -16,6 +16,17 @@ service's queue, not Dask's: :class:`QueueAdaptive` keeps Dask's machinery (boun
 cancelling batch jobs still pending) and replaces only the target, computed from the jobs
 queued and running in the service.
 
+The cluster speaks TLS with mutual authentication. Its scheduler runs inside the
+service's process and listens on the cluster's network, where any other user of the
+cluster can reach it: over plain TCP anyone could run code in the service
+(``Client.run_on_scheduler``) or join as a worker and be sent other users' circuits. With
+no TLS in the Dask configuration (``distributed.comm.tls.*``, used as it is), the service
+makes a temporary CA and certificates for this run (``Security.temporary()``); the
+workers' copies are written, private (0600), to ``jobqueue.<name>.shared-temp-directory``
+(default: the home directory, which batch jobs see) and removed when the cluster closes.
+The scheduler's dashboard listens on loopback unless ``scheduler-options`` says otherwise.
+``--dask-insecure`` turns TLS off, for a network only the operator's jobs can reach.
+
 This module imports dask.distributed: the executor imports it only for ``--dask-cluster``.
 """
 
@@ -24,11 +35,13 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
 import dask.config
 from distributed.deploy import Adaptive
+from distributed.security import Security
 
 from .config import JOBQUEUE_CLUSTERS
 
@@ -40,9 +53,21 @@ class ClusterConfigError(RuntimeError):
     package not installed): the message says what to set."""
 
 
-async def start_cluster(kind: str) -> Any:
+def cluster_security(insecure: bool = False) -> Security | None:
+    """The TLS the cluster's scheduler, workers and the service's client use: the Dask
+    configuration's if it sets a CA, else a temporary CA made for this run; ``None`` only
+    when ``insecure``."""
+    if insecure:
+        return None
+    configured = Security()
+    if getattr(configured, "tls_ca_file", None):  # set from distributed.comm.tls.ca-file
+        return configured
+    return Security.temporary()
+
+
+async def start_cluster(kind: str, insecure: bool = False) -> Any:
     """Start a dask-jobqueue cluster of ``kind`` with no workers, configured from the Dask
-    configuration (``jobqueue.<name>.*``)."""
+    configuration (``jobqueue.<name>.*``), speaking TLS unless ``insecure``."""
     try:
         module_name, class_name = JOBQUEUE_CLUSTERS[kind]
     except KeyError:
@@ -59,13 +84,24 @@ async def start_cluster(kind: str) -> Any:
     # preempted, OOM) fails the task at once rather than Dask running it again
     # unseen: the service requeues the job, counting the attempt in its record and
     # against --max-attempts, as it does for a local worker that died.
+    section = cls.job_cls.default_config_name()
+    security = cluster_security(insecure)
+    extra: dict[str, Any] = {}
+    if security is not None:
+        extra["security"] = security
+        extra["protocol"] = "tls://"
+        shared = dask.config.get(f"jobqueue.{section}.shared-temp-directory", None)
+        # Absolute: the worker's command line gets the path as written, unexpanded.
+        extra["shared_temp_directory"] = os.path.expanduser(os.path.expandvars(shared or "~"))
+    # The dashboard shows every task: on loopback, unless the operator chose an address.
+    options = dict(dask.config.get(f"jobqueue.{section}.scheduler-options", None) or {})
+    options.setdefault("dashboard_address", "127.0.0.1:0")
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         try:
             # Everything else comes from jobqueue.<name>.* of the Dask config, as
             # dask-jobqueue reads it when no keyword is given.
-            cluster = cls(n_workers=0, asynchronous=True)
+            cluster = cls(n_workers=0, asynchronous=True, scheduler_options=options, **extra)
         except ValueError as exc:
-            section = cls.job_cls.default_config_name()
             raise ClusterConfigError(
                 f"cannot make a {class_name} from the Dask configuration: {exc}\n"
                 f"Set at least 'cores' and 'memory' under jobqueue: {section}: in "

@@ -572,6 +572,14 @@ class _DaskRun:
     future: Any = None
 
 
+def _exposed(address: str | None) -> bool:
+    """Whether a scheduler address is plain TCP on something other than loopback."""
+    if not address or not address.startswith("tcp://"):
+        return False
+    host = address[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
+    return host not in ("127.0.0.1", "localhost", "::1")
+
+
 class DaskExecutor:
     """Runs jobs as tasks on a dask.distributed cluster: one that is already running
     (``scheduler``, an address), or one the service starts through dask-jobqueue
@@ -602,6 +610,7 @@ class DaskExecutor:
         demand: Callable[[], int] | None = None,
         on_capacity: Callable[[], None] | None = None,
         poll_interval: float = _POLL_INTERVAL,
+        insecure: bool = False,
     ):
         if not scheduler and not cluster:
             raise ValueError("the dask executor needs a scheduler address or a cluster kind")
@@ -615,6 +624,8 @@ class DaskExecutor:
         self._on_capacity = on_capacity
         self._poll = poll_interval
         self._cluster: Any = None
+        self._insecure = insecure
+        self._security: Any = None
         self._adaptive: Any = None
         self._client: Any = None
         self._connected = asyncio.Event()
@@ -645,18 +656,35 @@ class DaskExecutor:
             # dask-jobqueue and the adaptive machinery load for --dask-cluster only.
             from . import dask_cluster  # noqa: PLC0415
 
-            self._cluster = await dask_cluster.start_cluster(self._cluster_kind)
+            self._cluster = await dask_cluster.start_cluster(
+                self._cluster_kind, insecure=self._insecure
+            )
+            self._security = self._cluster.security
             self.scheduler = self._cluster.scheduler_address
             minimum, maximum = self._bounds
             self._adaptive = dask_cluster.adapt(self._cluster, self._demand, minimum, maximum)
+        elif _exposed(self.scheduler):
+            log.warning(
+                "the dask scheduler %s is reached over plain TCP: anyone who can reach it can "
+                "run code in its workers and read the jobs sent there; use tls:// with "
+                "distributed.comm.tls.* in the Dask configuration",
+                self.scheduler,
+            )
         await self._connect()
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     async def _connect(self) -> None:
         from distributed import Client  # noqa: PLC0415  (dask is optional: --executor dask)
 
+        # With --dask-cluster, the cluster's own TLS; otherwise Dask's configuration
+        # (distributed.comm.tls.*), which Client reads itself.
+        extra = {"security": self._security} if self._security is not None else {}
         client = Client(
-            self.scheduler, asynchronous=True, timeout=_CONNECT_TIMEOUT, set_as_default=False
+            self.scheduler,
+            asynchronous=True,
+            timeout=_CONNECT_TIMEOUT,
+            set_as_default=False,
+            **extra,
         )
         try:
             await client

@@ -115,6 +115,7 @@ class Service:
                 max_workers=self.config.dask_max_workers,
                 demand=self._dask_demand,
                 on_capacity=self._capacity_changed,
+                insecure=self.config.dask_insecure,
             )
         raise ValueError(f"unknown executor {self.config.executor!r} (local, dask)")
 

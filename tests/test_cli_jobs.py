@@ -79,6 +79,7 @@ def test_jobs_lists_with_filters(svc: ServiceProcess) -> None:
     assert as_json(svc, "jobs", "--status", "RUNNING", "--tag", "cli-x") == []
     # The same through --url/--token instead of the environment.
     flags = run(svc, "jobs", "--url", svc.url, "--token", svc.token, "--json", env=False)
+    assert flags.returncode == 0, flags.stderr
     assert tagged["id"] in {j["id"] for j in orjson.loads(flags.stdout)}
     table = run(svc, "jobs", "--tag", "cli-x")
     assert table.returncode == 0, table.stderr

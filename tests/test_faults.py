@@ -302,8 +302,10 @@ class FaultyStore(Store):
     """A real store that raises ``sqlite3.OperationalError`` on the chosen calls of some
     methods (as a full disk or a lock held past the busy timeout does)."""
 
-    def __init__(self, path: Path, failing: dict[str, set[int]]) -> None:
-        super().__init__(path)
+    def __init__(
+        self, path: Path, failing: dict[str, set[int]], max_bytes: int | None = None
+    ) -> None:
+        super().__init__(path, max_bytes)
         self.failing = failing
         self.calls: Counter[str] = Counter()
         self.armed = False

@@ -226,8 +226,8 @@ sys.path.insert(0, {tests!r})
 from test_faults import FaultyStore
 import qdispatch.server.service as service
 
-def refusing(path):
-    store = FaultyStore(path, {{"set_status:DONE": range(1, 10**9)}})
+def refusing(path, max_bytes=None):
+    store = FaultyStore(path, {{"set_status:DONE": range(1, 10**9)}}, max_bytes)
     store.armed = True
     return store
 

@@ -1,12 +1,18 @@
-"""The ``qdispatch`` command line: ``token create`` and ``demo``."""
+"""The ``qdispatch`` command line: ``token create``, ``serve``'s checks, ``demo`` and ``stop``."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
+import orjson
+import pytest
+
+from qdispatch import cli, local
 from qdispatch.server.store import Store
 
 
@@ -75,3 +81,55 @@ def test_demo_runs_end_to_end_on_a_noisy_device(tmp_path: Path) -> None:
     stopped = run("stop", env={"QDISPATCH_DATA_DIR": str(tmp_path)})
     assert "stopped the local service" in stopped.stdout
     assert not (tmp_path / "server.json").exists()
+
+
+# A stand-in for a service that will not stop: it answers GET /info as the state file's
+# service must, and ignores SIGTERM.
+_STUBBORN = textwrap.dedent(
+    """
+    import signal, sys
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Info(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    server = HTTPServer(("127.0.0.1", 0), Info)
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
+    """
+)
+
+
+def test_stop_reports_a_service_that_does_not_exit_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", _STUBBORN], stdout=subprocess.PIPE, text=True
+    ) as child:
+        try:
+            assert child.stdout is not None
+            port = int(child.stdout.readline())
+            state = {"url": f"http://127.0.0.1:{port}", "token": "t", "pid": child.pid}
+            (tmp_path / "server.json").write_bytes(orjson.dumps(state))
+            monkeypatch.setenv("QDISPATCH_DATA_DIR", str(tmp_path))
+            # The real stop, with a short grace instead of STOP_GRACE_SECONDS (40 s).
+            stop = functools.partial(local.stop, timeout=1.0)
+            monkeypatch.setattr(cli, "stop_local_service", stop)
+            assert cli.main(["stop"]) == 1
+            out, err = capsys.readouterr()
+            assert out == ""
+            assert err == (
+                f"qdispatch stop: the local qdispatch service (pid {child.pid}) "
+                "did not stop in 1 s\n"
+            )
+            assert child.poll() is None  # it was signalled, not killed
+        finally:
+            child.kill()

@@ -387,7 +387,11 @@ def _token_revoke(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    pid = stop_local_service()
+    try:
+        pid = stop_local_service()
+    except RuntimeError as exc:  # it did not exit in time: say so, no traceback
+        print(f"qdispatch stop: {exc}", file=sys.stderr)
+        return 1
     print(f"stopped the local service (pid {pid})" if pid else "no local service is running")
     return 0
 
@@ -534,7 +538,10 @@ def parser() -> argparse.ArgumentParser:
         "--max-attempts",
         type=int,
         default=3,
-        help="times a job may be interrupted by a service crash before it is failed",
+        help=(
+            "runs a job gets when its run is lost through no fault of its own (a service "
+            "crash, a dead worker, the Dask cluster losing it) before it is failed"
+        ),
     )
     serve.add_argument(
         "--drain-timeout",
@@ -654,7 +661,7 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--shots", type=int, default=1024)
     demo.set_defaults(func=_demo)
 
-    # The job commands (issue 15), one module per group; they connect as connect() does.
+    # The job commands, one module per group; they connect as connect() does.
     for group in (jobs, sets, sessions, status):
         group.register(sub)
     return top

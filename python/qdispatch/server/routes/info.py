@@ -43,6 +43,9 @@ async def info(svc: Svc) -> Response:
             "max_uploads_per_user": config.max_uploads_per_user,
             "body_min_rate": config.body_min_rate,
             "body_grace_seconds": config.body_grace_seconds,
+            "header_timeout": config.header_timeout,
+            "max_connections": config.max_connections,
+            "max_job_event_bytes": config.max_job_event_bytes,
             "stream_inline_result_bytes": config.stream_inline_result_bytes,
             # docs/service.md, "Durability": a full store, and what retention deletes.
             "storage": svc.store.storage(),

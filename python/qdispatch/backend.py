@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,30 @@ class QDispatchBackend(BackendV2):
 
     def __repr__(self) -> str:
         return f"<QDispatchBackend('{self.name}') on {self._service.url}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as "the backend ``name`` of this service, with these options": the
+        # service pickles as how to reconnect (QDispatchService.__reduce__), so the
+        # backend works in another process (multiprocessing, dask).
+        return (_backend_of, (self._service, self.name, dict(self.options.__dict__)))
+
+    def __copy__(self) -> QDispatchBackend:
+        return self._clone(copy.copy(self.options.__dict__), self._target)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> QDispatchBackend:
+        # The copy shares the connection (the service is not copied) but not the options,
+        # so ``set_options`` on a copy (qiskit-ibm-runtime's local mode copies the
+        # backend with its options) leaves the original alone.
+        options = copy.deepcopy(self.options.__dict__, memo)
+        target = copy.deepcopy(self._target, memo)
+        return self._clone(options, target)
+
+    def _clone(self, options: dict[str, Any], target: Target | None) -> QDispatchBackend:
+        clone = QDispatchBackend(self._service, self._configuration)
+        clone._options.update_options(**options)
+        clone._properties = self._properties
+        clone._target = target
+        return clone
 
     @classmethod
     def _default_options(cls) -> Options:
@@ -176,6 +201,12 @@ class QDispatchBackend(BackendV2):
     ) -> list[IBMQJob | RuntimeJob]:
         """This backend's jobs (the filters of ``QDispatchService.jobs``)."""
         return self._service.jobs(limit, skip, backend_name=self.name, **filters)
+
+
+def _backend_of(service: QDispatchService, name: str, options: dict[str, Any]) -> QDispatchBackend:
+    """The backend ``name`` of ``service`` with ``options`` set (how a pickled backend is
+    rebuilt); a backend of its own, so its options are not the service's shared one's."""
+    return service.backend(name)._clone(options, None)
 
 
 def _build_target(config: dict[str, Any], props: BackendProperties | None) -> Target:

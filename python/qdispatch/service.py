@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -47,8 +48,25 @@ class QDispatchService:
         self._backends: dict[str, QDispatchBackend] = {}
         self._events: EventRouter | None = None
 
+        # How this connection was made, so that a pickled service (or backend) reconnects
+        # in another process: the local service is found again, a shared one by URL+token.
+        self._reopen_args = (None if local else url, None if local else token, timeout, verify)
+
     def __repr__(self) -> str:
         return f"<QDispatchService {self.url}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The connection (native client, locks, stream) cannot cross processes; how to
+        # make it again can. The token travels inside the pickle of a shared service: a
+        # pickle of it is as secret as the token.
+        return (_reopen, self._reopen_args)
+
+    def __copy__(self) -> QDispatchService:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> QDispatchService:
+        # A copy shares the connection: one client per service, as qiskit's providers.
+        return self
 
     @property
     def url(self) -> str:
@@ -262,6 +280,30 @@ class QDispatchService:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# Services reopened from pickles in this process, so that the backends of one service
+# unpickled one by one (a task each) share one connection.
+_REOPENED: weakref.WeakValueDictionary[tuple[Any, ...], QDispatchService] = (
+    weakref.WeakValueDictionary()
+)
+_REOPENED_LOCK = threading.Lock()
+
+
+def _reopen(url: str | None, token: str | None, timeout: float, verify: Verify) -> QDispatchService:
+    """A pickled service, connected again: the local service when ``url`` is ``None``
+    (found through its state file, or started), else the shared service at ``url``."""
+    key = (url, token, timeout, verify)
+    with _REOPENED_LOCK:
+        service = _REOPENED.get(key)
+        if service is None:
+            if url is None:
+                local: LocalService = find_or_start(detached=True)
+                service = QDispatchService(local.url, local.token, local=True, timeout=timeout)
+            else:
+                service = QDispatchService(url, token or "", timeout=timeout, verify=verify)
+            _REOPENED[key] = service
+    return service
 
 
 def connect(

@@ -121,3 +121,106 @@ def test_runtime_local_mode_sampler(fake: QDispatchBackend) -> None:
     assert counts.get("00", 0) + counts.get("11", 0) > 340
     assert expected.get("00", 0) + expected.get("11", 0) > 340
     assert fake.options.seed_simulator is None  # the sampler's options stayed its own
+
+
+# -- properties, timing and the Target --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ideal(connected: Any) -> QDispatchBackend:
+    backend: QDispatchBackend = connected.backend("aer_simulator")
+    return backend
+
+
+def _same_qubit_properties(ours: Any, theirs: Any) -> bool:
+    # Equal to the last bits or so: the service stores microseconds and gigahertz.
+    fields = ("t1", "t2", "frequency")
+    return all(getattr(ours, f) == pytest.approx(getattr(theirs, f), rel=1e-12) for f in fields)
+
+
+def test_qubit_properties_are_the_devices(fake: QDispatchBackend) -> None:
+    reference = _reference(FAKE)
+    assert _same_qubit_properties(fake.qubit_properties(2), reference.qubit_properties(2))
+    ours = fake.qubit_properties([0, 3])
+    theirs = reference.qubit_properties([0, 3])
+    assert isinstance(ours, list)
+    assert isinstance(theirs, list)
+    assert len(ours) == 2
+    assert all(_same_qubit_properties(a, b) for a, b in zip(ours, theirs, strict=True))
+    props = fake.properties()
+    assert props is not None
+    assert fake.qubit_properties(1).t1 == props.t1(1)
+    assert fake.qubit_properties(1).frequency == props.frequency(1)
+
+
+def test_ideal_simulator_has_what_aer_has(ideal: QDispatchBackend) -> None:
+    aer = AerSimulator()
+    for call in (
+        lambda b: b.qubit_properties(0),
+        lambda b: b.meas_map,
+        lambda b: b.dtm,
+    ):
+        with pytest.raises(NotImplementedError):
+            call(aer)
+        with pytest.raises(NotImplementedError):
+            call(ideal)
+    assert ideal.dt is None
+    assert aer.dt is None
+
+
+def test_meas_map_dt_dtm_and_durations(fake: QDispatchBackend) -> None:
+    reference = _reference(FAKE)
+    assert fake.meas_map == reference.meas_map == [[0, 1, 2, 3, 4]]
+    assert fake.dt == reference.dt
+    assert fake.dtm == pytest.approx(reference.dt, rel=1e-12)
+    ours, theirs = fake.instruction_durations, reference.instruction_durations
+    for name, qubits in (("cx", (0, 1)), ("sx", (2,)), ("measure", (4,)), ("reset", (1,))):
+        assert ours.get(name, qubits, unit="s") == pytest.approx(
+            theirs.get(name, qubits, unit="s"), rel=1e-12
+        )
+
+
+def test_pulse_channels_are_gone_as_on_qiskit_2(fake: QDispatchBackend) -> None:
+    # qiskit 2 removed Pulse and with it BackendV2's channel methods: every backend
+    # answers AttributeError, as GenericBackendV2 and AerSimulator do.
+    for name in ("drive_channel", "measure_channel", "acquire_channel", "control_channel"):
+        for backend in (fake, _reference(FAKE), AerSimulator()):
+            assert not hasattr(backend, name)
+
+
+def test_target_matches_the_device(fake: QDispatchBackend) -> None:
+    reference = _reference(FAKE).target
+    target = fake.target
+    assert set(reference.operation_names) <= set(target.operation_names)
+    assert target.concurrent_measurements == reference.concurrent_measurements
+    for name in ("cx", "sx", "x", "id", "measure", "reset"):
+        assert set(target[name]) == set(reference[name])
+        for qargs, theirs in reference[name].items():
+            ours = target[name][qargs]
+            assert ours.error == theirs.error, (name, qargs)
+            assert ours.duration == pytest.approx(theirs.duration, rel=1e-12), (name, qargs)
+
+
+def test_noise_model_from_backend_is_the_services(fake: QDispatchBackend) -> None:
+    noise_model = pytest.importorskip("qiskit_aer.noise").NoiseModel
+    ours = noise_model.from_backend(fake)
+    # What the service's workers simulate the device with.
+    served = catalog.simulator(catalog.catalog()[FAKE]).options.noise_model
+    assert set(ours.noise_instructions) == set(served.noise_instructions)
+    assert ours.noise_qubits == served.noise_qubits
+    for name, qubits in (("cx", (0, 1)), ("cx", (3, 4)), ("sx", (2,)), ("reset", (1,))):
+        assert (
+            ours._local_quantum_errors[name][qubits] == served._local_quantum_errors[name][qubits]
+        )
+    assert ours._local_readout_errors == served._local_readout_errors
+
+
+def test_aer_from_backend_runs_like_the_service(fake: QDispatchBackend) -> None:
+    simulator = AerSimulator.from_backend(fake)
+    assert simulator.num_qubits == fake.num_qubits
+    assert simulator.options.noise_model is not None
+    circuit = _bell(fake)
+    local = simulator.run(circuit, shots=2000, seed_simulator=5).result().get_counts()
+    remote = fake.run(circuit, shots=2000, seed_simulator=5).result().get_counts()
+    # Same noise model, same seed: the same counts.
+    assert local == remote

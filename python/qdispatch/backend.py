@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +16,7 @@ from qiskit.circuit.delay import Delay
 from qiskit.circuit.library import get_standard_gate_name_mapping
 from qiskit.circuit.measure import Measure
 from qiskit.circuit.reset import Reset
-from qiskit.providers import BackendV2, Options
+from qiskit.providers import BackendV2, Options, QubitProperties
 from qiskit.transpiler import InstructionProperties, Target
 
 from . import __version__
@@ -97,6 +97,24 @@ class QDispatchBackend(BackendV2):
         if self._target is None:
             self._target = _build_target(self._configuration, self.properties())
         return self._target
+
+    @property
+    def meas_map(self) -> list[list[int]]:
+        """Which qubits are measured together (a fake device's, as its
+        ``GenericBackendV2``'s); ``NotImplementedError`` where unknown, as ``AerSimulator``."""
+        groups = self.target.concurrent_measurements
+        if groups is None:
+            raise NotImplementedError(f"backend '{self.name}' has no measurement map")
+        return [list(group) for group in groups]
+
+    @property
+    def dtm(self) -> float:
+        """The output signal timestep in seconds (a fake device's ``dt``);
+        ``NotImplementedError`` where unknown, as ``AerSimulator``."""
+        dtm = self._configuration.get("dtm")
+        if not dtm:
+            raise NotImplementedError(f"backend '{self.name}' has no dtm")
+        return float(dtm) * 1e-9
 
     def configuration(self) -> dict[str, Any]:
         """The backend's configuration, as the service describes it."""
@@ -209,6 +227,28 @@ def _backend_of(service: QDispatchService, name: str, options: dict[str, Any]) -
     return service.backend(name)._clone(options, None)
 
 
+def _qubit_properties(
+    n_qubits: int, props: BackendProperties | None
+) -> list[QubitProperties] | None:
+    """T1, T2 and frequency of every qubit from the calibration (what ``qubit_properties``
+    answers, and what ``NoiseModel.from_backend`` builds thermal relaxation from)."""
+    if props is None:
+        return None
+
+    def value(read: Callable[[int], float], qubit: int) -> float | None:
+        try:
+            return read(qubit)
+        except IBMQError:
+            return None
+
+    return [
+        QubitProperties(
+            t1=value(props.t1, q), t2=value(props.t2, q), frequency=value(props.frequency, q)
+        )
+        for q in range(n_qubits)
+    ]
+
+
 def _build_target(config: dict[str, Any], props: BackendProperties | None) -> Target:
     n_qubits = int(config["n_qubits"])
     dt = config.get("dt")
@@ -216,6 +256,8 @@ def _build_target(config: dict[str, Any], props: BackendProperties | None) -> Ta
         description=config.get("description"),
         num_qubits=n_qubits,
         dt=dt * 1e-9 if dt else None,
+        qubit_properties=_qubit_properties(n_qubits, props),
+        concurrent_measurements=config.get("meas_map"),
     )
     gates = get_standard_gate_name_mapping()
     coupling = config.get("coupling_map")
@@ -236,9 +278,11 @@ def _build_target(config: dict[str, Any], props: BackendProperties | None) -> Ta
         for q in qargs:
             error = duration = None
             if props is not None:
-                # Not calibrated: no properties, still supported.
+                # Not calibrated: no properties, still supported. Each separately: a
+                # reset has a length but no error.
                 with contextlib.suppress(IBMQError):
                     error = props.gate_error(name, list(q))
+                with contextlib.suppress(IBMQError):
                     duration = props.gate_length(name, list(q))
             out[q] = InstructionProperties(duration=duration, error=error)
         return out

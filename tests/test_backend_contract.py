@@ -8,16 +8,20 @@ for a fake device is the very backend the service simulates).
 from __future__ import annotations
 
 import copy
+import math
 import multiprocessing
 import pickle
 from typing import Any
 
 import pytest
 from qiskit import QuantumCircuit, transpile
+from qiskit.circuit import Parameter
 from qiskit.providers.fake_provider import GenericBackendV2
 from qiskit_aer import AerSimulator
+from qiskit_aer.aererror import AerError
 
 from qdispatch.backend import QDispatchBackend
+from qdispatch.exceptions import IBMQBackendValueError, IBMQJobFailureError
 from qdispatch.server import backends as catalog
 from support import ServiceProcess
 
@@ -224,3 +228,85 @@ def test_aer_from_backend_runs_like_the_service(fake: QDispatchBackend) -> None:
     remote = fake.run(circuit, shots=2000, seed_simulator=5).result().get_counts()
     # Same noise model, same seed: the same counts.
     assert local == remote
+
+
+# -- run options ------------------------------------------------------------------------------
+
+
+def _rotations() -> tuple[list[QuantumCircuit], list[dict[Any, Any]]]:
+    theta, phi = Parameter("theta"), Parameter("phi")
+    one = QuantumCircuit(1, name="one")
+    one.rx(theta, 0)
+    one.measure_all()
+    two = QuantumCircuit(1, name="two")
+    two.rx(theta, 0)
+    two.rx(phi, 0)
+    two.measure_all()
+    binds = [{theta: [0.0, math.pi]}, {theta: [0.0, math.pi, 0.0], phi: [0.0, 0.0, math.pi]}]
+    return [one, two], binds
+
+
+def test_parameter_binds_in_aers_form(ideal: QDispatchBackend) -> None:
+    circuits, binds = _rotations()
+    expected = AerSimulator().run(circuits, parameter_binds=binds, shots=100).result()
+    result = ideal.run(circuits, parameter_binds=binds, shots=100).result()
+    assert result.get_counts() == expected.get_counts()
+    names = [
+        r.header["name"] if isinstance(r.header, dict) else r.header.name for r in result.results
+    ]
+    assert names == ["one", "one", "two", "two", "two"]
+    # Parameter names are keys too, and a number is one value.
+    single = ideal.run(circuits[0], parameter_binds=[{"theta": math.pi}], shots=10).result()
+    assert single.get_counts() == {"1": 10}
+
+
+@pytest.mark.parametrize(
+    ("binds", "message"),
+    [
+        (lambda b: b[:1], "1 mappings for 2 circuits"),
+        (lambda b: [b[0], {**b[1], Parameter("x"): [1.0, 2.0, 3.0]}], "has no parameter x"),
+        (lambda b: [b[0], {k: v for k, v in b[1].items() if k.name == "theta"}], "phi unbound"),
+        (
+            lambda b: [b[0], {k: v[:2] if k.name == "phi" else v for k, v in b[1].items()}],
+            "as many values",
+        ),
+    ],
+)
+def test_parameter_binds_refused_with_what_is_wrong(
+    ideal: QDispatchBackend, binds: Any, message: str
+) -> None:
+    circuits, good = _rotations()
+    with pytest.raises(IBMQBackendValueError, match=message):
+        ideal.run(circuits, parameter_binds=binds(good))
+
+
+def test_set_options_checked_like_aer(ideal: QDispatchBackend) -> None:
+    aer, backend = AerSimulator(), copy.deepcopy(ideal)
+    with pytest.raises(AerError, match="Invalid option"):
+        aer.set_options(no_such_option=1)
+    with pytest.raises(AttributeError, match="no_such_option"):
+        backend.set_options(no_such_option=1)
+    with pytest.raises(AttributeError, match="noise_model is set by the service"):
+        backend.set_options(noise_model=None)
+    for name, value in (
+        ("shots", 1.5),
+        ("shots", 0),
+        ("memory", "yes"),
+        ("seed_simulator", "x"),
+        ("method", 3),
+    ):
+        with pytest.raises(IBMQBackendValueError, match=f"option '{name}'"):
+            backend.set_options(**{name: value})
+    assert backend.options.shots == 1024  # nothing was set by a refused call
+    # Any option Aer knows is accepted and reaches the simulator.
+    aer.set_options(method="stabilizer", shots=10)
+    backend.set_options(method="stabilizer", shots=10, seed_simulator=3)
+    counts = backend.run(_bell()).result().get_counts()
+    assert counts == aer.run(_bell(), seed_simulator=3).result().get_counts()
+    # The stabilizer method refuses a non-Clifford gate, as on Aer.
+    circuit = QuantumCircuit(1)
+    circuit.t(0)
+    circuit.measure_all()
+    job = backend.run(circuit)
+    with pytest.raises(IBMQJobFailureError, match="stabilizer"):
+        job.result()

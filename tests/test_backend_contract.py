@@ -8,20 +8,28 @@ for a fake device is the very backend the service simulates).
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import multiprocessing
 import pickle
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from qiskit import QuantumCircuit, transpile
 from qiskit.circuit import Parameter
+from qiskit.providers.exceptions import QiskitBackendNotFoundError
 from qiskit.providers.fake_provider import GenericBackendV2
 from qiskit_aer import AerSimulator
 from qiskit_aer.aererror import AerError
 
 from qdispatch.backend import QDispatchBackend
-from qdispatch.exceptions import IBMQBackendValueError, IBMQJobFailureError
+from qdispatch.exceptions import (
+    IBMInputValueError,
+    IBMQBackendValueError,
+    IBMQJobFailureError,
+    IBMRuntimeError,
+)
 from qdispatch.server import backends as catalog
 from support import ServiceProcess
 
@@ -310,3 +318,83 @@ def test_set_options_checked_like_aer(ideal: QDispatchBackend) -> None:
     job = backend.run(circuit)
     with pytest.raises(IBMQJobFailureError, match="stabilizer"):
         job.result()
+
+
+# -- a QiskitRuntimeService-shaped service ----------------------------------------------------
+
+# What qiskit-ibm-runtime's service takes that a qdispatch service has no use for.
+_RUNTIME_ONLY = {"calibration_id", "include_mocks"}
+
+
+@pytest.mark.parametrize(
+    "method", ["backends", "least_busy", "backend", "job", "jobs", "delete_job", "usage"]
+)
+def test_service_methods_take_the_runtime_services_arguments(connected: Any, method: str) -> None:
+    runtime = pytest.importorskip("qiskit_ibm_runtime")
+    theirs = inspect.signature(getattr(runtime.QiskitRuntimeService, method)).parameters
+    ours = inspect.signature(getattr(connected, method)).parameters
+    missing = {n for n in theirs if n != "self" and n not in ours} - _RUNTIME_ONLY
+    assert not missing, f"{method} lacks {missing}"
+    for name, param in theirs.items():
+        if name in ours and name != "self" and param.default is not inspect.Parameter.empty:
+            assert ours[name].default == param.default, (method, name)
+
+
+def _names(backends: list[QDispatchBackend]) -> list[str]:
+    return sorted(b.name for b in backends)
+
+
+def _ids(jobs: list[Any]) -> set[str]:
+    return {j.job_id() for j in jobs}
+
+
+def test_backends_filters(connected: Any) -> None:
+    everything = ["aer_simulator", "fake_generic_27q", FAKE]
+    assert _names(connected.backends()) == everything
+    assert _names(connected.backends(FAKE)) == [FAKE]
+    assert _names(connected.backends(min_num_qubits=6)) == ["aer_simulator", "fake_generic_27q"]
+    assert _names(connected.backends(simulator=False)) == ["fake_generic_27q", FAKE]
+    assert _names(connected.backends(operational=True, dynamic_circuits=True)) == everything
+    assert _names(connected.backends(filters=lambda b: b.num_qubits == 5)) == [FAKE]
+    assert _names(connected.backends(filters=lambda b: b.status().operational)) == everything
+    assert connected.backends(operational=False) == []
+    with pytest.raises(IBMInputValueError, match="no_such_field"):
+        connected.backends(no_such_field=1)
+    with pytest.raises(IBMInputValueError, match="fractional"):
+        connected.backends(use_fractional_gates=True)
+    status = connected.backend(FAKE).status()
+    assert status.operational is True
+    assert status["pending_jobs"] == status.pending_jobs
+
+
+def test_least_busy(connected: Any) -> None:
+    chosen = connected.least_busy(min_num_qubits=27, simulator=False)
+    assert chosen.name == "fake_generic_27q"
+    assert connected.least_busy().status().status_msg == "active"
+    with pytest.raises(QiskitBackendNotFoundError):
+        connected.least_busy(min_num_qubits=1000)
+
+
+def test_job_jobs_delete_and_usage(connected: Any, fake: QDispatchBackend) -> None:
+    before = datetime.now(timezone.utc) - timedelta(seconds=5)
+    job = fake.run(_bell(fake), shots=10)
+    job.result()
+    assert connected.job(job.job_id()).job_id() == job.job_id()
+    assert job.job_id() in _ids(
+        connected.jobs(limit=None, backend_name=FAKE, pending=False, created_after=before)
+    )
+    assert job.job_id() not in _ids(connected.jobs(limit=None, pending=True))
+    assert job.job_id() not in _ids(connected.jobs(limit=None, created_before=before))
+    assert connected.jobs(pending=True, status="DONE") == []
+    with pytest.raises(IBMInputValueError, match="not both"):
+        connected.jobs(start_datetime=before, created_after=before)
+    with pytest.raises(IBMRuntimeError, match="does not delete jobs"):
+        connected.delete_job(job.job_id())
+    assert connected.job(job.job_id()).status().name == "DONE"  # still there
+    with pytest.raises(IBMRuntimeError):
+        connected.delete_job("no-such-job")
+    usage = connected.usage()
+    assert usage["usage_limit_reached"] is False
+    assert usage["usage_remaining_seconds"] is None
+    assert usage["active_jobs"] >= 0
+    assert usage["max_active_jobs"] == connected.info()["max_active_jobs"]

@@ -26,7 +26,7 @@ from .assembler import circuits_to_qobj_json
 from .constants import SERVICE_RUN_OPTIONS
 from .exceptions import IBMQBackendApiError, IBMQBackendValueError, IBMQError
 from .job import IBMQJob
-from .models import BackendProperties
+from .models import BackendProperties, BackendStatus
 
 if TYPE_CHECKING:
     from .runtime import RuntimeJob
@@ -136,9 +136,10 @@ class QDispatchBackend(BackendV2):
             self._properties = BackendProperties.from_dict(data) if data else None
         return self._properties
 
-    def status(self) -> dict[str, Any]:
-        """Whether the backend is operational and how many jobs wait for it."""
-        return self._service.api.backend_status(self.name)
+    def status(self) -> BackendStatus:
+        """Whether the backend is operational and how many jobs wait for it (a dict whose
+        keys also read as attributes: ``status().operational``, ``.pending_jobs``)."""
+        return BackendStatus(self._service.api.backend_status(self.name))
 
     def run(
         self,

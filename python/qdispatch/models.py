@@ -1,4 +1,4 @@
-"""Data models of the job API: ``QueueInfo`` and ``BackendProperties``.
+"""Data models of the job API: ``QueueInfo``, ``BackendStatus`` and ``BackendProperties``.
 
 Qiskit >= 2 removed ``qiskit.providers.models``; these keep the shapes and accessors
 users of the IBMQ provider know, built from the service's JSON.
@@ -83,6 +83,21 @@ class QueueInfo:
                 f"    estimated completion time: {done}",
             ]
         )
+
+
+class BackendStatus(dict[str, Any]):
+    """A backend's status: the service's JSON (a dict, as before), whose fields also read
+    as attributes, as qiskit-ibm-runtime's ``BackendStatus``: ``backend_name``,
+    ``backend_version``, ``operational``, ``pending_jobs``, ``status_msg``."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"'BackendStatus' object has no attribute '{name}'") from None
+
+    def __repr__(self) -> str:
+        return f"BackendStatus({dict.__repr__(self)})"
 
 
 _HERTZ_PER = {"GHz": 1e9, "MHz": 1e6, "kHz": 1e3}

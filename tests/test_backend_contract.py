@@ -13,6 +13,7 @@ import math
 import multiprocessing
 import pickle
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from qiskit.providers.fake_provider import GenericBackendV2
 from qiskit_aer import AerSimulator
 from qiskit_aer.aererror import AerError
 
+import qdispatch
 from qdispatch.backend import QDispatchBackend
 from qdispatch.exceptions import (
     IBMInputValueError,
@@ -30,6 +32,7 @@ from qdispatch.exceptions import (
     IBMQJobFailureError,
     IBMRuntimeError,
 )
+from qdispatch.local import stop as stop_local
 from qdispatch.server import backends as catalog
 from support import ServiceProcess
 
@@ -113,6 +116,27 @@ def test_pickled_backend_runs_a_job_in_a_spawned_process(fake: QDispatchBackend)
         again = pool.apply(_counts_in_child, (pickle.dumps(pickle.loads(payload)),))
     assert sum(counts.values()) == 50
     assert sum(again.values()) == 50
+
+
+def test_local_service_backend_pickles_without_its_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    monkeypatch.setenv("QDISPATCH_DATA_DIR", str(data))  # inherited by the spawned child
+    monkeypatch.delenv("QDISPATCH_URL", raising=False)
+    monkeypatch.delenv("QDISPATCH_TOKEN", raising=False)
+    try:
+        with qdispatch.connect() as local:
+            backend = local.backend(FAKE)
+            token = local.api._token
+            payload = pickle.dumps(backend)
+            # Found again through the local state file: nothing secret in the pickle.
+            assert token.encode() not in payload
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                counts = pool.apply(_counts_in_child, (payload,))
+            assert sum(counts.values()) == 50
+    finally:
+        stop_local(data)
 
 
 # qiskit-ibm-runtime 0.50 deprecates SamplerV2 (for a client-side Sampler); it still is

@@ -95,3 +95,29 @@ def local_time(value: str | datetime | None) -> datetime | None:
     if isinstance(value, str):
         value = datetime.fromisoformat(value.replace("Z", "+00:00"))
     return value.astimezone()
+
+
+# Aer options the service sets itself (threads, memory, placement, noise): a job's Qobj
+# cannot set them (the worker drops them), so a backend's ``set_options`` refuses them.
+SERVICE_RUN_OPTIONS = frozenset(
+    {
+        "max_parallel_threads",
+        "max_parallel_experiments",
+        "max_parallel_shots",
+        "max_memory_mb",
+        "max_job_size",
+        "max_shot_size",
+        "executor",
+        "device",
+        "noise_model",
+        "accept_distributed_results",
+        "num_threads_per_device",
+        "mps_omp_threads",
+        "cuStateVec_enable",
+        "batched_shots_gpu",
+        "blocking_enable",
+        "blocking_qubits",
+        "chunk_swap_buffer_qubits",
+        "fusion_verbose",
+    }
+)

@@ -1,4 +1,4 @@
-"""Data models of the job API: ``QueueInfo`` and ``BackendProperties``.
+"""Data models of the job API: ``QueueInfo``, ``BackendStatus`` and ``BackendProperties``.
 
 Qiskit >= 2 removed ``qiskit.providers.models``; these keep the shapes and accessors
 users of the IBMQ provider know, built from the service's JSON.
@@ -85,6 +85,24 @@ class QueueInfo:
         )
 
 
+class BackendStatus(dict[str, Any]):
+    """A backend's status: the service's JSON (a dict, as before), whose fields also read
+    as attributes, as qiskit-ibm-runtime's ``BackendStatus``: ``backend_name``,
+    ``backend_version``, ``operational``, ``pending_jobs``, ``status_msg``."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"'BackendStatus' object has no attribute '{name}'") from None
+
+    def __repr__(self) -> str:
+        return f"BackendStatus({dict.__repr__(self)})"
+
+
+_HERTZ_PER = {"GHz": 1e9, "MHz": 1e6, "kHz": 1e3}
+
+
 class BackendProperties:
     """Calibration data of a backend (qubits, gates), each value dated.
 
@@ -156,23 +174,30 @@ class BackendProperties:
             raise IBMQError(f"couldn't find the property '{name}' of gate {gate}")
         return pairs[name]
 
-    def _qubit_value(self, qubit: int, name: str, scale: dict[str, float]) -> float:
+    def _qubit_value(self, qubit: int, name: str, per: dict[str, float]) -> float:
+        # Divided by how many of the unit make one second, and frequencies multiplied by
+        # hertz per unit: exact powers of ten, never their inexact reciprocals, so a value
+        # the service stored as ``seconds * 1e9`` or ``hertz / 1e9`` comes back as the
+        # same float and the Target (and its noise model) matches the device's exactly.
         prop = self._qubit_props[qubit].get(name) if qubit < len(self._qubit_props) else None
         if prop is None:
             raise IBMQError(f"couldn't find the property '{name}' of qubit {qubit}")
-        return float(prop["value"]) * scale.get(prop.get("unit", ""), 1.0)
+        unit = prop.get("unit", "")
+        if unit in _HERTZ_PER:
+            return float(prop["value"]) * _HERTZ_PER[unit]
+        return float(prop["value"]) / per.get(unit, 1.0)
 
     def t1(self, qubit: int) -> float:
         """T1 of ``qubit``, in seconds."""
-        return self._qubit_value(qubit, "T1", {"us": 1e-6, "ns": 1e-9, "ms": 1e-3})
+        return self._qubit_value(qubit, "T1", {"us": 1e6, "ns": 1e9, "ms": 1e3})
 
     def t2(self, qubit: int) -> float:
         """T2 of ``qubit``, in seconds."""
-        return self._qubit_value(qubit, "T2", {"us": 1e-6, "ns": 1e-9, "ms": 1e-3})
+        return self._qubit_value(qubit, "T2", {"us": 1e6, "ns": 1e9, "ms": 1e3})
 
     def frequency(self, qubit: int) -> float:
         """Frequency of ``qubit``, in Hz."""
-        return self._qubit_value(qubit, "frequency", {"GHz": 1e9, "MHz": 1e6, "kHz": 1e3})
+        return self._qubit_value(qubit, "frequency", {})
 
     def readout_error(self, qubit: int) -> float:
         """Readout error of ``qubit``."""
@@ -180,7 +205,7 @@ class BackendProperties:
 
     def readout_length(self, qubit: int) -> float:
         """Readout length of ``qubit``, in seconds."""
-        return self._qubit_value(qubit, "readout_length", {"ns": 1e-9, "us": 1e-6})
+        return self._qubit_value(qubit, "readout_length", {"ns": 1e9, "us": 1e6})
 
     def gate_error(self, gate: str, qubits: int | list[int]) -> float:
         """Error of ``gate`` on ``qubits``."""
@@ -193,5 +218,5 @@ class BackendProperties:
         prop = self._gate_props.get((gate, key), {}).get("gate_length")
         if prop is None:
             raise IBMQError(f"couldn't find the length of gate {gate} on qubits {key}")
-        scale = {"ns": 1e-9, "us": 1e-6, "s": 1.0}.get(prop.get("unit", "s"), 1.0)
-        return float(prop["value"]) * scale
+        per_second = {"ns": 1e9, "us": 1e6, "s": 1.0}.get(prop.get("unit", "s"), 1.0)
+        return float(prop["value"]) / per_second

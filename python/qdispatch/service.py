@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
+from qiskit.providers.exceptions import QiskitBackendNotFoundError
+
 from . import _native
 from .api import Family, ServiceApi, Verify
 from .backend import QDispatchBackend
-from .constants import status_name
-from .exceptions import IBMQApiError, IBMQBackendApiError
+from .constants import ACTIVE_STATUSES, FINAL_STATUSES, status_name
+from .exceptions import IBMInputValueError, IBMQApiError, IBMQBackendApiError, IBMRuntimeError
 from .job import IBMQJob
 from .local import LocalService, find_or_start
 from .runtime import EventRouter, ResultDecoder, RuntimeJob, submit_program
@@ -47,8 +50,25 @@ class QDispatchService:
         self._backends: dict[str, QDispatchBackend] = {}
         self._events: EventRouter | None = None
 
+        # How this connection was made, so that a pickled service (or backend) reconnects
+        # in another process: the local service is found again, a shared one by URL+token.
+        self._reopen_args = (None if local else url, None if local else token, timeout, verify)
+
     def __repr__(self) -> str:
         return f"<QDispatchService {self.url}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The connection (native client, locks, stream) cannot cross processes; how to
+        # make it again can. The token travels inside the pickle of a shared service: a
+        # pickle of it is as secret as the token.
+        return (_reopen, self._reopen_args)
+
+    def __copy__(self) -> QDispatchService:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> QDispatchService:
+        # A copy shares the connection: one client per service, as qiskit's providers.
+        return self
 
     @property
     def url(self) -> str:
@@ -113,24 +133,94 @@ class QDispatchService:
 
     # -- backends ---------------------------------------------------------------------------
 
-    def backends(self, name: str | None = None, **filters: Any) -> list[QDispatchBackend]:
-        """The service's backends, optionally only the one called ``name`` or those whose
-        configuration matches every ``filters`` item (e.g. ``simulator=False``)."""
-        listed = self._api.backends()
+    def backends(
+        self,
+        name: str | None = None,
+        min_num_qubits: int | None = None,
+        instance: str | None = None,
+        dynamic_circuits: bool | None = None,
+        filters: Callable[[QDispatchBackend], bool] | None = None,
+        *,
+        use_fractional_gates: bool | None = False,
+        **kwargs: Any,
+    ) -> list[QDispatchBackend]:
+        """The service's backends, subject to optional filtering (as
+        ``QiskitRuntimeService.backends``).
+
+        Args:
+            name: Backend name to filter by.
+            min_num_qubits: Minimum number of qubits the backend has to have.
+            instance: Accepted for compatibility; a qdispatch service has one instance.
+            dynamic_circuits: Filter by whether the backend runs conditional circuits.
+            filters: More complex filters, a callable taking a backend, e.g.
+                ``lambda b: b.status().pending_jobs < 5``.
+            use_fractional_gates: ``False`` or ``None`` (the backends have no fractional
+                gates; ``True`` raises :class:`IBMInputValueError`).
+            **kwargs: Simple filters: each must equal the backend's configuration field
+                of that name (``simulator=False``, ``n_qubits=5``), else its status field
+                (``operational=True``, ``status_msg="active"``).
+
+        Raises:
+            IBMInputValueError: A ``kwargs`` name is neither a configuration nor a
+                status field.
+        """
+        _no_fractional_gates(use_fractional_gates)
         out: list[QDispatchBackend] = []
-        for entry in listed:
+        for entry in self._api.backends():
             if name is not None and entry["name"] != name:
                 continue
             backend = self._backends.get(entry["name"])
             if backend is None:
                 config = self._api.backend_configuration(entry["name"])
                 backend = self._backends.setdefault(entry["name"], QDispatchBackend(self, config))
-            if all(backend.configuration().get(k) == v for k, v in filters.items()):
-                out.append(backend)
+            config = backend.configuration()
+            if min_num_qubits is not None and backend.num_qubits < min_num_qubits:
+                continue
+            if dynamic_circuits is not None and bool(config.get("conditional")) != dynamic_circuits:
+                continue
+            if not all(_field_matches(config, entry, k, v) for k, v in kwargs.items()):
+                continue
+            if filters is not None and not filters(backend):
+                continue
+            out.append(backend)
         return out
 
-    def backend(self, name: str) -> QDispatchBackend:
-        """The backend called ``name``."""
+    def least_busy(
+        self,
+        min_num_qubits: int | None = None,
+        instance: str | None = None,
+        filters: Callable[[QDispatchBackend], bool] | None = None,
+        use_fractional_gates: bool | None = False,
+        **kwargs: Any,
+    ) -> QDispatchBackend:
+        """The operational, active (not paused) backend with the fewest pending jobs,
+        among those :meth:`backends` finds with the same filters.
+
+        Raises:
+            QiskitBackendNotFoundError: No backend matches (as qiskit-ibm-runtime).
+        """
+        candidates = [
+            (status.pending_jobs, backend.name, backend)
+            for backend in self.backends(
+                min_num_qubits=min_num_qubits,
+                instance=instance,
+                filters=filters,
+                use_fractional_gates=use_fractional_gates,
+                **kwargs,
+            )
+            for status in [backend.status()]
+            if status.operational and status.status_msg == "active"
+        ]
+        if not candidates:
+            raise QiskitBackendNotFoundError("No backend matches the criteria.")
+        return min(candidates, key=lambda c: (c[0], c[1]))[2]
+
+    def backend(
+        self, name: str, instance: str | None = None, use_fractional_gates: bool | None = False
+    ) -> QDispatchBackend:
+        """The backend called ``name`` (``instance`` and ``use_fractional_gates`` as
+        :meth:`backends` takes them)."""
+        _no_fractional_gates(use_fractional_gates)
         if name in self._backends:
             return self._backends[name]
         found = self.backends(name)
@@ -221,6 +311,11 @@ class QDispatchService:
         descending: bool = True,
         program_id: str | None = None,
         session_id: str | None = None,
+        *,
+        pending: bool | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        instance: str | None = None,
     ) -> list[IBMQJob | RuntimeJob]:
         """Jobs matching the filters, newest first unless ``descending=False``.
 
@@ -228,12 +323,28 @@ class QDispatchService:
         name (or a list of them); ``job_name`` is a regular expression matched partially;
         ``job_tags`` match any tag (``job_tags_operator="AND"``: all of them). Program jobs
         come back as :class:`RuntimeJob`, circuit jobs as :class:`IBMQJob`.
+
+        qiskit-ibm-runtime's names work too: ``pending=True`` (queued or running jobs;
+        ``False``: finished ones), ``created_after``/``created_before`` (what
+        ``start_datetime``/``end_datetime`` mean); ``instance`` is accepted for
+        compatibility (a qdispatch service has one instance).
+
+        Raises:
+            IBMInputValueError: A time bound is given under both of its names.
         """
+        start_datetime = _one_of("start_datetime", start_datetime, "created_after", created_after)
+        end_datetime = _one_of("end_datetime", end_datetime, "created_before", created_before)
         statuses = status if isinstance(status, (list, tuple)) else [status] if status else []
+        names = [status_name(s) for s in statuses]
+        if pending is not None:
+            wanted = ACTIVE_STATUSES if pending else tuple(sorted(FINAL_STATUSES))
+            names = [n for n in names if n in wanted] if names else list(wanted)
+            if not names:
+                return []  # ``status`` and ``pending`` exclude each other
         filters: dict[str, Any] = {
             "descending": descending,
             "backend_name": backend_name,
-            "statuses": [status_name(s) for s in statuses],
+            "statuses": names,
             "name": job_name,
             "created_after": start_datetime,
             "created_before": end_datetime,
@@ -251,6 +362,43 @@ class QDispatchService:
                 break
         return jobs
 
+    def delete_job(self, job_id: str) -> None:
+        """Not supported: the service keeps every job until its retention sweeps it
+        (``qdispatch serve --retention``); there is no ``DELETE /jobs/{id}``.
+
+        Raises:
+            IBMRuntimeError: Always (for a job that exists; the lookup's error otherwise),
+                as qiskit-ibm-runtime documents for a service without the method.
+        """
+        self._api.job(job_id, Family.RUNTIME)
+        raise IBMRuntimeError(
+            f"Failed to delete job {job_id}: this service does not delete jobs on request; "
+            "its retention (qdispatch serve --retention) removes finished jobs"
+        )
+
+    def usage(self) -> dict[str, Any]:
+        """Usage in the keys of ``QiskitRuntimeService.usage()``. The service has no time
+        quota: ``usage_limit_seconds``, ``usage_consumed_seconds`` and
+        ``usage_remaining_seconds`` are ``None`` and ``usage_limit_reached`` is
+        ``False``. Its one limit is on each user's queued and running jobs:
+        ``max_active_jobs`` (``None``: unlimited), and ``active_jobs`` counts the queued
+        and running jobs this caller sees (its own and those its project shares)."""
+        limit = self._api.info().get("max_active_jobs") or None  # 0: unlimited
+        active = 0
+        while True:  # counted a page at a time: only records, no job objects built
+            page = self._api.jobs(limit=1000, skip=active, statuses=ACTIVE_STATUSES)
+            active += len(page)
+            if len(page) < 1000:
+                break
+        return {
+            "usage_limit_seconds": None,
+            "usage_consumed_seconds": None,
+            "usage_remaining_seconds": None,
+            "usage_limit_reached": False,
+            "active_jobs": active,
+            "max_active_jobs": limit,
+        }
+
     def close(self) -> None:
         """Close the stream and the connections (the service itself keeps running)."""
         if self._events is not None:
@@ -262,6 +410,54 @@ class QDispatchService:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# Services reopened from pickles in this process, so that the backends of one service
+# unpickled one by one (a task each) share one connection.
+_REOPENED: weakref.WeakValueDictionary[tuple[Any, ...], QDispatchService] = (
+    weakref.WeakValueDictionary()
+)
+_REOPENED_LOCK = threading.Lock()
+
+
+def _reopen(url: str | None, token: str | None, timeout: float, verify: Verify) -> QDispatchService:
+    """A pickled service, connected again: the local service when ``url`` is ``None``
+    (found through its state file, or started), else the shared service at ``url``."""
+    key = (url, token, timeout, verify)
+    with _REOPENED_LOCK:
+        service = _REOPENED.get(key)
+        if service is None:
+            if url is None:
+                local: LocalService = find_or_start(detached=True)
+                service = QDispatchService(local.url, local.token, local=True, timeout=timeout)
+            else:
+                service = QDispatchService(url, token or "", timeout=timeout, verify=verify)
+            _REOPENED[key] = service
+    return service
+
+
+def _no_fractional_gates(use_fractional_gates: bool | None) -> None:
+    if use_fractional_gates:
+        raise IBMInputValueError(
+            "use_fractional_gates=True: this service's backends have no fractional gates"
+        )
+
+
+def _one_of(name: str, value: Any, alias: str, alias_value: Any) -> Any:
+    if value is not None and alias_value is not None:
+        raise IBMInputValueError(f"give {name} or {alias}, not both")
+    return value if value is not None else alias_value
+
+
+def _field_matches(config: dict[str, Any], status: dict[str, Any], key: str, value: Any) -> bool:
+    """Whether a backend's configuration field ``key`` (else its status field) is ``value``."""
+    if key in config:
+        return bool(config[key] == value)
+    if key in status:
+        return bool(status[key] == value)
+    raise IBMInputValueError(
+        f"cannot filter backends by '{key}': it is neither a configuration nor a status field"
+    )
 
 
 def connect(

@@ -246,10 +246,14 @@ def configuration(defn: BackendDef) -> dict[str, Any]:
     coupling = [list(edge) for edge in defn.coupling_map] if defn.coupling_map else None
     dt_ns: float | None = None
     gate_qargs: dict[str, list[list[int]]] = {}
+    # Which qubits are measured together: the device's, or none known (as AerSimulator).
+    meas_map: list[list[int]] | None = None
     if defn.seed is not None:
         target = generic_backend(defn).target
         if target.dt is not None:
             dt_ns = float(target.dt) * 1e9
+        if target.concurrent_measurements is not None:
+            meas_map = [list(group) for group in target.concurrent_measurements]
         for name in defn.basis_gates:
             if name in target.operation_names:
                 gate_qargs[name] = [list(q) for q in target[name] if q is not None]
@@ -283,6 +287,7 @@ def configuration(defn: BackendDef) -> dict[str, Any]:
         "supported_instructions": [*defn.basis_gates, *DIRECTIVES, _CONDITION],
         "dt": dt_ns,
         "dtm": dt_ns,
+        "meas_map": meas_map,
         "processor_type": None,
         "quantum_volume": None,
         "sample_name": defn.name,
@@ -317,7 +322,7 @@ def properties(defn: BackendDef, last_update_date: datetime) -> dict[str, Any] |
             if qp.t2 is not None:
                 entries.append(_nduv(date, "T2", "us", qp.t2 * 1e6))
             if qp.frequency is not None:
-                entries.append(_nduv(date, "frequency", "GHz", qp.frequency * 1e-9))
+                entries.append(_nduv(date, "frequency", "GHz", qp.frequency / 1e9))
         readout = measure.get((q,))
         if readout is not None:
             if readout.error is not None:

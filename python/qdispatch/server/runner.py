@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from qiskit.circuit import ControlFlowOp, QuantumCircuit
 
+from qdispatch.constants import SERVICE_RUN_OPTIONS
 from qdispatch.disassembler import (
     QobjExecutionError,
     _gc_paused,
@@ -28,28 +29,7 @@ __all__ = ["QobjExecutionError", "run_qobj"]
 
 # Aer options the service controls (threading, memory, placement, noise); a Qobj's config
 # may set any other option that `AerSimulator` knows.
-_CONTROLLED_OPTIONS = frozenset(
-    {
-        "max_parallel_threads",
-        "max_parallel_experiments",
-        "max_parallel_shots",
-        "max_memory_mb",
-        "max_job_size",
-        "max_shot_size",
-        "executor",
-        "device",
-        "noise_model",
-        "accept_distributed_results",
-        "num_threads_per_device",
-        "mps_omp_threads",
-        "cuStateVec_enable",
-        "batched_shots_gpu",
-        "blocking_enable",
-        "blocking_qubits",
-        "chunk_swap_buffer_qubits",
-        "fusion_verbose",
-    }
-)
+_CONTROLLED_OPTIONS = SERVICE_RUN_OPTIONS
 _DEFAULT_SHOTS = 1024
 # Qobj instructions that never reach Aer under their own name.
 _QOBJ_ONLY = frozenset({"bfunc", "barrier"})

@@ -94,6 +94,11 @@ def test_pickle_round_trip_keeps_name_and_options(fake: QDispatchBackend) -> Non
     again = pickle.loads(pickle.dumps(backend))
     assert again.service is restored.service
     assert sum(restored.run(_bell(fake)).result().get_counts().values()) == 33
+    # One its user closed is not handed to the next unpickling.
+    restored.service.close()
+    fresh = pickle.loads(pickle.dumps(backend))
+    assert fresh.service is not restored.service
+    assert sum(fresh.run(_bell(fake)).result().get_counts().values()) == 33
 
 
 def test_token_not_in_repr(service: ServiceProcess, fake: QDispatchBackend) -> None:

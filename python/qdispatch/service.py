@@ -399,8 +399,14 @@ class QDispatchService:
             "max_active_jobs": limit,
         }
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (this object's connections are gone)."""
+        return getattr(self, "_closed", False)
+
     def close(self) -> None:
         """Close the stream and the connections (the service itself keeps running)."""
+        self._closed = True
         if self._events is not None:
             self._events.close()
         self._api.close()
@@ -426,7 +432,7 @@ def _reopen(url: str | None, token: str | None, timeout: float, verify: Verify) 
     key = (url, token, timeout, verify)
     with _REOPENED_LOCK:
         service = _REOPENED.get(key)
-        if service is None:
+        if service is None or service.closed:  # one closed by its user is not handed out
             if url is None:
                 local: LocalService = find_or_start(detached=True)
                 service = QDispatchService(local.url, local.token, local=True, timeout=timeout)

@@ -16,6 +16,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import pytest
 
 from qdispatch import codes, monitor
 from qdispatch.server.errors import ServiceError
-from qdispatch.server.routes.ui import SET_LISTED_MISSING
+from qdispatch.server.routes.ui import SET_LISTED_MISSING, _timeline
 from qdispatch.server.store import Store
 from qdispatch.server.stream import Hub, Subscription
 from qdispatch.server.ui.counts import CountsCache
@@ -472,3 +473,19 @@ def test_the_hub_takes_subscriptions_without_observers_and_stays_going_away() ->
     later = Subscription("u", None)
     hub.add(later)
     assert later.leaving.is_set()
+
+
+def test_the_job_pages_timeline_orders_steps_as_the_cli_does() -> None:
+    """The page's timeline is ``monitor.steps`` (one ordering: equal timestamps by the
+    steps' order), each step timed until the next, a running one until now."""
+    steps = {
+        "RUNNING": "2026-01-01T00:00:02Z",
+        "QUEUED": "2026-01-01T00:00:00Z",
+        "CREATED": "2026-01-01T00:00:00Z",
+    }
+    now = datetime(2026, 1, 1, 0, 0, 5, tzinfo=timezone.utc)
+    timeline = _timeline(steps, now)
+    assert [t["step"] for t in timeline] == [s["step"] for s in monitor.steps(steps)]
+    assert [t["step"] for t in timeline] == ["CREATED", "QUEUED", "RUNNING"]
+    assert [t["seconds"] for t in timeline] == [0.0, 2.0, 3.0]
+    assert [t["ongoing"] for t in timeline] == [False, False, True]

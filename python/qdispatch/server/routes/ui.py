@@ -427,18 +427,22 @@ async def _jobs_page(svc: Service, who: Caller, filters: dict[str, Any]) -> dict
 
 
 def _timeline(steps: dict[str, str], now: datetime) -> list[dict[str, Any]]:
-    """The job's steps in order, each with the time until the next (the last one, of a
-    job still going, until now)."""
-    ordered = sorted(steps.items(), key=lambda kv: kv[1])
+    """The job's steps in the order ``monitor.steps`` puts them (as ``qdispatch jobs
+    show`` lists them), each with the time until the next (the last one, of a job still
+    going, until now)."""
+    ordered = monitor.steps(steps)
     out = []
-    for i, (step, when) in enumerate(ordered):
-        start = datetime.fromisoformat(when.replace("Z", "+00:00"))
+    for i, step in enumerate(ordered):
+        ongoing = False
         if i + 1 < len(ordered):
-            end: datetime | None = datetime.fromisoformat(ordered[i + 1][1].replace("Z", "+00:00"))
+            seconds = ordered[i + 1]["seconds"]
+        elif step["step"] in ("COMPLETED", ERROR, CANCELLED):
+            seconds = None
         else:
-            end = None if step in ("COMPLETED", ERROR, "CANCELLED") else now
-        seconds = (end - start).total_seconds() if end is not None else None
-        out.append({"step": step, "time": when, "seconds": seconds, "ongoing": end is now})
+            seconds, ongoing = monitor.seconds_between(step["time"], utc_iso(now)), True
+        out.append(
+            {"step": step["step"], "time": step["time"], "seconds": seconds, "ongoing": ongoing}
+        )
     return out
 
 

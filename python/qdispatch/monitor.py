@@ -16,13 +16,20 @@ from datetime import datetime
 from typing import Any
 
 from . import _native
-from .constants import DONE, FINAL_STATUSES
-from .managed.utils import INTERNAL_TAGS, JOB_TAG, SET_TAG, SIZE_TAG
+from .constants import DONE, FINAL_STATUSES, INTERNAL_TAGS, JOB_TAG, SET_TAG, SIZE_TAG
 
 #: Outcomes of each experiment a counts summary lists, most frequent first.
 TOP_OUTCOMES = 3
 #: Experiments a counts summary covers (the first ones).
 MAX_SUMMARISED_EXPERIMENTS = 20
+#: The most jobs (chunks) a job set may declare, and experiments in all: the service
+#: refuses job-set tags beyond them (400 ``invalid_request``).
+MAX_SET_JOBS = 1_000_000
+MAX_SET_EXPERIMENTS = 1_000_000_000
+#: Chunks never submitted that a set's progress lists one by one; the rest are counted.
+MAX_LISTED_MISSING = 10_000
+#: The status of a chunk that left no job.
+NOT_SUBMITTED = "NOT_SUBMITTED"
 
 # The order a job's steps happen in (time_per_step is a JSON object: keep it readable).
 _STEP_ORDER = ("CREATED", "VALIDATED", "QUEUED", "RUNNING", "REQUEUED", "COMPLETED")
@@ -111,11 +118,65 @@ def _set_name(job: dict[str, Any]) -> str | None:
     return found.group(1) if found else job.get("name")
 
 
+def _numbers(tag: str, prefix: str, n: int) -> tuple[int, ...] | None:
+    """The ``n`` non-negative integers after ``prefix`` in ``tag`` (``:``-separated),
+    else ``None``: a tag is anyone's to write, so it is parsed, never trusted."""
+    parts = tag[len(prefix) :].split(":")
+    if len(parts) != n or not all(p.isascii() and p.isdigit() and len(p) <= 12 for p in parts):
+        return None
+    return tuple(int(p) for p in parts)
+
+
+def set_tags_problem(tags: Iterable[str]) -> str | None:
+    """What is wrong with a job's job-set tags (the ``qdispatch_job…`` prefixes), else
+    ``None``: each at most once, numbers in range (at most :data:`MAX_SET_JOBS` chunks,
+    :data:`MAX_SET_EXPERIMENTS` experiments, a chunk's index below the set's size). The
+    service refuses a job whose tags this faults, so that nothing it stores names a set
+    readers would have to walk without bound."""
+    seen: dict[str, str] = {}
+    size: tuple[int, ...] | None = None
+    chunk: tuple[int, ...] | None = None
+    for tag in tags:
+        prefix = next((p for p in INTERNAL_TAGS if tag.startswith(p)), None)
+        if prefix is None:
+            continue
+        if prefix in seen:
+            return f"tags '{seen[prefix]}' and '{tag}': a job belongs to at most one job set"
+        seen[prefix] = tag
+        if prefix == SET_TAG:
+            if not tag[len(SET_TAG) :]:
+                return f"tag '{tag}': a job set's id must not be empty"
+        elif prefix == SIZE_TAG:
+            size = _numbers(tag, SIZE_TAG, 2)
+            if size is None or not (
+                1 <= size[0] <= MAX_SET_JOBS and size[1] <= MAX_SET_EXPERIMENTS
+            ):
+                return (
+                    f"tag '{tag}' must be '{SIZE_TAG}<jobs>:<experiments>' with 1 to "
+                    f"{MAX_SET_JOBS} jobs and at most {MAX_SET_EXPERIMENTS} experiments"
+                )
+        else:
+            chunk = _numbers(tag, JOB_TAG, 3)
+            if chunk is None or not (
+                chunk[0] < MAX_SET_JOBS
+                and chunk[1] + chunk[2] <= MAX_SET_EXPERIMENTS
+                and chunk[2] >= 1
+            ):
+                return (
+                    f"tag '{tag}' must be '{JOB_TAG}<index>:<first experiment>:<experiments>' "
+                    f"with an index below {MAX_SET_JOBS} and at least one experiment"
+                )
+    if size is not None and chunk is not None and chunk[0] >= size[0]:
+        return f"tag '{seen[JOB_TAG]}': the chunk's index must be below the set's {size[0]} jobs"
+    return None
+
+
 def _chunk(job: dict[str, Any]) -> tuple[int, int, int] | None:
     for tag in job.get("tags") or ():
         if tag.startswith(JOB_TAG):
-            index, start, count = (int(x) for x in tag[len(JOB_TAG) :].split(":"))
-            return index, start, count
+            found = _numbers(tag, JOB_TAG, 3)
+            if found is not None:
+                return found[0], found[1], found[2]
     return None
 
 
@@ -123,9 +184,26 @@ def _set_size(jobs: Iterable[dict[str, Any]]) -> tuple[int, int]:
     for job in jobs:
         for tag in job.get("tags") or ():
             if tag.startswith(SIZE_TAG):
-                n_jobs, n_experiments = (int(x) for x in tag[len(SIZE_TAG) :].split(":"))
-                return n_jobs, n_experiments
+                found = _numbers(tag, SIZE_TAG, 2)
+                if found is not None:
+                    return found[0], found[1]
     return 0, 0
+
+
+def _gaps(found: Sequence[int], total: int, listed: int) -> tuple[list[int], int]:
+    """The indexes below ``total`` missing from ``found`` (sorted): the first ``listed``
+    of them, and how many there are in all. Walks the gaps, never ``range(total)``."""
+    missing: list[int] = []
+    count = 0
+    previous = -1
+    for index in [*found, total]:
+        gap = index - previous - 1
+        if gap > 0:
+            count += gap
+            take = min(gap, listed - len(missing))
+            missing.extend(range(previous + 1, previous + 1 + max(0, take)))
+        previous = index
+    return missing, count
 
 
 def job_sets(jobs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -139,34 +217,49 @@ def job_sets(jobs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         set_id = set_id_of(job)
         if set_id is not None:
             grouped.setdefault(set_id, []).append(job)
-    sets = [job_set_progress(set_id, members) for set_id, members in grouped.items()]
+    sets = [job_set_progress(set_id, members, 0) for set_id, members in grouped.items()]
     for entry in sets:
         entry.pop("chunks")
     return sorted(sets, key=lambda s: s["created"] or "", reverse=True)
 
 
-def job_set_progress(set_id: str, jobs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def job_set_progress(
+    set_id: str, jobs: Sequence[dict[str, Any]], listed_missing: int = MAX_LISTED_MISSING
+) -> dict[str, Any]:
     """A job set's progress from its jobs (``GET /jobs?tags=qdispatch_jobset:<id>``):
     the set's ``id``, ``name``, ``backend``, ``created``, ``tags``, ``jobs`` and
     ``experiments`` (as the set declared them), ``statuses`` (chunks by status),
     ``experiments_done`` (of chunks ``DONE``), ``done``, and ``chunks``: per chunk its
-    ``index``, ``start``, ``count``, ``job_id``, ``status``, ``error`` and timing. A
-    resubmitted chunk is represented by its newest job; a chunk that left no job (never
-    submitted) has ``status`` ``NOT_SUBMITTED``."""
+    ``index``, ``start``, ``count``, ``job_id``, ``status``, ``error``, ``attempts``
+    (its jobs) and timing. A resubmitted chunk is represented by its newest job; a chunk
+    that left no job (never submitted) has ``status`` ``NOT_SUBMITTED``. Such chunks are
+    listed up to ``listed_missing`` of them; ``not_listed`` counts the rest (the set's
+    size is a tag, so it is never walked: only chunks found are)."""
     ordered = sorted(jobs, key=lambda j: j.get("creation_date") or "")
     newest: dict[int, tuple[dict[str, Any], int, int]] = {}
+    attempts: Counter[int] = Counter()
     for job in ordered:
         chunk = _chunk(job)
         if chunk is not None:
             newest[chunk[0]] = (job, chunk[1], chunk[2])
+            attempts[chunk[0]] += 1
     n_jobs, n_experiments = _set_size(ordered)
-    chunks: list[dict[str, Any]] = []
-    for index in range(max(n_jobs, max(newest, default=-1) + 1)):
-        if index not in newest:
-            chunks.append(
-                {"index": index, "job_id": None, "status": "NOT_SUBMITTED", "error": None}
-            )
-            continue
+    found = sorted(newest)
+    total = max(n_jobs, found[-1] + 1 if found else 0)
+    missing, n_missing = _gaps(found, total, listed_missing)
+    chunks: list[dict[str, Any]] = [
+        {
+            "index": index,
+            "start": None,
+            "count": None,
+            "job_id": None,
+            "status": NOT_SUBMITTED,
+            "error": None,
+            "attempts": 0,
+        }
+        for index in missing
+    ]
+    for index in found:
         job, start, count = newest[index]
         chunks.append(
             {
@@ -176,10 +269,14 @@ def job_set_progress(set_id: str, jobs: Sequence[dict[str, Any]]) -> dict[str, A
                 "job_id": job["id"],
                 "status": job["status"],
                 "error": (job.get("error") or {}).get("message"),
+                "attempts": attempts[index],
                 **timing(job),
             }
         )
-    statuses = Counter(c["status"] for c in chunks)
+    chunks.sort(key=lambda c: c["index"])
+    statuses = Counter(c["status"] for c in chunks if c["job_id"] is not None)
+    if n_missing:
+        statuses[NOT_SUBMITTED] = n_missing
     first = ordered[0] if ordered else {}
     return {
         "id": set_id,
@@ -187,10 +284,11 @@ def job_set_progress(set_id: str, jobs: Sequence[dict[str, Any]]) -> dict[str, A
         "backend": first.get("backend"),
         "created": first.get("creation_date"),
         "tags": user_tags(first.get("tags") or ()),
-        "jobs": len(chunks),
-        "experiments": n_experiments,
-        "experiments_done": sum(c.get("count", 0) for c in chunks if c["status"] == DONE),
+        "jobs": total,
+        "experiments": n_experiments or sum(newest[i][2] for i in found),
+        "experiments_done": sum(c["count"] or 0 for c in chunks if c["status"] == DONE),
         "statuses": dict(sorted(statuses.items())),
-        "done": all(c["status"] in FINAL_STATUSES for c in chunks),
+        "done": n_missing == 0 and all(c["status"] in FINAL_STATUSES for c in chunks),
         "chunks": chunks,
+        "not_listed": n_missing - len(missing),
     }

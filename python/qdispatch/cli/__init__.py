@@ -110,6 +110,8 @@ def _config(args: argparse.Namespace, db: Path, port: int) -> ServiceConfig:
         metrics_token=args.metrics_token or None,
         ui_login_seconds=args.ui_login_hours * 3600.0,
         ui_max_logins=args.ui_max_logins,
+        ui_login_failures_per_minute=args.ui_login_failures_per_minute,
+        ui_login_failure_burst=args.ui_login_failure_burst,
     )
 
 
@@ -594,6 +596,18 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=10_000,
         help="dashboard logins held at once (a new one beyond ends the oldest)",
+    )
+    serve.add_argument(
+        "--ui-login-failures-per-minute",
+        type=float,
+        default=10.0,
+        help="failed dashboard logins allowed per client address and minute (then 429)",
+    )
+    serve.add_argument(
+        "--ui-login-failure-burst",
+        type=int,
+        default=20,
+        help="failed dashboard logins one client address may make at once",
     )
     serve.add_argument("--ssl-certfile", help="serve HTTPS/WSS with this certificate (PEM)")
     serve.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")

@@ -181,7 +181,7 @@ def _show(state: dict[str, Any]) -> None:
     rows = [
         (
             c["index"],
-            f"{c['start']}-{c['start'] + c['count'] - 1}" if "start" in c else "-",
+            f"{c['start']}-{c['start'] + c['count'] - 1}" if c.get("start") is not None else "-",
             c["job_id"] or "-",
             output.status(c["status"]),
             output.seconds(c.get("queued_seconds")),
@@ -192,6 +192,8 @@ def _show(state: dict[str, Any]) -> None:
     ]
     columns = ("CHUNK", "EXPERIMENTS", "JOB", "STATUS", "QUEUED", "RAN", "ERROR")
     out.print(output.table(columns, rows, title="chunks"))
+    if state.get("not_listed"):
+        out.print(f"and {state['not_listed']} more chunks never submitted (not listed)")
     for redo in state.get("resubmitted", []):
         if redo["error"]:
             out.print(f"chunk {redo['index']}: resubmission failed: {redo['error']}")

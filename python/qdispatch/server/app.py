@@ -34,7 +34,8 @@ from .metrics import Metrics, RequestTimer
 from .routes import backends, info, jobs, metrics, programs, sessions, stream, ui
 from .service import Service
 from .ui import STATIC
-from .ui.logins import Logins
+from .ui.counts import CountsCache
+from .ui.logins import Logins, LoginThrottle
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,10 @@ def create_app(config: ServiceConfig) -> FastAPI:
     # The dashboard: its stylesheet and scripts, and who is logged in (routes/ui.py).
     app.mount(f"{ui.PREFIX}/static", StaticFiles(directory=STATIC), name="ui-static")
     app.state.ui_logins = Logins(config.ui_login_seconds, config.ui_max_logins)
+    app.state.ui_counts = CountsCache()
+    app.state.ui_login_throttle = LoginThrottle(
+        config.ui_login_failures_per_minute, config.ui_login_failure_burst
+    )
     # The last added is the outermost: the front door (token, rate) before the bodies.
     # The request timer is innermost, where the router leaves the matched route.
     app.add_middleware(RequestTimer, metrics=_metrics_of)

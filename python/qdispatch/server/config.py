@@ -117,6 +117,10 @@ class ServiceConfig:
     #: service holds at once (a new one beyond ends the oldest).
     ui_login_seconds: float = 8 * 3600.0
     ui_max_logins: int = 10_000
+    #: Failed dashboard logins per client address: refilled per minute, burst deep; past
+    #: them a login is refused with 429 before its token is looked up.
+    ui_login_failures_per_minute: float = 10.0
+    ui_login_failure_burst: int = 20
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -137,6 +141,8 @@ class ServiceConfig:
             raise ValueError("max_store_bytes must be at least 1 MiB (or None: no cap)")
         if self.ui_login_seconds <= 0 or self.ui_max_logins < 1:
             raise ValueError("ui_login_seconds and ui_max_logins must be positive")
+        if self.ui_login_failures_per_minute <= 0 or self.ui_login_failure_burst < 1:
+            raise ValueError("ui_login_failures_per_minute and its burst must be positive")
         self._check_dask()
 
     def _check_dask(self) -> None:

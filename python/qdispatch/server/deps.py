@@ -58,6 +58,15 @@ def authenticate(service: Service, token: str | None) -> Caller:
     return Caller(*found)
 
 
+def authenticate_hash(service: Service, token_hash: str) -> Caller:
+    """:func:`authenticate` for a token known only by its hash (a dashboard login keeps
+    no token): the same store lookup, by the hash it looks tokens up by; 401 likewise."""
+    found = service.store.user_for_token_hash(token_hash)
+    if found is None:
+        raise ServiceError(401, E.UNAUTHORIZED, "invalid token")
+    return Caller(*found)
+
+
 def service_of(request: Request) -> Service:
     """The service a request is for."""
     svc: Service = request.app.state.service
@@ -101,14 +110,15 @@ def ui_logins(conn: HTTPConnection) -> Logins:
 def ui_login_of(conn: HTTPConnection) -> tuple[Caller, Login]:
     """The caller of a dashboard request or stream, and their login, from the login
     cookie: 401 without a login, or when the token it was made with no longer passes the
-    same one check as a bearer token (:func:`authenticate`; the login ends then)."""
+    same store lookup as a bearer token (:func:`authenticate_hash`, by the token's hash,
+    which is all a login keeps; the login ends then)."""
     svc: Service = conn.app.state.service
     logins = ui_logins(conn)
     login = logins.get(conn.cookies.get(UI_COOKIE))
     if login is None:
         raise ServiceError(401, E.UNAUTHORIZED, "not logged in to the dashboard")
     try:
-        who = authenticate(svc, login.token)
+        who = authenticate_hash(svc, login.token_hash)
     except ServiceError:
         logins.end(login.id)
         raise

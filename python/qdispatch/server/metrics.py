@@ -23,7 +23,6 @@ from __future__ import annotations
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -34,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..constants import DONE, FINAL_STATUSES
+from ..monitor import seconds_between
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
@@ -51,14 +51,6 @@ THROUGHPUT_WINDOW = 60.0
 _RECENT_RUNS = 50
 # The route label of a request no route matched (404s): one series for all of them.
 UNMATCHED = "<unmatched>"
-
-
-def _seconds_between(start: str | None, end: str | None) -> float | None:
-    if not start or not end:
-        return None
-    began = datetime.fromisoformat(start.replace("Z", "+00:00"))
-    ended = datetime.fromisoformat(end.replace("Z", "+00:00"))
-    return max(0.0, (ended - began).total_seconds())
 
 
 def _final_status(events: Iterable[Event]) -> str | None:
@@ -140,14 +132,15 @@ class Metrics:
         self.finished.labels(job.backend, status).inc()
         if started is not None:  # a job cancelled while queued never ran nor waited through
             ran = job.run_seconds if job.run_seconds is not None else None
-            ran = ran if ran is not None else _seconds_between(started, ended)
+            ran = ran if ran is not None else seconds_between(started, ended)
             if ran is not None:
+                ran = max(0.0, ran)  # clocks may step back; a histogram takes no negatives
                 self.job_duration.labels(job.backend, job.kind, status).observe(ran)
                 if job.kind == "circuit":
                     self._runs[job.backend].append(ran)
-            waited = _seconds_between(steps.get("QUEUED"), started)
+            waited = seconds_between(steps.get("QUEUED"), started)
             if waited is not None:
-                self.queue_wait.labels(job.backend, job.kind).observe(waited)
+                self.queue_wait.labels(job.backend, job.kind).observe(max(0.0, waited))
         circuits = job.n_experiments if status == DONE else 0
         if circuits:
             self.circuits.labels(job.backend).inc(circuits)

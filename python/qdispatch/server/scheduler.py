@@ -82,6 +82,9 @@ log = logging.getLogger(__name__)
 USAGE_HALF_LIFE = 600.0
 _DEFAULT_RATE = 0.002  # seconds per experiment until a backend has been measured
 _RATE_WEIGHT = 0.2
+#: What one interim result or log line costs against a job's event budget
+#: (``max_event_bytes``) besides its payload: 64 MiB holds at most ~262,000 events.
+EVENT_OVERHEAD_BYTES = 256
 WATCHDOG_INTERVAL = 5.0  # seconds between the watchdog's checks and retries of outcomes
 _MAX_BACKOFF = 30.0  # the longest the dispatch loop waits after an error
 _SETTLE_PAUSE = 0.5  # seconds before the 2nd try at stop to store a refused outcome (then 2x…)
@@ -673,7 +676,10 @@ class Scheduler:
             log.warning("job %s sent an event of unknown kind %r; dropped", job_id, kind)
             return
         limit = self.max_event_bytes
-        if limit is not None and running.event_bytes + len(payload) > limit:
+        # Each event costs a row, an index entry and a message besides its payload: an
+        # overhead is charged so that a budget of bytes also bounds the number of events.
+        cost = len(payload) + EVENT_OVERHEAD_BYTES
+        if limit is not None and running.event_bytes + cost > limit:
             # A program that publishes without end would fill the store (and every
             # subscriber's socket): past its budget the job's events are dropped, once
             # said in its log; the job itself runs on and its result is kept.
@@ -689,7 +695,7 @@ class Scheduler:
                 )
                 self._publish(job_id, [self.store.append_event(job_id, "log", note)])
             return
-        running.event_bytes += len(payload)
+        running.event_bytes += cost
         self._publish(job_id, [self.store.append_event(job_id, kind, payload)])
 
     async def _run(self, task: Task, running: _Running) -> None:

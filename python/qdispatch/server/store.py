@@ -595,7 +595,11 @@ class Store:
     def user_for_token(self, token: str) -> TokenOwner | None:
         """``(user, project, operator)`` for a valid token (not revoked, not expired), else
         ``None``. Notes when it was used, at most once a minute per token."""
-        digest = hash_token(token)
+        return self.user_for_token_hash(hash_token(token))
+
+    def user_for_token_hash(self, digest: str) -> TokenOwner | None:
+        """:meth:`user_for_token` for a token known by its hash (:func:`hash_token`): the
+        dashboard's logins keep only that."""
         now = utcnow()
         row = self._db.execute(
             "SELECT u.name, u.project, t.operator FROM tokens t JOIN users u ON u.name = t.user "
@@ -922,6 +926,35 @@ class Store:
             (job_id, after_seq, limit),
         )
         return [Event(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def newest_events(self, job_id: str, types: Sequence[str], limit: int) -> list[Event]:
+        """The job's newest ``limit`` events of these ``types``, oldest first (read
+        backwards along the job's seq index: as cheap for a job of millions of events)."""
+        marks = ",".join("?" * len(types))
+        rows = self._db.execute(
+            f"SELECT job_id, seq, type, data FROM events WHERE job_id = ? AND type IN ({marks}) "
+            "ORDER BY seq DESC LIMIT ?",
+            (job_id, *types, limit),
+        ).fetchall()
+        return [Event(r[0], r[1], r[2], r[3]) for r in reversed(rows)]
+
+    def last_seq(self, job_id: str) -> int:
+        """The seq of the job's newest event (``0`` with none)."""
+        row = self._db.execute(
+            "SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?", (job_id,)
+        ).fetchone()
+        return int(row[0])
+
+    def count_events_before(self, job_id: str, types: Sequence[str], seq: int, cap: int) -> int:
+        """How many of the job's events of these ``types`` come before ``seq``, counted up
+        to ``cap`` (a bounded read: a caller says "more than ``cap``" at ``cap``)."""
+        marks = ",".join("?" * len(types))
+        row = self._db.execute(
+            f"SELECT COUNT(*) FROM (SELECT 1 FROM events WHERE job_id = ? AND seq < ? "
+            f"AND type IN ({marks}) LIMIT ?)",
+            (job_id, seq, *types, cap),
+        ).fetchone()
+        return int(row[0])
 
     def attempts(self, job_id: str) -> list[dict[str, Any]]:
         """Each run of the job on a worker, from its status events: ``start`` and ``end``

@@ -85,12 +85,12 @@ class Hub:
         self._visible = visible
         self._subs: set[Subscription] = set()
         self._observers: list[Observer] = []
+        self._leaving = False  # set once by going_away(); never cleared
 
     def observe(self, observer: Observer) -> None:
         """Call ``observer(job, events)`` for every publication, subscribed or not (the
         service's metrics see each job finish this way)."""
         self._observers.append(observer)
-        self._leaving = False
 
     def subscriptions(self) -> int:
         """How many stream connections are open."""

@@ -41,6 +41,7 @@ from ...constants import (
     MAX_TAGS,
     SHARE_LEVELS,
 )
+from ...monitor import set_tags_problem
 from ..deps import (
     Svc,
     Who,
@@ -186,6 +187,11 @@ def _bounded_tags(tags: list[str]) -> list[str]:
     unique = list(dict.fromkeys(tags))
     if len(unique) > MAX_TAGS or any(len(t) > MAX_TAG_LENGTH for t in unique):
         raise _invalid(f"a job has at most {MAX_TAGS} tags of at most {MAX_TAG_LENGTH} characters")
+    # The job manager's set tags are read back by the dashboard and `qdispatch sets`:
+    # anyone may write them, so their form and numbers are checked here, once.
+    problem = set_tags_problem(unique)
+    if problem is not None:
+        raise _invalid(problem)
     return unique
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import re
 import zlib
 from collections import Counter
 from collections.abc import Callable, Coroutine
@@ -43,19 +42,18 @@ from fastapi.routing import APIRoute
 from starlette.requests import HTTPConnection
 
 from ... import codes as E
+from ... import monitor
 from ...constants import (
     ACTIVE_STATUSES,
     CANCELLED,
     DONE,
     ERROR,
     FINAL_STATUSES,
-    INTERNAL_TAGS,
-    JOB_TAG,
     RUNNING,
     SET_TAG,
-    SIZE_TAG,
     utc_iso,
 )
+from ..access import retry_after
 from ..deps import (
     UI_COOKIE,
     Caller,
@@ -69,10 +67,11 @@ from ..deps import (
 from ..errors import ServiceError
 from ..front import rate_limited
 from ..service import Service
-from ..store import JobFilter
+from ..store import JobFilter, hash_token
 from ..stream import CLOSE_UNAUTHORIZED, StreamSession
 from ..ui import TEMPLATES
-from ..ui.logins import Login
+from ..ui.counts import CountsCache
+from ..ui.logins import Login, LoginThrottle
 from . import jobs as jobs_api
 
 #: Where the dashboard lives; the front door lets these paths through to authenticate
@@ -83,6 +82,9 @@ PREFIX = "/ui"
 PAGE_SIZE = 25
 #: The most jobs of one job set the set's page reads (1,000 at a time).
 MAX_SET_JOBS = 20_000
+#: Never-submitted chunks a set's page lists one by one (the rest are counted): a row
+#: each in the page, rendered on the event loop.
+SET_LISTED_MISSING = 1000
 #: The newest jobs the job sets page looks through for sets.
 SETS_SCAN = 1000
 #: Finished jobs the throughput sparkline counts at most, and its window and buckets.
@@ -97,6 +99,8 @@ MAX_PLOT_RESULT_BYTES = 32 * 1024 * 1024
 TOP_OUTCOMES = 16
 #: Log and interim-result events a job's page shows when it opens (the newest).
 PAGE_EVENTS = 500
+#: Older events a job's page counts as left out, at most (beyond: "more than").
+LEFT_OUT_COUNTED = 10_000
 # A login form or a cancel form is a few hundred bytes.
 _MAX_FORM_BYTES = 8 * 1024
 
@@ -112,7 +116,6 @@ _PAGE_HEADERS = {
     "Cache-Control": "no-store",
 }
 _STATUSES = [*ACTIVE_STATUSES, *sorted(FINAL_STATUSES)]
-_SET_NAME = re.compile(r"(.*)_\d+_")
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
@@ -380,19 +383,12 @@ def _row(job: dict[str, Any]) -> dict[str, Any]:
         "status": job["status"],
         "created": job["creation_date"],
         "finished": _finished_at(job),
-        "tags": [t for t in job["tags"] if not t.startswith(INTERNAL_TAGS)],
-        "set_id": _set_of(job["tags"]),
+        "tags": monitor.user_tags(job["tags"]),
+        "set_id": monitor.set_id_of(job),
         "n_experiments": job["n_experiments"],
         "error": (job.get("error") or {}).get("message"),
         "position": (job.get("queue_info") or {}).get("position"),
     }
-
-
-def _set_of(tags: list[str]) -> str | None:
-    for tag in tags:
-        if tag.startswith(SET_TAG):
-            return tag[len(SET_TAG) :]
-    return None
 
 
 def _filters(
@@ -431,18 +427,22 @@ async def _jobs_page(svc: Service, who: Caller, filters: dict[str, Any]) -> dict
 
 
 def _timeline(steps: dict[str, str], now: datetime) -> list[dict[str, Any]]:
-    """The job's steps in order, each with the time until the next (the last one, of a
-    job still going, until now)."""
-    ordered = sorted(steps.items(), key=lambda kv: kv[1])
+    """The job's steps in the order ``monitor.steps`` puts them (as ``qdispatch jobs
+    show`` lists them), each with the time until the next (the last one, of a job still
+    going, until now)."""
+    ordered = monitor.steps(steps)
     out = []
-    for i, (step, when) in enumerate(ordered):
-        start = datetime.fromisoformat(when.replace("Z", "+00:00"))
+    for i, step in enumerate(ordered):
+        ongoing = False
         if i + 1 < len(ordered):
-            end: datetime | None = datetime.fromisoformat(ordered[i + 1][1].replace("Z", "+00:00"))
+            seconds = ordered[i + 1]["seconds"]
+        elif step["step"] in ("COMPLETED", ERROR, CANCELLED):
+            seconds = None
         else:
-            end = None if step in ("COMPLETED", ERROR, "CANCELLED") else now
-        seconds = (end - start).total_seconds() if end is not None else None
-        out.append({"step": step, "time": when, "seconds": seconds, "ongoing": end is now})
+            seconds, ongoing = monitor.seconds_between(step["time"], utc_iso(now)), True
+        out.append(
+            {"step": step["step"], "time": step["time"], "seconds": seconds, "ongoing": ongoing}
+        )
     return out
 
 
@@ -466,20 +466,31 @@ async def _job(svc: Service, who: Caller, job_id: str) -> dict[str, Any]:
 
 
 def _events(svc: Service, job_id: str) -> dict[str, Any]:
-    """The job's newest log lines and interim results, and the seq they go up to (the
+    """The job's newest log lines and interim results (at most PAGE_EVENTS, read newest
+    first along the index: a job of millions of events costs the same), how many older
+    ones are left out (counted up to LEFT_OUT_COUNTED), and the seq they go up to (the
     page's script follows the stream from there). The caller may see the job."""
+    kinds = ("log", "interim")
     logs: list[str] = []
     interim: list[str] = []
-    last = 0
-    for event in svc.store.events_since(job_id, 0):
-        last = event.seq
+    newest = svc.store.newest_events(job_id, kinds, PAGE_EVENTS)
+    for event in newest:
         if event.data is None:
             continue
         if event.type == "log":
             logs.append(str(orjson.loads(event.data).get("text", "")))
-        elif event.type == "interim":
+        else:
             interim.append(event.data.decode(errors="replace"))
-    return {"logs": "".join(logs[-PAGE_EVENTS:]), "interim": interim[-PAGE_EVENTS:], "since": last}
+    left_out = 0
+    if len(newest) == PAGE_EVENTS:
+        left_out = svc.store.count_events_before(job_id, kinds, newest[0].seq, LEFT_OUT_COUNTED)
+    return {
+        "logs": "".join(logs),
+        "interim": interim,
+        "since": svc.store.last_seq(job_id),
+        "left_out": left_out,
+        "left_out_more": left_out >= LEFT_OUT_COUNTED,
+    }
 
 
 def _counts(blob: bytes, experiment: int, top: int) -> dict[str, Any]:
@@ -524,8 +535,9 @@ def _counts(blob: bytes, experiment: int, top: int) -> dict[str, Any]:
 
 
 async def _job_set(svc: Service, who: Caller, set_id: str) -> dict[str, Any]:
-    """A job set's chunks (the newest job of each; a resubmitted chunk's older jobs are
-    counted), read from the tags the job manager gives every job of a set."""
+    """A job set's chunks (``monitor.job_set_progress``, as ``qdispatch sets show``
+    shows them), each with how far it is, read from the tags the job manager gives every
+    job of a set."""
     jobs: list[dict[str, Any]] = []
     while len(jobs) < MAX_SET_JOBS:
         page = await _listing(
@@ -536,40 +548,33 @@ async def _job_set(svc: Service, who: Caller, set_id: str) -> dict[str, Any]:
             break
     if not jobs:
         raise ServiceError(404, E.JOB_SET_NOT_FOUND, f"job set '{set_id}' not found")
-    chunks: dict[int, dict[str, Any]] = {}
-    n_jobs = n_experiments = 0
-    for job in jobs:  # oldest first: a resubmitted chunk's newest job wins
-        index, start, count = -1, 0, job["n_experiments"]
-        for tag in job["tags"]:
-            if tag.startswith(JOB_TAG):
-                index, start, count = (int(x) for x in tag[len(JOB_TAG) :].split(":"))
-            elif tag.startswith(SIZE_TAG):
-                n_jobs, n_experiments = (int(x) for x in tag[len(SIZE_TAG) :].split(":"))
-        earlier = chunks.get(index, {}).get("attempts", 0)
-        chunks[index] = {**_chunk(svc, job, start, count), "index": index, "attempts": earlier + 1}
-    for index in range(n_jobs):
-        if index not in chunks:
-            chunks[index] = {"index": index, "status": "MISSING", "job_id": None, "attempts": 0}
-            chunks[index].update(start=None, count=None, error="never submitted", progress=0.0)
-    ordered = [chunks[i] for i in sorted(chunks)]
-    done = sum(c["count"] or 0 for c in ordered if c["status"] == DONE)
-    match = _SET_NAME.fullmatch(jobs[0]["name"] or "")
+    state = monitor.job_set_progress(set_id, jobs, SET_LISTED_MISSING)
+    by_id = {job["id"]: job for job in jobs}
+    chunks = []
+    for chunk in state["chunks"]:
+        job = by_id.get(chunk["job_id"] or "")
+        if job is None:
+            chunks.append({**chunk, "error": "never submitted", "progress": 0.0})
+        else:
+            chunks.append({**chunk, **_chunk(svc, job, chunk["count"])})
+    failed = (ERROR, CANCELLED, monitor.NOT_SUBMITTED)
     return {
         "id": set_id,
-        "name": match.group(1) if match else set_id,
-        "backend": jobs[0]["backend"],
-        "tags": [t for t in jobs[0]["tags"] if not t.startswith(INTERNAL_TAGS)],
-        "n_jobs": n_jobs or len(ordered),
-        "n_experiments": n_experiments or sum(c["count"] or 0 for c in ordered),
-        "experiments_done": done,
-        "statuses": dict(Counter(c["status"] for c in ordered)),
-        "chunks": ordered,
-        "failed": [c for c in ordered if c["status"] in (ERROR, "CANCELLED", "MISSING")],
+        "name": state["name"] or set_id,
+        "backend": state["backend"],
+        "tags": state["tags"],
+        "n_jobs": state["jobs"],
+        "n_experiments": state["experiments"],
+        "experiments_done": state["experiments_done"],
+        "statuses": state["statuses"],
+        "chunks": chunks,
+        "not_listed": state["not_listed"],
+        "failed": [c for c in chunks if c["status"] in failed],
         "now": utc_iso(datetime.now(timezone.utc)),
     }
 
 
-def _chunk(svc: Service, job: dict[str, Any], start: int, count: int) -> dict[str, Any]:
+def _chunk(svc: Service, job: dict[str, Any], count: int) -> dict[str, Any]:
     """One chunk's job and how far it is: 1 when finished, 0 while queued, and while
     running the time since it started over the time its experiments are expected to take
     (the backend's measured rate; the page moves it on, at most to 0.95)."""
@@ -582,44 +587,12 @@ def _chunk(svc: Service, job: dict[str, Any], start: int, count: int) -> dict[st
         elapsed = (datetime.now(timezone.utc) - started).total_seconds()
         progress = min(0.95, elapsed / expected) if expected > 0 else 0.5
     return {
-        "job_id": job["id"],
-        "status": status,
-        "start": start,
-        "count": count,
         "error": (job.get("error") or {}).get("message")
         or ("cancelled" if status == CANCELLED else None),
         "progress": progress,
         "running_since": running_since,
         "expected_seconds": expected,
     }
-
-
-def _job_sets(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The job sets among ``jobs`` (newest first), each with its status counts."""
-    sets: dict[str, dict[str, Any]] = {}
-    for job in jobs:
-        set_id = _set_of(job["tags"])
-        if set_id is None:
-            continue
-        entry = sets.setdefault(
-            set_id,
-            {
-                "id": set_id,
-                "name": None,
-                "backend": job["backend"],
-                "created": job["creation_date"],
-            },
-        )
-        entry.setdefault("statuses", Counter())[job["status"]] += 1
-        match = _SET_NAME.fullmatch(job["name"] or "")
-        entry["name"] = match.group(1) if match else entry["name"]
-        entry["created"] = min(entry["created"], job["creation_date"])
-        for tag in job["tags"]:
-            if tag.startswith(SIZE_TAG):
-                entry["n_jobs"], entry["n_experiments"] = (
-                    int(x) for x in tag[len(SIZE_TAG) :].split(":")
-                )
-    return list(sets.values())
 
 
 # -- logging in and out -------------------------------------------------------------------
@@ -639,14 +612,32 @@ async def login(request: Request, svc: Svc) -> Response:
     the token) and goes on to the page asked for."""
     form = await _form(request)
     _check_post(request, None, form)
+    # Guessing tokens: failed logins per client address go through a token bucket, and
+    # past it a login is refused before its token is looked up.
+    throttle: LoginThrottle = request.app.state.ui_login_throttle
+    address = request.client.host if request.client else "?"
+    wait = throttle.wait(address)
+    if wait is not None:
+        raise ServiceError(
+            429,
+            E.RATE_LIMITED,
+            f"too many failed logins from {address}; retry after {wait:.0f} s",
+            headers={"Retry-After": retry_after(wait)},
+            retry_after=round(wait, 3),
+        )
     target = _next_page(form.get("next"))
     token = form.get("token", "").strip()
     try:
         who = authenticate(svc, token)
     except ServiceError as exc:
+        throttle.failed(address)
         page = _render("login.html", request, 401, next=target, error=exc.message)
         return page
-    login_ = ui_logins(request).create(token, who.user)
+    # A good login is a request of its user like any other (and makes a login each).
+    wait = svc.access.admit(who.user)
+    if wait is not None:
+        raise rate_limited(who.user, wait, svc.access.rate, svc.access.burst)
+    login_ = ui_logins(request).create(hash_token(token), who.user)
     response = RedirectResponse(target, 303)
     response.set_cookie(
         UI_COOKIE,
@@ -746,7 +737,7 @@ async def sets_page(request: Request, svc: Svc) -> Response:
         who=who,
         csrf=login_.csrf,
         nav="sets",
-        sets=_job_sets(listing["jobs"]),
+        sets=monitor.job_sets(listing["jobs"]),
         scanned=len(listing["jobs"]),
     )
 
@@ -801,16 +792,33 @@ async def counts_json(
     experiment: Annotated[int, Query(ge=0)] = 0,
     top: Annotated[int, Query(ge=1, le=64)] = TOP_OUTCOMES,
 ) -> Response:
-    """The top outcomes of one experiment of a finished circuit job."""
+    """The top outcomes of one experiment of a finished circuit job (cached once the
+    job is DONE; at most ``counts.PER_USER`` worked out at once per user)."""
     who, _ = _caller(request)
     job = visible_job(svc, who, job_id)
-    blob = svc.store.data(job_id, "result") if job.kind == "circuit" else None
-    if blob is None:
-        reason = "a program job's result has no counts to plot" if job.kind != "circuit" else ""
+    cache: CountsCache = request.app.state.ui_counts
+    key = (job_id, experiment, top)
+    answer = cache.get(key) if job.status == DONE else None
+    if answer is None:
+        blob = svc.store.data(job_id, "result") if job.kind == "circuit" else None
+        if blob is None:
+            reason = "a program job's result has no counts to plot" if job.kind != "circuit" else ""
+            raise ServiceError(
+                409, E.JOB_HAS_NO_RESULT, reason or f"job '{job_id}' is {job.status}: no counts yet"
+            )
+        with cache.computing(who.user):
+            try:
+                answer = await asyncio.to_thread(_counts, blob, experiment, top)
+            except ServiceError as exc:  # too large, out of range: as final as an answer
+                answer = exc.with_traceback(None)
+        if job.status == DONE:  # a DONE job's result never changes again
+            cache.put(key, answer)
+    if isinstance(answer, ServiceError):
+        # a new exception each time: re-raising the cached one would grow its traceback
         raise ServiceError(
-            409, E.JOB_HAS_NO_RESULT, reason or f"job '{job_id}' is {job.status}: no counts yet"
+            answer.status, answer.code, answer.message, headers=answer.headers, **answer.extra
         )
-    return json_response(await asyncio.to_thread(_counts, blob, experiment, top))
+    return json_response(answer)
 
 
 @router.post(f"{PREFIX}/api/jobs/{{job_id}}/cancel")

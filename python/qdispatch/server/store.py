@@ -111,6 +111,9 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (job_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS jobs_by_session ON jobs (session_id) WHERE session_id IS NOT NULL;
+-- A job's status events alone (its attempts, GET /jobs/{id}), not every interim result and
+-- log line it published (up to ~262k).
+CREATE INDEX IF NOT EXISTS events_status ON events (job_id, seq) WHERE type = 'status';
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
     owner TEXT NOT NULL,
@@ -962,7 +965,9 @@ class Store:
         ``running`` while it runs) and ``reason`` (the error's message or the requeue
         note; ``None`` for ``done``)."""
         rows = self._db.execute(
-            "SELECT data FROM events WHERE job_id = ? AND type = 'status' ORDER BY seq",
+            # The partial index: the primary key would read every event of the job.
+            "SELECT data FROM events INDEXED BY events_status "
+            "WHERE job_id = ? AND type = 'status' ORDER BY seq",
             (job_id,),
         )
         attempts: list[dict[str, Any]] = []

@@ -43,6 +43,7 @@ async def info(svc: Svc) -> Response:
             "max_uploads_per_user": config.max_uploads_per_user,
             "body_min_rate": config.body_min_rate,
             "body_grace_seconds": config.body_grace_seconds,
+            "body_idle_seconds": config.body_idle_seconds,
             "stream_inline_result_bytes": config.stream_inline_result_bytes,
             # docs/service.md, "Durability": a full store, and what retention deletes.
             "storage": svc.store.storage(),

@@ -26,7 +26,7 @@ from qdispatch import codes
 from qdispatch.cli import jobs as cli_jobs
 from qdispatch.cli import sets as cli_sets
 from qdispatch.cli.output import Out as output
-from qdispatch.local import read_state
+from qdispatch.local import LocalServiceError, find_or_start, read_state
 from qdispatch.local import stop as stop_local
 from qdispatch.storelock import StoreLock, UnsafeStoreError, holder, lock_path, this_host
 from qobjs import bell_qobj
@@ -462,6 +462,8 @@ def test_a_symlinked_lock_file_is_refused(tmp_path: Path) -> None:
         StoreLock.try_acquire(store / "jobs.db")
     assert holder(store / "jobs.db") is None
     assert target.read_text() == "precious\n"
+    with pytest.raises(LocalServiceError, match="symbolic link"):
+        find_or_start(store, timeout=30)
     done = subprocess.run(
         [sys.executable, "-m", "qdispatch", "serve", "--port", "0", "--db", str(store / "jobs.db")],
         capture_output=True,

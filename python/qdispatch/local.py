@@ -28,7 +28,14 @@ from typing import Any
 import orjson
 import platformdirs
 
-from .storelock import HANDOFF_ENV, StoreLock, current_holder, holder, this_host
+from .storelock import (
+    HANDOFF_ENV,
+    StoreLock,
+    UnsafeStoreError,
+    current_holder,
+    holder,
+    this_host,
+)
 
 
 def default_data_dir() -> Path:
@@ -160,7 +167,10 @@ def find_or_start(
         other = _elsewhere(_read_state_file(data_dir))
         if other is not None:
             raise LocalServiceError(_served_elsewhere(data_dir, other))
-        lock = StoreLock.try_acquire(db)
+        try:
+            lock = StoreLock.try_acquire(db)
+        except UnsafeStoreError as exc:  # a symlinked lock file, a directory others write
+            raise LocalServiceError(str(exc)) from exc
         if lock is not None:
             with lock:  # the service keeps its own copy of the lock
                 return _start(data_dir, lock, workers, deadline, detached, idle_timeout)

@@ -169,8 +169,10 @@ def test_a_state_file_from_another_host_is_never_trusted(
     # ...and no second service was started on the store node-b's service holds.
     assert not lock_path(data_dir / "jobs.db").exists()
     assert not (data_dir / "service.log").exists()
-    # The same state file written here is trusted.
-    (data_dir / "server.json").write_bytes(orjson.dumps({**state, "host": this_host()}))
+    # The same state file written here is trusted (it names the process holding the store).
+    assert live.proc is not None
+    here = {**state, "host": this_host(), "pid": live.proc.pid, "db": str(live.db)}
+    (data_dir / "server.json").write_bytes(orjson.dumps(here))
     found = read_state(data_dir)
     assert found is not None
     assert found.url == live.url

@@ -8,6 +8,7 @@ cannot drift between the two sides.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -63,6 +64,12 @@ MAX_TAG_LENGTH = 256  # characters of one tag
 MAX_CLIENT_INFO_ITEMS = 32
 MAX_CLIENT_INFO_LENGTH = 1024  # characters of one client_info key or value
 MAX_BULK_IDS = 1000  # job ids of one ``POST /jobs:status`` (the client pages longer lists)
+
+#: C0 and C1 control characters and DEL. The service refuses them in every string a user
+#: names and others are shown (job names, tags, experiment ids, client_info); the CLI
+#: drops them from whatever it prints: a terminal acts on ESC sequences (OSC 8 links,
+#: OSC 52 writes to the clipboard), not just shows them.
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def job_status(name: str | None) -> JobStatus:

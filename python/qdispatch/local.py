@@ -5,6 +5,11 @@ store in the user's data directory (``QDISPATCH_DATA_DIR`` chooses another). Any
 this machine that wants "the local service" reads that file, checks the service runs on
 this host and still answers, and otherwise starts one, under the store's lock so that
 there is never more than one.
+
+The state file is believed only while the store's lock is held by the process it names
+(its pid and host in the lock file): after a crash the file stays, naming a port any
+local user may bind next, and a client that believed it would send that user its token.
+``qdispatch stop`` signals no pid the lock does not confirm either.
 """
 
 from __future__ import annotations
@@ -23,7 +28,14 @@ from typing import Any
 import orjson
 import platformdirs
 
-from .storelock import HANDOFF_ENV, StoreLock, holder, this_host
+from .storelock import (
+    HANDOFF_ENV,
+    StoreLock,
+    UnsafeStoreError,
+    current_holder,
+    holder,
+    this_host,
+)
 
 
 def default_data_dir() -> Path:
@@ -87,15 +99,31 @@ def _elsewhere(state: dict[str, Any] | None) -> str | None:
     return str(host) if host and host != this_host() else None
 
 
+def _confirmed(data_dir: Path, state: dict[str, Any]) -> bool:
+    """Whether the process ``state`` names holds its store's lock right now: the lock is
+    held, and its record names the same pid on the same host."""
+    db = Path(state.get("db") or data_dir / "jobs.db")
+    held = current_holder(db)
+    try:
+        pid = int(state.get("pid") or 0)
+    except (TypeError, ValueError):
+        return False
+    host = state.get("host") or this_host()
+    return held is not None and (held.pid, held.host) == (pid, host)
+
+
 def read_state(data_dir: Path) -> LocalService | None:
-    """The service described by ``data_dir/server.json``, if it runs on this host and is up.
+    """The service described by ``data_dir/server.json``, if it runs on this host, holds
+    its store's lock and is up.
 
     A loopback URL written on another host is never tried: on this host the same port may
-    be another service, or nothing."""
+    be another service, or nothing. Nor is one whose service no longer holds the store's
+    lock (it crashed): whoever answers on that port now is not it, and never sees the
+    token."""
     state = _read_state_file(data_dir)
     if not state or not state.get("token") or _elsewhere(state):
         return None
-    if not _answers(state["url"]):
+    if not _confirmed(data_dir, state) or not _answers(state["url"]):
         return None
     return LocalService(state["url"], state["token"], int(state["pid"]))
 
@@ -139,7 +167,10 @@ def find_or_start(
         other = _elsewhere(_read_state_file(data_dir))
         if other is not None:
             raise LocalServiceError(_served_elsewhere(data_dir, other))
-        lock = StoreLock.try_acquire(db)
+        try:
+            lock = StoreLock.try_acquire(db)
+        except UnsafeStoreError as exc:  # a symlinked lock file, a directory others write
+            raise LocalServiceError(str(exc)) from exc
         if lock is not None:
             with lock:  # the service keeps its own copy of the lock
                 return _start(data_dir, lock, workers, deadline, detached, idle_timeout)

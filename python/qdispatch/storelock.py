@@ -13,6 +13,13 @@ The lock is on a file of its own, never on the SQLite file: closing any descript
 database file drops every POSIX lock the process holds on it, which lets SQLite corrupt
 the store. ``flock`` locks belong to the open file description, so threads of one process
 exclude each other too, and a process that dies (``kill -9``) releases its lock.
+
+The lock also tells a client whether a state file (``server.json``) is current: after a
+crash it names a port that anyone on the machine may bind next, so the client trusts it
+only while the store's lock is held by the pid and host it names (:func:`current_holder`).
+Whoever could write the lock file or the directory it is in could defeat all this: the
+lock file is never followed through a symlink, and a directory others can write to (or
+that belongs to someone else) is refused (:func:`check_private_dir`).
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ import errno
 import fcntl
 import os
 import socket
+import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,10 +79,85 @@ def holder(db: Path) -> Holder | None:
     """The process the lock file of ``db`` names (the holder, if the lock is held); ``None``
     when there is no readable record."""
     try:
-        record = orjson.loads(lock_path(db).read_bytes().rstrip(b" \0\n"))
+        fd = _open_lock_file(lock_path(db), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return _record_of(fd)
+    finally:
+        os.close(fd)
+
+
+def current_holder(db: Path) -> Holder | None:
+    """The holder of ``db``'s lock if somebody holds it right now, as its record says;
+    ``None`` if nobody does (a service that crashed let it go) or there is no record.
+
+    A shared ``flock`` that can be taken means no exclusive holder: it is let go at once.
+    (It can make a ``qdispatch serve`` starting at that very instant find the store busy;
+    a client starting the local service just tries again.)"""
+    try:
+        fd = _open_lock_file(lock_path(db), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return _record_of(fd)  # held: read through the descriptor that found it so
+            return None
+        return None  # we could take it: nobody serves the store
+    finally:
+        os.close(fd)  # drops our shared lock, if we took it
+
+
+def _record_of(fd: int) -> Holder | None:
+    try:
+        record = orjson.loads(os.pread(fd, _RECORD_BYTES, 0).rstrip(b" \0\n"))
         return Holder(str(record["host"]), int(record["pid"]), record.get("since"))
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
+
+
+class UnsafeStoreError(OSError):
+    """The store's directory or lock file could be tampered with by another user."""
+
+
+def _open_lock_file(path: Path, flags: int, mode: int = 0o600) -> int:
+    """``os.open`` of a lock file that is never followed through a symlink (whoever planted
+    one would have us lock, and write our pid into, a file of their choosing)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeStoreError(
+                exc.errno,
+                f"refusing the lock file {path}: it is a symbolic link; remove it (a service "
+                "creates its own)",
+            ) from exc
+        raise
+
+
+def check_private_dir(directory: Path) -> None:
+    """Refuse a store directory another user could write to: one that is not ours, or that
+    anyone may write (:class:`UnsafeStoreError`); warn about one our group may write.
+    Whoever can write it can replace the lock file, the state file or the store."""
+    info = directory.stat()
+    writable_by = "anyone" if info.st_mode & stat.S_IWOTH else None
+    if info.st_uid != os.geteuid() or writable_by:
+        why = f"writable by {writable_by}" if writable_by else f"owned by uid {info.st_uid}"
+        raise UnsafeStoreError(
+            errno.EPERM,
+            f"refusing the store directory {directory}: it is {why}, so another user could "
+            "replace its lock, state file or store; use a directory of your own "
+            f"(chmod 700 {directory}, or QDISPATCH_DATA_DIR / --db elsewhere)",
+        )
+    if info.st_mode & stat.S_IWGRP:
+        warnings.warn(
+            f"the store directory {directory} is writable by its group: its members could "
+            f"replace its lock, state file or store (chmod g-w {directory})",
+            stacklevel=3,
+        )
 
 
 class StoreBusyError(RuntimeError):
@@ -101,7 +185,8 @@ class StoreLock:
         """The lock of ``db`` if nobody holds it, else ``None`` (never waits)."""
         path = lock_path(db)
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        check_private_dir(path.parent)
+        fd = _open_lock_file(path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

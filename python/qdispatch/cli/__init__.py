@@ -83,6 +83,7 @@ def _config(args: argparse.Namespace, db: Path, port: int) -> ServiceConfig:
         max_uploads_per_user=args.max_uploads_per_user,
         body_min_rate=int(args.body_min_rate_kb * 1024),
         body_grace_seconds=args.body_grace,
+        body_idle_seconds=args.body_idle_timeout,
         header_timeout=args.header_timeout,
         max_connections=args.max_connections,
         rate_limit=args.rate_limit,
@@ -474,6 +475,12 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=10.0,
         help="seconds a request body may take before --body-min-rate-kb applies",
+    )
+    serve.add_argument(
+        "--body-idle-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a request body may send nothing before it is cut (408; 0: no limit)",
     )
     serve.add_argument(
         "--header-timeout",

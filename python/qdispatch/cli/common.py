@@ -15,6 +15,8 @@ from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from ..constants import CONTROL_CHARACTERS
+
 if TYPE_CHECKING:
     from ..service import QDispatchService
 
@@ -84,7 +86,10 @@ def command(name: str) -> Callable[[Command], Command]:
             except KeyboardInterrupt:
                 return 130
             except Exception as exc:  # a failed operation: one line, no traceback
-                message = " ".join(str(exc).split()) or type(exc).__name__
+                # The message may quote the service, and so a user's input: one line,
+                # without control characters.
+                message = " ".join(CONTROL_CHARACTERS.sub(" ", str(exc)).split())
+                message = message or type(exc).__name__
                 print(f"qdispatch {name}: {message}", file=sys.stderr)
                 return 1
 

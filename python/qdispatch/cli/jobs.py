@@ -35,6 +35,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     shown = job.add_mutually_exclusive_group()
     shown.add_argument("--logs", action="store_true", help="print the job's log (program jobs)")
     shown.add_argument("--result", action="store_true", help="print the job's result (JSON)")
+    job.add_argument(
+        "--raw",
+        action="store_true",
+        help="with --logs: print the log as sent, control characters (escape sequences) too",
+    )
     job.add_argument("--wait", action="store_true", help="wait for the job to finish first")
     job.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
     add_connection(job)
@@ -125,7 +130,10 @@ def _job(args: argparse.Namespace) -> int:
             if args.json:
                 output.print_json({"id": args.job_id, "logs": text})
             else:
-                sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+                # A program writes its log: its escape sequences reach the terminal only
+                # when asked for (--raw).
+                shown = text if args.raw else output.clean_log(text)
+                sys.stdout.write(shown if shown.endswith("\n") or not shown else shown + "\n")
             return 0
         details = _details(service, args.job_id)
     if args.json:
@@ -221,8 +229,8 @@ def _cancel(args: argparse.Namespace) -> int:
     else:
         for job_id, outcome in outcomes.items():
             if outcome["cancelled"]:
-                print(f"cancelled {job_id}")
+                print(f"cancelled {output.clean(job_id)}")
             else:
                 why = outcome.get("error") or f"it is {outcome.get('status')}"
-                print(f"qdispatch cancel: {job_id}: {why}", file=sys.stderr)
+                print(output.clean(f"qdispatch cancel: {job_id}: {why}"), file=sys.stderr)
     return 1 if failed else 0

@@ -1,7 +1,13 @@
-"""How the job commands print: tables (rich) for people, JSON for scripts."""
+"""How the job commands print: tables (rich) for people, JSON for scripts.
+
+What the service sends is someone's input (job names, tags, errors, logs): it is printed
+as plain text, never read as rich markup, and with its control characters dropped, since a
+terminal acts on an escape sequence (OSC 8 links, OSC 52 clipboard writes) rather than
+showing it. JSON output is escaped by the encoder."""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -11,6 +17,11 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from ..constants import CONTROL_CHARACTERS
+
+# A log keeps its line breaks and tabs; every other control character is dropped.
+_LOG_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 # Colours of statuses in tables (plain text when stdout is not a terminal).
 _STYLES = {
@@ -24,8 +35,31 @@ _STYLES = {
 
 
 def console() -> Console:
-    """The console tables go to: stdout, as wide as the terminal (or 160 columns)."""
-    return Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160)
+    """The console tables go to: stdout, as wide as the terminal (or 160 columns). A
+    string printed on it is not read as markup or emoji codes: the strings are the
+    service's."""
+    return Console(
+        file=sys.stdout,
+        width=None if sys.stdout.isatty() else 160,
+        markup=False,
+        emoji=False,
+        highlight=False,
+    )
+
+
+def clean(value: Any) -> str:
+    """``value`` as a string without control characters (escape sequences among them)."""
+    return CONTROL_CHARACTERS.sub("", str(value))
+
+
+def clean_log(text: str) -> str:
+    """A job's log without control characters other than line breaks and tabs."""
+    return _LOG_CONTROLS.sub("", text)
+
+
+def text(value: Any, style: str = "") -> Text:
+    """``value`` as plain rich text: no markup, no control characters."""
+    return Text(clean(value), style=style)
 
 
 def print_json(data: Any) -> None:
@@ -42,7 +76,7 @@ def print_json_line(data: Any) -> None:
 
 def status(name: str | None) -> Text:
     """A status, coloured."""
-    return Text(name or "-", style=_STYLES.get(name or "", ""))
+    return text(name or "-", style=_STYLES.get(name or "", ""))
 
 
 def when(iso: str | None) -> str:
@@ -73,22 +107,33 @@ def seconds(value: float | None) -> str:
 
 def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None) -> Table:
     """A table of ``rows`` (cells: text, or rich renderables)."""
-    shown = Table(title=title, title_justify="left", header_style="bold", expand=False)
+    shown = Table(title=_title(title), title_justify="left", header_style="bold", expand=False)
     for column in columns:
-        shown.add_column(column, overflow="fold")
+        shown.add_column(text(column), overflow="fold")
     for row in rows:
-        shown.add_row(*(c if isinstance(c, Text) else Text(str(c)) for c in row))
+        shown.add_row(*(_cell(c) for c in row))
     return shown
 
 
 def fields(pairs: Iterable[tuple[str, Any]], title: str | None = None) -> Table:
     """A two-column table of ``name: value`` lines."""
-    shown = Table(title=title, title_justify="left", show_header=False, box=None)
+    shown = Table(title=_title(title), title_justify="left", show_header=False, box=None)
     shown.add_column(style="bold")
     shown.add_column(overflow="fold")
     for name, value in pairs:
-        shown.add_row(name, value if isinstance(value, Text) else Text(str(value)))
+        shown.add_row(text(name), _cell(value))
     return shown
+
+
+def _title(title: str | None) -> Text | None:
+    # A title is read as markup when it is a str: it often names a job.
+    return None if title is None else text(title)
+
+
+def _cell(value: Any) -> Text:
+    if isinstance(value, Text):  # styled here (a status): kept unless it holds controls
+        return text(value.plain, str(value.style)) if clean(value.plain) != value.plain else value
+    return text(value)
 
 
 class Out:
@@ -98,6 +143,9 @@ class Out:
     console = staticmethod(console)
     print_json = staticmethod(print_json)
     print_json_line = staticmethod(print_json_line)
+    clean = staticmethod(clean)
+    clean_log = staticmethod(clean_log)
+    text = staticmethod(text)
     status = staticmethod(status)
     when = staticmethod(when)
     seconds = staticmethod(seconds)

@@ -196,6 +196,6 @@ def _show(state: dict[str, Any]) -> None:
         out.print(f"and {state['not_listed']} more chunks never submitted (not listed)")
     for redo in state.get("resubmitted", []):
         if redo["error"]:
-            out.print(f"chunk {redo['index']}: resubmission failed: {redo['error']}")
+            out.print(output.text(f"chunk {redo['index']}: resubmission failed: {redo['error']}"))
         else:
-            out.print(f"chunk {redo['index']}: resubmitted as job {redo['job_id']}")
+            out.print(output.text(f"chunk {redo['index']}: resubmitted as job {redo['job_id']}"))

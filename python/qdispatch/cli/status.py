@@ -102,7 +102,7 @@ def _view(state: dict[str, Any]) -> RenderableType:
     for key, title in (("running", "running"), ("queued", "queued (next first)")):
         jobs = state.get(key) or []
         parts.append(output.table(JOB_COLUMNS, (job_row(j) for j in jobs), title=title))
-    parts.append(f"[dim]{time.strftime('%H:%M:%S')}  Ctrl-C to quit[/dim]")
+    parts.append(output.text(f"{time.strftime('%H:%M:%S')}  Ctrl-C to quit", style="dim"))
     return Group(*parts)
 
 

@@ -81,6 +81,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
         big=config.big_body_bytes,
         min_rate=config.body_min_rate,
         grace=config.body_grace_seconds,
+        idle=config.body_idle_seconds,
+        own=(ui.PREFIX,),
+        own_limit=ui.MAX_FORM_BYTES,
     )
     public = public_paths([*app.routes, *(route for r in routers for route in r.routes)])
     app.add_middleware(FrontDoor, public=public, self_authenticating=(ui.PREFIX,))

@@ -16,7 +16,14 @@ body's costs the loop at most ``big_body_bytes`` of output.
 Every body must keep arriving: after ``grace`` seconds it must have come at ``min_rate``
 bytes a second on average from the start (``grace + received / min_rate`` seconds in
 all), else 408 ``request_timeout`` and the connection is closed. A client that stalls or
-trickles frees its connection and, for a big body, its upload slot, in bounded time.
+trickles frees its connection and, for a big body, its upload slot, in bounded time. And
+no gap between two pieces may last ``idle`` seconds (408 too): the average alone would let
+a fast burst buy minutes of stalling (64 MiB at once, then ~500 s of nothing).
+
+The dashboard (``/ui``, the ``own`` prefixes) authenticates itself, after its body would
+be read: its bodies are read here too, under the same deadlines and a limit of their own
+(``own_limit``, a form's size), before the route runs and without a caller or an upload
+slot. A public route's body is never read (``front.py`` closes the connection instead).
 """
 
 from __future__ import annotations
@@ -62,6 +69,17 @@ def too_slow(received: int, seconds: float, min_rate: int) -> ServiceError:
     )
 
 
+def stalled(received: int, idle: float) -> ServiceError:
+    """The answer to a body that stopped coming for ``idle`` seconds."""
+    return ServiceError(
+        408,
+        E.REQUEST_TIMEOUT,
+        f"request body stalled: nothing for {idle:g} s after {received} bytes; send the "
+        "body at once",
+        idle_seconds=idle,
+    )
+
+
 def decompressor(encoding: str) -> Any:
     """A zlib decompressor for ``Content-Encoding: encoding``; ``None`` for identity."""
     if encoding in ("", "identity"):
@@ -104,15 +122,16 @@ def inflate(body: bytes, encoding: str, limit: int) -> bytes:
 
 
 class _Slot:
-    """One request's upload slot, taken when its body turns out big, given back once."""
+    """One request's upload slot, taken when its body turns out big, given back once.
+    ``access`` is ``None`` for a dashboard body, which is never big enough to need one."""
 
-    def __init__(self, access: Access, user: str) -> None:
+    def __init__(self, access: Access | None, user: str) -> None:
         self.access = access
         self.user = user
         self.held = False
 
     def take(self) -> None:
-        if self.held:
+        if self.held or self.access is None:
             return
         full = self.access.take_upload(self.user)
         if full == "user":
@@ -136,37 +155,58 @@ class _Slot:
         self.held = True
 
     def release(self) -> None:
-        if self.held:
+        if self.held and self.access is not None:
             self.held = False
             self.access.release_upload(self.user)
 
 
 class RequestBodies:
     """ASGI middleware applying the body limit, the upload slots and decompression to every
-    authenticated HTTP request."""
+    authenticated HTTP request, and the deadlines and ``own_limit`` to the dashboard's."""
 
     def __init__(
-        self, app: ASGIApp, limit: int, big: int, min_rate: int = 0, grace: float = 0.0
+        self,
+        app: ASGIApp,
+        limit: int,
+        big: int,
+        min_rate: int = 0,
+        grace: float = 0.0,
+        idle: float = 0.0,
+        own: tuple[str, ...] = (),
+        own_limit: int = 8 * 1024,
     ) -> None:
         self.app = app
         self.limit = limit
         self.big = big
         self.min_rate = min_rate
         self.grace = grace
+        self.idle = idle
+        self.own = own
+        self.own_limit = own_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        who = scope.get(CALLER_KEY)
-        if scope["type"] != "http" or not isinstance(who, Caller):
-            # A WebSocket, or a public route (the front door gave it an empty body).
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        svc: Service = scope["app"].state.service
+        who = scope.get(CALLER_KEY)
+        path: str = scope["path"]
+        if isinstance(who, Caller):
+            svc: Service = scope["app"].state.service
+            slot = _Slot(svc.access, who.user)
+            limit, big = self.limit, self.big
+        elif any(path == p or path.startswith(p + "/") for p in self.own):
+            # The dashboard: no caller yet, a form at most; never an upload slot.
+            slot = _Slot(None, "")
+            limit = big = self.own_limit
+        else:
+            # A public route (the front door gave it an empty body).
+            await self.app(scope, receive, send)
+            return
         headers = Headers(scope=scope)
-        slot = _Slot(svc.access, who.user)
         try:
-            body = await self._read(headers, receive, slot)
+            body = await self._read(headers, receive, slot, limit, big)
             encoding = headers.get("content-encoding", "identity").strip().lower()
-            body = await self._inflate(body, encoding, slot)
+            body = await self._inflate(body, encoding, slot, limit, big)
         except ServiceError as exc:
             await refuse(exc, scope, receive, send)
             return
@@ -187,12 +227,14 @@ class RequestBodies:
 
         await self.app({**scope, "headers": raw}, replay, send)
 
-    async def _read(self, headers: Headers, receive: Receive, slot: _Slot) -> bytes:
+    async def _read(
+        self, headers: Headers, receive: Receive, slot: _Slot, limit: int, big: int
+    ) -> bytes:
         declared = headers.get("content-length")
         if declared and declared.isdigit():
-            if int(declared) > self.limit:
-                raise too_large(self.limit, int(declared))
-            if int(declared) > self.big:
+            if int(declared) > limit:
+                raise too_large(limit, int(declared))
+            if int(declared) > big:
                 slot.take()
         chunks: list[bytes] = []
         size = 0
@@ -203,9 +245,9 @@ class RequestBodies:
                 break
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.limit:
-                raise too_large(self.limit, size)
-            if size > self.big:
+            if size > limit:
+                raise too_large(limit, size)
+            if size > big:
                 slot.take()
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -213,18 +255,29 @@ class RequestBodies:
         return b"".join(chunks)
 
     async def _next(self, receive: Receive, start: float, size: int) -> Message:
-        """The next message of the body, if it comes before the minimum rate's deadline."""
-        if not self.min_rate:
+        """The next message of the body, if it comes before the minimum rate's deadline
+        and within ``idle`` seconds."""
+        if not self.min_rate and not self.idle:
             return await receive()
-        left = start + self.grace + size / self.min_rate - time.monotonic()
+        # Whichever comes first: the rate's deadline or the idle gap's.
+        rate_left = (
+            start + self.grace + size / self.min_rate - time.monotonic()
+            if self.min_rate
+            else float("inf")
+        )
+        idle_left = self.idle or float("inf")
         try:
             # Past the deadline, what has already arrived is still taken (the loop may
             # have been busy, not the client slow); nothing more is waited for.
-            return await asyncio.wait_for(receive(), max(left, 0.05))
+            return await asyncio.wait_for(receive(), max(min(rate_left, idle_left), 0.05))
         except TimeoutError:
-            raise too_slow(size, time.monotonic() - start, self.min_rate) from None
+            if rate_left <= idle_left:
+                raise too_slow(size, time.monotonic() - start, self.min_rate) from None
+            raise stalled(size, self.idle) from None
 
-    async def _inflate(self, body: bytes, encoding: str, slot: _Slot) -> bytes:
+    async def _inflate(
+        self, body: bytes, encoding: str, slot: _Slot, limit: int, big: int
+    ) -> bytes:
         inflater = decompressor(encoding)
         if inflater is None:
             return body
@@ -232,9 +285,11 @@ class RequestBodies:
         data = body
         if not slot.held:
             # A small body: at most `big` bytes of output on the loop; a bomb stops there.
-            head = _decompress(inflater, body, self.big + 1, encoding)
-            if len(head) <= self.big:
+            head = _decompress(inflater, body, big + 1, encoding)
+            if len(head) <= big:
                 return head
             data = inflater.unconsumed_tail
             slot.take()
-        return await asyncio.to_thread(inflate_step, inflater, data, head, self.limit, encoding)
+        if slot.access is None:  # the dashboard's: at most `big` (its limit) in all
+            raise too_large(limit, len(head))
+        return await asyncio.to_thread(inflate_step, inflater, data, head, limit, encoding)

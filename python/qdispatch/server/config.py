@@ -61,6 +61,9 @@ class ServiceConfig:
     #: request_timeout): a stalled or trickling upload frees its connection and its slot.
     body_min_rate: int = 128 * 1024
     body_grace_seconds: float = 10.0
+    #: No piece of a request body for this long is 408 too (0: no limit): the average
+    #: rate alone lets a fast burst buy minutes of stalling while holding an upload slot.
+    body_idle_seconds: float = 30.0
     #: A connection whose request headers are not in after this long is closed.
     header_timeout: float = 10.0
     #: Open connections and requests in progress at once; beyond them new requests are

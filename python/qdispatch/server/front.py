@@ -6,10 +6,13 @@ token and has no valid one is answered 401 ``unauthorized`` at once, its body ne
 read; a user over their request rate is answered 429 ``rate_limited`` with a
 ``Retry-After``. Only then does :class:`~qdispatch.server.bodies.RequestBodies` read the
 body. The routes that need no token (``/info``, the OpenAPI spec and its pages) are found
-from the routes themselves: those without the ``Who`` dependency. They never get a body.
+from the routes themselves: those without the ``Who`` dependency. They never get a body:
+one that comes with a body is answered without reading it and its connection closed
+(``Connection: close``), so that a trickled body holds no connection without a token.
 WebSockets authenticate themselves (``routes/stream.py``), and so does the dashboard
 (the paths under ``self_authenticating`` prefixes, ``/ui``: a login cookie, not a bearer
-token; ``routes/ui.py`` applies the same token check, the rate and a body limit itself).
+token; ``routes/ui.py`` applies the same token check and the rate itself, and
+``bodies.py`` reads its bodies under the same deadlines as any, with a form's limit).
 """
 
 from __future__ import annotations
@@ -98,7 +101,8 @@ class FrontDoor:
             await self.app(scope, receive, send)
             return
         if path in self.public:
-            await self.app(scope, _no_body(receive), send)
+            closing = has_body(Headers(scope=scope))
+            await self.app(scope, _no_body(receive), _closing(send) if closing else send)
             return
         svc: Service = scope["app"].state.service
         headers = Headers(scope=scope)
@@ -114,6 +118,20 @@ class FrontDoor:
             await refuse(exc, scope, receive, send)
             return
         await self.app({**scope, CALLER_KEY: who}, receive, send)
+
+
+def _closing(send: Send) -> Send:
+    """``send`` with ``Connection: close`` on the answer: the body the client is sending is
+    never read, and the server closes the connection once it has answered instead of
+    keeping it (and waiting on the body) for the next request."""
+
+    async def closing(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+
+    return closing
 
 
 def _no_body(receive: Receive) -> Receive:

@@ -49,6 +49,7 @@ def _limits(svc: Service) -> dict[str, Any]:
         "max_uploads_per_user": config.max_uploads_per_user,
         "body_min_rate": config.body_min_rate,
         "body_grace_seconds": config.body_grace_seconds,
+        "body_idle_seconds": config.body_idle_seconds,
         "header_timeout": config.header_timeout,
         "max_connections": config.max_connections,
         "max_job_event_bytes": config.max_job_event_bytes,

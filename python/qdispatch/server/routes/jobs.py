@@ -32,6 +32,7 @@ from pydantic_core import PydanticCustomError
 from ... import _native
 from ... import codes as E
 from ...constants import (
+    CONTROL_CHARACTERS,
     FINAL_STATUSES,
     MAX_BULK_IDS,
     MAX_CLIENT_INFO_ITEMS,
@@ -128,7 +129,7 @@ class JobCreate(BaseModel):
             raise _invalid(
                 f"'{info.field_name}' has {len(value)} characters (at most {MAX_NAME_LENGTH})"
             )
-        return value
+        return value if value is None else _printable(str(info.field_name), value)
 
     @field_validator("image", mode="before")
     @classmethod
@@ -162,7 +163,10 @@ class JobCreate(BaseModel):
             return None
         if not isinstance(value, dict):
             raise _invalid(f"'client_info' must be dict, got {value!r}")
-        info = {str(k): str(v) for k, v in value.items()}
+        info = {
+            _printable("client_info", str(k)): _printable("client_info", str(v))
+            for k, v in value.items()
+        }
         if len(info) > MAX_CLIENT_INFO_ITEMS or any(
             len(k) > MAX_CLIENT_INFO_LENGTH or len(v) > MAX_CLIENT_INFO_LENGTH
             for k, v in info.items()
@@ -187,12 +191,26 @@ def _bounded_tags(tags: list[str]) -> list[str]:
     unique = list(dict.fromkeys(tags))
     if len(unique) > MAX_TAGS or any(len(t) > MAX_TAG_LENGTH for t in unique):
         raise _invalid(f"a job has at most {MAX_TAGS} tags of at most {MAX_TAG_LENGTH} characters")
+    for tag in unique:
+        _printable("tags", tag)
     # The job manager's set tags are read back by the dashboard and `qdispatch sets`:
     # anyone may write them, so their form and numbers are checked here, once.
     problem = set_tags_problem(unique)
     if problem is not None:
         raise _invalid(problem)
     return unique
+
+
+def _printable(field: str, value: str) -> str:
+    """``value``, refused (400 naming ``field``) if it holds a control character: what a
+    user names is shown to others, in terminals that would act on an escape sequence."""
+    found = CONTROL_CHARACTERS.search(value)
+    if found is not None:
+        raise _invalid(
+            f"'{field}' holds the control character {found.group()!r} at {found.start()}; "
+            "names, tags and ids take printable characters only"
+        )
+    return value
 
 
 class TagsUpdate(BaseModel):
@@ -211,6 +229,11 @@ class NameUpdate(BaseModel):
     """Body of ``PUT /jobs/{id}/name``."""
 
     name: str | None = Field(max_length=MAX_NAME_LENGTH)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        return value if value is None else _printable("name", value)
 
 
 class BulkStatus(BaseModel):

@@ -101,8 +101,9 @@ TOP_OUTCOMES = 16
 PAGE_EVENTS = 500
 #: Older events a job's page counts as left out, at most (beyond: "more than").
 LEFT_OUT_COUNTED = 10_000
-# A login form or a cancel form is a few hundred bytes.
-_MAX_FORM_BYTES = 8 * 1024
+#: A login form or a cancel form is a few hundred bytes (``bodies.py`` reads the
+#: dashboard's bodies with this limit, under the service's body deadlines).
+MAX_FORM_BYTES = 8 * 1024
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -232,18 +233,21 @@ def _check_post(request: Request, login: Login | None, form: dict[str, str]) -> 
 
 
 async def _form(request: Request) -> dict[str, str]:
-    """A small url-encoded form (the front door does not read dashboard bodies, so its
-    size is bounded here)."""
+    """A small url-encoded form, from the dashboard's own origin (checked before the form
+    is looked at; ``bodies.py`` has read it under the body deadlines and MAX_FORM_BYTES,
+    bounded here again for a route mounted without that middleware)."""
+    if not _same_origin(request):
+        raise _forged("a dashboard POST must come from the dashboard's own origin")
     declared = request.headers.get("content-length", "")
     too_large = ServiceError(
-        413, E.PAYLOAD_TOO_LARGE, f"a dashboard form is at most {_MAX_FORM_BYTES} bytes"
+        413, E.PAYLOAD_TOO_LARGE, f"a dashboard form is at most {MAX_FORM_BYTES} bytes"
     )
-    if declared.isdigit() and int(declared) > _MAX_FORM_BYTES:
+    if declared.isdigit() and int(declared) > MAX_FORM_BYTES:
         raise too_large
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
-        if len(body) > _MAX_FORM_BYTES:
+        if len(body) > MAX_FORM_BYTES:
             raise too_large
     try:
         fields = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=8)

@@ -14,6 +14,7 @@ import pytest
 
 from qdispatch import cli, local
 from qdispatch.server.store import Store
+from qdispatch.storelock import this_host
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -101,6 +102,12 @@ _STUBBORN = textwrap.dedent(
             pass
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # As a real service does: it holds its store's lock, which names it (stop signals no
+    # process the lock does not confirm).
+    from pathlib import Path
+    from qdispatch.storelock import StoreLock
+    lock = StoreLock.acquire(Path(sys.argv[1]) / "jobs.db")
+    lock.record()
     server = HTTPServer(("127.0.0.1", 0), Info)
     print(server.server_address[1], flush=True)
     server.serve_forever()
@@ -112,12 +119,17 @@ def test_stop_reports_a_service_that_does_not_exit_in_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with subprocess.Popen(
-        [sys.executable, "-c", _STUBBORN], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", _STUBBORN, str(tmp_path)], stdout=subprocess.PIPE, text=True
     ) as child:
         try:
             assert child.stdout is not None
             port = int(child.stdout.readline())
-            state = {"url": f"http://127.0.0.1:{port}", "token": "t", "pid": child.pid}
+            state = {
+                "url": f"http://127.0.0.1:{port}",
+                "token": "t",
+                "pid": child.pid,
+                "host": this_host(),
+            }
             (tmp_path / "server.json").write_bytes(orjson.dumps(state))
             monkeypatch.setenv("QDISPATCH_DATA_DIR", str(tmp_path))
             # The real stop, with a short grace instead of STOP_GRACE_SECONDS (40 s).

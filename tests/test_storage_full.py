@@ -255,7 +255,12 @@ def test_a_refused_write_is_rolled_back_whole_and_the_store_goes_on(tmp_path: Pa
     # that behind "cannot rollback" nor leave half a job behind.
     store = Store(tmp_path / "jobs.db", max_bytes=1024 * 1024)
     try:
-        made = 0
+        # Five finished jobs first, while there is room: deleting them frees pages later
+        # (finishing a job once the store is full would itself need room).
+        finished = [store.create_job(bell_job("alice", _tags(90)))[0] for _ in range(5)]
+        for job in finished:
+            store.set_status(job.id, "CANCELLED")
+        made = 5
         refused: StorageFull | None = None
         while refused is None and made < 1000:
             try:
@@ -277,10 +282,7 @@ def test_a_refused_write_is_rolled_back_whole_and_the_store_goes_on(tmp_path: Pa
         assert counts == [made, made]  # every job whole, the refused one not at all
         assert store._db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == made
         # Reads go on, and once pages are freed writes succeed again and clear the flag.
-        assert len(store.jobs_with_status("QUEUED")) == made
-        oldest = store._db.execute("SELECT id FROM jobs ORDER BY rowid LIMIT 5").fetchall()
-        for (job_id,) in oldest:
-            store.set_status(job_id, "CANCELLED")
+        assert len(store.jobs_with_status("QUEUED")) == made - 5
         assert store.delete_finished_before("9999-01-01T00:00:00.000000Z") == 5
         store.create_job(bell_job("alice", _tags(90)))
         assert store.full_since is None

@@ -188,6 +188,16 @@ def new_token_id() -> str:
     return secrets.token_hex(6)
 
 
+#: What every token starts with: never "-" (a token as a command-line argument, `--token
+#: -x…`, read as an option), and a secret scanner can recognise one left in a file.
+TOKEN_PREFIX = "qd_"
+
+
+def new_token() -> str:
+    """A new secret token: the prefix and 256 random bits, URL-safe."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
 class TokenOwner(NamedTuple):
     """Who a valid token belongs to."""
 
@@ -526,7 +536,7 @@ class Store:
         """As :meth:`create_token`, answering ``(token, id)``."""
         if not user or not user.strip():
             raise ValueError("user name must not be empty")
-        token = secrets.token_urlsafe(32)
+        token = new_token()
         token_id = new_token_id()
         now = utcnow()
         with self.transaction() as db:

@@ -62,7 +62,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
     env = _without_rust(venv, root / "data")
     # --only-binary: a dependency that would have to be compiled (orjson, pydantic-core and
     # rustworkx are Rust too) fails here instead of passing only where Rust is installed.
-    install = ["install", "--quiet", "--only-binary", ":all:", str(_wheel())]
+    # --no-compile: byte-compiling qiskit and scipy was a third of the install's time.
+    install = ["install", "--quiet", "--no-compile", "--only-binary", ":all:", str(_wheel())]
     pip = subprocess.run(
         [str(venv / "bin" / "python"), "-m", "pip", *install],
         env=env,

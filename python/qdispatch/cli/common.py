@@ -8,6 +8,7 @@ reached; the line says why), 2 a usage error (argparse's), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import sys
 from collections.abc import Callable
@@ -104,10 +105,8 @@ def since(text: str) -> datetime:
     # The package imports this module: its parser of durations is imported late.
     from . import parse_duration  # noqa: PLC0415
 
-    try:
+    with contextlib.suppress(ValueError):  # not a duration: an ISO date, below
         return datetime.now(timezone.utc) - timedelta(seconds=parse_duration(text))
-    except ValueError:
-        pass
     try:
         when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:

@@ -25,7 +25,9 @@ def test_serve_retention_sweeps_while_jobs_are_submitted(tmp_path: Path) -> None
     root = tmp_path / "svc"
     root.mkdir()
     db = root / "jobs.db"
-    service = ServiceProcess(root, "--workers", "2", "--retention", "30d")
+    # The loop below submits as fast as the service answers, beyond the default per-user
+    # rate; rate limiting is not what this test is about (test_hostile_quotas is).
+    service = ServiceProcess(root, "--workers", "2", "--retention", "30d", "--rate-limit", "0")
     owner = "retention-user"  # read back from the store itself, not through the API
     old = add_finished_jobs(db, 3000, OLD, owner, result_bytes=256)
     recent = add_finished_jobs(db, 20, utcnow(), owner, tag="recent")

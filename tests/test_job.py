@@ -13,6 +13,7 @@ import pytest
 from qiskit import QuantumCircuit, transpile
 from qiskit.circuit import Parameter
 from qiskit.providers import JobStatus
+from qiskit.providers.exceptions import QiskitBackendNotFoundError
 from qiskit_aer import AerSimulator
 
 import qdispatch
@@ -251,8 +252,11 @@ def test_bad_input_raises_the_documented_errors(connected: Any) -> None:
     with pytest.raises(IBMQJobApiError, match="job 'no-such-job' not found") as missing:
         connected.job("no-such-job")
     assert missing.value.status == 404
-    with pytest.raises(IBMQBackendApiError, match="unknown backend 'nowhere'"):
+    with pytest.raises(IBMQBackendApiError, match="unknown backend 'nowhere'") as unknown:
         connected.backend("nowhere")
+    # What qiskit-ibm-runtime's service.backend(name) raises, too.
+    assert isinstance(unknown.value, QiskitBackendNotFoundError)
+    assert unknown.value.status == 404
     device = connected.backend("fake_generic_5q")
     wide = QuantumCircuit(6)
     wide.x(5)

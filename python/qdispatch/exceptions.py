@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from qiskit.exceptions import QiskitError
-from qiskit.providers.exceptions import JobError, JobTimeoutError
+from qiskit.providers.exceptions import JobError, JobTimeoutError, QiskitBackendNotFoundError
 
 
 class IBMQError(QiskitError):
@@ -71,6 +71,12 @@ class IBMQBackendApiError(IBMQBackendError):
         self.message = message
         self.status = status
         self.code = code
+
+
+class IBMQBackendNotFoundError(IBMQBackendApiError, QiskitBackendNotFoundError):
+    """The service has no backend of that name. Both qdispatch's API error (``status`` 404)
+    and qiskit's ``QiskitBackendNotFoundError``, which qiskit-ibm-runtime's
+    ``service.backend(name)`` raises, so code written for either catches it."""
 
 
 class IBMQBackendValueError(IBMQBackendError, ValueError):

@@ -26,7 +26,12 @@ from . import _native
 from .api import Family, ServiceApi, Verify
 from .backend import QDispatchBackend
 from .constants import ACTIVE_STATUSES, FINAL_STATUSES, status_name
-from .exceptions import IBMInputValueError, IBMQApiError, IBMQBackendApiError, IBMRuntimeError
+from .exceptions import (
+    IBMInputValueError,
+    IBMQApiError,
+    IBMQBackendNotFoundError,
+    IBMRuntimeError,
+)
 from .job import IBMQJob
 from .local import LocalService, find_or_start
 from .runtime import EventRouter, ResultDecoder, RuntimeJob, submit_program
@@ -226,7 +231,7 @@ class QDispatchService:
         found = self.backends(name)
         if not found:
             names = ", ".join(b.name for b in self.backends())
-            raise IBMQBackendApiError(f"unknown backend '{name}' (available: {names})", 404)
+            raise IBMQBackendNotFoundError(f"unknown backend '{name}' (available: {names})", 404)
         return found[0]
 
     # -- jobs -------------------------------------------------------------------------------

@@ -325,6 +325,10 @@ def test_set_options_checked_like_aer(ideal: QDispatchBackend) -> None:
         backend.set_options(no_such_option=1)
     with pytest.raises(AttributeError, match="noise_model is set by the service"):
         backend.set_options(noise_model=None)
+    # Nor may one job ask for another noise: its results would not be of the noise it named.
+    from_device = AerSimulator.from_backend(GenericBackendV2(2, seed=5)).options.noise_model
+    with pytest.raises(IBMQBackendValueError, match="noise_model: the service simulates"):
+        backend.run(_bell(), noise_model=from_device)
     for name, value in (
         ("shots", 1.5),
         ("shots", 0),

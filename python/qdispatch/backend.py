@@ -154,10 +154,20 @@ class QDispatchBackend(BackendV2):
         """Run circuits as one job and return it (it is queued; ``result()`` waits).
 
         ``run_config`` holds run options (``shots``, ``memory``, ``seed_simulator``, and any
-        option qiskit-aer takes); unset ones come from ``backend.options``.
+        option qiskit-aer takes); unset ones come from ``backend.options``. Options the
+        service sets itself (threads, memory, placement) are ignored, as are unknown ones
+        (as on Aer); ``noise_model`` raises :class:`IBMQBackendValueError`.
         ``parameter_binds`` takes AerSimulator's form: one ``{parameter: [values]}`` per
         circuit; each circuit runs once per value set, in order, as on Aer.
         """
+        if run_config.get("noise_model") is not None:
+            # Silently dropping it (as the thread and memory options the service also sets)
+            # would return results of a noise the caller did not ask for.
+            raise IBMQBackendValueError(
+                f"run option noise_model: the service simulates backend '{self.name}' with "
+                "its own noise model; choose the backend whose noise you want (an ideal "
+                "'aer_simulator' or a device), or run your noise model on a local AerSimulator"
+            )
         binds = run_config.pop("parameter_binds", None)
         if binds is not None:
             circuits = _bind_parameters(circuits, binds)

@@ -30,6 +30,7 @@ ACTIVE_JOB_LIMIT = "active_job_limit"
 # the client retries after it.
 RATE_LIMITED = "rate_limited"  # 429: the user is over their request rate
 UPLOAD_LIMIT = "upload_limit"  # 429: the user has as many big bodies in flight as allowed
+STREAM_LIMIT = "stream_limit"  # 429: the user has as many event streams open as allowed
 SERVICE_BUSY = "service_busy"  # 503: the service reads as many big bodies as it allows
 # 408: the request's body came slower than the service's minimum rate (a slow or stalled
 # upload would otherwise hold its connection, and a big one its upload slot, for ever).
@@ -78,6 +79,7 @@ __all__ = [
     "SESSION_CLOSED",
     "SESSION_EXPIRED",
     "STORAGE_FULL",
+    "STREAM_LIMIT",
     "TIME_LIMIT_EXCEEDED",
     "TLS_ERROR",
     "UNAUTHORIZED",

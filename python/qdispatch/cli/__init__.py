@@ -86,6 +86,7 @@ def _config(args: argparse.Namespace, db: Path, port: int) -> ServiceConfig:
         body_idle_seconds=args.body_idle_timeout,
         header_timeout=args.header_timeout,
         max_connections=args.max_connections,
+        max_streams_per_user=args.max_streams_per_user,
         rate_limit=args.rate_limit,
         rate_burst=args.rate_burst,
         stream_inline_result_bytes=args.stream_inline_result_kb * 1024,
@@ -493,6 +494,12 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=4096,
         help="open connections and requests at once; beyond them requests get 503",
+    )
+    serve.add_argument(
+        "--max-streams-per-user",
+        type=int,
+        default=256,
+        help="event streams one user may hold open at once; beyond them 429 stream_limit",
     )
     serve.add_argument(
         "--rate-limit", type=float, default=100.0, help="requests/s per user, sustained (0: off)"

@@ -1,5 +1,5 @@
-"""Who may come in, and how fast: the token cache, the per-user request rate and the
-per-user and total upload slots.
+"""Who may come in, and how fast: the token cache, the per-user request rate, the
+per-user and total upload slots, and each user's open event streams.
 
 The front door (:mod:`~qdispatch.server.front`) and the body reader
 (:mod:`~qdispatch.server.bodies`) ask :class:`Access` before a request costs the service
@@ -29,8 +29,8 @@ class _Bucket:
 
 
 class Access:
-    """The state of the front door: tokens seen recently, each user's request bucket and
-    upload slots. Used from the event loop only."""
+    """The state of the front door: tokens seen recently, each user's request bucket,
+    upload slots and open streams. Used from the event loop only."""
 
     def __init__(
         self,
@@ -40,6 +40,7 @@ class Access:
         burst: int,
         max_uploads: int,
         max_uploads_per_user: int,
+        max_streams_per_user: int = 256,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._lookup = lookup
@@ -51,6 +52,8 @@ class Access:
         self._buckets: dict[str, _Bucket] = {}
         self._uploads: dict[str, int] = {}
         self._uploading = 0
+        self.max_streams_per_user = max(1, max_streams_per_user)
+        self._streams: dict[str, int] = {}
 
     # -- tokens --------------------------------------------------------------------------
 
@@ -103,6 +106,27 @@ class Access:
     def uploading(self) -> int:
         """Big bodies being read or inflated now."""
         return self._uploading
+
+    # -- event streams ---------------------------------------------------------------------
+
+    def streams_full(self, user: str) -> bool:
+        """Whether ``user`` holds as many open event streams as allowed."""
+        return self._streams.get(user, 0) >= self.max_streams_per_user
+
+    def take_stream(self, user: str) -> bool:
+        """Count one more open stream of ``user``; ``False`` (nothing counted) when full."""
+        if self.streams_full(user):
+            return False
+        self._streams[user] = self._streams.get(user, 0) + 1
+        return True
+
+    def release_stream(self, user: str) -> None:
+        """Forget a stream counted by :meth:`take_stream`."""
+        left = self._streams.get(user, 0) - 1
+        if left > 0:
+            self._streams[user] = left
+        else:
+            self._streams.pop(user, None)
 
 
 def retry_after(seconds: float) -> str:

@@ -69,6 +69,10 @@ class ServiceConfig:
     #: Open connections and requests in progress at once; beyond them new requests are
     #: answered 503 (uvicorn's ``limit_concurrency``). The open files limit is raised to fit.
     max_connections: int = 4096
+    #: Event streams (``WS /stream``, the dashboard's ``/ui/stream``) one user may hold
+    #: open at once (429 stream_limit): streams are long-lived connections, so without a
+    #: per-user bound one user could hold every one of ``max_connections``.
+    max_streams_per_user: int = 256
     #: Requests per second one user may make, sustained (0: no limit), and how many at
     #: once beyond that (429 rate_limited).
     rate_limit: float = 100.0

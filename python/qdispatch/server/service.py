@@ -68,6 +68,7 @@ class Service:
             burst=config.rate_burst,
             max_uploads=config.max_uploads,
             max_uploads_per_user=config.max_uploads_per_user,
+            max_streams_per_user=config.max_streams_per_user,
         )
         self.catalog = bk.catalog()
         self.specs = {name: bk.native_spec(defn) for name, defn in self.catalog.items()}

@@ -17,7 +17,9 @@ Service → client control messages carry ``type`` but no ``job_id``: ``subscrib
 the ids found and the ``missing`` ones), ``heartbeat`` (every few seconds when idle),
 ``pong`` and ``error``. A client too slow to keep up is disconnected with close code
 4008 and resumes from its last ``seq``; a bad token closes with 4401, and so does a token
-revoked or expired while the stream is open (it is re-checked every second). When the
+revoked or expired while the stream is open (it is re-checked every second). A user who
+already holds ``max_streams_per_user`` streams is refused: with ``429 stream_limit`` before
+the upgrade when the token came in a header, else with close code 4429. When the
 service stops, every stream is closed with 1001 (going away) before the service stops
 listening: the client resumes by ``seq`` from the next service.
 """
@@ -42,7 +44,9 @@ log = logging.getLogger(__name__)
 
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_TOO_SLOW = 4008
+CLOSE_STREAM_LIMIT = 4429  # the user holds as many streams as allowed; try again later
 CLOSE_GOING_AWAY = 1001  # RFC 6455: the service is going away
+CLOSE_REASON_BYTES = 123  # RFC 6455: what a close frame's reason may hold
 _BACKLOG = 20_000
 # How often an open stream re-checks its token: revocation and expiry reach open streams
 # within this many seconds (one indexed SELECT per stream per period).
@@ -55,6 +59,14 @@ Recheck = Callable[[], ServiceError | None]
 
 # Told of every publication: the job and its events (stored already).
 Observer = Callable[[Job, list[Event]], None]
+
+
+def close_reason(message: str) -> str:
+    """``message`` cut to what a close frame holds (RFC 6455: 123 bytes of UTF-8); the
+    whole message went before it in the ``error`` event. A longer reason would make the
+    server drop the connection without a close frame, and the client would not see why."""
+    cut = message.encode()[:CLOSE_REASON_BYTES]
+    return cut.decode(errors="ignore")
 
 
 class Subscription:
@@ -223,7 +235,7 @@ class StreamSession:
             if refusal is not None:
                 with contextlib.suppress(Exception):  # the client may be gone already
                     await self._control("error", **refusal.body()["error"])
-                    await self.ws.close(CLOSE_UNAUTHORIZED, refusal.message)
+                    await self.ws.close(CLOSE_UNAUTHORIZED, close_reason(refusal.message))
                 return
 
     async def _send(self, payload: bytes) -> None:

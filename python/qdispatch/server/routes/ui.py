@@ -68,11 +68,12 @@ from ..errors import ServiceError
 from ..front import rate_limited
 from ..service import Service
 from ..store import JobFilter, hash_token
-from ..stream import CLOSE_UNAUTHORIZED, StreamSession
+from ..stream import CLOSE_UNAUTHORIZED, close_reason
 from ..ui import TEMPLATES
 from ..ui.counts import CountsCache
 from ..ui.logins import Login, LoginThrottle
 from . import jobs as jobs_api
+from .stream import serve_stream
 
 #: Where the dashboard lives; the front door lets these paths through to authenticate
 #: themselves (with the login cookie).
@@ -858,7 +859,7 @@ async def stream(ws: WebSocket) -> None:
         who, _login = ui_login_of(ws)
     except ServiceError as exc:
         await ws.send_text(orjson.dumps({"type": "error", **exc.body()["error"]}).decode())
-        await ws.close(CLOSE_UNAUTHORIZED, exc.message)
+        await ws.close(CLOSE_UNAUTHORIZED, close_reason(exc.message))
         return
 
     def recheck() -> ServiceError | None:
@@ -868,17 +869,5 @@ async def stream(ws: WebSocket) -> None:
             return exc
         return None
 
-    visible: Callable[..., bool] = (lambda *_: True) if who.operator else svc.visible
-    session = StreamSession(
-        ws,
-        svc.store,
-        svc.hub,
-        visible,
-        who.user,
-        who.project,
-        svc.config.heartbeat_seconds,
-        0,  # results are fetched when wanted (the histogram), never pushed to a page
-        recheck=recheck,
-        operator=who.operator,
-    )
-    await session.run()
+    # Results are fetched when wanted (the histogram), never pushed to a page.
+    await serve_stream(ws, svc, who, recheck, 0)

@@ -29,8 +29,9 @@ from qdispatch.backend import QDispatchBackend
 from qdispatch.exceptions import (
     IBMInputValueError,
     IBMQBackendValueError,
+    IBMQJobApiError,
     IBMQJobFailureError,
-    IBMRuntimeError,
+    RuntimeJobNotFound,
 )
 from qdispatch.local import stop as stop_local
 from qdispatch.server import backends as catalog
@@ -421,11 +422,11 @@ def test_job_jobs_delete_and_usage(connected: Any, fake: QDispatchBackend) -> No
     assert connected.jobs(pending=True, status="DONE") == []
     with pytest.raises(IBMInputValueError, match="not both"):
         connected.jobs(start_datetime=before, created_after=before)
-    with pytest.raises(IBMRuntimeError, match="does not delete jobs"):
+    connected.delete_job(job.job_id())
+    with pytest.raises(IBMQJobApiError, match="not found"):
+        connected.job(job.job_id())
+    with pytest.raises(RuntimeJobNotFound):
         connected.delete_job(job.job_id())
-    assert connected.job(job.job_id()).status().name == "DONE"  # still there
-    with pytest.raises(IBMRuntimeError):
-        connected.delete_job("no-such-job")
     usage = connected.usage()
     assert usage["usage_limit_reached"] is False
     assert usage["usage_remaining_seconds"] is None

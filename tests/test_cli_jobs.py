@@ -147,6 +147,26 @@ def test_cancel_really_cancels(svc: ServiceProcess) -> None:
     assert outcomes["no-such-job"]["cancelled"] is False
 
 
+def test_delete_removes_finished_jobs_only(svc: ServiceProcess) -> None:
+    client = svc.client()
+    done = submit(client, "aer_simulator", bell_qobj())
+    wait_final(client, done["id"])
+    running = submit(client, "aer_simulator", slow_qobj(shots=20000))
+    wait_status(client, running["id"], "RUNNING")
+    deleted = run(svc, "delete", done["id"], running["id"], "--json")
+    assert deleted.returncode == 1  # one of them is still running
+    outcomes = orjson.loads(deleted.stdout)
+    assert outcomes[done["id"]] == {"deleted": True}
+    assert outcomes[running["id"]]["deleted"] is False
+    assert "only a finished job can be deleted" in outcomes[running["id"]]["error"]
+    assert client.get(f"/jobs/{done['id']}").status_code == 404
+    assert client.get(f"/jobs/{running['id']}").json()["status"] == "RUNNING"
+    client.post(f"/jobs/{running['id']}/cancel")
+    plain = run(svc, "delete", running["id"])
+    assert plain.returncode == 0, plain.stderr
+    assert f"deleted {running['id']}" in plain.stdout
+
+
 def test_exit_statuses(svc: ServiceProcess) -> None:
     assert "no-such-job" in one_line_failure(run(svc, "job", "no-such-job"), "job")
     usage = run(svc, "jobs", "--limit", "many")

@@ -42,6 +42,7 @@ from .exceptions import (
     IBMRuntimeError,
     InsecureConnectionWarning,
     RuntimeInvalidStateError,
+    RuntimeJobNotFound,
     RuntimeProgramNotFound,
 )
 from .local import LocalServiceError, default_data_dir, find_or_start
@@ -155,6 +156,12 @@ _JOB_CANCEL: Mapping[Family, Errors] = {
         },
     ),
 }
+# qiskit-ibm-runtime's delete_job: RuntimeJobNotFound for an unknown job, else
+# IBMRuntimeError ("Failed to delete job").
+_JOB_DELETE = Errors(
+    Raise(IBMRuntimeError, "Failed to delete job {job_id}: {message}"),
+    {codes.JOB_NOT_FOUND: Raise(RuntimeJobNotFound, "Job not found: {message}")},
+)
 _STREAM: Mapping[Family, Errors] = {Family.IBMQ: _SERVICE, Family.RUNTIME: _RUNTIME_API}
 _JOB_TAGS: Mapping[Family, Errors] = {Family.IBMQ: _IBMQ_JOB, Family.RUNTIME: _RUNTIME_API}
 _JOB_LOGS = Errors(Raise(IBMRuntimeError, "Failed to get job logs: {message}"))
@@ -581,6 +588,16 @@ class ServiceApi:
         path = f"/jobs/{job_id}/cancel"
         info: dict[str, Any] = self._call("POST", path, _JOB_CANCEL[family], job_id=job_id)
         return info
+
+    def delete_job(self, job_id: str) -> None:
+        """``DELETE /jobs/{id}``: a finished job and everything stored with it.
+
+        Raises:
+            RuntimeJobNotFound: No such job (or not one the caller sees).
+            IBMRuntimeError: The job is not finished, or is shared with the caller
+                read-only.
+        """
+        self._request("DELETE", f"/jobs/{job_id}", _JOB_DELETE, None, job_id=job_id)
 
     def update_job_tags(self, job_id: str, tags: list[str], family: Family) -> dict[str, Any]:
         """``PUT /jobs/{id}/tags``; answers the job's record."""

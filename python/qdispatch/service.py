@@ -30,7 +30,6 @@ from .exceptions import (
     IBMInputValueError,
     IBMQApiError,
     IBMQBackendNotFoundError,
-    IBMRuntimeError,
 )
 from .job import IBMQJob
 from .local import LocalService, find_or_start
@@ -368,18 +367,15 @@ class QDispatchService:
         return jobs
 
     def delete_job(self, job_id: str) -> None:
-        """Not supported: the service keeps every job until its retention sweeps it
-        (``qdispatch serve --retention``); there is no ``DELETE /jobs/{id}``.
+        """Delete a finished job: its record, circuits or inputs, result, logs and
+        interim results. This cannot be undone. Only the job's owner (or an operator)
+        may; a queued or running job must be cancelled first.
 
         Raises:
-            IBMRuntimeError: Always (for a job that exists; the lookup's error otherwise),
-                as qiskit-ibm-runtime documents for a service without the method.
+            RuntimeJobNotFound: The job does not exist (or the caller cannot see it).
+            IBMRuntimeError: The job is queued or running, or shared read-only.
         """
-        self._api.job(job_id, Family.RUNTIME)
-        raise IBMRuntimeError(
-            f"Failed to delete job {job_id}: this service does not delete jobs on request; "
-            "its retention (qdispatch serve --retention) removes finished jobs"
-        )
+        self._api.delete_job(job_id)
 
     def usage(self) -> dict[str, Any]:
         """Usage in the keys of ``QiskitRuntimeService.usage()``. The service has no time

@@ -1,9 +1,11 @@
-"""``qdispatch jobs``, ``qdispatch job ID`` and ``qdispatch cancel ID…``."""
+"""``qdispatch jobs``, ``qdispatch job ID``, ``qdispatch cancel ID…`` and
+``qdispatch delete ID…``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .common import add_connection, add_json, client, command, connect_from, since
@@ -51,6 +53,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_connection(cancel)
     add_json(cancel)
     cancel.set_defaults(func=_cancel)
+    delete = sub.add_parser(
+        "delete", help="delete finished jobs with their results and logs (cannot be undone)"
+    )
+    delete.add_argument("job_ids", metavar="ID", nargs="+")
+    add_connection(delete)
+    add_json(delete)
+    delete.set_defaults(func=_delete)
 
 
 def _family() -> Any:
@@ -213,24 +222,45 @@ def _show(job: dict[str, Any]) -> None:
 
 @command("cancel")
 def _cancel(args: argparse.Namespace) -> int:
+    def cancel(service: QDispatchService, job_id: str) -> dict[str, Any]:
+        info = service.api.cancel_job(job_id, _family())
+        return {"cancelled": info["status"] == "CANCELLED", "status": info["status"]}
+
+    return _each_job(args, "cancel", "cancelled", cancel)
+
+
+@command("delete")
+def _delete(args: argparse.Namespace) -> int:
+    def delete(service: QDispatchService, job_id: str) -> dict[str, Any]:
+        service.api.delete_job(job_id)
+        return {"deleted": True}
+
+    return _each_job(args, "delete", "deleted", delete)
+
+
+def _each_job(
+    args: argparse.Namespace,
+    verb: str,
+    done: str,
+    act: Callable[[QDispatchService, str], dict[str, Any]],
+) -> int:
+    """Does ``act`` to each job named once, reporting each outcome (``{done: bool, …}``);
+    one job's failure does not stop the others. Exit status 1 if any failed."""
     outcomes: dict[str, dict[str, Any]] = {}
     with connect_from(args) as service:
         for job_id in dict.fromkeys(args.job_ids):
             try:
-                info = service.api.cancel_job(job_id, _family())
-            except Exception as exc:  # reported per job; the others are still cancelled
-                outcomes[job_id] = {"cancelled": False, "error": " ".join(str(exc).split())}
-                continue
-            cancelled = info["status"] == "CANCELLED"
-            outcomes[job_id] = {"cancelled": cancelled, "status": info["status"]}
-    failed = [job_id for job_id, o in outcomes.items() if not o["cancelled"]]
+                outcomes[job_id] = act(service, job_id)
+            except Exception as exc:  # reported per job; the others still go on
+                outcomes[job_id] = {done: False, "error": " ".join(str(exc).split())}
+    failed = [job_id for job_id, o in outcomes.items() if not o[done]]
     if args.json:
         output.print_json(outcomes)
     else:
         for job_id, outcome in outcomes.items():
-            if outcome["cancelled"]:
-                print(f"cancelled {output.clean(job_id)}")
+            if outcome[done]:
+                print(f"{done} {output.clean(job_id)}")
             else:
                 why = outcome.get("error") or f"it is {outcome.get('status')}"
-                print(output.clean(f"qdispatch cancel: {job_id}: {why}"), file=sys.stderr)
+                print(output.clean(f"qdispatch {verb}: {job_id}: {why}"), file=sys.stderr)
     return 1 if failed else 0

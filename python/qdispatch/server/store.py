@@ -1000,6 +1000,23 @@ class Store:
                 current = None
         return attempts
 
+    def delete_job(self, job_id: str) -> bool:
+        """Deletes a finished job with its Qobj or inputs, result, events and tags, in one
+        transaction; ``False`` (nothing deleted) when the job is not there or not finished
+        (read under the write lock: deleting a live job would lose it)."""
+        final = sorted(FINAL_STATUSES)
+        marks = ",".join("?" * len(final))
+        with self.transaction() as db:
+            row = db.execute(
+                f"SELECT 1 FROM jobs WHERE id = ? AND status IN ({marks})", (job_id, *final)
+            ).fetchone()
+            if row is None:
+                return False
+            for table in ("events", "job_data", "job_tags"):
+                db.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        return True
+
     def update_name(self, job_id: str, name: str | None) -> None:
         """Rename a job."""
         with self.transaction() as db:

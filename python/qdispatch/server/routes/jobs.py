@@ -53,7 +53,7 @@ from ..deps import (
     unknown_backend,
     visible_job,
 )
-from ..errors import ServiceError
+from ..errors import ServiceError, not_found
 from ..programs import InvalidInputs, Limits
 from ..programs.submission import program_job_fields
 from ..service import Service
@@ -664,6 +664,22 @@ async def cancel_job(job_id: str, svc: Svc, who: Who) -> Response:
         )
     svc.scheduler.cancel(job)
     return json_response(view(svc, visible_job(svc, who, job_id)))
+
+
+@router.delete("/jobs/{job_id}")
+async def delete_job(job_id: str, svc: Svc, who: Who) -> Response:
+    """Delete a finished job and everything stored with it (its owner, or an operator);
+    409 while it is queued or running (cancel it first). Cannot be undone."""
+    job = own_job(svc, who, job_id, operator=True)
+    if job.status not in FINAL_STATUSES:
+        raise ServiceError(
+            409,
+            E.JOB_NOT_FINISHED,
+            f"job '{job_id}' is {job.status}; only a finished job can be deleted (cancel it first)",
+        )
+    if not svc.store.delete_job(job_id):
+        raise not_found(job_id)  # deleted meanwhile (a final status never changes)
+    return Response(status_code=204)
 
 
 @router.put("/jobs/{job_id}/tags")

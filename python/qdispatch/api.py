@@ -107,11 +107,12 @@ def _unable_to_retrieve(exception: type[Exception]) -> Raise:
 
 
 def _storage_full(message: str) -> dict[str, Raise]:
-    """``507 storage_full`` (the service's disk is full) for a runtime call that writes:
+    """``507 storage_full`` (the service's disk is full) and ``403 storage_quota`` (the
+    caller stores as much as their quota allows) for a runtime call that writes:
     :class:`IBMApiError`, which carries ``status`` and ``code`` (the runtime family's
-    other exceptions carry neither), so callers can tell it from a refused input and
-    retry later. The IBMQ family's exceptions carry them already."""
-    return {codes.STORAGE_FULL: Raise(IBMApiError, message)}
+    other exceptions carry neither), so callers can tell them from a refused input. The
+    IBMQ family's exceptions carry them already."""
+    return dict.fromkeys((codes.STORAGE_FULL, codes.STORAGE_QUOTA), Raise(IBMApiError, message))
 
 
 # -- the tables ---------------------------------------------------------------------------

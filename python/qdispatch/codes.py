@@ -45,6 +45,8 @@ RESULT_TOO_LARGE = "result_too_large"  # a job's error code: its result is over 
 # 507: the service's store cannot take more data (its disk, or its --max-store-mb, is full).
 # Nothing was changed; reads still work. Retry later, once the operator has freed space.
 STORAGE_FULL = "storage_full"
+# 403: the user stores as much as their quota allows (--max-user-store-mb)
+STORAGE_QUOTA = "storage_quota"
 # 403 from the dashboard (/ui): a POST without its login's CSRF token, or from another
 # origin; and the dashboard's answer for a job set it finds no job of.
 CSRF_FAILED = "csrf_failed"
@@ -79,6 +81,7 @@ __all__ = [
     "SESSION_CLOSED",
     "SESSION_EXPIRED",
     "STORAGE_FULL",
+    "STORAGE_QUOTA",
     "STREAM_LIMIT",
     "TIME_LIMIT_EXCEEDED",
     "TLS_ERROR",

@@ -231,6 +231,9 @@ def _start(
         str(data_dir / "jobs.db"),
         "--state-file",
         str(state_file),
+        # One user, whose store is bounded by their disk (and `--max-store-mb`) alone.
+        "--max-user-store-mb",
+        "0",
     ]
     if workers:
         cmd += ["--workers", str(workers)]

@@ -103,6 +103,7 @@ def _config(args: argparse.Namespace, db: Path, port: int) -> ServiceConfig:
         job_time_limit=args.job_time_limit or None,
         retention=args.retention,
         max_store_bytes=int(args.max_store_mb * 1024 * 1024) if args.max_store_mb else None,
+        max_user_store_bytes=int(args.max_user_store_mb * 1024 * 1024),
         idle_timeout=args.idle_timeout,
         programs_dir=Path(args.programs_dir).expanduser() if args.programs_dir else None,
         ssl_certfile=Path(args.ssl_certfile).expanduser() if args.ssl_certfile else None,
@@ -594,6 +595,13 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=0,
         help="cap the store's size; past it new work gets 507 storage_full (0: the disk)",
+    )
+    serve.add_argument(
+        "--max-user-store-mb",
+        type=float,
+        default=16 * 1024,
+        help="what one user's jobs may store (inputs, results, events); at it their new jobs "
+        "get 403 storage_quota until they delete some (0: no limit)",
     )
     serve.add_argument(
         "--state-file",

@@ -48,6 +48,10 @@ class ServiceConfig:
     threads_per_worker: int = 1
     #: Per-user QUEUED + RUNNING jobs; 0 (or ``None``) is unlimited.
     max_active_jobs: int | None = 1000
+    #: Bytes one user's jobs may store (inputs, results, events; 0: no limit). A user at
+    #: it can submit again once they delete jobs or the retention sweeps some: without it
+    #: one user's finished jobs could fill the disk under everyone's.
+    max_user_store_bytes: int = 16 * 1024**3
     max_request_bytes: int = 64 * 1024 * 1024
     #: A body larger than this (as sent or once inflated) is "big": it takes an upload
     #: slot while it is read and inflated, and its inflating and parsing run off the event

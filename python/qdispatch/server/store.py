@@ -139,6 +139,59 @@ CREATE TABLE IF NOT EXISTS properties (
 """
 
 
+# What each user stores: the bytes of their jobs' Qobjs or inputs and results (as stored,
+# compressed) and events (payload plus a fixed cost a row, as the per-job event budget
+# counts them), kept by triggers in the transactions that write and delete them, so the
+# per-user quota is one primary-key read at submission. Made, and filled from what a store
+# holds, by `_migrate` when a store lacks it.
+USAGE_ROW_BYTES = 256  # an event's cost besides its payload: a row, an index entry
+_USAGE_TABLE = (
+    "CREATE TABLE user_bytes (user TEXT PRIMARY KEY, bytes INTEGER NOT NULL) WITHOUT ROWID"
+)
+_USAGE_FILL = f"""
+INSERT INTO user_bytes
+SELECT owner, SUM(bytes) FROM (
+    SELECT j.owner AS owner, length(d.data) AS bytes FROM job_data d JOIN jobs j ON j.id = d.job_id
+    UNION ALL
+    SELECT j.owner, COALESCE(length(e.data), 0) + {USAGE_ROW_BYTES}
+    FROM events e JOIN jobs j ON j.id = e.job_id
+) GROUP BY owner
+"""
+
+
+def _usage_trigger(name: str, when: str, delta: str, row: str) -> str:
+    """A trigger adding ``delta`` bytes to the owner of the job of ``row`` (NEW or OLD)."""
+    return f"""
+CREATE TRIGGER IF NOT EXISTS {name} AFTER {when} BEGIN
+    INSERT INTO user_bytes (user, bytes)
+    SELECT owner, {delta} FROM jobs WHERE id = {row}.job_id
+    ON CONFLICT (user) DO UPDATE SET bytes = bytes + excluded.bytes;
+END"""
+
+
+_USAGE_TRIGGERS = (
+    _usage_trigger("job_data_added", "INSERT ON job_data", "length(NEW.data)", "NEW"),
+    _usage_trigger(
+        "job_data_changed",
+        "UPDATE OF data ON job_data",
+        "length(NEW.data) - length(OLD.data)",
+        "NEW",
+    ),
+    _usage_trigger("job_data_removed", "DELETE ON job_data", "-length(OLD.data)", "OLD"),
+    _usage_trigger(
+        "events_added",
+        "INSERT ON events",
+        f"COALESCE(length(NEW.data), 0) + {USAGE_ROW_BYTES}",
+        "NEW",
+    ),
+    _usage_trigger(
+        "events_removed",
+        "DELETE ON events",
+        f"-(COALESCE(length(OLD.data), 0) + {USAGE_ROW_BYTES})",
+        "OLD",
+    ),
+)
+
 # Columns added after the first release, by `ALTER TABLE ... ADD COLUMN` when a store
 # lacks them (older stores; new ones too, so that there is one path): name, declaration.
 _ADDED_JOB_COLUMNS = (
@@ -459,6 +512,13 @@ class Store:
             for (rowid,) in db.execute("SELECT rowid FROM tokens WHERE id IS NULL").fetchall():
                 db.execute("UPDATE tokens SET id = ? WHERE rowid = ?", (new_token_id(), rowid))
             db.execute("CREATE UNIQUE INDEX IF NOT EXISTS tokens_by_id ON tokens (id)")
+            if not db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'user_bytes'"
+            ).fetchone():
+                db.execute(_USAGE_TABLE)
+                db.execute(_USAGE_FILL)
+            for trigger in _USAGE_TRIGGERS:
+                db.execute(trigger)
             db.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
@@ -912,8 +972,11 @@ class Store:
                 ),
             )
             if result_blob is not None:
+                # An upsert, not INSERT OR REPLACE: a replaced row fires no delete trigger,
+                # and the owner's stored bytes would count both results.
                 db.execute(
-                    "INSERT OR REPLACE INTO job_data VALUES (?, 'result', ?)",
+                    "INSERT INTO job_data VALUES (?, 'result', ?) ON CONFLICT (job_id, kind) "
+                    "DO UPDATE SET data = excluded.data",
                     (job_id, result_blob),
                 )
             payload: dict[str, Any] = {"status": status, "time": now}
@@ -1016,6 +1079,12 @@ class Store:
                 db.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         return True
+
+    def stored_bytes(self, user: str) -> int:
+        """What ``user``'s jobs store: Qobjs or inputs, results and events (their payloads
+        plus ``USAGE_ROW_BYTES`` each), as the per-user storage quota counts them."""
+        row = self._db.execute("SELECT bytes FROM user_bytes WHERE user = ?", (user,)).fetchone()
+        return int(row[0]) if row else 0
 
     def update_name(self, job_id: str, name: str | None) -> None:
         """Rename a job."""

@@ -52,6 +52,7 @@ def _limits(svc: Service) -> dict[str, Any]:
         "body_idle_seconds": config.body_idle_seconds,
         "header_timeout": config.header_timeout,
         "max_connections": config.max_connections,
+        "max_user_store_bytes": config.max_user_store_bytes,
         "max_streams_per_user": config.max_streams_per_user,
         "max_job_event_bytes": config.max_job_event_bytes,
         "stream_inline_result_bytes": config.stream_inline_result_bytes,

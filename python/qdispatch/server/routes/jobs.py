@@ -359,6 +359,27 @@ def view(svc: Service, job: Job, queue_info: bool = True, attempts: bool = False
 # -- routes ------------------------------------------------------------------------------
 
 
+def _check_storage_quota(svc: Service, user: str) -> None:
+    """403 ``storage_quota`` when ``user``'s jobs store as much as the quota allows. Checked
+    before a job is stored, against what is stored already: a user below the quota may
+    pass it by one job (bounded by the request and result limits)."""
+    quota = svc.config.max_user_store_bytes
+    if quota <= 0:
+        return
+    stored = svc.store.stored_bytes(user)
+    if stored >= quota:
+        mib = 1024 * 1024
+        raise ServiceError(
+            403,
+            E.STORAGE_QUOTA,
+            f"user '{user}' stores {stored / mib:.1f} MiB of jobs, at their quota of "
+            f"{quota / mib:.1f} MiB; delete finished jobs (qdispatch delete, "
+            "service.delete_job) to submit more",
+            stored_bytes=stored,
+            quota_bytes=quota,
+        )
+
+
 @router.post(
     "/jobs",
     status_code=201,
@@ -441,6 +462,7 @@ async def create_job(request: Request, svc: Svc, who: Who) -> Response:
                 active_jobs=active,
                 limit=limit,
             )
+    _check_storage_quota(svc, who.user)
     inputs_blob = None
     if len(payload["inputs"]) > svc.config.big_body_bytes:
         inputs_blob = await asyncio.to_thread(compress, payload["inputs"])

@@ -13,6 +13,7 @@ import pytest
 
 from qdispatch.cli import parse_duration
 from qdispatch.constants import CANCELLED, DONE, ERROR, QUEUED, RUNNING
+from qdispatch.server import store as store_module
 from qdispatch.server.store import NewJob, Store
 
 OLD = "2020-01-01T00:00:00.000000Z"
@@ -136,3 +137,65 @@ def test_gc_command(tmp_path: Path) -> None:
     refused = _cli("gc", "--older-than", "soon", "--db", str(db))
     assert refused.returncode == 2
     assert "positive duration" in refused.stderr
+
+
+def _add_events(store: Store, job_id: str, count: int) -> None:
+    with store.transaction() as db:
+        (top,) = db.execute("SELECT MAX(seq) FROM events WHERE job_id = ?", (job_id,)).fetchone()
+        db.executemany(
+            "INSERT INTO events VALUES (?, ?, 'log', ?)",
+            [(job_id, top + i, b"a log line") for i in range(1, count + 1)],
+        )
+
+
+def _all_events(store: Store) -> int:
+    return int(store._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+
+@pytest.mark.parametrize("how", ["sweep", "delete"])
+def test_many_events_are_deleted_a_bounded_slice_a_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A job may hold ~262,000 events: deleting it (or a sweep of many such jobs) must not
+    hold the write lock for all of them at once, which would stall every other writer."""
+    monkeypatch.setattr(store_module, "DELETE_ROWS_PER_STEP", 100)
+    store = Store(tmp_path / "jobs.db")
+    try:
+        big = _job(store, DONE, old=True)
+        _add_events(store, big, 1000)
+        small = [_job(store, DONE, old=True) for _ in range(30)]
+        live = _job(store, RUNNING, old=True)
+        steps = (
+            store.sweep_finished(CUTOFF, batch=500)
+            if how == "sweep"
+            else store.delete_job_steps(big)
+        )
+        before, deleted, transactions = _all_events(store), 0, 0
+        for count in steps:
+            now = _all_events(store)
+            assert before - now <= 100  # one step's transaction
+            before, deleted, transactions = now, deleted + count, transactions + 1
+        assert transactions >= 10
+        assert _everywhere(store, big) == 0
+        assert _everywhere(store, live) > 0
+        if how == "sweep":
+            assert deleted == 31
+            assert all(_everywhere(store, job_id) == 0 for job_id in small)
+        else:
+            assert deleted == 1
+            assert all(_everywhere(store, job_id) > 0 for job_id in small)
+    finally:
+        store.close()
+
+
+def test_a_live_job_is_not_deleted_on_request(tmp_path: Path) -> None:
+    store = Store(tmp_path / "jobs.db")
+    try:
+        for status in (QUEUED, RUNNING):
+            job_id = _job(store, status, old=True)
+            assert list(store.delete_job_steps(job_id)) == [0]
+            assert not store.delete_job(job_id)
+            assert _rows(store, "jobs", job_id) == 1
+        assert not store.delete_job("no-such-job")
+    finally:
+        store.close()

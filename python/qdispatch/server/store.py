@@ -144,6 +144,9 @@ CREATE TABLE IF NOT EXISTS properties (
 # counts them), kept by triggers in the transactions that write and delete them, so the
 # per-user quota is one primary-key read at submission. Made, and filled from what a store
 # holds, by `_migrate` when a store lacks it.
+# Event rows one deleting transaction removes at most (about: a job's other rows go with
+# its last slice): what a retention sweep or a DELETE makes other writers wait for.
+DELETE_ROWS_PER_STEP = 20_000
 USAGE_ROW_BYTES = 256  # an event's cost besides its payload: a row, an index entry
 _USAGE_TABLE = (
     "CREATE TABLE user_bytes (user TEXT PRIMARY KEY, bytes INTEGER NOT NULL) WITHOUT ROWID"
@@ -1064,21 +1067,74 @@ class Store:
         return attempts
 
     def delete_job(self, job_id: str) -> bool:
-        """Deletes a finished job with its Qobj or inputs, result, events and tags, in one
-        transaction; ``False`` (nothing deleted) when the job is not there or not finished
-        (read under the write lock: deleting a live job would lose it)."""
+        """:meth:`delete_job_steps` run to the end: ``True`` if the job was deleted."""
+        return sum(self.delete_job_steps(job_id)) > 0
+
+    def delete_job_steps(self, job_id: str) -> Iterator[int]:
+        """Deletes a finished job with its Qobj or inputs, result, events and tags, in
+        transactions of at most about ``DELETE_ROWS_PER_STEP`` rows (a job may hold
+        ~262,000 events); yields after each step, the last one yielding 1 if the job was
+        deleted. Yields only 0 when the job is not there or not finished: deleting a live
+        job would lose it (a final status never changes, and is read again under the
+        write lock before the job's row goes)."""
+        job = self.job(job_id)
+        if job is None or job.status not in FINAL_STATUSES:
+            yield 0
+            return
+        yield from self._delete_final_jobs([job_id])
+
+    def _delete_final_jobs(self, job_ids: list[str]) -> Iterator[int]:
+        """Deletes the final jobs among ``job_ids`` with everything stored for them,
+        yielding how many each step deleted. A step's transaction deletes at most about
+        ``DELETE_ROWS_PER_STEP`` event rows, so that other writers (every request that
+        writes, dispatch) wait no longer than that for the write lock: a job with more
+        events has them deleted newest first, a slice a step, before its turn comes."""
         final = sorted(FINAL_STATUSES)
         marks = ",".join("?" * len(final))
-        with self.transaction() as db:
-            row = db.execute(
-                f"SELECT 1 FROM jobs WHERE id = ? AND status IN ({marks})", (job_id, *final)
+        pending: list[str] = []
+        rows = 0
+        for job_id in job_ids:
+            (top,) = self._db.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?", (job_id,)
             ).fetchone()
-            if row is None:
-                return False
-            for table in ("events", "job_data", "job_tags"):
-                db.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
-            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-        return True
+            while top > DELETE_ROWS_PER_STEP:
+                top -= DELETE_ROWS_PER_STEP
+                with self.transaction() as db:
+                    # Only a final job's events: its status is read under the write lock.
+                    db.execute(
+                        f"DELETE FROM events WHERE job_id = ? AND seq > ? AND EXISTS "
+                        f"(SELECT 1 FROM jobs WHERE id = ? AND status IN ({marks}))",
+                        (job_id, top, job_id, *final),
+                    )
+                yield 0
+            if pending and rows + top > DELETE_ROWS_PER_STEP:
+                yield self._delete_jobs_now(pending)
+                pending, rows = [], 0
+            pending.append(job_id)
+            rows += top
+        if pending:
+            yield self._delete_jobs_now(pending)
+
+    def _delete_jobs_now(self, job_ids: list[str]) -> int:
+        """Deletes, in one transaction, the jobs of ``job_ids`` that are final (read under
+        the write lock) with their rows in every table; returns how many."""
+        final = sorted(FINAL_STATUSES)
+        with self.transaction() as db:
+            ids = ",".join("?" * len(job_ids))
+            marks = ",".join("?" * len(final))
+            gone = [
+                row[0]
+                for row in db.execute(
+                    f"SELECT id FROM jobs WHERE id IN ({ids}) AND status IN ({marks})",
+                    (*job_ids, *final),
+                )
+            ]
+            if gone:
+                in_gone = ",".join("?" * len(gone))
+                for table in ("events", "job_data", "job_tags"):
+                    db.execute(f"DELETE FROM {table} WHERE job_id IN ({in_gone})", gone)
+                db.execute(f"DELETE FROM jobs WHERE id IN ({in_gone})", gone)
+        return len(gone)
 
     def stored_bytes(self, user: str) -> int:
         """What ``user``'s jobs store: Qobjs or inputs, results and events (their payloads
@@ -1244,11 +1300,12 @@ class Store:
 
     def sweep_finished(self, cutoff_iso: str, batch: int = 500) -> Iterator[int]:
         """:meth:`delete_finished_before` one step at a time: each step looks at the next
-        ``batch`` jobs in rowid order, deletes those of them that ended before
-        ``cutoff_iso`` in one transaction and yields how many it deleted; the ended
-        sessions left without jobs go in a last step. No statement or transaction stays
-        open between steps, so the service runs a sweep on its own connection, letting
-        requests and dispatch use it between any two steps."""
+        ``batch`` jobs in rowid order and deletes those of them that ended before
+        ``cutoff_iso``, in transactions of at most about ``DELETE_ROWS_PER_STEP`` event
+        rows, yielding how many each deleted; the ended sessions left without jobs go in a
+        last step. No statement or transaction stays open between steps, so the service
+        runs a sweep on its own connection, letting requests and dispatch use it between
+        any two steps."""
         if batch < 1:
             raise ValueError("batch must be positive")
         final = sorted(FINAL_STATUSES)
@@ -1267,26 +1324,22 @@ class Store:
                 (after, batch - 1),
             ).fetchone()
             last = min(row[0], top) if row else top
-            with self.transaction() as db:
-                # A final status never changes, but it is read under the write lock anyway:
-                # deleting a live job would lose it.
-                gone = [
-                    r[0]
-                    for r in db.execute(
-                        # NOT INDEXED: the rowid range bounds the work; the status index
-                        # would visit every final job of the store at each step.
-                        f"SELECT id FROM jobs NOT INDEXED WHERE rowid > ? AND rowid <= ? "
-                        f"AND status IN ({marks}) AND {ended} < ?",
-                        (after, last, *final, cutoff_iso),
-                    )
-                ]
-                if gone:
-                    in_gone = ",".join("?" * len(gone))
-                    for table in ("events", "job_data", "job_tags"):
-                        db.execute(f"DELETE FROM {table} WHERE job_id IN ({in_gone})", gone)
-                    db.execute(f"DELETE FROM jobs WHERE id IN ({in_gone})", gone)
+            gone = [
+                r[0]
+                for r in self._db.execute(
+                    # NOT INDEXED: the rowid range bounds the work; the status index would
+                    # visit every final job of the store at each step.
+                    f"SELECT id FROM jobs NOT INDEXED WHERE rowid > ? AND rowid <= ? "
+                    f"AND status IN ({marks}) AND {ended} < ?",
+                    (after, last, *final, cutoff_iso),
+                )
+            ]
             after = last
-            yield len(gone)
+            if not gone:
+                yield 0
+            # A final status never changes; each deletion reads it again under the write
+            # lock anyway, since deleting a live job would lose it.
+            yield from self._delete_final_jobs(gone)
         with self.transaction() as db:
             db.execute(
                 "DELETE FROM sessions WHERE state != ? AND closed IS NOT NULL AND closed < ? "

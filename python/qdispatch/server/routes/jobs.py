@@ -699,7 +699,11 @@ async def delete_job(job_id: str, svc: Svc, who: Who) -> Response:
             E.JOB_NOT_FINISHED,
             f"job '{job_id}' is {job.status}; only a finished job can be deleted (cancel it first)",
         )
-    if not svc.store.delete_job(job_id):
+    deleted = 0
+    for step in svc.store.delete_job_steps(job_id):
+        deleted += step
+        await asyncio.sleep(0)  # between two transactions: let everyone else in
+    if not deleted:
         raise not_found(job_id)  # deleted meanwhile (a final status never changes)
     return Response(status_code=204)
 

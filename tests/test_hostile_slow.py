@@ -203,6 +203,62 @@ def test_a_jobs_events_stop_at_their_budget(flooded: ServiceProcess) -> None:
     assert client.get(f"/jobs/{job['id']}/results").status_code == 200
 
 
+STAGED = """
+import time
+
+def main(backend, publisher, count=30, size=10_000, pause=8.0):
+    for i in range(count):
+        publisher.publish("x" * size)
+    time.sleep(pause)
+    return {"published": count}
+"""
+
+
+def _stored_events(db: object, job_id: str) -> tuple[int, int]:
+    with sqlite3.connect(str(db)) as conn:
+        count, size = conn.execute(
+            "SELECT count(*), coalesce(sum(length(data)), 0) FROM events WHERE job_id = ? "
+            "AND type IN ('interim', 'log')",
+            (job_id,),
+        ).fetchone()
+    return int(count), int(size)
+
+
+def test_a_requeued_job_keeps_its_event_budget(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The budget is the job's, not an attempt's: a job that published 300 kB before the
+    service died may publish only what is left of its 0.5 MiB when it runs again."""
+    root = tmp_path_factory.mktemp("budget-requeued")
+    (root / "programs").mkdir()
+    (root / "programs" / "staged.py").write_text(STAGED)
+    service = ServiceProcess(
+        root, "--workers", "1", "--programs-dir", str(root / "programs"),
+        "--max-job-events-mb", "0.5",
+    ).start()  # fmt: skip
+    try:
+        client = ready(service).client()
+        body = {"program_id": "staged", "backend": "aer_simulator", "params": {}}
+        created = client.post("/jobs", json=body)
+        assert created.status_code == 201, created.text
+        job_id = created.json()["id"]
+        deadline = time.monotonic() + 60
+        while _stored_events(service.db, job_id)[0] < 30:  # the first attempt's, all in
+            assert time.monotonic() < deadline, "the program never published"
+            time.sleep(0.1)
+        service.kill()  # while it sleeps: it runs again after the restart
+        service.start()
+        client = ready(service).client()
+        job = wait_final(client, job_id, timeout=120)
+        assert job["status"] == "DONE", job
+        count, size = _stored_events(service.db, job_id)
+        assert count < 60  # not both attempts' 30
+        assert size <= 512 * 1024
+        assert (
+            "passed the service's limit of 524288 bytes" in client.get(f"/jobs/{job_id}/logs").text
+        )
+    finally:
+        service.stop()
+
+
 # -- connections that never become requests ------------------------------------------------
 
 

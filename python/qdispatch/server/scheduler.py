@@ -620,6 +620,9 @@ class Scheduler:
             session_id=job.session_id,
             kind=job.kind,
             tier=entry.tier,
+            # The budget is the job's, not an attempt's: a requeued job (a lost worker, a
+            # restart) starts with what its earlier attempts published.
+            event_bytes=self.store.event_bytes(job.id, EVENT_OVERHEAD_BYTES) if job.attempts else 0,
         )
         self._running[job.id] = running
         self._running_per_user[job.owner] += 1

@@ -1136,6 +1136,16 @@ class Store:
                 db.execute(f"DELETE FROM jobs WHERE id IN ({in_gone})", gone)
         return len(gone)
 
+    def event_bytes(self, job_id: str, overhead: int) -> int:
+        """The interim results and log lines ``job_id`` has published, in bytes, each
+        counted as its payload plus ``overhead``: what its event budget has spent."""
+        row = self._db.execute(
+            "SELECT COALESCE(SUM(COALESCE(length(data), 0) + ?), 0) FROM events "
+            "WHERE job_id = ? AND type IN ('interim', 'log')",
+            (overhead, job_id),
+        ).fetchone()
+        return int(row[0])
+
     def stored_bytes(self, user: str) -> int:
         """What ``user``'s jobs store: Qobjs or inputs, results and events (their payloads
         plus ``USAGE_ROW_BYTES`` each), as the per-user storage quota counts them."""

@@ -141,3 +141,26 @@ def test_clients_that_find_the_service_gone_restart_one(data_dir: Path) -> None:
     assert {url for url, _ in outcomes} == {_state(data_dir)["url"]}
     assert all(counts == expected(3, 7) for _, counts in outcomes)
     assert _starts(data_dir) == 2  # one restart for the three clients
+
+
+def test_a_job_set_submitted_to_a_dead_local_service_restarts_it(data_dir: Path) -> None:
+    """The job manager's chunks go out together (``submit_many``); when the local service
+    is gone they are submitted once more, to a restarted one, with the same idempotency
+    keys: every chunk becomes exactly one job."""
+    service = qdispatch.connect()
+    backend = service.backend("aer_simulator")
+    _kill(_state(data_dir)["pid"])
+    circuits = [marked(i, layers=1) for i in range(5)]
+
+    job_set = IBMQJobManager().run(circuits, backend, max_experiments_per_job=1, shots=50)
+
+    managed = job_set.managed_jobs()
+    assert all(m.job is not None and m.submit_error is None for m in managed), [
+        m.submit_error for m in managed
+    ]
+    results = job_set.results(timeout=300)
+    assert results.success
+    for i in range(len(circuits)):
+        assert results.get_counts(i) == expected(i, 50)
+    assert _starts(data_dir) == 2
+    assert len(service.jobs(limit=None)) == len(circuits)  # none twice

@@ -165,10 +165,16 @@ class Client:
     def submit(self, envelope: bytes, qobj: bytes, *, idempotency_key: str | None = None) -> bytes:
         """``POST /jobs`` with ``qobj`` spliced into ``envelope``, gzip-compressed."""
     def submit_many(
-        self, envelopes: list[bytes], qobjs: list[bytes], *, concurrency: int = 8
+        self,
+        envelopes: list[bytes],
+        qobjs: list[bytes],
+        *,
+        concurrency: int = 8,
+        idempotency_keys: list[str] | None = None,
     ) -> list[bytes | ApiError]:
         """Many ``POST /jobs`` at once: per chunk, its job record or its error (not
-        raised); a chunk over the active-job limit waits for a job to finish."""
+        raised); a chunk over the active-job limit waits for a job to finish.
+        ``idempotency_keys[i]``, when given, is chunk i's key for all its attempts."""
     def watch(self, job_ids: list[str]) -> None:
         """Subscribes ``job_ids`` on the event stream (does not block)."""
     def unwatch(self, job_ids: list[str]) -> None:

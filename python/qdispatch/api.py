@@ -230,6 +230,14 @@ def tls_options(verify: Verify) -> dict[str, Any]:
     return {"verify": True, "ca_bundle": os.fspath(verify)}
 
 
+def _service_gone(outcome: object) -> bool:
+    """Whether a call's error says the local service is not the one we knew: it could
+    not be reached, or refused our token (a restarted service revokes the old one)."""
+    return isinstance(outcome, _native.ApiError) and (
+        outcome.status == 401 or str(outcome.code) == codes.CONNECTION_FAILED
+    )
+
+
 class ServiceApi:
     """The calls of one job service, through one native client.
 
@@ -314,8 +322,7 @@ class ServiceApi:
         try:
             return call(client)
         except _native.ApiError as exc:
-            gone = exc.status == 401 or str(exc.code) == codes.CONNECTION_FAILED
-            if not self._local or not gone or not self._revive(client):
+            if not self._local or not _service_gone(exc) or not self._revive(client):
                 raise
             return call(self._client)
 
@@ -484,8 +491,26 @@ class ServiceApi:
     ) -> list[dict[str, Any] | Exception]:
         """Many ``POST /jobs`` at once (concurrent, the GIL released): per chunk, its new
         job or the :class:`IBMQBackendApiError` it was refused with (not raised). A chunk
-        over the active-job limit waits for a job to finish."""
-        outcomes = self._client.submit_many(envelopes, qobjs)
+        over the active-job limit waits for a job to finish.
+
+        For the local service, the chunks that could not reach it (or were refused 401)
+        are submitted once more to the service as found or restarted then, with the same
+        idempotency keys: a job the dead service stored without answering is answered by
+        the next one (same store), never created twice."""
+        keys = [uuid.uuid4().hex for _ in envelopes]
+        client = self._client
+        outcomes: list[bytes | _native.ApiError] = client.submit_many(
+            envelopes, qobjs, idempotency_keys=keys
+        )
+        lost = [i for i, outcome in enumerate(outcomes) if _service_gone(outcome)]
+        if self._local and lost and self._revive(client):
+            again = self._client.submit_many(
+                [envelopes[i] for i in lost],
+                [qobjs[i] for i in lost],
+                idempotency_keys=[keys[i] for i in lost],
+            )
+            for i, outcome in zip(lost, again, strict=True):
+                outcomes[i] = outcome
         return [
             orjson.loads(outcome) if isinstance(outcome, bytes) else _BACKEND.make(outcome, {})
             for outcome in outcomes

@@ -20,10 +20,14 @@ use crate::ClientError;
 /// The error code with which the service refuses a job over the user's active-job limit.
 pub const ACTIVE_JOB_LIMIT: &str = "active_job_limit";
 
-/// One job to submit: the envelope (a JSON object) and its Qobj, spliced on the way out.
+/// One job to submit: the envelope (a JSON object) and its Qobj, spliced on the way out,
+/// and its idempotency key (a new one when `None`). A caller that may submit the chunk
+/// again after this call (to a restarted service) gives the key, so that a job the first
+/// call created without hearing back is answered, not created twice.
 pub struct Chunk {
     pub envelope: Vec<u8>,
     pub qobj: Vec<u8>,
+    pub key: Option<String>,
 }
 
 /// Submits every chunk (at most `concurrency` requests in flight) and returns each
@@ -50,7 +54,12 @@ where
             .map(|(index, chunk)| {
                 let mut opts = options.clone();
                 async move {
-                    opts.idempotency_key = Some(uuid::Uuid::new_v4().to_string());
+                    opts.idempotency_key = Some(
+                        chunk
+                            .key
+                            .clone()
+                            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+                    );
                     let outcome = submit_one(client, &chunk, opts, submitted, wait_for_slot).await;
                     (index, outcome)
                 }

@@ -301,13 +301,15 @@ impl Client {
     /// the GIL released throughout. Returns, per chunk and in order, the job record
     /// (bytes) or the error (an `ApiError` instance, not raised). A chunk over the user's
     /// active-job limit waits for one of the batch's jobs to finish and tries again.
-    #[pyo3(signature = (envelopes, qobjs, *, concurrency = 8))]
+    /// `idempotency_keys[i]`, when given, is chunk i's key for all its attempts.
+    #[pyo3(signature = (envelopes, qobjs, *, concurrency = 8, idempotency_keys = None))]
     fn submit_many<'py>(
         &self,
         py: Python<'py>,
         envelopes: Vec<Vec<u8>>,
         qobjs: Vec<Vec<u8>>,
         concurrency: usize,
+        idempotency_keys: Option<Vec<String>>,
     ) -> PyResult<Vec<Bound<'py, PyAny>>> {
         if envelopes.len() != qobjs.len() {
             return Err(PyValueError::new_err(format!(
@@ -316,11 +318,25 @@ impl Client {
                 qobjs.len()
             )));
         }
+        if let Some(keys) = &idempotency_keys {
+            if keys.len() != envelopes.len() {
+                return Err(PyValueError::new_err(format!(
+                    "{} idempotency keys for {} envelopes",
+                    keys.len(),
+                    envelopes.len()
+                )));
+            }
+        }
         let rt = self.rt()?;
+        let mut keys = idempotency_keys.map(Vec::into_iter);
         let chunks: Vec<Chunk> = envelopes
             .into_iter()
             .zip(qobjs)
-            .map(|(envelope, qobj)| Chunk { envelope, qobj })
+            .map(|(envelope, qobj)| Chunk {
+                envelope,
+                qobj,
+                key: keys.as_mut().and_then(Iterator::next),
+            })
             .collect();
         let opts = RequestOptions {
             idempotency_key: None,

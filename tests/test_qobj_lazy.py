@@ -172,6 +172,8 @@ def test_missing_attributes_are_attribute_errors(circuits: list[QuantumCircuit])
     assert not hasattr(qobj, "nonexistent")
     with pytest.raises(AttributeError, match="'QasmQobj' object has no attribute 'nope'"):
         _ = qobj.nope
+    assert "experiments" in dir(qobj)
+    assert dir(qobj) == dir(eager(qobj.to_json()))
     assert is_lazy(qobj)
     assert hasattr(qobj, "experiments")
     assert not is_lazy(qobj)

@@ -360,23 +360,31 @@ class QasmQobj(_Qobj):
     if not TYPE_CHECKING:  # for mypy, attributes stay checked as declared
 
         def __getattr__(self, name: str) -> Any:
-            # Only reached for a missing attribute: "experiments" of a lazy Qobj.
-            if name == "experiments" and "_wire" in self.__dict__:
-                return self._materialise()
+            # Only reached for a missing attribute: "experiments" of a lazy Qobj (or of
+            # one another thread has just made eager).
+            if name == "experiments":
+                experiments = self._materialise()
+                if experiments is not None:
+                    return experiments
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), "experiments"} - {"_wire"})
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "experiments":  # replaced: the bytes are no longer its experiments
             self.__dict__.pop("_wire", None)
         super().__setattr__(name, value)
 
-    def _materialise(self) -> list[QasmQobjExperiment]:
+    def _materialise(self) -> list[QasmQobjExperiment] | None:
+        """The experiments, built from the bytes if they are still bytes."""
         wire: _Wire | None = self.__dict__.get("_wire")
         if wire is not None:
-            # Built before it is stored, so a concurrent reader never finds neither.
+            # Stored before the bytes are dropped, so a concurrent reader finds one of them;
+            # when two threads build the list, the first one stored is everyone's.
             self.__dict__.setdefault("experiments", wire.experiments())
             self.__dict__.pop("_wire", None)
-        experiments: list[QasmQobjExperiment] = self.__dict__["experiments"]
+        experiments: list[QasmQobjExperiment] | None = self.__dict__.get("experiments")
         return experiments
 
     def to_json(self) -> bytes:

@@ -77,14 +77,18 @@ def assemble(
 
     Returns:
         The Qobj; ``qobj.to_json()`` gives the same bytes as :func:`circuits_to_qobj_json`.
+        Its experiments are kept as those bytes until first read (``qobj.experiments``,
+        ``to_dict()``…), so assembling and sending costs about what writing the bytes does;
+        read or changed, the Qobj behaves as one built from objects.
 
     Raises:
         TypeError: an experiment is not a ``QuantumCircuit`` (e.g. a Pulse schedule).
         AssembleError: a circuit has unbound parameters or control flow that a QasmQobj
             cannot express.
     """
+    circuits = _as_circuits(experiments)
     wire = circuits_to_qobj_json(
-        experiments,
+        circuits,
         backend,
         shots=shots,
         memory=memory,
@@ -93,7 +97,7 @@ def assemble(
         qobj_header=qobj_header,
         **run_config,
     )
-    return QasmQobj.from_dict(orjson.loads(wire))
+    return QasmQobj._from_wire(wire, len(circuits))
 
 
 def circuits_to_qobj_json(

@@ -27,6 +27,7 @@ from .constants import SERVICE_RUN_OPTIONS
 from .exceptions import IBMQBackendApiError, IBMQBackendValueError, IBMQError
 from .job import IBMQJob
 from .models import BackendProperties, BackendStatus
+from .qobj import QasmQobj
 
 if TYPE_CHECKING:
     from .runtime import RuntimeJob
@@ -143,7 +144,7 @@ class QDispatchBackend(BackendV2):
 
     def run(
         self,
-        circuits: QuantumCircuit | Sequence[QuantumCircuit],
+        circuits: QuantumCircuit | Sequence[QuantumCircuit] | QasmQobj,
         job_name: str | None = None,
         job_share_level: str | None = None,
         job_tags: Sequence[str] | None = None,
@@ -159,7 +160,20 @@ class QDispatchBackend(BackendV2):
         (as on Aer); ``noise_model`` raises :class:`IBMQBackendValueError`.
         ``parameter_binds`` takes AerSimulator's form: one ``{parameter: [values]}`` per
         circuit; each circuit runs once per value set, in order, as on Aer.
+
+        A :class:`~qdispatch.qobj.QasmQobj` (what qiskit < 2 code gets from ``assemble``)
+        runs as it is: its config holds the run options, its header the user data, so
+        ``header``, ``parameter_binds`` and run options are refused with it; one whose
+        experiments were never read is sent as the bytes ``assemble`` wrote.
         """
+        if isinstance(circuits, QasmQobj):
+            given = sorted(k for k, v in {**run_config, "header": header}.items() if v is not None)
+            if given:
+                raise IBMQBackendValueError(
+                    f"run() of a QasmQobj takes no {', '.join(given)}: the Qobj's config and "
+                    "header are what runs; pass them to assemble() or set them on the Qobj"
+                )
+            return self.submit_qobj(circuits, job_name, job_share_level, job_tags, experiment_id)
         if run_config.get("noise_model") is not None:
             # Silently dropping it (as the thread and memory options the service also sets)
             # would return results of a noise the caller did not ask for.
@@ -232,17 +246,19 @@ class QDispatchBackend(BackendV2):
 
     def submit_qobj(
         self,
-        qobj: bytes,
+        qobj: bytes | QasmQobj,
         job_name: str | None = None,
         job_share_level: str | None = None,
         job_tags: Sequence[str] | None = None,
         experiment_id: str | None = None,
     ) -> IBMQJob:
-        """Submit an already serialized QasmQobj (JSON bytes) as one job.
+        """Submit a QasmQobj, serialized (JSON bytes) or not, as one job.
 
         What ``run`` does after serializing; the job manager serializes every chunk first
         and then submits them concurrently through this (the GIL is released meanwhile).
         """
+        if isinstance(qobj, QasmQobj):
+            qobj = _qobj_bytes(qobj)
         envelope = self.envelope(job_name, job_share_level, job_tags, experiment_id)
         info = self._service.api.submit_job(envelope, qobj)
         return IBMQJob.from_info(self, self._service, info)
@@ -260,6 +276,15 @@ class QDispatchBackend(BackendV2):
     ) -> list[IBMQJob | RuntimeJob]:
         """This backend's jobs (the filters of ``QDispatchService.jobs``)."""
         return self._service.jobs(limit, skip, backend_name=self.name, **filters)
+
+
+def _qobj_bytes(qobj: QasmQobj) -> bytes:
+    """A Qobj's wire bytes (those ``assemble`` wrote, if its experiments were never read);
+    a value JSON cannot hold, put there by a user, is the backend's value error."""
+    try:
+        return qobj.to_json()
+    except (TypeError, AttributeError) as exc:
+        raise IBMQBackendValueError(f"the Qobj cannot be serialized: {exc}") from exc
 
 
 @functools.cache

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import orjson
 
@@ -195,20 +196,70 @@ class _Qobj(_ByValue):
 
     def to_dict(self) -> dict[str, Any]:
         """The Qobj as a dict, in the wire layout."""
+        out = self._head()
+        out["experiments"] = [exp.to_dict() for exp in self.experiments]
+        return out
+
+    def _head(self) -> dict[str, Any]:
+        """Everything but the experiments, in the wire layout (experiments come last)."""
         return {
             "qobj_id": self.qobj_id,
             "type": self.type,
             "schema_version": self.schema_version,
             "header": self.header.to_dict(),
             "config": self.config.to_dict(),
-            "experiments": [exp.to_dict() for exp in self.experiments],
         }
 
     def to_json(self) -> bytes:
         """The wire bytes: compact JSON, complex numbers as ``[re, im]`` pairs."""
-        return orjson.dumps(
-            self.to_dict(), default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY
-        )
+        return _dumps(self.to_dict())
+
+
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(value, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+# What joins a Qobj's head to its experiments in the wire bytes both writers produce.
+_EXPERIMENTS_KEY = b',"experiments":'
+_HEAD_KEYS = ["qobj_id", "type", "schema_version", "header", "config"]
+
+
+@dataclass(frozen=True)
+class _Wire:
+    """The bytes a lazy :class:`QasmQobj` was read from; its experiments start at ``start``."""
+
+    data: bytes
+    start: int
+    count: int
+
+    def experiments(self) -> list[QasmQobjExperiment]:
+        # data[start:-1] drops the top-level object's closing brace: the array remains.
+        return [QasmQobjExperiment.from_dict(e) for e in orjson.loads(self.data[self.start : -1])]
+
+
+def _split_wire(wire: bytes) -> tuple[dict[str, Any], int] | None:
+    """The head of wire bytes (as a dict) and where the experiments array starts, or
+    ``None`` when the bytes are not laid out as the writers lay them out.
+
+    The key ``"experiments"`` may also occur inside the header or config (a user's key);
+    only at the top level does the text before it plus ``}`` parse as one object, since an
+    occurrence inside a nested object leaves that object open. Inside a JSON string the
+    quotes would be escaped, so the pattern cannot match there.
+    """
+    if not wire.endswith(b"]}"):
+        return None
+    pattern = _EXPERIMENTS_KEY + b"["
+    at = wire.find(pattern)
+    while at != -1:
+        try:
+            head = orjson.loads(wire[:at] + b"}")
+        except orjson.JSONDecodeError:
+            at = wire.find(pattern, at + 1)
+            continue
+        if isinstance(head, dict) and list(head) == _HEAD_KEYS and head["type"] == "QASM":
+            return head, at + len(_EXPERIMENTS_KEY)
+        return None
+    return None
 
 
 class QasmQobjExperiment(_ByValue):
@@ -279,8 +330,97 @@ class QasmQobj(_Qobj):
         qobj.schema_version = str(data.get("schema_version", qobj.schema_version))
         return qobj
 
+    # -- the lazy form ------------------------------------------------------------------------
+    #
+    # ``assemble`` gets wire bytes from the native writer; parsing every experiment into
+    # objects costs ~100x what writing them did, and most callers only send them. A lazy
+    # Qobj reads its small head (qobj_id, header, config) at once and keeps the experiments
+    # as bytes in ``_wire`` until ``experiments`` is first read (which is also how
+    # ``to_dict``, ``==`` and ``copy.copy`` reach them). Then they become objects for good
+    # and the Qobj is an eager one. Until then ``to_json`` writes the head again (a user
+    # may have changed it: it is plain objects) and joins the experiments' bytes to it: the
+    # original bytes when the head is unchanged.
+
+    @classmethod
+    def _from_wire(cls, wire: bytes, count: int) -> QasmQobj:
+        """A Qobj over ``wire``, the bytes of ``count`` experiments as this package's
+        writers lay them out (:func:`~qdispatch.assembler.circuits_to_qobj_json`)."""
+        split = _split_wire(wire)
+        if split is None:  # not the writers' layout: read it all now
+            return cls.from_dict(orjson.loads(wire))
+        head, start = split
+        qobj = cls.__new__(cls)
+        qobj.qobj_id = head["qobj_id"]
+        qobj.config = QasmQobjConfig.from_dict(head["config"] or {})
+        qobj.header = QobjHeader.from_dict(head["header"] or {})
+        qobj.schema_version = str(head["schema_version"])
+        qobj.__dict__["_wire"] = _Wire(wire, start, count)
+        return qobj
+
+    if not TYPE_CHECKING:  # for mypy, attributes stay checked as declared
+
+        def __getattr__(self, name: str) -> Any:
+            # Only reached for a missing attribute: "experiments" of a lazy Qobj (or of
+            # one another thread has just made eager).
+            if name == "experiments":
+                experiments = self._materialise()
+                if experiments is not None:
+                    return experiments
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), "experiments"} - {"_wire"})
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "experiments":  # replaced: the bytes are no longer its experiments
+            self.__dict__.pop("_wire", None)
+        super().__setattr__(name, value)
+
+    def _materialise(self) -> list[QasmQobjExperiment] | None:
+        """The experiments, built from the bytes if they are still bytes."""
+        wire: _Wire | None = self.__dict__.get("_wire")
+        if wire is not None:
+            # Stored before the bytes are dropped, so a concurrent reader finds one of them;
+            # when two threads build the list, the first one stored is everyone's.
+            self.__dict__.setdefault("experiments", wire.experiments())
+            self.__dict__.pop("_wire", None)
+        experiments: list[QasmQobjExperiment] | None = self.__dict__.get("experiments")
+        return experiments
+
+    def to_json(self) -> bytes:
+        """The wire bytes: compact JSON, complex numbers as ``[re, im]`` pairs. For a Qobj
+        from :func:`~qdispatch.assemble` whose experiments were never read, the bytes the
+        writer gave (with the current head, if it was changed)."""
+        wire: _Wire | None = self.__dict__.get("_wire")
+        if wire is None or "experiments" in self.__dict__:
+            return super().to_json()
+        prefix = _dumps(self._head())[:-1] + _EXPERIMENTS_KEY
+        if len(prefix) == wire.start and wire.data.startswith(prefix):
+            return wire.data
+        return prefix + wire.data[wire.start :]
+
+    def __eq__(self, other: object) -> bool:
+        # Same bytes read the same way: equal without building either's experiments.
+        if type(other) is type(self) and "_wire" in self.__dict__:
+            assert isinstance(other, QasmQobj)
+            if "_wire" in other.__dict__ and self.to_json() == other.to_json():
+                return True
+        return super().__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __copy__(self) -> QasmQobj:
+        # A shallow copy shares the experiments list with the original, as an eager one
+        # does; a list not built yet cannot be shared, so it is built first.
+        self._materialise()
+        copied = type(self).__new__(type(self))
+        copied.__dict__.update(self.__dict__)
+        return copied
+
     def __repr__(self) -> str:
-        return f"QasmQobj(qobj_id={self.qobj_id!r}, experiments={len(self.experiments)})"
+        wire: _Wire | None = self.__dict__.get("_wire")
+        count = wire.count if wire is not None else len(self.experiments)
+        return f"QasmQobj(qobj_id={self.qobj_id!r}, experiments={count})"
 
 
 # ---------------------------------------------------------------------------------------------

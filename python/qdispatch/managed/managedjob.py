@@ -82,7 +82,7 @@ class ManagedJob:
 
     def submit_qobj(
         self,
-        qobj: bytes,
+        qobj: bytes | QasmQobj,
         job_name: str,
         backend: QDispatchBackend,
         executor: ThreadPoolExecutor,
@@ -90,7 +90,13 @@ class ManagedJob:
         job_share_level: str | None = None,
         job_tags: Sequence[str] | None = None,
     ) -> None:
-        """Like :meth:`submit`, for a chunk already serialized."""
+        """Like :meth:`submit`, for a chunk already serialized or assembled (a
+        :class:`~qdispatch.qobj.QasmQobj` whose experiments were never read goes as the
+        bytes ``assemble`` wrote)."""
+        if isinstance(qobj, QasmQobj):
+            # Serialized here, not on the executor: what is sent is the Qobj as it is now,
+            # whatever the caller changes in it afterwards.
+            qobj = qobj.to_json()
         self.future = executor.submit(
             self._submit, qobj, job_name, backend, submit_lock, job_share_level, job_tags
         )

@@ -134,7 +134,7 @@ def test_stop_reports_a_service_that_does_not_exit_in_one_line(
             monkeypatch.setenv("QDISPATCH_DATA_DIR", str(tmp_path))
             # The real stop, with a short grace instead of STOP_GRACE_SECONDS (40 s).
             stop = functools.partial(local.stop, timeout=1.0)
-            monkeypatch.setattr(cli, "stop_local_service", stop)
+            monkeypatch.setattr(cli.admin, "stop_local_service", stop)
             assert cli.main(["stop"]) == 1
             out, err = capsys.readouterr()
             assert out == ""

@@ -39,7 +39,8 @@ from websockets.sync.client import connect as ws_connect
 
 import qdispatch
 from qdispatch import _native, codes
-from qdispatch.cli import _RedactTokens, parse_expires
+from qdispatch.cli import parse_expires
+from qdispatch.cli.serve import _RedactTokens
 from qdispatch.exceptions import IBMQApiError, IBMQBackendApiError, InsecureConnectionWarning
 from qdispatch.server.store import SCHEMA_VERSION, Store, hash_token
 from qobjs import bell_qobj, device_bell, slow_qobj

@@ -4,6 +4,8 @@ stored for it; a live one, another user's, or one shared read-only stays."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -100,3 +102,30 @@ def test_service_delete_job_raises_the_runtimes_errors(svc: ServiceProcess) -> N
             service.delete_job(done.job_id())
         with pytest.raises(RuntimeJobNotFound):
             service.delete_job("no-such-job")
+
+
+def test_a_shared_job_is_read_only_and_an_operator_may_delete_any(svc: ServiceProcess) -> None:
+    owner = svc.client(svc.token_for("lab-owner", project="lab"))
+    colleague = svc.client(svc.token_for("lab-colleague", project="lab"))
+    shared = submit(owner, "aer_simulator", bell_qobj(), share_level="project")["id"]
+    wait_final(owner, shared)
+    refused = colleague.delete(f"/jobs/{shared}")
+    assert (refused.status_code, refused.json()["error"]["code"]) == (403, "read_only")
+    other_token = svc.token_for("lab-colleague-2", project="lab")
+    with (
+        qdispatch.connect(svc.url, token=other_token) as other,
+        pytest.raises(IBMRuntimeError, match="read-only"),
+    ):
+        other.delete_job(shared)
+    assert owner.get(f"/jobs/{shared}").status_code == 200  # still there
+    command = [sys.executable, "-m", "qdispatch", "token", "create", "--user", "ops"]
+    made = subprocess.run(
+        [*command, "--operator", "--db", str(svc.db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    operator = svc.client(made.stdout.strip())
+    assert operator.delete(f"/jobs/{shared}").status_code == 204
+    assert owner.get(f"/jobs/{shared}").status_code == 404

@@ -16,8 +16,15 @@ import qdispatch
 from qdispatch import IBMQBackendApiError
 from qdispatch.constants import DONE, RUNNING, utcnow
 from qdispatch.server.store import _USAGE_FILL, Store
-from qobjs import bell_qobj
-from support import ServiceProcess, add_finished_jobs, bell_job, submit, wait_final
+from qobjs import bell_qobj, slow_qobj
+from support import (
+    ServiceProcess,
+    add_finished_jobs,
+    bell_job,
+    submit,
+    wait_final,
+    wait_status,
+)
 
 QUOTA_MB = 0.05  # 52,428 bytes: a Bell job stores ~1 KB, so tens of jobs reach it
 
@@ -121,3 +128,40 @@ def _bell_circuit() -> QuantumCircuit:
     circuit.cx(0, 1)
     circuit.measure_all()
     return circuit
+
+
+def test_a_job_admitted_before_the_quota_was_reached_ends_storage_quota(tmp_path: Path) -> None:
+    """Admission checks what is stored then; jobs queued meanwhile are held to the quota
+    when they start: they end ERROR ``storage_quota``, saying why, instead of storing a
+    result on top."""
+    service = ServiceProcess(tmp_path, "--workers", "1", "--max-user-store-mb", str(QUOTA_MB))
+    service.start()
+    try:
+        client = service.client()
+        running = submit(client, "aer_simulator", slow_qobj())["id"]
+        queued = submit(client, "aer_simulator", bell_qobj())["id"]  # behind it: 1 worker
+        wait_status(client, running, "RUNNING")
+        # Jobs of the same user elsewhere (another client's results) fill the quota now.
+        with sqlite3.connect(service.db) as db:
+            (owner,) = db.execute("SELECT owner FROM jobs WHERE id = ?", (running,)).fetchone()
+        add_finished_jobs(service.db, 1, utcnow(), owner, result_bytes=64 * 1024)
+        assert wait_final(client, running, timeout=120)["status"] == DONE  # it was running
+        ended = wait_final(client, queued, timeout=120)
+        assert ended["status"] == "ERROR", ended
+        assert ended["error"]["code"] == "storage_quota"
+        assert "delete finished jobs and submit it again" in ended["error"]["message"]
+        assert client.get(f"/jobs/{queued}/qobj").status_code == 200  # its inputs stay
+    finally:
+        service.stop()
+
+
+def test_the_stream_limit_zero_means_none(tmp_path: Path) -> None:
+    service = ServiceProcess(tmp_path, "--workers", "1", "--max-streams-per-user", "0").start()
+    try:
+        assert service.client().get("/info").json()["max_streams_per_user"] == 0
+        with qdispatch.connect(service.url, token=service.token) as connected:
+            job = connected.backend("aer_simulator").run(_bell_circuit(), shots=10)
+            assert sum(job.result(timeout=120).get_counts().values()) == 10
+            assert connected.api.client.stream_connected()
+    finally:
+        service.stop()

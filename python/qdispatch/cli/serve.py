@@ -338,7 +338,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--max-streams-per-user",
         type=int,
         default=256,
-        help="event streams one user may hold open at once; beyond them 429 stream_limit",
+        help="event streams one user may hold open at once; beyond them 429 stream_limit "
+        "(0: no limit)",
     )
     serve.add_argument(
         "--rate-limit", type=float, default=100.0, help="requests/s per user, sustained (0: off)"

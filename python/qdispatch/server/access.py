@@ -52,7 +52,7 @@ class Access:
         self._buckets: dict[str, _Bucket] = {}
         self._uploads: dict[str, int] = {}
         self._uploading = 0
-        self.max_streams_per_user = max(1, max_streams_per_user)
+        self.max_streams_per_user = max_streams_per_user  # 0: no limit
         self._streams: dict[str, int] = {}
 
     # -- tokens --------------------------------------------------------------------------
@@ -111,7 +111,8 @@ class Access:
 
     def streams_full(self, user: str) -> bool:
         """Whether ``user`` holds as many open event streams as allowed."""
-        return self._streams.get(user, 0) >= self.max_streams_per_user
+        limit = self.max_streams_per_user
+        return limit > 0 and self._streams.get(user, 0) >= limit
 
     def take_stream(self, user: str) -> bool:
         """Count one more open stream of ``user``; ``False`` (nothing counted) when full."""

@@ -127,6 +127,10 @@ class _Running:
     recorded: bool = False  # RUNNING is in the store (and the attempt counted)
     released: bool = False  # its slot has been given back
     event_bytes: int = 0  # interim results and log lines stored for it so far
+    #: what those may reach: the per-job budget, or less when that is what is left of the
+    #: owner's storage quota as the job starts (``quota_bound`` then); None: no limit
+    event_limit: int | None = None
+    quota_bound: bool = False
 
 
 @dataclass
@@ -157,6 +161,7 @@ class Scheduler:
         max_result_bytes: int | None = None,
         max_event_bytes: int | None = None,
         spool: Spool | None = None,
+        max_user_store_bytes: int | None = None,
     ):
         self.store = store
         self.hub = hub
@@ -165,6 +170,7 @@ class Scheduler:
         self.dedicated_share = dedicated_share
         self.max_result_bytes = max_result_bytes
         self.max_event_bytes = max_event_bytes
+        self.max_user_store_bytes = max_user_store_bytes
         self._programs = programs or (lambda program_id: None)
         self._tiers: tuple[_Queues, _Queues] = (defaultdict(dict), defaultdict(dict))
         self._queued: dict[str, _Queued] = {}
@@ -589,6 +595,12 @@ class Scheduler:
                 self._put_back(entry)
                 raise
 
+    def _storage_left(self, owner: str) -> int | None:
+        """What ``owner`` may still store under their quota (``None``: no quota)."""
+        if not self.max_user_store_bytes:
+            return None
+        return self.max_user_store_bytes - self.store.stored_bytes(owner)
+
     def _put_back(self, entry: _Queued) -> None:
         """Return an entry that could not be started to the head of its queue."""
         users = self._tiers[entry.tier][entry.backend]
@@ -599,6 +611,20 @@ class Scheduler:
     def _start(self, entry: _Queued) -> None:
         job = self.store.job(entry.job_id)
         if job is None or job.status != QUEUED:
+            return
+        quota_left = self._storage_left(job.owner)
+        if quota_left is not None and quota_left <= 0:
+            # Admitted under the quota, but jobs before it have filled it since: it would
+            # store a result and events on top. It ends here, saying why; its inputs stay.
+            message = (
+                f"user '{job.owner}' stores as much as their storage quota of "
+                f"{self.max_user_store_bytes} bytes allows (reached by jobs that ran after "
+                "this one was submitted); delete finished jobs and submit it again"
+            )
+            events = self.store.set_status(
+                job.id, ERROR, error={"code": E.STORAGE_QUOTA, "message": message}
+            )
+            self._publish(job.id, events)
             return
         program = None
         if job.kind == "program":
@@ -624,6 +650,11 @@ class Scheduler:
             # restart) starts with what its earlier attempts published.
             event_bytes=self.store.event_bytes(job.id, EVENT_OVERHEAD_BYTES) if job.attempts else 0,
         )
+        running.event_limit = self.max_event_bytes
+        if quota_left is not None and (
+            running.event_limit is None or quota_left < running.event_limit
+        ):
+            running.event_limit, running.quota_bound = running.event_bytes + quota_left, True
         self._running[job.id] = running
         self._running_per_user[job.owner] += 1
         running.task = asyncio.get_running_loop().create_task(self._run(task, running))
@@ -678,7 +709,7 @@ class Scheduler:
         else:
             log.warning("job %s sent an event of unknown kind %r; dropped", job_id, kind)
             return
-        limit = self.max_event_bytes
+        limit = running.event_limit
         # Each event costs a row, an index entry and a message besides its payload: an
         # overhead is charged so that a budget of bytes also bounds the number of events.
         cost = len(payload) + EVENT_OVERHEAD_BYTES
@@ -689,11 +720,15 @@ class Scheduler:
             if running.event_bytes <= limit:
                 running.event_bytes = limit + 1
                 log.warning("job %s is over its %d bytes of events; dropping more", job_id, limit)
+                what = (
+                    f"what was left of its owner's storage quota ({limit} bytes)"
+                    if running.quota_bound
+                    else f"the service's limit of {limit} bytes"
+                )
                 note = orjson.dumps(
                     {
                         "text": f"qdispatch: this job's interim results and log lines "
-                        f"passed the service's limit of {limit} bytes; later ones are "
-                        "dropped\n"
+                        f"passed {what}; later ones are dropped\n"
                     }
                 )
                 self._publish(job_id, [self.store.append_event(job_id, "log", note)])

@@ -146,7 +146,7 @@ CREATE TABLE IF NOT EXISTS properties (
 # holds, by `_migrate` when a store lacks it.
 # Event rows one deleting transaction removes at most (about: a job's other rows go with
 # its last slice): what a retention sweep or a DELETE makes other writers wait for.
-DELETE_ROWS_PER_STEP = 20_000
+DELETE_ROWS_PER_STEP = 5_000
 USAGE_ROW_BYTES = 256  # an event's cost besides its payload: a row, an index entry
 _USAGE_TABLE = (
     "CREATE TABLE user_bytes (user TEXT PRIMARY KEY, bytes INTEGER NOT NULL) WITHOUT ROWID"

@@ -359,10 +359,28 @@ def view(svc: Service, job: Job, queue_info: bool = True, attempts: bool = False
 # -- routes ------------------------------------------------------------------------------
 
 
+def _check_active_jobs(svc: Service, user: str) -> None:
+    """429 ``active_job_limit`` when ``user`` has as many queued and running jobs as allowed."""
+    limit = svc.config.active_job_limit
+    if limit is None:
+        return
+    active = svc.scheduler.active_jobs_of(user)
+    if active >= limit:
+        raise ServiceError(
+            429,
+            E.ACTIVE_JOB_LIMIT,
+            f"user '{user}' has {active} active jobs, the limit is {limit}; "
+            "submit more when some have finished",
+            active_jobs=active,
+            limit=limit,
+        )
+
+
 def _check_storage_quota(svc: Service, user: str) -> None:
-    """403 ``storage_quota`` when ``user``'s jobs store as much as the quota allows. Checked
-    before a job is stored, against what is stored already: a user below the quota may
-    pass it by one job (bounded by the request and result limits)."""
+    """403 ``storage_quota`` when ``user``'s jobs store as much as the quota allows, checked
+    against what is stored already. What jobs admitted before then store on top is
+    bounded by the scheduler: a job that starts while its owner is at the quota ends
+    ``storage_quota``, and a running one's events stop at what was left of it."""
     quota = svc.config.max_user_store_bytes
     if quota <= 0:
         return
@@ -408,6 +426,9 @@ async def create_job(request: Request, svc: Svc, who: Who) -> Response:
         earlier = svc.store.job_by_idempotency_key(who.user, key)
         if earlier is not None:
             return json_response(view(svc, earlier, queue_info=False), 200)
+    # The user's own limits first: a user at one costs no reading, parsing or checking.
+    _check_active_jobs(svc, who.user)
+    _check_storage_quota(svc, who.user)
     raw = await request.body()  # limited and decompressed by RequestBodies
     big = len(raw) > svc.config.big_body_bytes
     # A big body is split and checked in a worker thread (the Rust core releases the
@@ -450,19 +471,6 @@ async def create_job(request: Request, svc: Svc, who: Who) -> Response:
             "shots": shots,
             "n_instructions": summary.n_instructions,
         }
-    limit = svc.config.active_job_limit
-    if limit is not None:
-        active = svc.scheduler.active_jobs_of(who.user)
-        if active >= limit:
-            raise ServiceError(
-                429,
-                E.ACTIVE_JOB_LIMIT,
-                f"user '{who.user}' has {active} active jobs, the limit is {limit}; "
-                "submit more when some have finished",
-                active_jobs=active,
-                limit=limit,
-            )
-    _check_storage_quota(svc, who.user)
     inputs_blob = None
     if len(payload["inputs"]) > svc.config.big_body_bytes:
         inputs_blob = await asyncio.to_thread(compress, payload["inputs"])

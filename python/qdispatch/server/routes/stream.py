@@ -64,7 +64,8 @@ def _stream_limit(svc: Service, user: str) -> ServiceError:
 async def _deny_upgrade(ws: WebSocket, exc: ServiceError) -> None:
     """Answers the upgrade request itself with ``exc`` (a plain HTTP answer, which clients
     count as a failed connect: qdispatch's client polls after a few), or, where the
-    server cannot answer a WebSocket request with HTTP, closes it unopened (403)."""
+    server cannot answer a WebSocket request with HTTP, closes it unopened (the server
+    then answers HTTP 403)."""
     response = JSONResponse(
         exc.body(),
         status_code=exc.status,

@@ -98,9 +98,11 @@ const QD = (() => {
     }
   }
 
-  function setLive(on) {
+  function setLive(on, why) {
     const dot = document.getElementById("live");
-    if (dot) dot.classList.toggle("on", on);
+    if (!dot) return;
+    dot.classList.toggle("on", on);
+    dot.title = on ? "live updates" : why || "live updates: reconnecting";
   }
 
   // The job event stream (the protocol of WS /stream, entered with the login cookie):
@@ -120,13 +122,16 @@ const QD = (() => {
       const scheme = location.protocol === "https:" ? "wss://" : "ws://";
       const ws = new WebSocket(scheme + location.host + prefix + "/stream");
       this.ws = ws;
-      ws.onopen = () => {
-        this.delay = 500;
-        this.send();
-      };
+      ws.onopen = () => this.send();
       ws.onmessage = (message) => {
         const event = JSON.parse(message.data);
-        if (event.type === "subscribed") setLive(true);
+        if (event.type === "subscribed") {
+          // Only a stream the service serves resets the backoff: one it accepts and
+          // then refuses (too many open streams, 4429) must not be retried at once.
+          this.delay = 500;
+          setLive(true);
+        }
+        if (event.type === "error") this.refusal = event.message;
         if (!event.job_id) return;
         const seen = this.since[event.job_id] || 0;
         if (event.seq <= seen) return;
@@ -139,8 +144,13 @@ const QD = (() => {
           toLogin();
           return;
         }
+        if (close.code === 4429) {
+          // Too many open streams (other tabs, scripts): wait longer, and say why.
+          setLive(false, "live updates paused: " + (this.refusal || "too many open streams"));
+          this.delay = Math.max(this.delay, 5000);
+        }
         setTimeout(() => this.connect(), this.delay);
-        this.delay = Math.min(this.delay * 2, 10000);
+        this.delay = Math.min(this.delay * 2, 30000);
       };
     }
 

@@ -110,6 +110,9 @@ def test_a_user_at_the_quota_is_refused_until_they_delete(tmp_path: Path) -> Non
         # Through the client: the documented exception, with the status and the code.
         with qdispatch.connect(service.url, token=service.token) as connected:
             backend = connected.backend("aer_simulator")
+            usage = connected.usage()
+            assert usage["max_user_store_bytes"] == int(QUOTA_MB * 1024 * 1024)
+            assert usage["stored_bytes"] >= usage["max_user_store_bytes"]
             with pytest.raises(IBMQBackendApiError, match="at their quota") as exc:
                 backend.run(_bell_circuit())
             assert (exc.value.status, exc.value.code) == (403, "storage_quota")

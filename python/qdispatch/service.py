@@ -383,8 +383,11 @@ class QDispatchService:
         ``usage_remaining_seconds`` are ``None`` and ``usage_limit_reached`` is
         ``False``. Its one limit is on each user's queued and running jobs:
         ``max_active_jobs`` (``None``: unlimited), and ``active_jobs`` counts the queued
-        and running jobs this caller sees (its own and those its project shares)."""
-        limit = self._api.info().get("max_active_jobs") or None  # 0: unlimited
+        and running jobs this caller sees (its own and those its project shares). Its
+        storage quota: ``stored_bytes`` (what the caller's jobs store) and
+        ``max_user_store_bytes`` (``None``: no quota)."""
+        info = self._api.info()
+        limit = info.get("max_active_jobs") or None  # 0: unlimited
         active = 0
         while True:  # counted a page at a time: only records, no job objects built
             page = self._api.jobs(limit=1000, skip=active, statuses=ACTIVE_STATUSES)
@@ -398,6 +401,8 @@ class QDispatchService:
             "usage_limit_reached": False,
             "active_jobs": active,
             "max_active_jobs": limit,
+            "stored_bytes": info.get("stored_bytes"),
+            "max_user_store_bytes": info.get("max_user_store_bytes") or None,
         }
 
     @property

@@ -80,13 +80,15 @@ async def info(request: Request, svc: Svc) -> Response:
     """Service version and the limits clients pace and split their work by; with a valid
     bearer token also how busy it is (jobs queued and running, workers idle, busy and
     starting, outcomes held for the store, queues and throughput), its store (full or
-    not, size) and retention."""
+    not, size), retention, and what the caller's jobs store (``stored_bytes``)."""
     answer = _limits(svc)
     token = bearer_token(request.headers.get("authorization", ""))
     if token:
         try:
-            authenticate(svc, token)
+            who = authenticate(svc, token)
         except ServiceError:
             return json_response(answer)  # a bad token is a visitor: the public part
         answer.update(_activity(svc))
+        # The caller's own storage, counted as the quota counts it (max_user_store_bytes).
+        answer["stored_bytes"] = svc.store.stored_bytes(who.user)
     return json_response(answer)

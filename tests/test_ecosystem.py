@@ -38,6 +38,7 @@ from qiskit_aer import AerSimulator
 from qiskit_aer.noise import NoiseModel, thermal_relaxation_error
 from qiskit_ibm_runtime import EstimatorV2, SamplerV2
 from qiskit_ibm_runtime.executor_sampler import Sampler
+from qiskit_ibm_runtime.models import QasmBackendConfiguration
 
 import qdispatch
 from qdispatch.backend import QDispatchBackend
@@ -92,9 +93,12 @@ def _fit(data: Any, name: str) -> tuple[float, float]:
     return float(value.nominal_value), float(value.std_dev)
 
 
-def _run(experiment: Any, **options: Any) -> Any:
+def _run(experiment: Any, how: dict[str, Any] | None = None, **options: Any) -> Any:
+    """Run an experiment with run options ``options``; ``how`` is what its ``run`` takes
+    (``backend_run=True``, ``sampler=...``; by default it samples through
+    qiskit-ibm-runtime's ``SamplerV2`` in local mode, hence ``backend.run``)."""
     experiment.set_run_options(**options)
-    data = experiment.run().block_for_results()
+    data = experiment.run(**(how or {})).block_for_results()
     assert data.status().name == "DONE", data.errors()
     return data
 
@@ -102,6 +106,21 @@ def _run(experiment: Any, **options: Any) -> Any:
 def _agree(a: tuple[float, float], b: tuple[float, float]) -> bool:
     """Two estimates (value, standard error) agree within Z combined standard errors."""
     return abs(a[0] - b[0]) <= Z * math.hypot(a[1], b[1])
+
+
+def test_configuration_reads_as_the_runtimes_backend_configuration(
+    device: QDispatchBackend,
+) -> None:
+    # mthree and other IBM-minded code read `backend.configuration()` as an object.
+    configuration = device.configuration()
+    theirs = QasmBackendConfiguration.from_dict({**configuration, "gates": []})
+    names = ("num_qubits", "n_qubits", "max_shots", "max_experiments", "simulator")
+    names += ("basis_gates", "coupling_map", "conditional", "backend_name", "dt", "dtm")
+    for name in names:
+        assert getattr(configuration, name) == getattr(theirs, name), name
+    assert configuration["dt"] == pytest.approx(theirs.dt * 1e9)  # the JSON keeps ns
+    with pytest.raises(AttributeError, match="no attribute 'rep_times'"):
+        _ = configuration.rep_times
 
 
 # -- qiskit-experiments ------------------------------------------------------------------------
@@ -131,12 +150,14 @@ def test_t2_hahn_and_ramsey_fits_match_the_reported_t2(
     for backend in _both(device, reference):
         data = _run(
             T2Hahn((QUBIT,), np.linspace(0, 3 * t2, 8), backend=backend),
+            {"backend_run": True},
             shots=400,
             seed_simulator=12,
         )
         hahn.append(_fit(data, "T2"))
         data = _run(
             T2Ramsey((QUBIT,), np.linspace(0, 2 * t2, 16), backend=backend, osc_freq=osc_freq),
+            {"backend_run": True},
             shots=400,
             seed_simulator=13,
         )
@@ -160,8 +181,12 @@ def test_readout_characterization_matches_the_reported_readout_errors(
     properties = device.properties()
     assert properties is not None
     matrices = []
-    for backend in _both(device, reference):
-        data = _run(LocalReadoutError(backend=backend), shots=shots, seed_simulator=14)
+    # Through a sampler given to `run`: qdispatch's, and qiskit's on the reference.
+    for backend, sampler in (
+        (device, qdispatch.Sampler(device, options={"seed_simulator": 14})),
+        (reference, BackendSamplerV2(backend=reference, options={"seed_simulator": 14})),
+    ):
+        data = _run(LocalReadoutError(backend=backend), {"sampler": sampler}, shots=shots)
         mitigator = data.analysis_results("Local Readout Mitigator", dataframe=True).iloc[0].value
         matrices.append([mitigator.assignment_matrix(q) for q in range(device.num_qubits)])
     for per_qubit in matrices:
@@ -189,8 +214,9 @@ def test_randomized_benchmarking_matches_the_gate_errors(
     expected = _gate_infidelity(device, "sx", (QUBIT,))
     fits = []
     for backend in _both(device, reference):
-        experiment = StandardRB((QUBIT,), [1, 800, 1800, 3000], num_samples=3, seed=21,
-                                backend=backend)  # fmt: skip
+        experiment = StandardRB(
+            (QUBIT,), [1, 800, 1800, 3000], num_samples=3, seed=21, backend=backend
+        )
         fits.append(_fit(_run(experiment, shots=300, seed_simulator=21), "EPG_sx"))
     # RB averages any gate error to a depolarizing one with the same average infidelity,
     # so the fitted error per gate estimates exactly that infidelity.
@@ -337,8 +363,13 @@ def test_qaoa_through_sampler(device: QDispatchBackend, reference: AerSimulator)
         (qdispatch.Sampler(device, options=_sampler_options()), device),
         (BackendSamplerV2(backend=reference, options=_sampler_options()), reference),
     ):
-        qaoa = QAOA(sampler, COBYLA(maxiter=25), reps=1, initial_point=[0.3, 0.3],
-                    transpiler=_pass_manager(backend))  # fmt: skip
+        qaoa = QAOA(
+            sampler,
+            COBYLA(maxiter=25),
+            reps=1,
+            initial_point=[0.3, 0.3],
+            transpiler=_pass_manager(backend),
+        )
         results.append(qaoa.compute_minimum_eigenvalue(MAXCUT))
     for result in results:
         # The best cut, found among the samples: p=1 QAOA at its optimum puts ~10% of the

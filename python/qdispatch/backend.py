@@ -26,7 +26,7 @@ from .assembler import circuits_to_qobj_json
 from .constants import SERVICE_RUN_OPTIONS
 from .exceptions import IBMQBackendApiError, IBMQBackendValueError, IBMQError
 from .job import IBMQJob
-from .models import BackendProperties, BackendStatus
+from .models import BackendConfiguration, BackendProperties, BackendStatus
 from .qobj import QasmQobj
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ class QDispatchBackend(BackendV2):
             backend_version=configuration.get("backend_version"),
         )
         self._service = service
-        self._configuration = configuration
+        self._configuration = BackendConfiguration(configuration)
         self._target: Target | None = None
         self._properties: BackendProperties | None = None
 
@@ -120,8 +120,10 @@ class QDispatchBackend(BackendV2):
             raise NotImplementedError(f"backend '{self.name}' has no dtm")
         return float(dtm) * 1e-9
 
-    def configuration(self) -> dict[str, Any]:
-        """The backend's configuration, as the service describes it."""
+    def configuration(self) -> BackendConfiguration:
+        """The backend's configuration, as the service describes it: a dict whose fields
+        also read as attributes (``configuration().n_qubits``), as qiskit's
+        ``QasmBackendConfiguration``."""
         return self._configuration
 
     def properties(

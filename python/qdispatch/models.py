@@ -100,6 +100,29 @@ class BackendStatus(dict[str, Any]):
         return f"BackendStatus({dict.__repr__(self)})"
 
 
+class BackendConfiguration(dict[str, Any]):
+    """A backend's configuration: the service's JSON (a dict, as before), whose fields also
+    read as attributes, as qiskit-ibm-runtime's ``QasmBackendConfiguration`` (``n_qubits``,
+    ``max_shots``, ``simulator``, ...; ``num_qubits`` is ``n_qubits``; the attributes
+    ``dt`` and ``dtm`` are in seconds where the JSON has nanoseconds, as there). Libraries
+    written for IBM backends read it that way (mthree: ``configuration().num_qubits``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "num_qubits" and "n_qubits" in self:
+            return self["n_qubits"]
+        if name in ("dt", "dtm") and self.get(name) is not None:
+            return float(self[name]) * 1e-9
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(
+                f"'BackendConfiguration' object has no attribute '{name}'"
+            ) from None
+
+    def __repr__(self) -> str:
+        return f"BackendConfiguration({dict.__repr__(self)})"
+
+
 _HERTZ_PER = {"GHz": 1e9, "MHz": 1e6, "kHz": 1e3}
 
 

@@ -111,6 +111,13 @@ class _Primitive:
         """The backend jobs run on (``None`` when the service picks one per job)."""
         return self._service.backend(self._backend_name) if self._backend_name else None
 
+    @property
+    def _backend(self) -> QDispatchBackend | None:
+        # Where qiskit's BackendSamplerV2/BackendEstimatorV2 and the runtime's primitives
+        # keep their backend, and where qiskit-experiments reads it when it is given only a
+        # sampler (`experiment.run(sampler=...)`).
+        return self.backend()
+
     def _submit(self, params: dict[str, Any], encoded: bytes) -> RuntimeJob:
         session_id = self._session.session_id if self._session is not None else None
         return submit_program(

@@ -366,6 +366,8 @@ pub struct FastCounts {
 /// builds the Result eagerly, as qiskit does.
 pub fn outline(json: &[u8]) -> Result<Outline, WireError> {
     let text = std::str::from_utf8(json).map_err(|e| WireError::Json(e.to_string()))?;
+    // One validating pass over the whole document, which keeps what the outline needs of
+    // each experiment as text; headers and counts are then walked as the valid JSON they are.
     let top: TopOutline<'_> = serde_json::from_str(text)?;
     let Some(raw_results) = top.results else {
         return Err(WireError::Json("the result has no 'results' list".into()));
@@ -387,18 +389,16 @@ pub fn outline(json: &[u8]) -> Result<Outline, WireError> {
     let base = text.as_ptr() as usize;
     let mut keys = KeyTable::default();
     out.experiments.reserve(raw_results.len());
-    for (n, raw) in raw_results.iter().enumerate() {
-        let start = raw.get().as_ptr() as usize - base;
-        let exp: ExpOutline<'_> = serde_json::from_str(raw.get())?;
+    for (n, exp) in raw_results.into_iter().enumerate() {
         let mut item = ExperimentOutline {
-            span: (start, start + raw.get().len()),
-            success: exp.success.get() == "true",
+            span: exp.span(text.as_bytes(), base)?,
+            success: exp.success == "true",
             name: None,
             counts: None,
         };
-        let header = match exp.header.map(|h| h.get()) {
+        let header = match exp.header {
             None | Some("null") => None,
-            Some(h) if h.starts_with('{') => Some(serde_json::from_str::<HeaderOutline<'_>>(h)?),
+            Some(h) if h.starts_with('{') => Some(HeaderOutline::read(h)?),
             Some(_) => {
                 // qiskit calls `header.get`/`header.items` on it: its errors, its way.
                 out.names_ok = false;
@@ -407,19 +407,19 @@ pub fn outline(json: &[u8]) -> Result<Outline, WireError> {
             }
         };
         if let Some(h) = &header {
-            item.name = match h.name.map(|v| v.get()) {
+            item.name = match h.name {
                 None => Some(String::new()),
                 Some(v) if v.starts_with('"') => Some(serde_json::from_str(v)?),
                 Some(_) => None,
             };
         }
-        if let Some(counts) = exp.data.counts {
+        if let Some(counts) = exp.counts {
             let layout = match &header {
                 None => Some((None, None)),
                 Some(h) => h.layout(),
             };
             if let Some((slots, cregs)) = layout {
-                item.counts = keys.add(&mut out, n, counts.get(), slots, cregs)?;
+                item.counts = keys.add(&mut out, n, counts, slots, cregs)?;
             }
         }
         out.experiments.push(item);
@@ -431,7 +431,7 @@ pub fn outline(json: &[u8]) -> Result<Outline, WireError> {
 
 /// The top level: `results` (once) and the other members in order.
 struct TopOutline<'a> {
-    results: Option<Vec<&'a RawValue>>,
+    results: Option<Vec<ExpOutline<'a>>>,
     members: Vec<(Cow<'a, str>, &'a RawValue)>,
 }
 
@@ -468,11 +468,35 @@ impl<'de: 'a, 'a> Deserialize<'de> for TopOutline<'a> {
     }
 }
 
-/// One experiment: what `ExperimentResult.from_dict` requires, and what `get_counts` reads.
+/// One experiment: what `ExperimentResult.from_dict` requires, and what `get_counts`
+/// reads, each value as written; where its first and last member names lie.
 struct ExpOutline<'a> {
-    success: &'a RawValue,
-    data: DataOutline<'a>,
-    header: Option<&'a RawValue>,
+    first: &'a str,
+    last: &'a str,
+    success: &'a str,
+    counts: Option<&'a str>,
+    header: Option<&'a str>,
+}
+
+impl ExpOutline<'_> {
+    /// The byte range of the experiment's object in `text` (whose start is at `base`):
+    /// from the `{` before its first member to the `}` after its last.
+    fn span(&self, text: &[u8], base: usize) -> Result<(usize, usize), WireError> {
+        let first = self.first.as_ptr() as usize - base - 1;
+        let mut start = first;
+        while start > 0 && matches!(text[start - 1], b' ' | b'\t' | b'\n' | b'\r') {
+            start -= 1;
+        }
+        let last = self.last.as_ptr() as usize - base - 1;
+        let colon = skip_ws(text, skip_value(text, last));
+        let end = skip_ws(text, skip_value(text, skip_ws(text, colon + 1)));
+        if start == 0 || text[start - 1] != b'{' || text.get(end) != Some(&b'}') {
+            return Err(refused(
+                "an experiment whose bounds the outline cannot find",
+            ));
+        }
+        Ok((start - 1, end + 1))
+    }
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for ExpOutline<'a> {
@@ -488,31 +512,33 @@ impl<'de: 'a, 'a> Deserialize<'de> for ExpOutline<'a> {
                 mut map: M,
             ) -> Result<Self::Value, M::Error> {
                 use serde::de::Error;
+                let twice = |name: &str| M::Error::custom(format!("'{name}' given twice"));
+                let (mut first, mut last) = (None, None);
                 let mut shots = false;
                 let mut success: Option<&'a RawValue> = None;
                 let mut data: Option<DataOutline<'a>> = None;
                 let mut header: Option<&'a RawValue> = None;
                 let mut meas_return = false;
                 while let Some(key) = map.next_key::<Key<'a>>()? {
-                    match key.0.as_ref() {
-                        "shots" if shots => return Err(M::Error::duplicate_field("shots")),
+                    // The span is found from where the first and last names lie.
+                    let Cow::Borrowed(key) = key.0 else {
+                        return Err(M::Error::custom("an escaped member name"));
+                    };
+                    first.get_or_insert(key);
+                    last = Some(key);
+                    match key {
+                        "shots" if shots => return Err(twice("shots")),
+                        "success" if success.is_some() => return Err(twice("success")),
+                        "data" if data.is_some() => return Err(twice("data")),
+                        "header" if header.is_some() => return Err(twice("header")),
+                        "meas_return" if meas_return => return Err(twice("meas_return")),
                         "shots" => {
-                            map.next_value::<IgnoredAny>()?;
+                            map.next_value::<&'a RawValue>()?;
                             shots = true;
                         }
-                        "success" if success.is_some() => {
-                            return Err(M::Error::duplicate_field("success"))
-                        }
                         "success" => success = Some(map.next_value()?),
-                        "data" if data.is_some() => return Err(M::Error::duplicate_field("data")),
                         "data" => data = Some(map.next_value()?),
-                        "header" if header.is_some() => {
-                            return Err(M::Error::duplicate_field("header"))
-                        }
                         "header" => header = Some(map.next_value()?),
-                        "meas_return" if meas_return => {
-                            return Err(M::Error::duplicate_field("meas_return"))
-                        }
                         "meas_return" => {
                             // `ExperimentResult` refuses any other value.
                             match map.next_value::<Option<Cow<'a, str>>>() {
@@ -524,7 +550,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for ExpOutline<'a> {
                         }
                         "self" => return Err(M::Error::custom("a member named 'self'")),
                         _ => {
-                            map.next_value::<IgnoredAny>()?;
+                            map.next_value::<&'a RawValue>()?;
                         }
                     }
                 }
@@ -532,9 +558,17 @@ impl<'de: 'a, 'a> Deserialize<'de> for ExpOutline<'a> {
                     return Err(M::Error::missing_field("shots"));
                 }
                 Ok(ExpOutline {
-                    success: success.ok_or_else(|| M::Error::missing_field("success"))?,
-                    data: data.ok_or_else(|| M::Error::missing_field("data"))?,
-                    header,
+                    first: first.unwrap_or_default(),
+                    last: last.unwrap_or_default(),
+                    success: success
+                        .ok_or_else(|| M::Error::missing_field("success"))?
+                        .get(),
+                    counts: data
+                        .ok_or_else(|| M::Error::missing_field("data"))?
+                        .counts
+                        .map(|c| c.get())
+                        .filter(|c| *c != "null"),
+                    header: header.map(|h| h.get()),
                 })
             }
         }
@@ -564,7 +598,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for DataOutline<'a> {
                 while let Some(key) = map.next_key::<Key<'a>>()? {
                     match key.0.as_ref() {
                         "counts" if counts.is_some() => {
-                            return Err(M::Error::duplicate_field("counts"))
+                            return Err(M::Error::custom("'counts' given twice"))
                         }
                         "counts" => counts = Some(map.next_value()?),
                         // `ExperimentResultData(**data)` refuses these (a second `self`,
@@ -573,13 +607,11 @@ impl<'de: 'a, 'a> Deserialize<'de> for DataOutline<'a> {
                             return Err(M::Error::custom(format!("a data member named {k:?}")))
                         }
                         _ => {
-                            map.next_value::<IgnoredAny>()?;
+                            map.next_value::<&'a RawValue>()?;
                         }
                     }
                 }
-                Ok(DataOutline {
-                    counts: counts.filter(|c| c.get() != "null"),
-                })
+                Ok(DataOutline { counts })
             }
         }
         d.deserialize_map(Visit(std::marker::PhantomData))
@@ -587,31 +619,41 @@ impl<'de: 'a, 'a> Deserialize<'de> for DataOutline<'a> {
 }
 
 /// The header fields `get_counts` and the lookup by name read, each as written.
-#[derive(Deserialize)]
+#[derive(Default)]
 struct HeaderOutline<'a> {
-    #[serde(default, borrow, deserialize_with = "present")]
-    name: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "present")]
-    memory_slots: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "present")]
-    creg_sizes: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "present")]
-    time_taken: Option<&'a RawValue>,
+    name: Option<&'a str>,
+    memory_slots: Option<&'a str>,
+    creg_sizes: Option<&'a str>,
+    time_taken: Option<&'a str>,
 }
 
 type CountsLayout = (Option<u64>, Option<Vec<(String, u64)>>);
 
-impl HeaderOutline<'_> {
+impl<'a> HeaderOutline<'a> {
+    fn read(text: &'a str) -> Result<Self, WireError> {
+        let mut h = HeaderOutline::default();
+        for (key, value) in Members::of(text)? {
+            match key?.as_ref() {
+                "name" => set(&mut h.name, value, "name")?,
+                "memory_slots" => set(&mut h.memory_slots, value, "memory_slots")?,
+                "creg_sizes" => set(&mut h.creg_sizes, value, "creg_sizes")?,
+                "time_taken" => set(&mut h.time_taken, value, "time_taken")?,
+                _ => {}
+            }
+        }
+        Ok(h)
+    }
+
     /// `memory_slots` and `creg_sizes` when the outline can format counts with them.
     fn layout(&self) -> Option<CountsLayout> {
-        if self.time_taken.is_some_and(|t| t.get() != "null") {
+        if self.time_taken.is_some_and(|t| t != "null") {
             return None;
         }
-        let slots = match self.memory_slots.map(|v| v.get()) {
+        let slots = match self.memory_slots {
             None | Some("null") => None,
             Some(v) => Some(v.parse::<u64>().ok()?),
         };
-        let cregs = match self.creg_sizes.map(|v| v.get()) {
+        let cregs = match self.creg_sizes {
             None | Some("null") => None,
             Some(v) => Some(serde_json::from_str::<Vec<(String, u64)>>(v).ok()?),
         };
@@ -619,9 +661,105 @@ impl HeaderOutline<'_> {
     }
 }
 
-/// A field that is present, whatever its value (`null` included).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&'de RawValue>::deserialize(d).map(Some)
+fn refused(what: &str) -> WireError {
+    WireError::Json(format!("{what}: left to qiskit"))
+}
+
+fn set<'a>(slot: &mut Option<&'a str>, value: &'a str, name: &str) -> Result<(), WireError> {
+    if slot.replace(value).is_some() {
+        return Err(refused(&format!("'{name}' given twice")));
+    }
+    Ok(())
+}
+
+/// The members of a JSON object already validated (a `RawValue`'s text): each key (its
+/// text decoded) and its value's text. Values are skipped by bracket and quote matching,
+/// not parsed.
+struct Members<'a> {
+    bytes: &'a [u8],
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> Members<'a> {
+    fn of(text: &'a str) -> Result<Self, WireError> {
+        let bytes = text.as_bytes();
+        let at = skip_ws(bytes, 0);
+        if bytes.get(at) != Some(&b'{') {
+            return Err(refused("not an object"));
+        }
+        Ok(Members {
+            bytes,
+            text,
+            at: at + 1,
+        })
+    }
+}
+
+impl<'a> Iterator for Members<'a> {
+    type Item = (Result<Cow<'a, str>, WireError>, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let b = self.bytes;
+        let mut at = skip_ws(b, self.at);
+        if b.get(at) == Some(&b',') {
+            at = skip_ws(b, at + 1);
+        }
+        if b.get(at) != Some(&b'"') {
+            return None; // `}`
+        }
+        let key_end = skip_value(b, at);
+        let raw_key = &self.text[at..key_end];
+        let key = if raw_key.contains('\\') {
+            serde_json::from_str::<String>(raw_key)
+                .map(Cow::Owned)
+                .map_err(WireError::from)
+        } else {
+            Ok(Cow::Borrowed(&raw_key[1..raw_key.len() - 1]))
+        };
+        let colon = skip_ws(b, key_end);
+        let start = skip_ws(b, colon + 1);
+        let end = skip_value(b, start);
+        self.at = end;
+        Some((key, &self.text[start..end]))
+    }
+}
+
+fn skip_ws(b: &[u8], mut at: usize) -> usize {
+    while at < b.len() && matches!(b[at], b' ' | b'\t' | b'\n' | b'\r') {
+        at += 1;
+    }
+    at
+}
+
+/// The end of the (valid) JSON value starting at `at`.
+fn skip_value(b: &[u8], mut at: usize) -> usize {
+    let mut depth = 0usize;
+    while at < b.len() {
+        match b[at] {
+            b'"' => {
+                at += 1;
+                while at < b.len() && b[at] != b'"' {
+                    at += if b[at] == b'\\' { 2 } else { 1 };
+                }
+                at += 1;
+                if depth == 0 {
+                    return at;
+                }
+                continue;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => match depth {
+                0 => return at,
+                1 => return at + 1,
+                _ => depth -= 1,
+            },
+            b',' | b' ' | b'\t' | b'\n' | b'\r' if depth == 0 => return at,
+            _ => {}
+        }
+        at += 1;
+    }
+    at
 }
 
 /// The distinct keys and bitstrings of an outline.
@@ -650,7 +788,9 @@ impl KeyTable {
         if !raw.starts_with('{') {
             return Ok(None);
         }
-        let pairs: Vec<(Key<'_>, &RawValue)> = serde_json::from_str::<RawPairs<'_>>(raw)?.0;
+        let pairs = Members::of(raw)?
+            .map(|(k, v)| k.map(|k| (k, v)))
+            .collect::<Result<Vec<_>, _>>()?;
         // `Counts` formats with `memory_slots` and `creg_sizes` only when they are truthy.
         let slots = memory_slots.filter(|&n| n > 0);
         let cregs: Vec<u64> = creg_sizes
@@ -671,8 +811,8 @@ impl KeyTable {
         let start = out.pairs.len();
         let stamp = u32::try_from(experiment + 1).unwrap_or(u32::MAX);
         for (key, value) in pairs {
-            let key = key.0.as_ref();
-            let (Some(digits), Ok(n)) = (key.strip_prefix("0x"), value.get().parse::<u64>()) else {
+            let key = key.as_ref();
+            let (Some(digits), Ok(n)) = (key.strip_prefix("0x"), value.parse::<u64>()) else {
                 out.pairs.truncate(start);
                 return Ok(None);
             };
@@ -716,32 +856,6 @@ impl KeyTable {
             memory_slots,
             creg_sizes,
         }))
-    }
-}
-
-/// A JSON object as its `(key, raw value)` pairs in document order, duplicates kept.
-struct RawPairs<'a>(Vec<(Key<'a>, &'a RawValue)>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for RawPairs<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
-            type Value = RawPairs<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<M: serde::de::MapAccess<'de>>(
-                self,
-                mut map: M,
-            ) -> Result<Self::Value, M::Error> {
-                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(16));
-                while let Some(entry) = map.next_entry()? {
-                    out.push(entry);
-                }
-                Ok(RawPairs(out))
-            }
-        }
-        d.deserialize_map(Visit(std::marker::PhantomData))
     }
 }
 
@@ -869,5 +983,26 @@ mod tests {
         let out = outline(odd.as_bytes()).expect("an outline");
         assert!(!out.names_ok);
         assert!(out.experiments[0].counts.is_none() && out.experiments[0].name.is_none());
+    }
+
+    #[test]
+    fn members_skip_nested_values_and_strings() {
+        let text = "{ \"a\" : 1 ,\"b\":[1,{\"c\":\"x}]\\\"\"}],\n\"d\\u0065\": \"q\\\\\",\"e\":true,\"f\":{}}";
+        let got: Vec<(String, &str)> = Members::of(text)
+            .expect("an object")
+            .map(|(k, v)| (k.expect("a key").into_owned(), v))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a".to_owned(), "1"),
+                ("b".to_owned(), "[1,{\"c\":\"x}]\\\"\"}]"),
+                ("de".to_owned(), "\"q\\\\\""),
+                ("e".to_owned(), "true"),
+                ("f".to_owned(), "{}"),
+            ]
+        );
+        assert_eq!(Members::of("{}").expect("an object").count(), 0);
+        assert!(Members::of("[1]").is_err());
     }
 }

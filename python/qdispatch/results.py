@@ -261,7 +261,8 @@ class LazyResult(Result):
     def __reduce_ex__(self, protocol: Any) -> Any:
         # A plain ``Result`` with the same state (pickle's ``__newobj__`` would insist on
         # this class); its experiments pickle as plain ones.
-        return (copyreg._reconstructor, (Result, object, None), self.__dict__)
+        reconstruct = copyreg._reconstructor  # type: ignore[attr-defined]  # not in typeshed
+        return (reconstruct, (Result, object, None), self.__dict__)
 
 
 def _lazy_result(top: dict[str, Any], experiments: list[ExperimentResult]) -> Result:

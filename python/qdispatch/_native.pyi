@@ -4,6 +4,7 @@ from collections.abc import Sequence
 from typing import Any, final
 
 from qiskit.circuit import QuantumCircuit
+from qiskit.result import Counts
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
@@ -18,6 +19,7 @@ __all__ = [
     "NamePattern",
     "PayloadError",
     "QobjSummary",
+    "ResultOutline",
     "StreamTimeoutError",
     "bitarray_counts",
     "bitarray_counts_by_position",
@@ -90,6 +92,31 @@ class QobjSummary:
     def n_instructions(self) -> int: ...
     @property
     def max_qubits(self) -> int: ...
+
+@final
+class ResultOutline:
+    """The outline of a qiskit Result dict (JSON bytes): where each experiment lies in the
+    bytes, its name, and its counts where they can be built without qiskit's constructor.
+    ``MalformedPayloadError`` for a document ``Result.from_dict`` might refuse or read
+    otherwise."""
+
+    def __new__(cls, result_json: bytes) -> ResultOutline: ...
+    @property
+    def top(self) -> bytes:
+        """The members other than ``results``, as a JSON object."""
+    @property
+    def names_ok(self) -> bool:
+        """Whether every experiment's header is an object, null or absent."""
+    def __len__(self) -> int: ...
+    def span(self, index: int) -> tuple[int, int]:
+        """The ``(start, end)`` byte range of experiment ``index``'s JSON object."""
+    def names(self) -> list[str | None]:
+        """Each experiment's name as qiskit's lookup by name matches it (``""`` for a
+        header without one), ``None`` where none can match."""
+    def counts(self, index: int) -> Counts | None:
+        """Experiment ``index``'s ``Counts``, equal to what ``Result.get_counts(index)``
+        builds; ``None`` when the experiment did not succeed or its counts are left to
+        qiskit."""
 
 def validate_qobj(qobj: bytes, backend: BackendSpec) -> QobjSummary:
     """Validates a QasmQobj (JSON bytes) against a backend."""

@@ -30,6 +30,7 @@ from .exceptions import (
 )
 from .models import BackendProperties, QueueInfo, updated_tags
 from .qobj import PulseQobj, QasmQobj
+from .results import result_from_json
 
 if TYPE_CHECKING:
     from .backend import QDispatchBackend
@@ -315,7 +316,7 @@ class IBMQJob(JobV1):
                 "partial=True) for the results of the experiments that succeeded, if any."
             )
         raw = self._api.job_results(self._job_id, Family.IBMQ)
-        self._result = Result.from_dict(orjson.loads(raw))
+        self._result = result_from_json(raw)
         return self._result
 
     # -- the job's record -----------------------------------------------------------------

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from qiskit.circuit import QuantumCircuit
 from qiskit.providers import JobStatus
 from qiskit.result import Result
@@ -30,6 +29,7 @@ from ..exceptions import (
     IBMQManagedResultDataNotAvailable,
 )
 from ..qobj import QasmQobj
+from ..results import result_from_json
 
 if TYPE_CHECKING:
     from ..backend import QDispatchBackend
@@ -148,7 +148,7 @@ class ManagedJob:
         raw = self._fetch(timeout, partial, refresh)
         if raw is None:
             return None
-        self._result = Result.from_dict(orjson.loads(raw))
+        self._result = result_from_json(raw)
         return self._result
 
     def _fetch(self, timeout: float | None, partial: bool, refresh: bool = False) -> bytes | None:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from qiskit.circuit import QuantumCircuit
 from qiskit.result import Result
 
 from ..exceptions import IBMQJobManagerJobNotFound, IBMQManagedResultDataNotAvailable
+from ..results import combine_result_json, result_from_json
 
 if TYPE_CHECKING:
     from .managedjob import ManagedJob
@@ -59,7 +59,7 @@ class ManagedResults:
     def _result(self, mjob: ManagedJob) -> Result:
         if mjob._result is None:
             assert mjob._raw_result is not None
-            mjob._result = Result.from_dict(orjson.loads(mjob._raw_result))
+            mjob._result = result_from_json(mjob._raw_result)
         return mjob._result
 
     def data(self, experiment: int | str | QuantumCircuit) -> dict[str, Any]:
@@ -102,8 +102,7 @@ class ManagedResults:
         Raises:
             IBMQManagedResultDataNotAvailable: If a job's result is not available.
         """
-        merged: dict[str, Any] | None = None
-        experiments: list[Any] = []
+        parts: list[bytes] = []
         for mjob in self._job_set.managed_jobs():
             if mjob._raw_result is None:
                 why = mjob.error_message() or "its job has no result"
@@ -111,13 +110,7 @@ class ManagedResults:
                     f"cannot combine: job index {mjob.job_index} (experiments "
                     f"{mjob.start_index}-{mjob.end_index}) has no result: {why}"
                 )
-            part = orjson.loads(mjob._raw_result)
-            experiments.extend(part.get("results", []))
-            if merged is None:
-                merged = part
-            merged["success"] = merged.get("success", True) and part.get("success", True)
-        if merged is None:
+            parts.append(mjob._raw_result)
+        if not parts:
             raise IBMQManagedResultDataNotAvailable("this job set has no jobs")
-        merged["results"] = experiments
-        merged["job_id"] = self._job_set.job_set_id()
-        return Result.from_dict(merged)
+        return combine_result_json(parts, self._job_set.job_set_id())

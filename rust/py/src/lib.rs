@@ -9,6 +9,7 @@ mod client;
 mod encoding;
 mod filter;
 mod rebuild;
+mod results;
 
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
@@ -288,6 +289,9 @@ mod _native {
 
     #[pymodule_export]
     use super::rebuild::qobj_to_circuits;
+
+    #[pymodule_export]
+    use super::results::ResultOutline;
 
     #[pymodule_export]
     use super::encoding::{

@@ -1,0 +1,312 @@
+"""Results built from the service's JSON without building every experiment up front.
+
+``Result.from_dict(orjson.loads(raw))`` makes Python objects of every experiment's header,
+data and metadata, most of a second for 10k experiments, before anything is read.
+:func:`result_from_json` reads the JSON's outline natively (``_native.ResultOutline``:
+where each experiment lies in the bytes, its name, its counts) and returns a
+:class:`LazyResult`: a ``qiskit.result.Result`` whose ``results`` is a plain list of
+experiments that are built by qiskit's own ``ExperimentResult.from_dict`` from their bytes
+the first time anything of them is read (each then *is* a plain ``ExperimentResult``).
+``get_counts`` builds each ``Counts`` straight from the outline, equal to the one qiskit
+builds (keys, ``hex_raw``, ``int_raw``, ``creg_sizes``, ``memory_slots``); a lookup by
+name uses the outline's names while the experiments are unread and in their places.
+Everything else (``data``, ``get_memory``, ``to_dict``, ``repr``…) is qiskit's code on
+the experiments it reads. Pickling or deep-copying gives a plain ``Result``.
+
+JSON that ``Result.from_dict`` might refuse, or read other than the outline does (no
+``results`` list, an experiment without ``shots``, ``success`` or a ``data`` object, a bad
+``meas_return``, a tracked field written twice…), is built eagerly by ``Result.from_dict``,
+which raises its own errors. The bytes are held until every experiment is built.
+"""
+
+from __future__ import annotations
+
+import copyreg
+import threading
+import warnings
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from qiskit.circuit import QuantumCircuit
+from qiskit.exceptions import QiskitError
+from qiskit.result import Result
+from qiskit.result.models import ExperimentResult
+
+from . import _native
+
+__all__ = ["LazyResult", "combine_result_json", "result_from_json"]
+
+#: The key of an unbuilt experiment's state: ``(source, index)``.
+_LAZY = "_qdispatch_lazy"
+
+#: Building an experiment swaps its state and class; one thread at a time.
+_BUILD_LOCK = threading.Lock()
+
+
+class _Source:
+    """One result document: its bytes, its outline, and how many of its experiments have
+    been built (a lookup by name trusts the outline's names only while none has been)."""
+
+    __slots__ = ("_names", "built", "outline", "raw")
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = bytes(raw)
+        self.outline = _native.ResultOutline(self.raw)
+        self.built = 0
+        self._names: list[str | None] | None = None
+
+    def names(self) -> list[str | None]:
+        if self._names is None:
+            self._names = self.outline.names()
+        return self._names
+
+    def experiments(self) -> list[ExperimentResult]:
+        new = object.__new__
+        out = []
+        for index in range(len(self.outline)):
+            exp = new(_LazyExperimentResult)
+            exp.__dict__[_LAZY] = (self, index)
+            out.append(exp)
+        return out
+
+
+def _build(exp: ExperimentResult) -> None:
+    """Builds an unbuilt experiment from its bytes, turning it into a plain
+    ``ExperimentResult``; waits for another thread building it."""
+    with _BUILD_LOCK:
+        state = exp.__dict__
+        lazy = state.get(_LAZY)
+        if lazy is None:
+            return
+        source, index = lazy
+        start, end = source.outline.span(index)
+        built = ExperimentResult.from_dict(orjson.loads(memoryview(source.raw)[start:end]))
+        state.clear()
+        state.update(built.__dict__)
+        object.__setattr__(exp, "__class__", ExperimentResult)
+        source.built += 1
+
+
+class _LazyExperimentResult(ExperimentResult):
+    """An ``ExperimentResult`` not built yet: any attribute read or written builds it
+    (qiskit's ``from_dict`` of its bytes), after which it is a plain ``ExperimentResult``."""
+
+    def __getattr__(self, name: str) -> Any:
+        _build(self)
+        return getattr(self, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        _build(self)
+        setattr(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        _build(self)
+        delattr(self, name)
+
+    def __dir__(self) -> list[str]:
+        _build(self)
+        return dir(self)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        _build(self)
+        return self.__reduce_ex__(protocol)
+
+    @property
+    def _metadata(self) -> dict[str, Any]:
+        # The class attribute ``ExperimentResult._metadata`` would answer otherwise.
+        _build(self)
+        metadata: dict[str, Any] = self._metadata
+        return metadata
+
+
+class _NameIndex:
+    """The first position of each name in a result's experiments, valid while the list
+    holds the same unbuilt experiments."""
+
+    __slots__ = ("first", "repeated", "snapshot", "sources")
+
+    def __init__(
+        self,
+        snapshot: list[Any],
+        sources: dict[_Source, int],
+        first: dict[str, int],
+        repeated: set[str],
+    ) -> None:
+        self.snapshot = snapshot
+        self.sources = sources
+        self.first = first
+        self.repeated = repeated
+
+    def valid(self, results: Any) -> bool:
+        return all(s.built == n for s, n in self.sources.items()) and results == self.snapshot
+
+
+_NAME_INDEXES: weakref.WeakKeyDictionary[LazyResult, _NameIndex] = weakref.WeakKeyDictionary()
+
+
+def _name_index(results: Any) -> _NameIndex | None:
+    """The names of ``results`` from the outlines, or ``None`` when any experiment has
+    been built (or replaced): qiskit then reads the headers."""
+    if not isinstance(results, list):
+        return None
+    first: dict[str, int] = {}
+    repeated: set[str] = set()
+    sources: dict[_Source, int] = {}
+    for position, exp in enumerate(results):
+        if type(exp) is not _LazyExperimentResult:
+            return None
+        lazy = exp.__dict__.get(_LAZY)
+        if lazy is None:
+            return None
+        source, index = lazy
+        if source not in sources:
+            if not source.outline.names_ok:
+                return None
+            sources[source] = source.built
+        name = source.names()[index]
+        if name is None:
+            continue
+        if name in first:
+            repeated.add(name)
+        else:
+            first[name] = position
+    return _NameIndex(list(results), sources, first, repeated)
+
+
+def _repeated_name(name: str) -> None:
+    warnings.warn(  # qiskit's words
+        f'Result object contained multiple results matching name "{name}", '
+        "only first match will be returned. Use an integer index to "
+        "retrieve results for all entries.",
+        stacklevel=4,
+    )
+
+
+class LazyResult(Result):
+    """A ``qiskit.result.Result`` whose experiments are built on first access and whose
+    counts come from the native outline of its JSON (see :mod:`qdispatch.results`).
+    Equal, accessor by accessor, to ``Result.from_dict`` of the same JSON; it pickles and
+    deep-copies as a plain ``Result``."""
+
+    def _position(self, name: str) -> int | None:
+        """The position of the experiment named ``name``, ``-1`` when there is none;
+        ``None`` when only qiskit's scan of the headers can say."""
+        index = _NAME_INDEXES.get(self)
+        if index is None or not index.valid(self.results):
+            index = _name_index(self.results)
+            if index is None:
+                _NAME_INDEXES.pop(self, None)
+                return None
+            _NAME_INDEXES[self] = index
+        return index.first.get(name, -1)
+
+    def _repeated(self, name: str) -> bool:
+        index = _NAME_INDEXES.get(self)
+        return index is not None and name in index.repeated
+
+    def _get_experiment(self, key: Any = None) -> Any:
+        if isinstance(key, QuantumCircuit):
+            key = key.name
+        if isinstance(key, str):
+            position = self._position(key)
+            if position == -1:
+                raise QiskitError(f'Data for experiment "{key}" could not be found.')
+            if position is not None:
+                if self._repeated(key):
+                    _repeated_name(key)
+                key = position
+        return super()._get_experiment(key)
+
+    def _fast_counts(self, key: Any) -> Any:
+        """The counts of experiment ``key`` from the outline; ``None`` when qiskit must
+        build them (a built or foreign experiment, a failed one, counts the outline does
+        not hold, a key qiskit would refuse)."""
+        if isinstance(key, QuantumCircuit):
+            key = key.name
+        name = None
+        if isinstance(key, str):
+            name, key = key, self._position(key)
+            if key is None or key == -1:
+                return None
+        if not isinstance(key, int):
+            return None
+        try:
+            exp = self.results[key]
+        except (IndexError, TypeError):
+            return None
+        if type(exp) is not _LazyExperimentResult:
+            return None
+        lazy = exp.__dict__.get(_LAZY)
+        if lazy is None:
+            return None
+        source, index = lazy
+        counts = source.outline.counts(index)
+        if counts is not None and name is not None and self._repeated(name):
+            # qiskit's get_counts looks the name up three times, warning each time.
+            for _ in range(3):
+                _repeated_name(name)
+        return counts
+
+    def get_counts(self, experiment: Any = None) -> Any:
+        """Get the histogram data of an experiment (qiskit's ``Result.get_counts``)."""
+        keys: Sequence[Any] = range(len(self.results)) if experiment is None else [experiment]
+        out = []
+        for key in keys:
+            counts = self._fast_counts(key)
+            out.append(counts if counts is not None else super().get_counts(key))
+        return out[0] if len(out) == 1 else out
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # A plain ``Result`` with the same state (pickle's ``__newobj__`` would insist on
+        # this class); its experiments pickle as plain ones.
+        reconstruct = copyreg._reconstructor  # type: ignore[attr-defined]  # not in typeshed
+        return (reconstruct, (Result, object, None), self.__dict__)
+
+
+def _lazy_result(top: dict[str, Any], experiments: list[ExperimentResult]) -> Result:
+    top["results"] = experiments
+    return LazyResult(**top)
+
+
+def result_from_json(raw: bytes) -> Result:
+    """The ``qiskit.result.Result`` of a result document (the service's JSON), equal to
+    ``Result.from_dict(orjson.loads(raw))``, its experiments built on access."""
+    try:
+        source = _Source(raw)
+    except _native.MalformedPayloadError:
+        return Result.from_dict(orjson.loads(raw))
+    return _lazy_result(orjson.loads(source.outline.top), source.experiments())
+
+
+def combine_result_json(parts: Sequence[bytes], job_id: str) -> Result:
+    """One ``Result`` of the experiments of every document of ``parts`` in order: the
+    first document's fields, ``success`` only if every part's is, and ``job_id``."""
+    if not parts:
+        raise ValueError("no results to combine")
+    try:
+        sources = [_Source(raw) for raw in parts]
+    except _native.MalformedPayloadError:
+        return _combine_eagerly(parts, job_id)
+    tops = [orjson.loads(source.outline.top) for source in sources]
+    merged = tops[0]
+    for top in tops:
+        merged["success"] = merged.get("success", True) and top.get("success", True)
+    merged["job_id"] = job_id
+    return _lazy_result(merged, [exp for source in sources for exp in source.experiments()])
+
+
+def _combine_eagerly(parts: Sequence[bytes], job_id: str) -> Result:
+    merged: dict[str, Any] | None = None
+    experiments: list[Any] = []
+    for raw in parts:
+        part = orjson.loads(raw)
+        experiments.extend(part.get("results", []))
+        if merged is None:
+            merged = part
+        merged["success"] = merged.get("success", True) and part.get("success", True)
+    assert merged is not None
+    merged["results"] = experiments
+    merged["job_id"] = job_id
+    return Result.from_dict(merged)

@@ -258,9 +258,11 @@ def test_another_users_job_goes_ahead_of_a_big_jobs_remaining_shards(
     svc: ServiceProcess,
 ) -> None:
     operator = _operator(svc)
+    # Two users new to the service: neither has used any time yet, so the older job
+    # (ann's) is dispatched first, with both workers free.
     bob_token = svc.token_for("bob-sharding")
     bob = svc.client(bob_token)
-    ann_service = qdispatch.connect(svc.url, token=svc.token)
+    ann_service = qdispatch.connect(svc.url, token=svc.token_for("ann-sharding"))
     bob_service = qdispatch.connect(svc.url, token=bob_token)
     try:
         _fair_share(svc, operator, bob, ann_service, bob_service)
@@ -274,12 +276,12 @@ def _fair_share(
 ) -> None:
     assert operator.post("/backends/aer_simulator/pause").status_code == 200
     try:
-        big, expected = _submit_slow(ann_service, 16, 300)  # the local user's: first in line
+        big, expected = _submit_slow(ann_service, 16, 300)  # first in line
         circuits = [deterministic(i) for i in range(3)]
         small = Sampler(mode=bob_service.backend("aer_simulator")).run(circuits, shots=10)
     finally:
         assert operator.post("/backends/aer_simulator/resume").status_code == 200
-    client = svc.client()
+    client = operator  # operators see every user's jobs
     # The big job takes one worker (its first shard), bob's job the other: bob's runs
     # before any shard of the big job is done.
     seen = []

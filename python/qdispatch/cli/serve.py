@@ -92,6 +92,7 @@ def _config(args: argparse.Namespace, db: Path, port: int) -> ServiceConfig:
         session_idle_timeout=args.session_idle_timeout,
         heartbeat_seconds=args.heartbeat,
         max_attempts=args.max_attempts,
+        shard_min_pubs=args.shard_min_pubs,
         drain_timeout=args.drain_timeout,
         job_time_limit=args.job_time_limit or None,
         retention=args.retention,
@@ -365,6 +366,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=float,
         default=64,
         help="a job's interim results and log lines, in all; later ones are dropped (0: none)",
+    )
+    serve.add_argument(
+        "--shard-min-pubs",
+        type=int,
+        default=64,
+        help="run a sampler/estimator job as shards on the free workers, each of at least "
+        "this many pubs (estimated executions); 0: never shard",
     )
     serve.add_argument(
         "--dedicated-share",

@@ -100,6 +100,10 @@ class ServiceConfig:
     session_idle_timeout: float = 300.0
     heartbeat_seconds: float = 10.0
     max_attempts: int = 3
+    #: Sharding (docs/service.md, "Sharding"): a sampler or estimator job runs as up to
+    #: as many shards as there are free slots, each of at least this many of its estimated
+    #: executions (its pubs, when they have no parameters); 0 never shards.
+    shard_min_pubs: int = 64
     #: On SIGTERM/SIGINT, seconds the running jobs get to finish before they are requeued.
     drain_timeout: float = 20.0
     #: seconds a job may run on a worker before it is stopped (``None``: no limit)
@@ -136,6 +140,8 @@ class ServiceConfig:
 
     def __post_init__(self) -> None:
         # A limit that cannot hold is refused at start, not found out by the first user.
+        if self.shard_min_pubs < 0:
+            raise ValueError("shard_min_pubs must be 0 (never shard) or more")
         if self.max_active_jobs is not None and self.max_active_jobs < 0:
             raise ValueError("max_active_jobs must be 0 (unlimited) or more")
         if self.max_job_shots < 1 or self.max_result_bytes < 1:

@@ -43,7 +43,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
 from ..codes import TIME_LIMIT_EXCEEDED
-from .programs import ProgramRef
+from .programs import ProgramRef, sharding
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,8 @@ class Task:
     kind: str
     inputs: bytes
     program: ProgramRef | None = None
+    #: (index, count): run only this shard of a primitive job's pubs (``programs.sharding``)
+    shard: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -158,12 +160,20 @@ def run_task(task: Task, threads: int, emit: OnEvent) -> Reply:
             # lazy: like runner, a worker imports it (and qiskit) at its first program job
             from .programs.worker import ProgramFailed, run_program  # noqa: PLC0415
 
+            inputs, span = task.inputs, None
+            if task.shard is not None:
+                inputs, span = sharding.slice_inputs(task.inputs, *task.shard)
+                if span.start == span.stop:  # more shards than pubs: nothing to run
+                    return Reply(result=sharding.envelope(span, None), timings={})
             try:
-                result, timings = run_program(
-                    task.program, task.backend, task.inputs, threads, emit
-                )
+                result, timings = run_program(task.program, task.backend, inputs, threads, emit)
             except ProgramFailed as exc:
-                return Reply(error=exc.message, code=PROGRAM_FAILED, timings=exc.timings)
+                message = exc.message
+                if span is not None:  # the pubs' indices in the message are the shard's
+                    message = f"pubs {span.start}-{span.stop - 1} of {span.pubs}: {message}"
+                return Reply(error=message, code=PROGRAM_FAILED, timings=exc.timings)
+            if span is not None:
+                result = sharding.envelope(span, result)
             return Reply(result=result, timings=timings)
         return Reply(error=f"job kind '{task.kind}' cannot run on this service")
     except Exception as exc:

@@ -71,8 +71,9 @@ from .. import _native
 from .. import codes as E
 from ..constants import CANCELLED, DONE, ERROR, FINAL_STATUSES, QUEUED, RUNNING
 from .errors import StorageFull
-from .executors import Executor, Outcome, Task
-from .programs import ProgramRef
+from .executors import Executor, Outcome, Task, time_limit_outcome
+from .programs import ProgramRef, sharding
+from .shards import SHARD_MIN_PUBS, ShardedJob, shard_count
 from .spool import Spool
 from .store import Event, Job, Store, compress
 from .stream import Hub
@@ -110,6 +111,9 @@ class _Queued:
     n_experiments: int
     order: int  # arrival order, for fairness ties and for "oldest head first"
     tier: int
+    #: a shard of a sharded job (``job_id`` is then the shard's key, ``parent`` the job's)
+    shard: int | None = None
+    parent: str | None = None
 
 
 @dataclass
@@ -127,10 +131,11 @@ class _Running:
     recorded: bool = False  # RUNNING is in the store (and the attempt counted)
     released: bool = False  # its slot has been given back
     event_bytes: int = 0  # interim results and log lines stored for it so far
-    #: what those may reach: the per-job budget, or less when that is what is left of the
-    #: owner's storage quota as the job starts (``quota_bound`` then); None: no limit
+    #: with ``quota_bound``, what those may reach instead of the per-job budget: what was
+    #: left of the owner's storage quota as the job started, when that is less
     event_limit: int | None = None
     quota_bound: bool = False
+    shard: int | None = None  # the slot of a sharded job's shard (keyed by its shard key)
 
 
 @dataclass
@@ -162,8 +167,12 @@ class Scheduler:
         max_event_bytes: int | None = None,
         spool: Spool | None = None,
         max_user_store_bytes: int | None = None,
+        shard_min_pubs: int = SHARD_MIN_PUBS,
     ):
         self.store = store
+        self.shard_min_pubs = shard_min_pubs
+        # Jobs running as shards (docs/service.md, "Sharding"), by job id.
+        self._sharded: dict[str, ShardedJob] = {}
         self.hub = hub
         self.executor = executor
         self.max_attempts = max_attempts
@@ -259,7 +268,13 @@ class Scheduler:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.executor.close()
-        for job_id, run in running:
+        unfinished = [
+            (sharded.job_id, sharded.parent)
+            for sharded in self._sharded.values()
+            if not sharded.ended and not sharded.parent.cancelled
+        ]
+        self._sharded.clear()
+        for job_id, run in [*((k, r) for k, r in running if r.shard is None), *unfinished]:
             if run.on_worker and not run.cancelled and run.recorded:
                 try:
                     self.store.set_status(
@@ -390,7 +405,7 @@ class Scheduler:
         self._enqueue(job)
 
     def _enqueue(self, job: Job) -> None:
-        if job.id in self._queued or job.id in self._running:
+        if job.id in self._queued or job.id in self._running or job.id in self._sharded:
             return  # already here (the watchdog found it while its route was queueing it)
         dedicated = job.session_id and self.store.session_mode(job.session_id) == "dedicated"
         tier = _DEDICATED if dedicated else _SHARED
@@ -423,9 +438,18 @@ class Scheduler:
         return len(self._queued) + len(self._running)
 
     def active_jobs_of(self, user: str) -> int:
-        """How many of ``user``'s jobs are queued or running, on every backend."""
-        queued = sum(len(tier[b].get(user, ())) for tier in self._tiers for b in tier)
-        return queued + self._running_per_user.get(user, 0)
+        """How many of ``user``'s jobs are queued or running, on every backend (a job
+        running as shards counts once)."""
+        queued = sum(
+            1
+            for tier in self._tiers
+            for b in tier
+            for entry in tier[b].get(user, ())
+            if entry.shard is None
+        )
+        running = sum(1 for r in self._running.values() if r.owner == user and r.shard is None)
+        sharded = sum(1 for s in self._sharded.values() if s.owner == user)
+        return queued + running + sharded
 
     def priority_slots(self) -> int:
         """How many workers the jobs of dedicated sessions may take ahead of other jobs:
@@ -437,8 +461,14 @@ class Scheduler:
         return sum(1 for r in self._running.values() if r.tier == _DEDICATED)
 
     def pending_jobs(self, backend: str) -> int:
-        """How many jobs wait in ``backend``'s queue."""
-        return sum(len(q) for tier in self._tiers for q in tier.get(backend, {}).values())
+        """How many jobs wait in ``backend``'s queue (shards of running jobs are not)."""
+        return sum(
+            1
+            for tier in self._tiers
+            for q in tier.get(backend, {}).values()
+            for entry in q
+            if entry.shard is None
+        )
 
     def _recent_usage(self, user: str, now: float) -> float:
         seconds, since = self._usage.get(user, (0.0, now))
@@ -609,6 +639,9 @@ class Scheduler:
         self._changed()
 
     def _start(self, entry: _Queued) -> None:
+        if entry.shard is not None:
+            self._start_shard(entry)
+            return
         job = self.store.job(entry.job_id)
         if job is None or job.status != QUEUED:
             return
@@ -636,6 +669,11 @@ class Scheduler:
                 )
                 self._publish(job.id, events)
                 return
+        free = self.executor.capacity - len(self._running)
+        count = shard_count(program, job.n_experiments, free, self.shard_min_pubs)
+        if program is not None and count > 1:
+            self._start_sharded(job, entry, program, count)
+            return
         # Everything that can fail comes before the slot is taken: nothing to undo.
         task = Task(job.id, job.backend, job.kind, self.store.inputs(job.id), program)
         running = _Running(
@@ -650,10 +688,8 @@ class Scheduler:
             # restart) starts with what its earlier attempts published.
             event_bytes=self.store.event_bytes(job.id, EVENT_OVERHEAD_BYTES) if job.attempts else 0,
         )
-        running.event_limit = self.max_event_bytes
-        if quota_left is not None and (
-            running.event_limit is None or quota_left < running.event_limit
-        ):
+        budget = self.max_event_bytes
+        if quota_left is not None and (budget is None or quota_left < budget):
             running.event_limit, running.quota_bound = running.event_bytes + quota_left, True
         self._running[job.id] = running
         self._running_per_user[job.owner] += 1
@@ -661,6 +697,218 @@ class Scheduler:
         # The slot is given back when the task ends, however it ends: a task cancelled
         # before its first step never runs its coroutine's ``finally``, but this runs.
         running.task.add_done_callback(lambda _: self._release(job.id, running))
+
+    # -- sharded jobs (server/shards.py) -------------------------------------------------
+
+    def _start_sharded(self, job: Job, entry: _Queued, program: ProgramRef, count: int) -> None:
+        """Start ``job`` as ``count`` shards: the first takes the slot the job was given,
+        the others wait at the head of the owner's queue, ranked by fair share."""
+        parent = _Running(
+            entry.owner,
+            entry.backend,
+            entry.n_experiments,
+            time.monotonic(),
+            session_id=job.session_id,
+            kind=job.kind,
+            tier=entry.tier,
+            released=True,  # the job holds no slot: its shards do
+        )
+        sharded = ShardedJob(
+            job.id, entry.owner, program, self.store.inputs(job.id), count, parent, entry.tier
+        )
+        self._sharded[job.id] = sharded
+        for index in reversed(range(count)):
+            self._queue_shard(sharded, index)
+        log.info("job %s runs as %d shards", job.id, count)
+        first = self._tiers[entry.tier][entry.backend][entry.owner][0]
+        self._dequeue(first)
+        self._start_shard(first)
+
+    def _queue_shard(self, sharded: ShardedJob, index: int) -> None:
+        """Queue shard ``index`` at the head of its owner's queue."""
+        parent = sharded.parent
+        entry = _Queued(
+            sharding.shard_key(sharded.job_id, index),
+            sharded.owner,
+            parent.backend,
+            max(1, parent.n_experiments // sharded.count),
+            next(self._arrivals),
+            sharded.tier,
+            shard=index,
+            parent=sharded.job_id,
+        )
+        self._put_back(entry)
+
+    def _start_shard(self, entry: _Queued) -> None:
+        sharded = self._sharded.get(entry.parent or "")
+        if sharded is None or sharded.ended or entry.shard is None:
+            return
+        index = entry.shard
+        task = Task(
+            entry.job_id,
+            entry.backend,
+            "program",
+            sharded.inputs,
+            sharded.program,
+            shard=(index, sharded.count),
+        )
+        running = _Running(
+            entry.owner,
+            entry.backend,
+            entry.n_experiments,
+            time.monotonic(),
+            session_id=sharded.parent.session_id,
+            kind="program",
+            tier=entry.tier,
+            shard=index,
+        )
+        self._running[entry.job_id] = running
+        self._running_per_user[entry.owner] += 1
+        sharded.running[index] = running
+        sharded.tries[index] = sharded.tries.get(index, 0) + 1
+        running.task = asyncio.get_running_loop().create_task(
+            self._run_shard(sharded, index, task, running)
+        )
+        key = entry.job_id
+        running.task.add_done_callback(lambda _: self._release(key, running))
+
+    def _shard_started(self, sharded: ShardedJob, running: _Running) -> None:
+        """A worker has taken a shard: the job is RUNNING from its first shard on (one
+        attempt for the whole run), and the time limit's check moves."""
+        running.started = time.monotonic()
+        running.on_worker = True
+        parent = sharded.parent
+        parent.on_worker = True
+        sharded.arm(self._time_limit(), self._shard_time_up)
+        if parent.cancelled or sharded.ended:
+            return
+        try:
+            self._record_start(sharded.job_id, parent)
+        except Exception:  # the shards run on; RUNNING is written before the outcome
+            log.exception("could not record the start of job %s; will retry", sharded.job_id)
+
+    def _time_limit(self) -> float | None:
+        limit: float | None = getattr(self.executor, "time_limit", None)
+        return limit
+
+    async def _run_shard(
+        self, sharded: ShardedJob, index: int, task: Task, running: _Running
+    ) -> None:
+        job_id = sharded.job_id
+        try:
+            outcome = await self.executor.execute(
+                task,
+                lambda: self._shard_started(sharded, running),
+                lambda kind, data: self._event(job_id, sharded.parent, kind, data),
+            )
+            part = None
+            if outcome.status == "done" and outcome.result is not None:
+                part = await _read_part(outcome.result)
+        except asyncio.CancelledError:
+            raise  # the service is stopping: the job stays RUNNING and is requeued
+        except Exception as exc:  # an executor bug, or a reply that is no shard's
+            log.exception("shard %d of job %s failed", index, job_id)
+            outcome = Outcome(
+                "error", error=f"internal error while running the job: {exc}", transient=True
+            )
+            part = None
+        finally:
+            self._release(task.job_id, running)
+            if sharded.running.get(index) is running:
+                del sharded.running[index]
+        if sharded.ended or running.cancelled or sharded.parent.cancelled:
+            return
+        if part is not None:
+            sharded.finished(index, part, outcome.seconds, outcome.timings)
+            sharded.arm(self._time_limit(), self._shard_time_up)
+            self._event(
+                job_id,
+                sharded.parent,
+                "interim",
+                sharding.progress(list(sharded.parts.values()), sharded.count),
+            )
+            if sharded.done:
+                await self._finish_sharded(sharded)
+            return
+        if outcome.status == "error" and outcome.transient:
+            tries = sharded.tries.get(index, 0)
+            if tries < self.max_attempts:
+                note = (
+                    f"qdispatch: shard {index + 1} of {sharded.count}: "
+                    f"{outcome.error or 'its run was lost'}; requeued "
+                    f"(attempt {tries} of {self.max_attempts})\n"
+                )
+                self._event(job_id, sharded.parent, "log", note)
+                self._queue_shard(sharded, index)
+                sharded.arm(self._time_limit(), self._shard_time_up)
+                return
+            outcome = Outcome(
+                "error",
+                error=f"shard {index + 1} of {sharded.count}: {outcome.error or 'its run was lost'}"
+                f"; not trying again after {tries} attempts",
+                seconds=sharded.seconds + outcome.seconds,
+                code=outcome.code,
+            )
+        elif outcome.status == "cancelled":
+            # Not by the service (that ends the job first): lost like a dead worker's.
+            outcome = Outcome("error", error="a shard was stopped", transient=True)
+        self._end_sharded(sharded)
+        self._settle(job_id, sharded.parent, outcome, None)
+
+    async def _finish_sharded(self, sharded: ShardedJob) -> None:
+        """Every shard is in: store the job's result, the pubs' results in pub order.
+        The job stays among the sharded ones until then (the watchdog leaves it be, and a
+        cancel meanwhile wins)."""
+        sharded.end()
+        try:
+            parts = list(sharded.parts.values())
+            try:
+                result = await asyncio.to_thread(sharding.merge, parts)
+            except ValueError as exc:
+                log.error("the shards of job %s do not make a result: %s", sharded.job_id, exc)
+                error = Outcome("error", error=f"internal error while running the job: {exc}")
+                self._settle(sharded.job_id, sharded.parent, error, None)
+                return
+            outcome = Outcome(
+                "done", result=result, seconds=sharded.seconds, timings=sharded.timings or None
+            )
+            prepared = None
+            if not self._too_large(result):
+                prepared = await _prepare(result, False)
+            if sharded.parent.cancelled:
+                return  # cancelled while the result was prepared: that stands
+            self._settle(sharded.job_id, sharded.parent, outcome, prepared)
+        finally:
+            if self._sharded.get(sharded.job_id) is sharded:
+                del self._sharded[sharded.job_id]
+
+    def _shard_time_up(self, sharded: ShardedJob) -> None:
+        """The time limit's check: the job's shards have used its whole time limit."""
+        limit = self._time_limit()
+        if sharded.ended:
+            return
+        if not sharded.over(limit):
+            sharded.arm(limit, self._shard_time_up)  # a shard ended meanwhile
+            return
+        used = sharded.used(time.monotonic())
+        log.warning("job %s used its time limit over its shards: stopping it", sharded.job_id)
+        self._end_sharded(sharded)
+        self._settle(sharded.job_id, sharded.parent, time_limit_outcome(limit or 0.0, used), None)
+
+    def _end_sharded(self, sharded: ShardedJob) -> None:
+        """Start no more shards of the job and stop those that run."""
+        sharded.end()
+        self._sharded.pop(sharded.job_id, None)
+        for index in range(sharded.count):
+            entry = self._queued.get(sharding.shard_key(sharded.job_id, index))
+            if entry is not None:
+                self._dequeue(entry)
+        for running in list(sharded.running.values()):
+            running.cancelled = True
+            if running.on_worker:
+                self.executor.cancel(sharding.shard_key(sharded.job_id, running.shard or 0))
+            elif running.task is not None:
+                running.task.cancel()
 
     def _release(self, job_id: str, running: _Running) -> None:
         """Give back a job's slot (once)."""
@@ -709,7 +957,7 @@ class Scheduler:
         else:
             log.warning("job %s sent an event of unknown kind %r; dropped", job_id, kind)
             return
-        limit = running.event_limit
+        limit = running.event_limit if running.quota_bound else self.max_event_bytes
         # Each event costs a row, an index entry and a message besides its payload: an
         # overhead is charged so that a budget of bytes also bounds the number of events.
         cost = len(payload) + EVENT_OVERHEAD_BYTES
@@ -888,7 +1136,7 @@ class Scheduler:
         self._retry_unsettled()
         for job in self.store.jobs_with_status(QUEUED):
             if job.id not in self._queued and job.id not in self._running:
-                if job.id in self._unsettled:
+                if job.id in self._unsettled or job.id in self._sharded:
                     continue
                 log.warning("job %s was QUEUED in the store but in no queue; queueing it", job.id)
                 self._enqueue(job)
@@ -969,6 +1217,10 @@ class Scheduler:
                 self.executor.cancel(job.id)
             elif running.task is not None:
                 running.task.cancel()  # still waiting for a free worker: just stop waiting
+        sharded = self._sharded.get(job.id)
+        if sharded is not None:
+            sharded.parent.cancelled = True
+            self._end_sharded(sharded)
         self._publish(job.id, events)
         return events
 
@@ -991,6 +1243,13 @@ class Scheduler:
             ),
             "seconds_per_experiment": rate,
         }
+
+
+async def _read_part(reply: bytes) -> sharding.Part:
+    """A shard's reply, read (a big one in a worker thread)."""
+    if len(reply) <= _BIG_RESULT:
+        return sharding.read_part(reply)
+    return await asyncio.to_thread(sharding.read_part, reply)
 
 
 def _too_large_error(size: int, limit: int | None) -> dict[str, Any]:

@@ -86,6 +86,7 @@ class Service:
             max_event_bytes=config.max_job_event_bytes or None,
             spool=Spool(spool_path(config.db)),
             max_user_store_bytes=config.max_user_store_bytes or None,
+            shard_min_pubs=config.shard_min_pubs,
         )
         self.sessions = Sessions(self.store, self.scheduler, config.session_idle_timeout)
         self.retention = Retention(self.store, config.retention) if config.retention else None

@@ -1,0 +1,106 @@
+"""One primitive job on every worker (issue 11, item 4), peers side by side in one run:
+
+2,000 circuits (5 qubits x ~50 instructions, 1024 shots) as ONE Sampler job, submitted,
+run, decoded and ``get_counts`` of every pub:
+- ``qdispatch.Sampler`` through a service with 2 workers, sharded (the default: the job
+  runs as two shards, one per worker);
+- the same through a service that never shards (``--shard-min-pubs 0``), the job on one
+  worker as before;
+- qiskit-ibm-runtime's local mode: ``SamplerV2(mode=AerSimulator())``, in-process.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from qiskit import QuantumCircuit
+from qiskit_aer import AerSimulator
+
+import qdispatch
+from qdispatch import Sampler
+from support import ServiceProcess
+from test_bench_manager import random_5q
+
+N = 2_000
+SHOTS = 1024
+
+
+@pytest.fixture(scope="module")
+def circuits() -> list[QuantumCircuit]:
+    rng = random.Random(11)
+    return [random_5q(rng, f"p{i}") for i in range(N)]
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    proc = ServiceProcess(tmp_path_factory.mktemp("bench-sharded"), "--workers", "2").start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def unsharded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    proc = ServiceProcess(
+        tmp_path_factory.mktemp("bench-unsharded"), "--workers", "2", "--shard-min-pubs", "0"
+    ).start()
+    yield proc
+    proc.stop()
+
+
+def _all_counts(result: Any) -> int:
+    """get_counts of every pub; the number of shots seen (checked by the caller)."""
+    return sum(sum(pub.data.c.get_counts().values()) for pub in result)
+
+
+def _one_job(benchmark: Any, svc: ServiceProcess, circuits: list[QuantumCircuit]) -> list[Any]:
+    shards: list[Any] = []
+    with qdispatch.connect(svc.url, token=svc.token) as service:
+        sampler = Sampler(mode=service.backend("aer_simulator"))
+
+        def run() -> int:
+            job = sampler.run(circuits, shots=SHOTS)
+            shots = _all_counts(job.result())
+            shards[:] = job.interim_results()
+            return shots
+
+        assert benchmark.pedantic(run, rounds=2, warmup_rounds=1) == N * SHOTS
+    benchmark.extra_info["circuits_per_second"] = N / benchmark.stats.stats.median
+    return shards
+
+
+@pytest.mark.timeout(1200)  # three runs each; minutes on a loaded machine
+@pytest.mark.benchmark(group="sampler 2000 pubs, one job")
+def test_one_job_sharded_on_2_workers(
+    benchmark: Any, sharded: ServiceProcess, circuits: list[QuantumCircuit]
+) -> None:
+    progress = _one_job(benchmark, sharded, circuits)
+    assert progress[-1]["shards"] == 2  # it did run on both workers
+    benchmark.extra_info["shards"] = progress[-1]["shards"]
+
+
+@pytest.mark.timeout(1200)  # three runs each; minutes on a loaded machine
+@pytest.mark.benchmark(group="sampler 2000 pubs, one job")
+def test_one_job_unsharded(
+    benchmark: Any, unsharded: ServiceProcess, circuits: list[QuantumCircuit]
+) -> None:
+    assert _one_job(benchmark, unsharded, circuits) == []  # one worker, no shards
+
+
+# qiskit-ibm-runtime 0.50 deprecated SamplerV2 for a client-side Sampler; SamplerV2 is
+# still what its local mode runs on AerSimulator.
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.timeout(1200)  # three runs each; minutes on a loaded machine
+@pytest.mark.benchmark(group="sampler 2000 pubs, one job")
+def test_ibm_runtime_local_mode(benchmark: Any, circuits: list[QuantumCircuit]) -> None:
+    runtime = pytest.importorskip("qiskit_ibm_runtime")
+
+    sampler = runtime.SamplerV2(mode=AerSimulator())
+
+    def run() -> int:
+        return _all_counts(sampler.run(circuits, shots=SHOTS).result())
+
+    assert benchmark.pedantic(run, rounds=2, warmup_rounds=1) == N * SHOTS
+    benchmark.extra_info["circuits_per_second"] = N / benchmark.stats.stats.median

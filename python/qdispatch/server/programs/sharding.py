@@ -1,0 +1,150 @@
+"""Shards of a primitive job: slicing its pubs (worker side) and reassembling its result
+(service side), as plain JSON, without qiskit (docs/service.md, "Sharding").
+
+A job of the built-in ``sampler`` or ``estimator`` program with many pubs may run as
+``count`` shards at once, on as many workers. Shard ``index`` runs the pubs
+``[n * index // count, n * (index + 1) // count)`` of the job's ``n`` pubs: its worker
+cuts them out of the job's inputs itself, so that the service never decodes what a user
+sent (it only says which shard to run). A shard's reply is an envelope,
+``{"start", "stop", "pubs", "result"}``, around the encoded ``PrimitiveResult`` of its
+pubs (``null`` for a shard with no pubs); :func:`merge` puts the pub results back in pub
+order, with the metadata of the unsharded result (``{"version": 2}`` for both programs).
+
+Seeds: a shard's ``options.seed_simulator`` is the job's plus the index of its first pub,
+so that two shards never draw the same samples. A seeded sharded job is reproducible for
+the same number of shards; it does not draw the samples the unsharded job would (qiskit-aer
+seeds the experiments of one run together).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from qdispatch import _native
+
+from . import BUILTIN, ProgramRef
+
+#: The built-in programs that may run as shards: their inputs hold ``pubs`` and their
+#: result is the ``PrimitiveResult`` of the pubs, each pub's result its own.
+SHARDABLE = frozenset({"sampler", "estimator"})
+_PUBS = "pubs"
+_QOBJ = "circuits"  # the sampler's circuits, a QasmQobj the pubs index: kept whole, raw
+
+
+def shardable(ref: ProgramRef) -> bool:
+    """Whether jobs of the program ``ref`` may run as shards."""
+    return ref.source == BUILTIN and ref.id in SHARDABLE
+
+
+def shard_key(job_id: str, index: int) -> str:
+    """The id a shard runs under on the executor (its slot, its worker, its dask key)."""
+    return f"{job_id}#{index}"
+
+
+@dataclass(frozen=True)
+class Span:
+    """The pubs ``[start, stop)`` of a job of ``pubs`` pubs that one shard runs."""
+
+    start: int
+    stop: int
+    pubs: int
+
+
+def slice_inputs(inputs: bytes, index: int, count: int) -> tuple[bytes, Span]:
+    """A job's inputs (its params' JSON) cut down to shard ``index`` of ``count``: the
+    same inputs with only that shard's pubs and its seed. Raises ``ValueError`` for
+    inputs without a list of pubs (the program would refuse them too)."""
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index} of {count} does not exist")
+    rest, qobj = _native.split_member(inputs, _QOBJ, "params")
+    params = orjson.loads(rest)
+    if not isinstance(params, dict) or not isinstance(params.get(_PUBS), list):
+        raise ValueError("the job's inputs have no list of pubs to shard")
+    pubs: list[Any] = params[_PUBS]
+    n = len(pubs)
+    span = Span(n * index // count, n * (index + 1) // count, n)
+    params[_PUBS] = pubs[span.start : span.stop]
+    options = params.get("options")
+    if isinstance(options, dict) and span.start:
+        seed = options.get("seed_simulator")
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            options["seed_simulator"] = seed + span.start
+    if qobj is not None:
+        params[_QOBJ] = orjson.Fragment(qobj)
+    return orjson.dumps(params), span
+
+
+def envelope(span: Span, result: bytes | None) -> bytes:
+    """What a shard's worker replies: its span and its ``PrimitiveResult``, encoded."""
+    head = orjson.dumps({"start": span.start, "stop": span.stop, "pubs": span.pubs})
+    return head[:-1] + b',"result":' + (result if result is not None else b"null") + b"}"
+
+
+@dataclass(frozen=True)
+class Part:
+    """One shard's reply, read: its span, its pub results (encoded) and metadata."""
+
+    span: Span
+    pub_results: list[Any]
+    metadata: Any
+
+
+def read_part(reply: bytes) -> Part:
+    """A shard's reply, checked. Raises ``ValueError`` if it is not an envelope."""
+    value = orjson.loads(reply)
+    try:
+        span = Span(int(value["start"]), int(value["stop"]), int(value["pubs"]))
+        result = value["result"]
+        if result is None:
+            pub_results: list[Any] = []
+            metadata = None
+        else:
+            inner = result["__value__"]
+            pub_results, metadata = list(inner["pub_results"]), inner.get("metadata")
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"a shard's reply is not a shard envelope ({exc!r})") from None
+    if len(pub_results) != span.stop - span.start:
+        raise ValueError(
+            f"a shard of pubs {span.start}-{span.stop} returned {len(pub_results)} pub results"
+        )
+    return Part(span, pub_results, metadata)
+
+
+def merge(parts: list[Part]) -> bytes:
+    """The job's ``PrimitiveResult`` (encoded) from its shards' parts: every pub's
+    result, in pub order, with the first shard's metadata. Raises ``ValueError`` if the
+    parts do not cover the pubs exactly once."""
+    ordered = sorted(parts, key=lambda p: p.span.start)
+    pub_results: list[Any] = []
+    metadata: Any = None
+    total = ordered[0].span.pubs if ordered else 0
+    for part in ordered:
+        if part.span.start != len(pub_results) or part.span.pubs != total:
+            raise ValueError("the shards' pubs do not cover the job's pubs exactly once")
+        pub_results.extend(part.pub_results)
+        if metadata is None:
+            metadata = part.metadata
+    if len(pub_results) != total or not total:
+        raise ValueError("the shards' pubs do not cover the job's pubs exactly once")
+    return orjson.dumps(
+        {
+            "__type__": "PrimitiveResult",
+            "__value__": {"pub_results": pub_results, "metadata": metadata or {}},
+        }
+    )
+
+
+def progress(done: list[Part], count: int) -> bytes:
+    """The interim result sent as a shard finishes: how many of the job's shards and
+    pubs are done (``{"shards_done", "shards", "pubs_done", "pubs"}``)."""
+    return orjson.dumps(
+        {
+            "shards_done": len(done),
+            "shards": count,
+            "pubs_done": sum(p.span.stop - p.span.start for p in done),
+            "pubs": done[0].span.pubs if done else 0,
+        }
+    )

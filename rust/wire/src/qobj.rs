@@ -1494,7 +1494,9 @@ mod tests {
         let mut small = backend();
         small.limits.max_qpy_bytes = 8;
         let big = qpy(widths, "", "UUlTS0lUUUlT");
-        let err = validate(big.as_bytes(), &small).unwrap_err().to_string();
+        let err = validate(big.as_bytes(), &small)
+            .expect_err("over max_qpy_bytes")
+            .to_string();
         assert!(err.contains("qpy is 12 bytes; at most 8"), "{err}");
         assert!(err.contains("(max_qpy_bytes)"), "{err}");
     }

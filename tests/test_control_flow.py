@@ -383,7 +383,7 @@ def test_hostile_qpy_fails_its_job_alone(service_factory: Callable[..., ServiceP
     # Accepted (well-formed base64), refused by the worker: each fails its own job.
     good = base64.b64encode(_qpy_of(plain(0))).decode()
     cases = {
-        "garbage": (base64.b64encode(b"\x00garbage" * 10).decode(), "no QISKIT preface"),
+        "garbage": (base64.b64encode(b"\x00garbage" * 10).decode(), "data: no QISKIT preface"),
         "truncated": (good[: len(good) // 2 // 4 * 4], "invalid QPY data"),
         "setattr": (
             base64.b64encode(_class_renamed(b"UnitaryGate", b"__setattr__")).decode(),
@@ -399,6 +399,7 @@ def test_hostile_qpy_fails_its_job_alone(service_factory: Callable[..., ServiceP
         message = job["error"]["message"]
         assert f"experiment 1 ('{name}')" in message, message
         assert expected in message, message
+        assert "not base64" not in message, message
     # The service and its worker are fine: a good job runs.
     done = wait_final(client, post(_qpy_experiment(good, "fine")).json()["id"], timeout=120)
     assert done["status"] == DONE

@@ -303,10 +303,11 @@ def _qpy_experiment(payload: Any, header: dict[str, Any], name: str, label: str)
         )
     try:
         raw = base64.b64decode(payload, validate=True)
-        _check_qpy("QuantumCircuit", raw)
-        loaded = guarded_load(raw)
     except (binascii.Error, ValueError) as exc:
         raise refuse(f"qpy is not base64: {exc}") from exc
+    try:
+        _check_qpy("QuantumCircuit", raw)
+        loaded = guarded_load(raw)
     except EncodingError as exc:
         raise refuse(str(exc)) from exc
     except (KeyboardInterrupt, SystemExit):

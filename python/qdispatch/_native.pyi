@@ -68,10 +68,12 @@ class BackendSpec:
         max_name_bytes: int = ...,
         max_params: int = ...,
         max_register_slots: int = ...,
+        max_qpy_bytes: int = ...,
     ) -> BackendSpec:
         """The limits default to 1024 memory slots, 100 000 instructions per experiment,
-        64 KiB per header or config, 1024-byte names, 64 parameters per instruction and
-        4096 register slots (docs/service.md, "Limits")."""
+        64 KiB per header or config, 1024-byte names, 64 parameters per instruction,
+        4096 register slots and 8 MiB of base64 QPY per experiment (docs/service.md,
+        "Limits")."""
     @property
     def name(self) -> str: ...
     @property

@@ -6,18 +6,27 @@ are read natively, a few microseconds each; a circuit the C API cannot represent
 flow, ``unitary``, unbound parameters, custom instructions) is built by the Python path in
 this module, for that circuit only. The two paths write the same bytes.
 
+A circuit whose control flow or classical expressions the Qobj's instructions cannot
+express (anything but an ``if_test`` of one instruction on a bit or register compared with
+a value: loops, ``switch``, ``else`` branches, ``expr`` conditions, ``Var`` s) travels in the
+same Qobj as a QPY experiment: its usual header and config, no instructions, and the
+circuit as base64 QPY in ``qpy`` (docs/protocol.md, "Circuits as QPY").
+
 :func:`assemble` returns a :class:`~qdispatch.qobj.QasmQobj` for users who want the object
 that qiskit < 2's ``assemble`` returned.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import orjson
+from qiskit import qpy
 from qiskit.circuit import (
     ClassicalRegister,
     Clbit,
@@ -41,8 +50,20 @@ _COMPUTED_CONFIG = ("memory_slots", "n_qubits")
 
 
 class AssembleError(QiskitError, ValueError):
-    """A circuit cannot be written as a QasmQobj; the message names the circuit, the
-    instruction and the problem."""
+    """A circuit cannot be written as a QasmQobj; the message names the circuit (its index
+    in the list, when assembling a list, and its name), the instruction and the problem.
+
+    ``index`` is the circuit's position in the list given (``None`` when not known) and
+    ``detail`` the message without that position, for callers that renumber circuits
+    (the job manager names a circuit by its index in the whole set).
+    """
+
+    def __init__(self, message: str, index: int | None = None, detail: str | None = None):
+        super().__init__(message)
+        self.index = index
+        self.detail = detail if detail is not None else message
+        #: The circuit it is about, where known.
+        self.circuit: QuantumCircuit | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,9 +140,22 @@ def circuits_to_qobj_json(
     config = _config(shots, memory, seed_simulator, run_config)
     header = _header(qobj_header, backend)
     qid = str(qobj_id) if qobj_id is not None else str(uuid.uuid4())
-    if _native.capi_available():
-        return _native.circuits_to_qobj_json(circuit_list, config, qid, header)
-    return _python_qobj_json(circuit_list, config, qid, header)
+    try:
+        if _native.capi_available():
+            return _native.circuits_to_qobj_json(circuit_list, config, qid, header)
+        return _python_qobj_json(circuit_list, config, qid, header)
+    except AssembleError as exc:
+        raise _located(exc, circuit_list) from exc
+
+
+def _located(exc: AssembleError, circuits: Sequence[QuantumCircuit]) -> AssembleError:
+    """``exc`` naming the position of the circuit it is about (which `_experiment_json`
+    recorded: both paths call it one circuit at a time)."""
+    circuit = exc.circuit
+    index = next((i for i, c in enumerate(circuits) if c is circuit), None)
+    if index is None:
+        return exc
+    return AssembleError(f"circuit {index}: {exc.detail}", index=index, detail=exc.detail)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,6 +261,14 @@ def _experiment_json(circuit: QuantumCircuit) -> tuple[bytes, int, int]:
 
 
 def _experiment_dict(circuit: QuantumCircuit) -> dict[str, Any]:
+    try:
+        return _build_experiment(circuit)
+    except AssembleError as exc:
+        exc.circuit = circuit  # for _located
+        raise
+
+
+def _build_experiment(circuit: QuantumCircuit) -> dict[str, Any]:
     qregs, cregs = circuit.qregs, circuit.cregs
     n_qubits, memory_slots = circuit.num_qubits, circuit.num_clbits
     header = {
@@ -241,11 +283,53 @@ def _experiment_dict(circuit: QuantumCircuit) -> dict[str, Any]:
         "global_phase": _global_phase(circuit),
         "metadata": circuit.metadata or {},
     }
+    config = {"n_qubits": n_qubits, "memory_slots": memory_slots}
+    if _needs_qpy(circuit):
+        return {"header": header, "config": config, "instructions": [], "qpy": _qpy(circuit)}
     return {
         "header": header,
-        "config": {"n_qubits": n_qubits, "memory_slots": memory_slots},
+        "config": config,
         "instructions": _instructions(circuit, memory_slots),
     }
+
+
+def _needs_qpy(circuit: QuantumCircuit) -> bool:
+    """Whether the Qobj's instructions cannot express ``circuit``: classical variables, or
+    control flow other than an ``if_test`` of one instruction on a bit or a register
+    compared with a value (which is a ``bfunc`` and a ``conditional``)."""
+    if circuit.num_vars or circuit.num_stretches:
+        return True
+    for ci in circuit.data:
+        op = ci.operation
+        if op.name == "store":
+            return True
+        if isinstance(op, ControlFlowOp):
+            try:
+                _single_gate_if(op, ci.qubits, ci.clbits, "")
+                _condition_bits(op, {bit: i for i, bit in enumerate(circuit.clbits)}, "")
+            except AssembleError:
+                return True
+    return False
+
+
+def _qpy(circuit: QuantumCircuit) -> str:
+    """The base64 QPY of ``circuit``, whose name and metadata travel in the header."""
+    if circuit.parameters:
+        names = ", ".join(sorted(p.name for p in circuit.parameters))
+        raise AssembleError(
+            f"circuit '{circuit.name}': unbound parameter(s) {names}; assign parameters "
+            "before running (QuantumCircuit.assign_parameters)"
+        )
+    bare = circuit.copy()
+    bare.metadata = {}  # any JSON the header's writer takes, which QPY's may not
+    buffer = io.BytesIO()
+    try:
+        qpy.dump(bare, buffer)
+    except Exception as exc:  # QPY refuses e.g. an instruction class it cannot describe
+        raise AssembleError(
+            f"circuit '{circuit.name}' cannot be written as QPY: {type(exc).__name__}: {exc}"
+        ) from exc
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _global_phase(circuit: QuantumCircuit) -> float:

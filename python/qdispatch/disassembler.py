@@ -4,11 +4,16 @@ The counterpart of :mod:`qdispatch.assembler`, which writes circuits as a QasmQo
 ``IBMQJob.circuits()`` returns, and what the service's workers run. Experiments of standard
 gates, measures, resets, barriers and delays are rebuilt natively through Qiskit's C API
 (``_native.qobj_to_circuits``); the others (conditionals, ``unitary``) by the Python path
-here, which also gives every error its experiment and instruction.
+here, which also gives every error its experiment and instruction. A QPY experiment
+(docs/protocol.md, "Circuits as QPY") is decoded here, checked as hostile input: header
+first, then qiskit's reader with its instruction lookups narrowed
+(:mod:`qdispatch.qpyguard`), then the decoded circuit against its Qobj header.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import functools
 import gc
@@ -32,8 +37,19 @@ from qiskit.circuit import (
 from qiskit.circuit.library import UnitaryGate, get_standard_gate_name_mapping
 
 from qdispatch import _native
+from qdispatch.encoding import MAX_QPY_INSTRUCTIONS, EncodingError, _check_qpy
+from qdispatch.qpyguard import guarded_load
 
-__all__ = ["QobjExecutionError", "qobj_bytes_to_circuits", "qobj_to_circuits"]
+__all__ = [
+    "MAX_QPY_EXPERIMENT_BYTES",
+    "QobjExecutionError",
+    "qobj_bytes_to_circuits",
+    "qobj_to_circuits",
+]
+
+#: Characters of one experiment's base64 ``qpy``: the Qobj validator's default
+#: ``max_qpy_bytes`` (docs/service.md, "Limits"), checked again where it is decoded.
+MAX_QPY_EXPERIMENT_BYTES = 8 << 20
 
 
 class QobjExecutionError(Exception):
@@ -169,6 +185,8 @@ def _experiment_to_circuit(
     instructions: list[dict[str, Any]] = experiment.get("instructions") or []
     name = str(header.get("name") or f"circuit-{index}")
     label = f"experiment {index} ('{name}')"
+    if "qpy" in experiment:
+        return _qpy_experiment(experiment["qpy"], header, name, label)
 
     # Declared register sizes are authoritative (an index beyond them is an error); without
     # them, one register is sized to fit every index used.
@@ -267,6 +285,69 @@ def _experiment_to_circuit(
     metadata = header.get("metadata")
     circuit.metadata = dict(metadata) if isinstance(metadata, dict) else {}
     return circuit
+
+
+def _qpy_experiment(payload: Any, header: dict[str, Any], name: str, label: str) -> QuantumCircuit:
+    """The circuit of a QPY experiment, held to its header: the widths and registers the
+    result is shaped by, and the instruction limit of any experiment."""
+
+    def refuse(problem: str) -> QobjExecutionError:
+        return QobjExecutionError(f"{label}: {problem}")
+
+    if not isinstance(payload, str):
+        raise refuse(f"qpy must be a base64 string, not {type(payload).__name__}")
+    if len(payload) > MAX_QPY_EXPERIMENT_BYTES:
+        raise refuse(
+            f"qpy is {len(payload)} bytes; at most {MAX_QPY_EXPERIMENT_BYTES} are allowed "
+            "(max_qpy_bytes)"
+        )
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise refuse(f"qpy is not base64: {exc}") from exc
+    try:
+        _check_qpy("QuantumCircuit", raw)
+        loaded = guarded_load(raw)
+    except EncodingError as exc:
+        raise refuse(str(exc)) from exc
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    # qiskit's reader raises many kinds of errors on bad data and its Rust part panics on
+    # some (pyo3's PanicException derives from BaseException).
+    except BaseException as exc:
+        raise refuse(f"invalid QPY data ({type(exc).__name__}: {str(exc)[:200]})") from exc
+    if len(loaded) != 1 or not isinstance(loaded[0], QuantumCircuit):
+        raise refuse(f"qpy holds {len(loaded)} programs; expected one circuit")
+    circuit: QuantumCircuit = loaded[0]
+    for field, value in (("n_qubits", circuit.num_qubits), ("memory_slots", circuit.num_clbits)):
+        if header.get(field) != value:
+            raise refuse(f"the QPY circuit has {field}={value}, its header {header.get(field)!r}")
+    for field, registers in (("qreg_sizes", circuit.qregs), ("creg_sizes", circuit.cregs)):
+        declared = header.get(field)
+        if declared is not None and declared != [[r.name, r.size] for r in registers]:
+            raise refuse(f"the QPY circuit's registers are not the header's {field}")
+    count = _count_instructions(circuit, MAX_QPY_INSTRUCTIONS)
+    if count > MAX_QPY_INSTRUCTIONS:
+        raise refuse(
+            f"the QPY circuit has more than {MAX_QPY_INSTRUCTIONS} instructions, loop and "
+            "branch bodies included (max_instructions)"
+        )
+    circuit.name = name
+    metadata = header.get("metadata")
+    circuit.metadata = dict(metadata) if isinstance(metadata, dict) else {}
+    return circuit
+
+
+def _count_instructions(circuit: QuantumCircuit, most: int) -> int:
+    """Instructions of ``circuit`` and of every block in it, counted until past ``most``."""
+    total = 0
+    pending = [circuit]
+    while pending and total <= most:
+        current = pending.pop()
+        total += len(current.data)
+        for inst in current.data:
+            pending.extend(getattr(inst.operation, "blocks", ()))
+    return total
 
 
 def _append_conditional(

@@ -54,6 +54,7 @@ from qiskit.result import Result
 from qiskit.result.models import ExperimentResultData
 
 from qdispatch import _native
+from qdispatch.qpyguard import guarded_load
 
 __all__ = [
     "EncodingError",
@@ -408,7 +409,7 @@ def _load_qpy_circuit(type_name: str, value: Any) -> QuantumCircuit:
     payload = _unpack(type_name, value)
     _check_qpy(type_name, payload)
     try:
-        circuits = qpy.load(io.BytesIO(payload))
+        circuits = guarded_load(payload)
     except (KeyboardInterrupt, SystemExit):
         raise
     # QPY raises a variety of errors on bad data, and its Rust reader panics on some: a

@@ -263,25 +263,32 @@ def _split_wire(wire: bytes) -> tuple[dict[str, Any], int] | None:
 
 
 class QasmQobjExperiment(_ByValue):
-    """One experiment (one circuit): header, config and instructions."""
+    """One experiment (one circuit): header, config and instructions; or, for a circuit
+    the instructions cannot express, no instructions and its base64 QPY in ``qpy``
+    (docs/protocol.md, 3.6)."""
 
     def __init__(
         self,
         config: QasmQobjExperimentConfig | None = None,
         header: QasmQobjExperimentHeader | None = None,
         instructions: Sequence[QasmQobjInstruction] | None = None,
+        qpy: str | None = None,
     ) -> None:
         self.config = config or QasmQobjExperimentConfig()
         self.header = header or QasmQobjExperimentHeader()
         self.instructions = list(instructions or [])
+        self.qpy = qpy
 
     def to_dict(self) -> dict[str, Any]:
         """The experiment as a dict, in the wire layout."""
-        return {
+        out = {
             "header": self.header.to_dict(),
             "config": self.config.to_dict(),
             "instructions": [inst.to_dict() for inst in self.instructions],
         }
+        if self.qpy is not None:
+            out["qpy"] = self.qpy
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QasmQobjExperiment:
@@ -290,6 +297,7 @@ class QasmQobjExperiment(_ByValue):
             config=QasmQobjExperimentConfig.from_dict(data.get("config") or {}),
             header=QasmQobjExperimentHeader.from_dict(data.get("header") or {}),
             instructions=[QasmQobjInstruction.from_dict(i) for i in data.get("instructions", [])],
+            qpy=data.get("qpy"),
         )
 
     def __repr__(self) -> str:

@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING, Any
 from qiskit.circuit import QuantumCircuit
 from qiskit.providers import JobStatus
 
-from ..assembler import circuits_to_qobj_json
+from ..assembler import AssembleError, circuits_to_qobj_json
 from ..constants import job_status
 from ..exceptions import (
     IBMQBackendApiError,
+    IBMQBackendValueError,
     IBMQJobManagerInvalidStateError,
     IBMQJobManagerJobNotFound,
     IBMQJobManagerTimeoutError,
@@ -48,6 +49,21 @@ __all__ = ["ManagedJobSet"]
 
 # Serialized chunks stay this far under the service's request limit (headers, envelope).
 _SIZE_MARGIN = 0.9
+
+
+def _first_unsendable(
+    circuits: Sequence[Any], start: int, count: int
+) -> tuple[int | None, Exception | None]:
+    """The first item of ``circuits[start : start + count]`` that is not a circuit (its
+    global index, and the error it fails with), else ``(None, None)``."""
+    for index in range(start, start + count):
+        item = circuits[index]
+        if not isinstance(item, QuantumCircuit):
+            kind = f"{type(item).__module__}.{type(item).__name__}"
+            return index, IBMQBackendValueError(
+                f"circuit {index}: a {kind}, not a QuantumCircuit; only circuits can run"
+            )
+    return None, None
 
 
 class ManagedJobSet:
@@ -137,10 +153,29 @@ class ManagedJobSet:
         chunks: list[tuple[int, int, bytes | Exception]] = []
 
         def serialize(start: int, count: int) -> None:
-            try:
-                qobj = circuits_to_qobj_json(circuits[start : start + count], backend, **options)
-            except Exception as exc:  # a bad chunk is recorded; the others go on
-                chunks.append((start, count, exc))
+            bad, error = _first_unsendable(circuits, start, count)
+            if bad is None:
+                try:
+                    qobj = circuits_to_qobj_json(
+                        circuits[start : start + count], backend, **options
+                    )
+                except AssembleError as exc:
+                    if exc.index is None:
+                        chunks.append((start, count, exc))
+                        return
+                    bad = start + exc.index
+                    error = AssembleError(f"circuit {bad}: {exc.detail}", bad, exc.detail)
+                except Exception as exc:  # a bad chunk is recorded; the others go on
+                    chunks.append((start, count, exc))
+                    return
+            if bad is not None:
+                # The circuit that cannot be sent fails alone, a chunk of its own; the
+                # circuits around it are sent as usual.
+                if bad > start:
+                    serialize(start, bad - start)
+                chunks.append((bad, 1, error or IBMQBackendValueError(f"circuit {bad}")))
+                if bad + 1 < start + count:
+                    serialize(bad + 1, start + count - bad - 1)
                 return
             if len(qobj) > limit and count > 1:  # too big for one request: halve it
                 half = count // 2
@@ -293,7 +328,11 @@ class ManagedJobSet:
 
     def _experiment_names(self) -> dict[str, int]:
         if self._circuits is not None:
-            return {c.name: i for i, c in reversed(list(enumerate(self._circuits)))}
+            return {
+                c.name: i
+                for i, c in reversed(list(enumerate(self._circuits)))
+                if isinstance(c, QuantumCircuit)
+            }
         names: dict[str, int] = {}
         for mjob in self._managed_jobs:
             qobj = mjob.qobj()

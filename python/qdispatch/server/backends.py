@@ -181,6 +181,7 @@ QOBJ_LIMITS: dict[str, int] = {
     "max_name_bytes": 1024,
     "max_params": 64,
     "max_register_slots": 4096,
+    "max_qpy_bytes": 8 << 20,
 }
 
 

@@ -13,7 +13,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 import orjson
-from qiskit.circuit import ControlFlowOp, QuantumCircuit
+from qiskit.circuit import ControlFlowOp, QuantumCircuit, get_control_flow_name_mapping
+from qiskit.circuit.classical import expr
 
 from qdispatch.constants import SERVICE_RUN_OPTIONS
 from qdispatch.disassembler import (
@@ -22,7 +23,7 @@ from qdispatch.disassembler import (
     _loads,
     qobj_bytes_to_circuits,
 )
-from qdispatch.server.backends import BACKEND_VERSION, catalog, simulator
+from qdispatch.server.backends import BACKEND_VERSION, DIRECTIVES, BackendDef, catalog, simulator
 
 __all__ = ["QobjExecutionError", "run_qobj"]
 
@@ -86,6 +87,59 @@ def _lower_unsupported(circuits: list[QuantumCircuit], experiments: list[dict[st
         circuits[index] = circuit
 
 
+# What a QPY experiment may hold besides a backend's basis gates and the directives.
+_DYNAMIC = frozenset({*get_control_flow_name_mapping(), "store"})
+
+
+def _check_qpy_circuit(circuit: QuantumCircuit, defn: BackendDef, label: str) -> None:
+    """Holds a decoded QPY experiment, loop and branch bodies included, to the rules the
+    Qobj validator applies to instructions: the backend's basis gates (plus the
+    directives and control flow) and its coupling map."""
+    allowed = frozenset(defn.basis_gates) | frozenset(DIRECTIVES) | _DYNAMIC
+    edges = frozenset(defn.coupling_map) if defn.coupling_map else None
+    pending: list[tuple[QuantumCircuit, list[int]]] = [(circuit, list(range(circuit.num_qubits)))]
+    while pending:
+        current, physical = pending.pop()
+        where = dict(zip(current.qubits, physical, strict=True))
+        for inst in current.data:
+            op = inst.operation
+            qubits = [where[q] for q in inst.qubits]
+            if op.name not in allowed:
+                raise QobjExecutionError(
+                    f"{label}: instruction '{op.name}' is not supported by backend "
+                    f"'{defn.name}' (supported: {', '.join(sorted(allowed))})"
+                )
+            _check_reads(op, label)
+            blocks = getattr(op, "blocks", ())
+            if blocks:
+                pending.extend((block, qubits) for block in blocks)
+            elif (
+                edges is not None
+                and len(qubits) == 2
+                and op.name not in DIRECTIVES
+                and (qubits[0], qubits[1]) not in edges
+            ):
+                raise QobjExecutionError(
+                    f"{label}: '{op.name}' on qubits {qubits}, which backend '{defn.name}' "
+                    "does not couple"
+                )
+
+
+def _check_reads(op: Any, label: str) -> None:
+    """Refuses a condition or switch target that reads a classical variable (``Var``):
+    qiskit-aer 0.18 aborts its whole process on one ("invalid cbit index"), as
+    ``AerSimulator.run`` does in a user's own process; stores into variables run."""
+    for value in (getattr(op, "condition", None), getattr(op, "target", None)):
+        if not isinstance(value, expr.Expr):
+            continue
+        for var in expr.iter_vars(value):
+            if var.standalone:
+                raise QobjExecutionError(
+                    f"{label}: '{op.name}' reads the classical variable '{var.name}'; "
+                    "qiskit-aer aborts on a circuit that does (AerSimulator cannot run it)"
+                )
+
+
 @functools.lru_cache(maxsize=1)
 def _aer_supported() -> frozenset[str]:
     # What Aer's engine executes; a noisy simulator's target lists only its device's basis,
@@ -123,6 +177,9 @@ def _run_qobj(backend_name: str, qobj_json: bytes, job_id: str, max_parallel_thr
     experiments: list[dict[str, Any]] = qobj["experiments"]
     config: dict[str, Any] = qobj.get("config") or {}
 
+    for i, experiment in enumerate(experiments):
+        if "qpy" in experiment:
+            _check_qpy_circuit(circuits[i], defn, f"experiment {i} ('{circuits[i].name}')")
     sim = simulator(defn)
     _lower_unsupported(circuits, experiments)
     base = {"shots": _DEFAULT_SHOTS, "memory": False, **_run_options(config)}

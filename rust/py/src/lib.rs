@@ -89,6 +89,7 @@ impl BackendSpec {
         max_name_bytes=LIMITS.max_name_bytes,
         max_params=LIMITS.max_params,
         max_register_slots=LIMITS.max_register_slots,
+        max_qpy_bytes=LIMITS.max_qpy_bytes,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -104,6 +105,7 @@ impl BackendSpec {
         max_name_bytes: usize,
         max_params: usize,
         max_register_slots: u64,
+        max_qpy_bytes: usize,
     ) -> Self {
         let gates = gates
             .into_iter()
@@ -130,6 +132,7 @@ impl BackendSpec {
                 max_name_bytes,
                 max_params,
                 max_register_slots,
+                max_qpy_bytes,
             },
         })
     }
@@ -150,6 +153,7 @@ impl BackendSpec {
             ("max_name_bytes", l.max_name_bytes as u64),
             ("max_params", l.max_params as u64),
             ("max_register_slots", l.max_register_slots),
+            ("max_qpy_bytes", l.max_qpy_bytes as u64),
         ])
     }
 

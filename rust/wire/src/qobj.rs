@@ -63,6 +63,10 @@ pub struct Limits {
     pub max_params: usize,
     /// Register slots a `bfunc` may set and a `conditional` may read: `0 … n-1`.
     pub max_register_slots: u64,
+    /// Characters of one experiment's `qpy` member (base64 of a QPY circuit: a circuit
+    /// the instruction list cannot express, docs/protocol.md). The service never decodes
+    /// it; the worker does, and checks what it declares.
+    pub max_qpy_bytes: usize,
 }
 
 impl Limits {
@@ -74,6 +78,7 @@ impl Limits {
         max_name_bytes: 1024,
         max_params: 64,
         max_register_slots: 4096,
+        max_qpy_bytes: 8 << 20,
     };
 }
 
@@ -141,6 +146,9 @@ struct ExperimentIn<'a> {
     config: Option<&'a RawValue>,
     #[serde(borrow)]
     instructions: &'a RawValue,
+    /// A QPY experiment's circuit, base64 (checked for size and alphabet only).
+    #[serde(borrow, default)]
+    qpy: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -693,9 +701,55 @@ fn check_experiment(
     // not fit (which qubit), and which the sizes do not guard: nothing is sized by them.
     check_header(&header, backend).map_err(|msg| WireError::InvalidQobj(at(name, msg)))?;
     check_config("config", &config, backend).map_err(|e| prefix(name, e))?;
+    if let Some(qpy) = experiment.qpy.as_deref() {
+        let width = check_qpy(qpy, &header, state.count, limits)
+            .map_err(|msg| WireError::InvalidQobj(at(name, msg)))?;
+        state.width = state.width.max(width);
+    }
     check.summary.max_qubits = check.summary.max_qubits.max(state.width);
     check.summary.n_instructions += state.count;
     Ok(())
+}
+
+/// A QPY experiment (docs/protocol.md, "Circuits as QPY"): the service checks the
+/// payload's size and alphabet only and never decodes it; the header must declare the
+/// widths (already checked against the backend), which the worker holds the decoded
+/// circuit to. Returns the experiment's width.
+fn check_qpy(
+    qpy: &str,
+    header: &HeaderIn<'_>,
+    n_instructions: usize,
+    limits: &Limits,
+) -> Result<u32, String> {
+    if qpy.len() > limits.max_qpy_bytes {
+        return Err(format!(
+            "qpy is {} bytes; at most {} are allowed per experiment (max_qpy_bytes)",
+            qpy.len(),
+            limits.max_qpy_bytes
+        ));
+    }
+    if qpy.is_empty() || qpy.len() % 4 != 0 {
+        return Err("qpy is not base64 (its length is not a positive multiple of 4)".into());
+    }
+    let body = qpy.trim_end_matches('=');
+    if qpy.len() - body.len() > 2
+        || !body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+    {
+        return Err("qpy is not base64 (a character outside A-Z a-z 0-9 + / =)".into());
+    }
+    if n_instructions > 0 {
+        return Err(format!(
+            "has both qpy and {n_instructions} instructions; a QPY experiment's \
+             instructions list is empty"
+        ));
+    }
+    let (Some(n_qubits), Some(_)) = (header.n_qubits, header.memory_slots) else {
+        return Err("a QPY experiment's header must declare n_qubits and memory_slots".into());
+    };
+    // check_header bounded n_qubits by the backend's qubits, which fit a u32.
+    Ok(u32::try_from(n_qubits).unwrap_or(u32::MAX))
 }
 
 /// The header's sizes, each bounded by what the backend or the limits allow.
@@ -1405,5 +1459,45 @@ mod tests {
             "{".repeat(100)
         );
         validate(strings.as_bytes(), &backend()).expect("brackets in strings");
+    }
+    #[test]
+    fn qpy_experiments_are_checked_for_size_and_alphabet_only() {
+        let qpy = |header: &str, instructions: &str, payload: &str| {
+            format!(
+                r#"{{"experiments": [{{"header": {header}, "instructions": [{instructions}],
+                   "qpy": "{payload}"}}]}}"#
+            )
+        };
+        let widths = r#"{"name": "dyn", "n_qubits": 2, "memory_slots": 2}"#;
+        let summary = validate(qpy(widths, "", "UUlTS0lU").as_bytes(), &backend()).expect("ok");
+        assert_eq!(summary.max_qubits, 2);
+        let msg = error(&qpy(widths, "", "not base64!"));
+        assert!(
+            msg.contains("experiment 0 ('dyn'): qpy is not base64"),
+            "{msg}"
+        );
+        let msg = error(&qpy(widths, "", "QUJD="));
+        assert!(msg.contains("not a positive multiple of 4"), "{msg}");
+        let msg = error(&qpy(widths, r#"{"name": "h", "qubits": [0]}"#, "UUlTS0lU"));
+        assert!(msg.contains("has both qpy and 1 instructions"), "{msg}");
+        let msg = error(&qpy(r#"{"name": "dyn"}"#, "", "UUlTS0lU"));
+        assert!(
+            msg.contains("must declare n_qubits and memory_slots"),
+            "{msg}"
+        );
+        let msg = error(&qpy(
+            r#"{"n_qubits": 9, "memory_slots": 1}"#,
+            "",
+            "UUlTS0lU",
+        ));
+        assert!(msg.contains("header.n_qubits"), "{msg}");
+        let mut small = backend();
+        small.limits.max_qpy_bytes = 8;
+        let big = qpy(widths, "", "UUlTS0lUUUlT");
+        let err = validate(big.as_bytes(), &small)
+            .expect_err("over max_qpy_bytes")
+            .to_string();
+        assert!(err.contains("qpy is 12 bytes; at most 8"), "{err}");
+        assert!(err.contains("(max_qpy_bytes)"), "{err}");
     }
 }

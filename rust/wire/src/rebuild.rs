@@ -187,6 +187,9 @@ struct ExperimentIn<'a> {
     config: Option<Obj<ConfigIn>>,
     #[serde(borrow, default)]
     instructions: Option<Vec<Obj<InstructionIn<'a>>>>,
+    /// A QPY experiment (docs/protocol.md): the Python path decodes it.
+    #[serde(default)]
+    qpy: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize, Default)]
@@ -394,6 +397,9 @@ fn plan_experiment(
     index: usize,
     config_slots: Option<i64>,
 ) -> Option<ExperimentPlan> {
+    if experiment.qpy.is_some() {
+        return None;
+    }
     let empty = HeaderIn::default();
     let header = experiment.header.as_ref().map_or(&empty, |Obj(h)| h);
     let instructions = experiment.instructions.as_deref().unwrap_or_default();

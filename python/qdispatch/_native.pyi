@@ -214,6 +214,9 @@ class Client:
         """Blocks until ``job_id`` is final and returns its status; None on timeout."""
     def wait_any_final(self, job_ids: list[str], timeout: float | None = None) -> list[str]:
         """Blocks until one of ``job_ids`` is final; returns all that are final."""
+    def take_result(self, job_id: str, timeout: float = 1.0) -> bytes | None:
+        """The result the event stream brought for ``job_id``, handed over once; None:
+        fetch it."""
     def next_events(self, timeout: float) -> list[tuple[str, int, str, bytes | None]]:
         """Queued events ``(job_id, seq, type, data)``; waits up to ``timeout`` for one."""
     def stream_connected(self) -> bool:

@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 # A wait on the local service's stream wakes this often to see whether the service is
 # still there (a wait with no timeout would otherwise outlive a killed service forever).
 _LOCAL_CHECK_SECONDS = 2.0
+# How long a result announced by a job's final status may take to follow it on the stream
+# (it is sent right behind the status) before it is fetched over HTTP instead.
+_RESULT_FOLLOWS_SECONDS = 1.0
 
 # Exceptions that carry the service's answer (``status``, ``code``) besides the message.
 _CARRY_ANSWER = (IBMQApiError, IBMQJobApiError, IBMQBackendApiError, IBMApiError)
@@ -597,12 +600,17 @@ class ServiceApi:
         return info
 
     def job_results(self, job_id: str, family: Family) -> bytes:
-        """``GET /jobs/{id}/results``: the result's JSON.
+        """The result's JSON: the one the event stream brought, if it did (a small result
+        rides the job's final events, once: docs/service.md), else ``GET
+        /jobs/{id}/results``.
 
         Raises:
             IBMQJobInvalidStateError, RuntimeInvalidStateError: The job has no result (it
                 failed without one, or has not finished).
         """
+        pushed = self._client.take_result(job_id, _RESULT_FOLLOWS_SECONDS)
+        if pushed is not None:
+            return pushed
         return self._raw("GET", f"/jobs/{job_id}/results", _JOB_RESULTS[family], job_id=job_id)
 
     def cancel_job(self, job_id: str, family: Family) -> dict[str, Any]:

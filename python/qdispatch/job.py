@@ -87,6 +87,9 @@ class IBMQJob(JobV1):
         self._client_info = client_info or {}
         self._experiment_id = experiment_id
         self._queue_info: dict[str, Any] | None = kwargs.pop("queue_info", None)
+        # Whether the details (steps, error) may be older than the status: a job seen to
+        # finish DONE on the stream is not asked again until a detail is wanted.
+        self._stale = False
         self._extra = kwargs
         if status not in FINAL_STATUSES:
             self._api.watch([job_id])
@@ -138,6 +141,7 @@ class IBMQJob(JobV1):
         self._queue_info = info.get("queue_info")
         self._share_level = info.get("share_level")
         self._run_mode = info.get("run_mode")
+        self._stale = False
 
     def refresh(self) -> None:
         """Obtain the latest job information from the server."""
@@ -222,11 +226,18 @@ class IBMQJob(JobV1):
         if self._status in FINAL_STATUSES:
             return
         label = f"job {self._job_id} on {self._backend.name}"
-        if progress.wait_final(self._api, self._job_id, timeout, Family.IBMQ, label, show) is None:
+        final = progress.wait_final(self._api, self._job_id, timeout, Family.IBMQ, label, show)
+        if final is None:
             raise IBMQJobTimeoutError(
                 f"Timeout while waiting for job {self._job_id} (still "
                 f"{self._api.last_status(self._job_id) or self._status} after {timeout} s)."
             )
+        if final == "DONE":
+            # A DONE job's record differs only in its steps: a small job's result is not
+            # delayed by a request for them (time_per_step() asks when called).
+            self._status = final
+            self._stale = True
+            return
         self.refresh()
 
     def cancel(self) -> bool:
@@ -365,7 +376,7 @@ class IBMQJob(JobV1):
         """Return the date and time (local) of each step of the job's processing:
         ``CREATED``, ``VALIDATED``, ``QUEUED``, ``RUNNING``, ``COMPLETED`` (or ``ERROR``,
         ``CANCELLED``), and ``REQUEUED`` if a service restart interrupted it."""
-        if self._status not in FINAL_STATUSES:
+        if self._status not in FINAL_STATUSES or self._stale:
             self.refresh()
         if not self._time_per_step:
             return None

@@ -309,7 +309,13 @@ class RuntimeJob(BasePrimitiveJob[Any, JobStatus]):
                     f"{self._api.last_status(self._job_id) or self._status} after "
                     f"{timeout} s)."
                 )
-            self._refresh()
+            if status == "DONE":
+                # Finishing DONE changes nothing else of the record a RuntimeJob shows: a
+                # small job's result is not delayed by a request for it.
+                self._status = status
+                self._info["status"] = status
+            else:
+                self._refresh()  # the error's details
         if self._feed.streaming and not self._events.on_router_thread():
             # The final events follow the final status by a few milliseconds.
             self._feed.idle.wait(timeout if timeout is not None else 30.0)

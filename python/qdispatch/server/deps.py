@@ -67,8 +67,18 @@ def authenticate_hash(service: Service, token_hash: str) -> Caller:
     return Caller(*found)
 
 
-def service_of(request: Request) -> Service:
+# The dependencies below are coroutines although nothing in them awaits: FastAPI runs a
+# plain ``def`` dependency in its thread pool, two thread hops per request (a small job's
+# round trip makes three requests); these are a few attribute reads, and an indexed
+# lookup of the token only when the front door did not run.
+
+
+async def service_of(request: Request) -> Service:
     """The service a request is for."""
+    return _service(request)
+
+
+def _service(request: Request) -> Service:
     svc: Service = request.app.state.service
     return svc
 
@@ -77,10 +87,14 @@ def service_of(request: Request) -> Service:
 CALLER_KEY = "qdispatch.caller"
 
 
-def caller_of(request: Request) -> Caller:
+async def caller_of(request: Request) -> Caller:
     """The authenticated caller of a request (401 otherwise): the one the front door found,
     if it ran. Every authenticated request counts as activity for the idle watchdog."""
-    svc = service_of(request)
+    return _caller(request)
+
+
+def _caller(request: Request) -> Caller:
+    svc = _service(request)
     svc.last_request = time.monotonic()
     found = request.scope.get(CALLER_KEY)
     if isinstance(found, Caller):
@@ -88,9 +102,9 @@ def caller_of(request: Request) -> Caller:
     return authenticate(svc, bearer_token(request.headers.get("authorization", "")))
 
 
-def operator_of(request: Request) -> Caller:
+async def operator_of(request: Request) -> Caller:
     """The authenticated caller, who must hold an operator token (403 otherwise)."""
-    who = caller_of(request)
+    who = _caller(request)
     if not who.operator:
         raise ServiceError(403, E.OPERATOR_ONLY, "this needs an operator token")
     return who

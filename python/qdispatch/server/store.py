@@ -987,6 +987,9 @@ class Store:
                 payload["error"] = error
             if note:
                 payload["note"] = note
+            if result_blob is not None:
+                # A ``result`` event follows: a client waits for it rather than fetching.
+                payload["has_result"] = True
             events.append(self._append_event(db, job_id, "status", orjson.dumps(payload)))
             if result_blob is not None:
                 events.append(self._append_event(db, job_id, "result", None))

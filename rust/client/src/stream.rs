@@ -15,9 +15,17 @@
 //!
 //! Every event goes into one unbounded queue that [`EventStream::next_events`] drains (the
 //! Python side runs callbacks from it on its own thread, never inside the runtime).
+//!
+//! Small results ride the stream: the client subscribes with `inline_results` on, and a
+//! `result` event's data of at most [`StreamConfig::inline_result_bytes`] is kept with its
+//! job (all jobs' together within [`StreamConfig::inline_result_budget`]) until
+//! [`EventStream::take_result`] hands it over, once; a larger one, or one over the budget,
+//! is fetched over HTTP by the caller. The final status event says whether a result
+//! event follows it (`has_result`), so a caller waits for one only when one is coming.
+//! The queue of [`EventStream::next_events`] gets result events without their data.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -56,6 +64,22 @@ pub struct Event {
     pub data: Option<Bytes>,
 }
 
+/// What the stream holds of a job's result.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PushedResult {
+    /// Nothing known: the job is not final, its final status came by polling, or the
+    /// service did not say that a result follows it.
+    #[default]
+    Unknown,
+    /// The final status said a `result` event follows.
+    Expected,
+    /// The result's JSON, as the `result` event carried it.
+    Inline(Bytes),
+    /// The result is to be fetched: its event came without data (over the service's or
+    /// this client's limit, or the budget), or the inline one was handed over already.
+    Fetch,
+}
+
 /// What is known of one job.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobState {
@@ -69,6 +93,8 @@ pub struct JobState {
     pub error: Option<String>,
     /// Whether the job is subscribed.
     pub watched: bool,
+    /// Its result, when the stream brought it.
+    pub result: PushedResult,
 }
 
 /// Timings of the stream; the defaults are the documented ones.
@@ -86,7 +112,18 @@ pub struct StreamConfig {
     pub poll_interval: Duration,
     /// Limit on opening the socket (TCP connect and handshake).
     pub connect_timeout: Duration,
+    /// The largest result (bytes of JSON) kept from a `result` event; 0 subscribes
+    /// without inline results (every result is fetched).
+    pub inline_result_bytes: usize,
+    /// The most bytes of inline results held at once, for all jobs (results not taken
+    /// yet); a result that would pass it is fetched instead.
+    pub inline_result_budget: usize,
 }
+
+/// Default [`StreamConfig::inline_result_bytes`]: 1 MiB (the service's default limit).
+pub const INLINE_RESULT_BYTES: usize = 1 << 20;
+/// Default [`StreamConfig::inline_result_budget`]: 64 MiB.
+pub const INLINE_RESULT_BUDGET: usize = 64 << 20;
 
 impl Default for StreamConfig {
     fn default() -> Self {
@@ -97,6 +134,8 @@ impl Default for StreamConfig {
             fallback_after: 3,
             poll_interval: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(10),
+            inline_result_bytes: INLINE_RESULT_BYTES,
+            inline_result_budget: INLINE_RESULT_BUDGET,
         }
     }
 }
@@ -112,6 +151,10 @@ struct Shared {
     jobs: Mutex<HashMap<String, JobState>>,
     /// Bumped whenever a job becomes final; waiters re-check their jobs.
     finals: watch::Sender<u64>,
+    /// Bumped whenever a `result` event arrives; `take_result` re-checks.
+    results: watch::Sender<u64>,
+    /// Bytes of inline results held (within `config.inline_result_budget`).
+    held: AtomicUsize,
     events_tx: mpsc::UnboundedSender<Event>,
     events_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Event>>,
     connected: AtomicBool,
@@ -162,6 +205,8 @@ impl EventStream {
             config,
             jobs: Mutex::new(HashMap::new()),
             finals: watch::Sender::new(0),
+            results: watch::Sender::new(0),
+            held: AtomicUsize::new(0),
             events_tx,
             events_rx: tokio::sync::Mutex::new(events_rx),
             connected: AtomicBool::new(false),
@@ -227,6 +272,10 @@ impl EventStream {
                     if state.watched {
                         state.watched = false;
                         gone.push(id.clone());
+                    }
+                    if let PushedResult::Inline(data) = &state.result {
+                        self.shared.held.fetch_sub(data.len(), Ordering::SeqCst);
+                        state.result = PushedResult::Fetch;
                     }
                 }
             }
@@ -322,6 +371,44 @@ impl EventStream {
         }
     }
 
+    /// The result the stream brought for `job_id` (its JSON), handed over once. When the
+    /// job's final status said a result follows and it has not come yet, waits up to
+    /// `timeout` for it (it comes right behind the status). `None`: fetch it over HTTP
+    /// (too large to ride the stream, taken already, or nothing came in time).
+    pub async fn take_result(&self, job_id: &str, timeout: Duration) -> Option<Bytes> {
+        let deadline = Instant::now() + timeout;
+        let mut changes = self.shared.results.subscribe();
+        let mut closed = self.shutdown.subscribe();
+        loop {
+            {
+                let mut jobs = self.shared.jobs();
+                let state = jobs.get_mut(job_id)?;
+                match &state.result {
+                    PushedResult::Inline(data) => {
+                        let data = data.clone();
+                        self.shared.held.fetch_sub(data.len(), Ordering::SeqCst);
+                        state.result = PushedResult::Fetch;
+                        return Some(data);
+                    }
+                    PushedResult::Expected => {}
+                    PushedResult::Unknown | PushedResult::Fetch => return None,
+                }
+            }
+            if *closed.borrow() {
+                return None;
+            }
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                }
+                _ = closed.changed() => {}
+                () = tokio::time::sleep_until(deadline) => return None,
+            }
+        }
+    }
+
     /// The queued events: waits up to `timeout` for the first, then takes what else is
     /// queued (at most `max`).
     pub async fn next_events(&self, timeout: Duration, max: usize) -> Vec<Event> {
@@ -387,6 +474,9 @@ struct StatusData {
     status: String,
     #[serde(default)]
     error: Option<serde_json::Value>,
+    /// A `result` event follows this (final) status.
+    #[serde(default)]
+    has_result: bool,
 }
 
 fn error_message(error: Option<&serde_json::Value>) -> Option<String> {
@@ -438,8 +528,9 @@ fn handle_message(shared: &Shared, text: &[u8]) {
         return;
     };
     let kind = msg.kind.unwrap_or_default();
-    let data = msg.data.filter(|d| d.get() != "null");
+    let mut data = msg.data.filter(|d| d.get() != "null");
     let mut became_final = false;
+    let mut result_came = false;
     {
         let mut jobs = shared.jobs();
         let Some(state) = jobs.get_mut(&job_id) else {
@@ -456,7 +547,13 @@ fn handle_message(shared: &Shared, text: &[u8]) {
             {
                 became_final =
                     apply_status(state, &status.status, error_message(status.error.as_ref()));
+                if status.has_result && state.result == PushedResult::Unknown {
+                    state.result = PushedResult::Expected;
+                }
             }
+        } else if kind == "result" {
+            keep_result(shared, state, data.take());
+            result_came = true;
         }
         // Queued under the lock: the queue then holds each job's events in seq order.
         let _ = shared.events_tx.send(Event {
@@ -468,6 +565,35 @@ fn handle_message(shared: &Shared, text: &[u8]) {
     }
     if became_final {
         shared.finals.send_modify(|n| *n += 1);
+    }
+    if result_came {
+        shared.results.send_modify(|n| *n += 1);
+    }
+}
+
+/// Keeps a `result` event's data with its job if it fits this client's limits, else
+/// marks the result to be fetched.
+fn keep_result(shared: &Shared, state: &mut JobState, data: Option<Box<RawValue>>) {
+    if let PushedResult::Inline(old) = &state.result {
+        shared.held.fetch_sub(old.len(), Ordering::SeqCst);
+    }
+    state.result = PushedResult::Fetch;
+    let Some(data) = data else {
+        return;
+    };
+    let size = data.get().len();
+    if size > shared.config.inline_result_bytes {
+        return;
+    }
+    let budget = shared.config.inline_result_budget;
+    let fits = shared
+        .held
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
+            (held + size <= budget).then_some(held + size)
+        })
+        .is_ok();
+    if fits {
+        state.result = PushedResult::Inline(Bytes::copy_from_slice(data.get().as_bytes()));
     }
 }
 
@@ -497,7 +623,7 @@ fn subscribe_messages(shared: &Shared, ids: Option<&[String]>) -> Vec<String> {
                 "op": "subscribe",
                 "job_ids": ids,
                 "since": since,
-                "inline_results": false,
+                "inline_results": shared.config.inline_result_bytes > 0,
             })
             .to_string()
         })
@@ -802,6 +928,8 @@ mod tests {
             fallback_after: 3,
             poll_interval: Duration::from_millis(50),
             connect_timeout: Duration::from_secs(2),
+            inline_result_bytes: 0,
+            inline_result_budget: INLINE_RESULT_BUDGET,
         }
     }
 
@@ -902,6 +1030,101 @@ mod tests {
         assert_eq!(state.last_seq, 4);
         assert!(state.is_final);
         assert!(stream.is_connected());
+        stream.close();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("server ends")
+            .expect("server ok");
+    }
+
+    #[tokio::test]
+    async fn small_results_ride_the_stream_within_limits() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.expect("ws");
+            let sub = next_text(&mut ws).await;
+            assert_eq!(sub["inline_results"], true);
+            let done = |job: &str| {
+                serde_json::json!({"job_id": job, "seq": 1, "type": "status",
+                                   "data": {"status": "DONE", "time": "t", "has_result": true}})
+                .to_string()
+            };
+            let result = |job: &str, data: &str| {
+                format!(r#"{{"job_id": "{job}", "seq": 2, "type": "result", "data": {data}}}"#)
+            };
+            // small: kept; big: over the client's limit; none: the service said too large;
+            // late: its result comes after the client started waiting; err: no result.
+            for (job, data) in [
+                ("small", r#"{"a": 1}"#),
+                (
+                    "big",
+                    r#"{"a": "0123456789012345678901234567890123456789"}"#,
+                ),
+                ("none", "null"),
+            ] {
+                ws.send(Message::text(done(job))).await.expect("send");
+                ws.send(Message::text(result(job, data)))
+                    .await
+                    .expect("send");
+            }
+            ws.send(Message::text(done("late"))).await.expect("send");
+            ws.send(Message::text(event("err", 1, "ERROR")))
+                .await
+                .expect("send");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            ws.send(Message::text(result("late", r#"{"b": 2}"#)))
+                .await
+                .expect("send");
+            while let Some(Ok(msg)) = ws.next().await {
+                if msg.is_close() {
+                    break;
+                }
+            }
+        });
+        let cfg = StreamConfig {
+            inline_result_bytes: 32,
+            inline_result_budget: 64,
+            ..config()
+        };
+        let stream = EventStream::new(client_for(addr), cfg, Handle::current());
+        let ids: Vec<String> = ["small", "big", "none", "late", "err"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        stream.watch(&ids).expect("watch");
+        for id in ["small", "big", "none", "err"] {
+            let status = stream.wait_final(id, Some(Duration::from_secs(10))).await;
+            assert!(status.expect("wait").is_some(), "{id} final");
+        }
+        let wait = Duration::from_secs(5);
+        let small = stream.take_result("small", wait).await;
+        assert_eq!(small.as_deref(), Some(&br#"{"a": 1}"#[..]));
+        assert_eq!(
+            stream.take_result("small", wait).await,
+            None,
+            "handed over once"
+        );
+        assert_eq!(stream.take_result("big", wait).await, None);
+        assert_eq!(stream.take_result("none", wait).await, None);
+        let start = Instant::now();
+        assert_eq!(stream.take_result("err", wait).await, None);
+        assert!(start.elapsed() < wait, "no result announced: no wait");
+        let late = stream.take_result("late", wait).await;
+        assert_eq!(late.as_deref(), Some(&br#"{"b": 2}"#[..]));
+        assert_eq!(stream.shared.held.load(Ordering::SeqCst), 0);
+        // The queue of events gets result events without their data.
+        let mut events = Vec::new();
+        while events.len() < 9 {
+            let got = stream.next_events(Duration::from_secs(5), 100).await;
+            assert!(!got.is_empty(), "events so far: {events:?}");
+            events.extend(got);
+        }
+        assert!(events
+            .iter()
+            .filter(|e| e.kind == "result")
+            .all(|e| e.data.is_none()));
         stream.close();
         tokio::time::timeout(Duration::from_secs(5), server)
             .await

@@ -433,6 +433,22 @@ impl Client {
         Ok(found.unwrap_or_default())
     }
 
+    /// The result the event stream brought for `job_id` (its JSON), handed over once;
+    /// waits up to `timeout` seconds for one the job's final status announced. None: fetch
+    /// it with `GET /jobs/{id}/results` (too large to ride the stream, or not come).
+    #[pyo3(signature = (job_id, timeout = 1.0))]
+    fn take_result<'py>(
+        &self,
+        py: Python<'py>,
+        job_id: &str,
+        timeout: f64,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let rt = self.rt()?;
+        let wait = duration(timeout, "timeout")?;
+        let data = py.detach(|| rt.block_on(self.stream.take_result(job_id, wait)));
+        Ok(data.map(|d| PyBytes::new(py, &d)))
+    }
+
     /// Events `(job_id, seq, type, data)` from the stream, in arrival order (each job's in
     /// seq order, none twice); waits up to `timeout` seconds for the first one.
     fn next_events<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Vec<PyEvent<'py>>> {

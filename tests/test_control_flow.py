@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -357,15 +358,39 @@ def test_qiskits_reader_calls_what_a_payload_names_and_the_guard_refuses_it() ->
     assert guarded_load(_class_renamed(b"UnitaryGate", b"UnitaryGate"))[0].num_qubits == 1
 
 
+def _nested_body_declaring(n_qubits: int) -> bytes:
+    """QPY of an if_else whose body's own header declares ``n_qubits`` qubits: qiskit's
+    reader makes them one by one before it reads on (the top header says 1; no check
+    before loading reads a nested one)."""
+    circuit = QuantumCircuit(1, 1)
+    circuit.measure(0, 0)
+    body = QuantumCircuit(1, 1)
+    for _ in range(3):
+        body.x(0)
+    circuit.if_else((circuit.clbits[0], 1), body, None, [0], [0])
+    raw = bytearray(_qpy_of(circuit))
+    header = struct.Struct("!H1cHIIQIQI")  # a circuit header: name size … instructions
+    nested = [
+        offset
+        for offset in range(1, len(raw) - header.size)
+        if (fields := header.unpack_from(raw, offset))[3:5] == (1, 1) and fields[7] == 3
+    ]
+    fields = list(header.unpack_from(raw, nested[0]))
+    fields[3] = n_qubits
+    header.pack_into(raw, nested[0], *fields)
+    return bytes(raw)
+
+
 def test_hostile_qpy_fails_its_job_alone(service_factory: Callable[..., ServiceProcess]) -> None:
     service = service_factory("--workers", "1")
     client = service.client()
 
     def post(*experiments: dict[str, Any]) -> Any:
         qobj = {"qobj_id": "q", "config": {"shots": 10}, "experiments": list(experiments)}
-        return client.post(
-            "/jobs", content=orjson.dumps({"backend": "aer_simulator", "qobj": qobj})
-        )
+        # A payload that grows to the checking process's memory limit takes a while (twice:
+        # a process that died is tried once more, in a fresh one).
+        body = orjson.dumps({"backend": "aer_simulator", "qobj": qobj})
+        return client.post("/jobs", content=body, timeout=240)
 
     # Refused at submission: the service checks size and alphabet, and decodes nothing.
     refused = post(_qpy_experiment("not base64!"))
@@ -380,7 +405,8 @@ def test_hostile_qpy_fails_its_job_alone(service_factory: Callable[..., ServiceP
     assert wide.status_code == 400
     assert "header.n_qubits" in wide.json()["error"]["message"]
 
-    # Accepted (well-formed base64), refused by the worker: each fails its own job.
+    # Well-formed base64, decoded in a checking process (with a memory limit) before the
+    # job is stored, as a worker would: each is refused, naming its experiment.
     good = base64.b64encode(_qpy_of(plain(0))).decode()
     cases = {
         "garbage": (base64.b64encode(b"\x00garbage" * 10).decode(), "data: no QISKIT preface"),
@@ -391,13 +417,17 @@ def test_hostile_qpy_fails_its_job_alone(service_factory: Callable[..., ServiceP
         ),
         "wrong_width": (base64.b64encode(_qpy_of(QuantumCircuit(1, 2))).decode(), "memory_slots"),
     }
+    cases["nested_width"] = (
+        base64.b64encode(_nested_body_declaring(20_000_000)).decode(),
+        "do not decode within the service's memory limit",
+    )
     for name, (payload, expected) in cases.items():
         answer = post(_qpy_experiment(good, "fine"), _qpy_experiment(payload, name))
-        assert answer.status_code == 201, answer.text
-        job = wait_final(client, answer.json()["id"], timeout=120)
-        assert job["status"] == ERROR, name
-        message = job["error"]["message"]
-        assert f"experiment 1 ('{name}')" in message, message
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["code"] == "invalid_qobj"
+        message = answer.json()["error"]["message"]
+        if name != "nested_width":  # a process at its memory limit says no more
+            assert f"experiment 1 ('{name}')" in message, message
         assert expected in message, message
         assert "not base64" not in message, message
     # The service and its worker are fine: a good job runs.

@@ -442,7 +442,8 @@ def test_mthree_calibrates_and_corrects_through_backend_run(
             # during the x that prepares |1>: at most 1 - exp(-t_x / T1)).
             cal = m3.single_qubit_cals[q]
             error = properties.readout_error(q)
-            sigma = math.sqrt(error * (1 - error) / shots)
+            # (At least one count's worth: a qubit reported without readout error.)
+            sigma = math.sqrt(max(error, 1 / shots) * (1 - error) / shots)
             relax = -math.expm1(-properties.gate_length("x", q) / properties.t1(q))
             assert abs(cal[1, 0] - error) <= Z * sigma, (q, cal)
             assert -Z * sigma <= cal[0, 1] - error <= Z * sigma + relax, (q, cal)

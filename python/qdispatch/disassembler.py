@@ -287,6 +287,26 @@ def _experiment_to_circuit(
     return circuit
 
 
+def check_qpy_experiments(raw: bytes) -> int:
+    """Decodes the QPY experiments of the Qobj ``raw`` as a worker will, and holds each to
+    its header; returns how many there were. The service runs it in a checking process
+    with a memory limit at submission: what qiskit's reader allocates is declared in
+    nested headers that no check before loading reads.
+
+    Raises:
+        QobjExecutionError: an experiment's QPY does not decode or fit its header.
+    """
+    qobj = _loads(raw)
+    found = 0
+    for index, experiment in enumerate(qobj.get("experiments") or []):
+        if isinstance(experiment, dict) and "qpy" in experiment:
+            header = experiment.get("header") or {}
+            name = str(header.get("name") or f"circuit-{index}")
+            _qpy_experiment(experiment["qpy"], header, name, f"experiment {index} ('{name}')")
+            found += 1
+    return found
+
+
 def _qpy_experiment(payload: Any, header: dict[str, Any], name: str, label: str) -> QuantumCircuit:
     """The circuit of a QPY experiment, held to its header: the widths and registers the
     result is shaped by, and the instruction limit of any experiment."""

@@ -89,8 +89,10 @@ class _Narrowed(types.ModuleType):
 @contextmanager
 def _narrowed_modules() -> Iterator[None]:
     refused = refused_names()
-    originals = {name: sys.modules[name] for name in _LOOKUP_MODULES}
     with _LOCK:
+        # Read under the lock: another thread's load would have its stand-ins in place,
+        # and putting those back afterwards would leave qiskit's modules narrowed for good.
+        originals = {name: sys.modules[name] for name in _LOOKUP_MODULES}
         for name, module in originals.items():
             sys.modules[name] = _Narrowed(module, refused)
         try:

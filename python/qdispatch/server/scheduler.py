@@ -173,6 +173,8 @@ class Scheduler:
         self.shard_min_pubs = shard_min_pubs
         # Jobs running as shards (docs/service.md, "Sharding"), by job id.
         self._sharded: dict[str, ShardedJob] = {}
+        # Tasks merging and storing a sharded job whose last shard has given back its slot.
+        self._finishing: set[asyncio.Task[None]] = set()
         self.hub = hub
         self.executor = executor
         self.max_attempts = max_attempts
@@ -240,7 +242,7 @@ class Scheduler:
             self.begin_drain()
         hurried = asyncio.ensure_future(hurry.wait())
         try:
-            while self._running and not hurry.is_set():
+            while (self._running or self._finishing) and not hurry.is_set():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -267,6 +269,8 @@ class Scheduler:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # Sharded jobs whose shards are all in are being merged and stored: let them end.
+        await asyncio.gather(*self._finishing, return_exceptions=True)
         await self.executor.close()
         unfinished = [
             (sharded.job_id, sharded.parent)
@@ -625,6 +629,16 @@ class Scheduler:
                 self._put_back(entry)
                 raise
 
+    def _limit_events(self, job: Job, running: _Running, quota_left: int | None) -> None:
+        """Sets what ``job``'s events may still cost. The budget is the job's, not an
+        attempt's: a requeued job (a lost worker, a restart) starts with what its earlier
+        attempts published; and it is what is left of the owner's quota when that is less."""
+        if job.attempts:
+            running.event_bytes = self.store.event_bytes(job.id, EVENT_OVERHEAD_BYTES)
+        budget = self.max_event_bytes
+        if quota_left is not None and (budget is None or quota_left < budget):
+            running.event_limit, running.quota_bound = running.event_bytes + quota_left, True
+
     def _storage_left(self, owner: str) -> int | None:
         """What ``owner`` may still store under their quota (``None``: no quota)."""
         if not self.max_user_store_bytes:
@@ -672,7 +686,7 @@ class Scheduler:
         free = self.executor.capacity - len(self._running)
         count = shard_count(program, job.n_experiments, free, self.shard_min_pubs)
         if program is not None and count > 1:
-            self._start_sharded(job, entry, program, count)
+            self._start_sharded(job, entry, program, count, quota_left)
             return
         # Everything that can fail comes before the slot is taken: nothing to undo.
         task = Task(job.id, job.backend, job.kind, self.store.inputs(job.id), program)
@@ -684,13 +698,8 @@ class Scheduler:
             session_id=job.session_id,
             kind=job.kind,
             tier=entry.tier,
-            # The budget is the job's, not an attempt's: a requeued job (a lost worker, a
-            # restart) starts with what its earlier attempts published.
-            event_bytes=self.store.event_bytes(job.id, EVENT_OVERHEAD_BYTES) if job.attempts else 0,
         )
-        budget = self.max_event_bytes
-        if quota_left is not None and (budget is None or quota_left < budget):
-            running.event_limit, running.quota_bound = running.event_bytes + quota_left, True
+        self._limit_events(job, running, quota_left)
         self._running[job.id] = running
         self._running_per_user[job.owner] += 1
         running.task = asyncio.get_running_loop().create_task(self._run(task, running))
@@ -700,7 +709,14 @@ class Scheduler:
 
     # -- sharded jobs (server/shards.py) -------------------------------------------------
 
-    def _start_sharded(self, job: Job, entry: _Queued, program: ProgramRef, count: int) -> None:
+    def _start_sharded(
+        self,
+        job: Job,
+        entry: _Queued,
+        program: ProgramRef,
+        count: int,
+        quota_left: int | None,
+    ) -> None:
         """Start ``job`` as ``count`` shards: the first takes the slot the job was given,
         the others wait at the head of the owner's queue, ranked by fair share."""
         parent = _Running(
@@ -713,6 +729,7 @@ class Scheduler:
             tier=entry.tier,
             released=True,  # the job holds no slot: its shards do
         )
+        self._limit_events(job, parent, quota_left)
         sharded = ShardedJob(
             job.id, entry.owner, program, self.store.inputs(job.id), count, parent, entry.tier
         )
@@ -802,8 +819,13 @@ class Scheduler:
                 lambda kind, data: self._event(job_id, sharded.parent, kind, data),
             )
             part = None
+            too_large = False
             if outcome.status == "done" and outcome.result is not None:
-                part = await _read_part(outcome.result)
+                sharded.result_bytes += len(outcome.result)
+                # Parsed parts are held until the merge: stop before holding more.
+                too_large = self._too_large_so_far(sharded)
+                if not too_large:
+                    part = await _read_part(outcome.result)
         except asyncio.CancelledError:
             raise  # the service is stopping: the job stays RUNNING and is requeued
         except Exception as exc:  # an executor bug, or a reply that is no shard's
@@ -811,12 +833,16 @@ class Scheduler:
             outcome = Outcome(
                 "error", error=f"internal error while running the job: {exc}", transient=True
             )
-            part = None
+            part, too_large = None, False
         finally:
             self._release(task.job_id, running)
             if sharded.running.get(index) is running:
                 del sharded.running[index]
         if sharded.ended or running.cancelled or sharded.parent.cancelled:
+            return
+        if too_large:
+            self._end_sharded(sharded)
+            self._settle(job_id, sharded.parent, self._shards_too_large(sharded), None)
             return
         if part is not None:
             sharded.finished(index, part, outcome.seconds, outcome.timings)
@@ -828,7 +854,15 @@ class Scheduler:
                 sharding.progress(list(sharded.parts.values()), sharded.count),
             )
             if sharded.done:
-                await self._finish_sharded(sharded)
+                # Its last slot is given back already: a drain and a stop wait for the
+                # merge through this set, or they would leave the job RUNNING.
+                finishing = asyncio.current_task()
+                if finishing is not None:
+                    self._finishing.add(finishing)
+                try:
+                    await self._finish_sharded(sharded)
+                finally:
+                    self._finishing.discard(finishing)
             return
         if outcome.status == "error" and outcome.transient:
             tries = sharded.tries.get(index, 0)
@@ -881,6 +915,19 @@ class Scheduler:
         finally:
             if self._sharded.get(sharded.job_id) is sharded:
                 del self._sharded[sharded.job_id]
+
+    def _too_large_so_far(self, sharded: ShardedJob) -> bool:
+        limit = self.max_result_bytes
+        return limit is not None and sharded.result_bytes > limit
+
+    def _shards_too_large(self, sharded: ShardedJob) -> Outcome:
+        error = _too_large_error(sharded.result_bytes, self.max_result_bytes)
+        return Outcome(
+            "error",
+            error=error["message"],
+            code=error["code"],
+            seconds=sharded.seconds,
+        )
 
     def _shard_time_up(self, sharded: ShardedJob) -> None:
         """The time limit's check: the job's shards have used its whole time limit."""

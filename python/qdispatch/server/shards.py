@@ -64,6 +64,7 @@ class ShardedJob:
     tries: dict[int, int] = field(default_factory=dict)  # runs started, per shard
     running: dict[int, Any] = field(default_factory=dict)  # shard → its _Running
     seconds: float = 0.0  # run time of the shards that finished
+    result_bytes: int = 0  # the shards' replies so far, as the workers sent them
     timings: dict[str, float] = field(default_factory=dict)
     ended: bool = False
     _timer: asyncio.TimerHandle | None = None

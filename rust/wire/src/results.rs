@@ -230,8 +230,24 @@ impl<'de: 'a, 'a> Deserialize<'de> for CountsMap<'a> {
     }
 }
 
+/// The widest register layout (memory slots, registers, a register's size) whose keys are
+/// formatted here. Every key is padded to the layout's width up front, so a header that
+/// declares more (a hostile service's `memory_slots` of 2^64 − 1) would make a small
+/// document allocate without bound; such experiments are left to qiskit, which formats
+/// a key only when it is asked for.
+pub const MAX_KEY_WIDTH: u64 = 1 << 12;
+
+fn too_wide(slots: Option<u64>, cregs: &[u64]) -> bool {
+    slots.is_some_and(|n| n > MAX_KEY_WIDTH)
+        || cregs.len() as u64 > MAX_KEY_WIDTH
+        || cregs.iter().any(|&size| size > MAX_KEY_WIDTH)
+}
+
 /// One key, formatted as `format_counts_memory` formats it.
 fn format_key(key: &str, slots: Option<u64>, cregs: &[u64]) -> Result<String, WireError> {
+    if too_wide(slots, cregs) {
+        return Err(refused("a register layout wider than MAX_KEY_WIDTH"));
+    }
     let bits = if let Some(hex) = key.strip_prefix("0x") {
         hex_to_bin(hex).ok_or_else(|| bad_key(key))?
     } else if slots.is_none() && cregs.is_empty() {
@@ -657,6 +673,10 @@ impl<'a> HeaderOutline<'a> {
             None | Some("null") => None,
             Some(v) => Some(serde_json::from_str::<Vec<(String, u64)>>(v).ok()?),
         };
+        let sizes: Vec<u64> = cregs.iter().flatten().map(|c| c.1).collect();
+        if too_wide(slots, &sizes) {
+            return None;
+        }
         Some((slots, cregs))
     }
 }
@@ -960,6 +980,25 @@ mod tests {
         assert!(out.experiments[3].counts.is_none());
         assert!(!out.experiments[4].success && out.experiments[4].counts.is_none());
         assert!(out.experiments[4].name.is_none());
+    }
+
+    #[test]
+    fn outline_leaves_a_layout_too_wide_to_pad_to_qiskit() {
+        // A header declaring 2^64 - 1 memory slots (or a huge register) would pad every
+        // key to that width up front: the experiment's counts are left to qiskit.
+        for header in [
+            r#"{"memory_slots": 18446744073709551615}"#,
+            r#"{"memory_slots": 2, "creg_sizes": [["c", 100000000000]]}"#,
+        ] {
+            let json = format!(
+                r#"{{"results": [{{"shots": 1, "success": true,
+                    "data": {{"counts": {{"0x1": 1}}}}, "header": {header}}}]}}"#
+            );
+            let out = outline(json.as_bytes()).expect("an outline");
+            assert!(out.experiments[0].counts.is_none(), "{header}");
+        }
+        assert!(format_key("0x1", Some(MAX_KEY_WIDTH + 1), &[]).is_err());
+        assert_eq!(format_key("0x1", Some(4), &[]).expect("a key"), "0001");
     }
 
     #[test]

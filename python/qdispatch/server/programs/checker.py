@@ -1,4 +1,5 @@
-"""Checking a program job's inputs in a separate process, with a memory and a time limit.
+"""Checking a program job's inputs, and a Qobj's QPY experiments, in a separate process
+with a memory and a time limit.
 
 A program's params are decoded at submission (``encoding.loads``) and its ``estimate``
 reads them. Both run qiskit code over what a user sent, and some of it cannot be bounded
@@ -7,7 +8,9 @@ before reading it (2**28 declared qubits is a 4 GiB allocation, and a failed all
 in its Rust core aborts the process), and grouping observables is quadratic. In the
 service process either would stop every user's requests. Here it can only end the
 checking process: the job is refused with ``400 invalid_params`` naming the limit, and
-the next check gets a fresh process.
+the next check gets a fresh process. A circuit job's Qobj whose experiments travel as QPY
+(dynamic circuits) is decoded here the same way before it is stored (``400 invalid_qobj``):
+what a worker then decodes is known to fit.
 
 The processes are spawned (a tokio runtime and SQLite connections do not survive a
 fork), on demand, and each imports qiskit once (about a second); at most ``processes``
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ... import codes as E
+from ...disassembler import QobjExecutionError, check_qpy_experiments
 from .. import backends as bk
 from ..errors import ServiceError
 from . import Limits, Registry
@@ -103,9 +107,21 @@ def _check(program_id: str, params: bytes, backend: str, limits: Limits) -> tupl
     return ("ok", executions, shots)
 
 
-def _too_big() -> str:
+def _check_qobj(qobj: bytes) -> tuple[Any, ...]:
+    """In the checking process: ``("ok", experiments, 0)`` once every QPY experiment of
+    the Qobj decodes and fits its header, else ``("refused", …)`` as :func:`_check`."""
+    try:
+        found = check_qpy_experiments(qobj)
+    except QobjExecutionError as exc:
+        return ("refused", 400, E.INVALID_QOBJ, str(exc))
+    except MemoryError:
+        return ("refused", 400, E.INVALID_QOBJ, _too_big("the Qobj's QPY experiments"))
+    return ("ok", found, 0)
+
+
+def _too_big(what: str = "params") -> str:
     return (
-        "params do not decode within the service's memory limit for checking inputs "
+        f"{what} do not decode within the service's memory limit for checking inputs "
         f"({CHECK_MEMORY_BYTES >> 20} MiB beyond its own)"
     )
 
@@ -167,6 +183,18 @@ class InputChecker:
     ) -> tuple[int, int]:
         """(executions, shots per execution) of the program job, or the
         :class:`ServiceError` that refuses it."""
+        return await self._run(
+            E.INVALID_PARAMS, "params", _check, program_id, params, backend, limits
+        )
+
+    async def check_qobj(self, qobj: bytes) -> int:
+        """Decodes the Qobj's QPY experiments as a worker will (how many there are), or
+        raises the :class:`ServiceError` that refuses the job (``400 invalid_qobj``)."""
+        found, _ = await self._run(E.INVALID_QOBJ, "the Qobj's QPY experiments", _check_qobj, qobj)
+        return found
+
+    async def _run(self, code: str, what: str, check: Any, *args: Any) -> tuple[int, int]:
+        """``check(*args)`` in a checking process: its two numbers, or the refusal."""
         loop = asyncio.get_running_loop()
         answer: tuple[Any, ...] = ()
         for attempt in range(2):
@@ -178,8 +206,7 @@ class InputChecker:
                     # importing qiskit alone can take longer than a check may.
                     await asyncio.wait_for(loop.run_in_executor(pool, _ready), START_SECONDS)
                     answer = await asyncio.wait_for(
-                        loop.run_in_executor(pool, _check, program_id, params, backend, limits),
-                        self._seconds,
+                        loop.run_in_executor(pool, check, *args), self._seconds
                     )
                 break
             except BrokenProcessPool as exc:
@@ -187,13 +214,13 @@ class InputChecker:
                 # a fresh process, tells the two apart.
                 self._discard(pool)
                 if attempt:
-                    raise ServiceError(400, E.INVALID_PARAMS, _too_big()) from exc
+                    raise ServiceError(400, code, _too_big(what)) from exc
             except asyncio.TimeoutError as exc:  # TimeoutError itself from 3.11
                 self._discard(pool)
                 raise ServiceError(
                     400,
-                    E.INVALID_PARAMS,
-                    f"checking the params took longer than the service's {self._seconds:g} s",
+                    code,
+                    f"checking {what} took longer than the service's {self._seconds:g} s",
                 ) from exc
         if answer[0] == "refused":
             _, status, code, message = answer

@@ -464,6 +464,9 @@ async def create_job(request: Request, svc: Svc, who: Who) -> Response:
         summary = await _off_loop(big, validate, qobj, svc.specs[backend_name])
         shots = summary.shots or DEFAULT_SHOTS
         _check_qobj_limits(svc.limits(backend_name), qobj, summary.n_experiments, shots)
+        if b'"qpy"' in qobj:
+            # Dynamic circuits travel as QPY, which only a checking process decodes here.
+            await svc.input_checker.check_qobj(qobj)
         payload = {
             "kind": "circuit",
             "inputs": qobj,

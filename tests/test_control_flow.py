@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
-from qiskit import qpy
+from qiskit import qpy, transpile
 from qiskit.circuit import ClassicalRegister, Parameter, QuantumCircuit, QuantumRegister
 from qiskit.circuit.classical import expr, types
 from qiskit.circuit.library import UnitaryGate
@@ -222,6 +222,43 @@ def test_every_construct_runs_as_on_aer(connected: Any) -> None:
     rebuilt = job.circuits()
     assert rebuilt[2].count_ops()["while_loop"] == 1
     assert rebuilt[6].num_vars == 1
+
+
+def test_custom_and_composite_gates_run_as_on_aer(connected: Any) -> None:
+    """A gate a Qobj cannot name (a custom gate, a custom gate holding another,
+    a controlled unitary: what MQT Bench's adders and amplitude estimation are made of)
+    is written as its definition. AerSimulator.run refuses them ("unknown instruction")
+    until they are transpiled: the reference is the transpiled circuit on Aer."""
+    inner = QuantumCircuit(2, name="Carry")
+    inner.cx(0, 1)
+    inner.h(0)
+    outer = QuantumCircuit(3, name="Adder")
+    outer.append(inner.to_gate(), [0, 1])
+    outer.ccx(0, 1, 2)
+    with_custom = QuantumCircuit(3, name="custom")
+    with_custom.x(0)
+    with_custom.append(outer.to_gate(), [0, 1, 2])
+    with_custom.measure_all()
+    controlled = QuantumCircuit(2, name="c-unitary")
+    controlled.x(0)
+    controlled.append(UnitaryGate([[0, 1], [1, 0]]).control(1), [0, 1])
+    controlled.measure_all()
+    circuits = [with_custom, controlled]
+    experiments = _qobj_experiments(connected.backend("aer_simulator"), circuits)
+    names = {i["name"] for e in experiments for i in e["instructions"]}
+    assert not names & {"Carry", "Adder", "c-unitary"}, names
+    options = {"shots": 2000, "seed_simulator": 99}
+    ours = connected.backend("aer_simulator").run(circuits, **options).result(timeout=300)
+    aer = AerSimulator()
+    reference = aer.run(transpile(circuits, aer), **options).result()
+    for i in range(len(circuits)):
+        counts, expected = ours.get_counts(i), reference.get_counts(i)
+        assert set(counts) == set(expected), circuits[i].name
+        # Each outcome within 5 binomial sigmas of the reference's frequency.
+        for key, n in expected.items():
+            p = n / 2000
+            assert abs(counts[key] - n) <= 5 * (2000 * p * (1 - p)) ** 0.5 + 1, (key, counts)
+    assert ours.get_counts(1) == {"11": 2000}
 
 
 def test_a_device_runs_dynamic_circuits_with_its_noise(connected: Any) -> None:

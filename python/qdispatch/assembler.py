@@ -37,6 +37,7 @@ from qiskit.circuit import (
     ParameterExpression,
     QuantumCircuit,
 )
+from qiskit.circuit.library import get_standard_gate_name_mapping
 from qiskit.exceptions import QiskitError
 
 from qdispatch import _native
@@ -268,7 +269,35 @@ def _experiment_dict(circuit: QuantumCircuit) -> dict[str, Any]:
         raise
 
 
+# Instructions a Qobj names and the simulator knows; any other gate with a definition (a
+# custom or composite gate, a controlled unitary) is written as its definition.
+_QOBJ_NAMES = frozenset(get_standard_gate_name_mapping()) | {"unitary", "initialize"}
+# Definitions inlined within definitions, at most (a definition that names itself ends).
+_INLINE_DEPTH = 16
+
+
+def _inline_custom(circuit: QuantumCircuit) -> QuantumCircuit:
+    """``circuit`` with every gate a Qobj cannot name replaced by its definition, as
+    AerSimulator inlines them before it runs (a custom ``Gate``, a composite instruction,
+    ``UnitaryGate(...).control()``); ``circuit`` itself when it has none. Control flow
+    travels as QPY, which carries definitions. An instruction without a definition is
+    left for the service to refuse by name."""
+    for _ in range(_INLINE_DEPTH):
+        custom = {
+            ci.operation.name
+            for ci in circuit.data
+            if ci.operation.name not in _QOBJ_NAMES
+            and not isinstance(ci.operation, ControlFlowOp)
+            and getattr(ci.operation, "definition", None) is not None
+        }
+        if not custom:
+            return circuit
+        circuit = circuit.decompose(gates_to_decompose=sorted(custom))
+    return circuit
+
+
 def _build_experiment(circuit: QuantumCircuit) -> dict[str, Any]:
+    circuit = _inline_custom(circuit)
     qregs, cregs = circuit.qregs, circuit.cregs
     n_qubits, memory_slots = circuit.num_qubits, circuit.num_clbits
     header = {

@@ -103,29 +103,31 @@ def test_a_bad_chunk_spares_the_others_and_resubmission_completes_the_set(
     broken = list(circuits)
     too_wide = QuantumCircuit(31, 1, name="too-wide")
     too_wide.x(30)
-    broken[450] = too_wide  # the second chunk of 300 cannot run on a 30-qubit backend
+    broken[450] = too_wide  # cannot run on a 30-qubit backend: it fails alone
     job_set = IBMQJobManager().run(broken, backend, max_experiments_per_job=300, shots=32)
     results = job_set.results(timeout=300)
     assert not results.success
+    assert [m.start_index for m in job_set.managed_jobs()] == [0, 300, 450, 451, 600]
     assert results.get_counts(0) == results.get_counts("rot-0")
     assert sum(results.get_counts(899).values()) == 32
-    with pytest.raises(IBMQManagedResultDataNotAvailable, match="job index 1"):
+    assert sum(results.get_counts(449).values()) == sum(results.get_counts(451).values()) == 32
+    with pytest.raises(IBMQManagedResultDataNotAvailable, match="job index 2"):
         results.get_counts(450)
     message = job_set.error_messages()
     assert message is not None
-    assert message.startswith("experiments 300-599, job index 1, job ID None:")
-    assert "uses qubit 30, but backend 'aer_simulator' has 30 qubits" in message
-    assert job_set.statuses()[1] is None
+    assert message.startswith("experiments 450-450, job index 2, job ID None:")
+    assert "circuit 450: circuit 'too-wide' has 31 qubits, but backend" in message
+    assert job_set.statuses()[2] is None
     with pytest.raises(IBMQManagedResultDataNotAvailable):
         results.combine_results()
 
     # Retrieval by id sees the gap too.
     again = IBMQJobManager().retrieve_job_set(job_set.job_set_id(), connected)
-    assert [m.start_index for m in again.managed_jobs()] == [0, 300, 600]
-    assert again.managed_jobs()[1].job is None
+    assert [m.start_index for m in again.managed_jobs()] == [0, 300, 450, 451, 600]
+    assert again.managed_jobs()[2].job is None
 
     redone = job_set.resubmit_failed(circuits)
-    assert [m.start_index for m in redone] == [300]
+    assert [m.start_index for m in redone] == [450]
     fixed = job_set.results(timeout=300)
     assert fixed.success
     assert fixed.get_counts(450) == fixed.get_counts("rot-450")

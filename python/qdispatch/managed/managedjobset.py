@@ -52,16 +52,23 @@ _SIZE_MARGIN = 0.9
 
 
 def _first_unsendable(
-    circuits: Sequence[Any], start: int, count: int
+    circuits: Sequence[Any], start: int, count: int, backend: QDispatchBackend
 ) -> tuple[int | None, Exception | None]:
-    """The first item of ``circuits[start : start + count]`` that is not a circuit (its
-    global index, and the error it fails with), else ``(None, None)``."""
+    """The first item of ``circuits[start : start + count]`` that is not a circuit, or is
+    wider than the backend (its global index, and the error it fails with), else
+    ``(None, None)``: the service would refuse the chunk holding it, chunk-mates and all."""
+    width = backend.num_qubits
     for index in range(start, start + count):
         item = circuits[index]
         if not isinstance(item, QuantumCircuit):
             kind = f"{type(item).__module__}.{type(item).__name__}"
             return index, IBMQBackendValueError(
                 f"circuit {index}: a {kind}, not a QuantumCircuit; only circuits can run"
+            )
+        if item.num_qubits > width:
+            return index, IBMQBackendValueError(
+                f"circuit {index}: circuit '{item.name}' has {item.num_qubits} qubits, but "
+                f"backend '{backend.name}' has {width}"
             )
     return None, None
 
@@ -153,7 +160,7 @@ class ManagedJobSet:
         chunks: list[tuple[int, int, bytes | Exception]] = []
 
         def serialize(start: int, count: int) -> None:
-            bad, error = _first_unsendable(circuits, start, count)
+            bad, error = _first_unsendable(circuits, start, count, backend)
             if bad is None:
                 try:
                     qobj = circuits_to_qobj_json(

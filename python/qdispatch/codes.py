@@ -42,6 +42,9 @@ SESSION_EXPIRED = "session_expired"  # a job's error code: its session ran out o
 # A job's error code: it ran longer than the service's per-job time limit (not retried).
 TIME_LIMIT_EXCEEDED = "time_limit_exceeded"
 RESULT_TOO_LARGE = "result_too_large"  # a job's error code: its result is over the limit
+# A job's error code: it needed more memory than a local worker may use (--worker-memory-mb;
+# not retried, the worker is replaced).
+MEMORY_LIMIT_EXCEEDED = "memory_limit_exceeded"
 # 507: the service's store cannot take more data (its disk, or its --max-store-mb, is full).
 # Nothing was changed; reads still work. Retry later, once the operator has freed space.
 STORAGE_FULL = "storage_full"
@@ -70,6 +73,7 @@ __all__ = [
     "JOB_NOT_FOUND",
     "JOB_SET_NOT_FOUND",
     "MALFORMED_JSON",
+    "MEMORY_LIMIT_EXCEEDED",
     "OPERATOR_ONLY",
     "PAYLOAD_TOO_LARGE",
     "RATE_LIMITED",

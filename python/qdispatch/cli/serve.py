@@ -69,6 +69,7 @@ def _config(args: argparse.Namespace, db: Path, port: int) -> ServiceConfig:
         dask_max_workers=args.dask_max_workers,
         dask_insecure=args.dask_insecure,
         threads_per_worker=args.threads_per_worker,
+        worker_memory_mb=args.worker_memory_mb,
         max_active_jobs=args.max_active_jobs,
         max_request_bytes=args.max_request_mb * 1024 * 1024,
         big_body_bytes=args.big_body_kb * 1024,
@@ -263,6 +264,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=None,
         help="local worker processes, or auto (default): the CPUs this process may use "
         "(affinity and cgroup quota, as a Slurm allocation sets them) / --threads-per-worker",
+    )
+    serve.add_argument(
+        "--worker-memory-mb",
+        type=int,
+        default=None,
+        help="MB of data each local worker may use; a job needing more fails with "
+        "memory_limit_exceeded (default: 80%% of the machine's memory / --workers, at least "
+        "1024; 0: no limit)",
     )
     serve.add_argument("--executor", choices=["local", "dask"], default="local")
     serve.add_argument("--scheduler", help="dask scheduler address, with --executor dask")

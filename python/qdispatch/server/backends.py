@@ -22,6 +22,8 @@ from qiskit.providers.fake_provider import GenericBackendV2
 
 from qdispatch._native import BackendSpec
 
+from . import workermemory
+
 if TYPE_CHECKING:
     from qiskit_aer import AerSimulator
 
@@ -226,9 +228,12 @@ def simulator(defn: BackendDef) -> AerSimulator:
     # qiskit-aer costs ~0.5 s to import; only processes that simulate pay for it.
     from qiskit_aer import AerSimulator  # noqa: PLC0415
 
-    if defn.seed is None:
-        return AerSimulator()
-    return AerSimulator.from_backend(generic_backend(defn))
+    sim = AerSimulator() if defn.seed is None else AerSimulator.from_backend(generic_backend(defn))
+    aer_memory = workermemory.aer_max_memory_mb()
+    if aer_memory is not None:
+        # Below the worker's own limit: Aer refuses a statevector too large, cleanly.
+        sim.set_options(max_memory_mb=aer_memory)
+    return sim
 
 
 def _gate_parameters(name: str) -> list[str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .cpus import usable_cpus
+from .workermemory import MIN_WORKER_MEMORY_MB, default_worker_memory_mb
 
 #: ``serve --dask-cluster`` kinds → the dask-jobqueue class that makes the cluster (module,
 #: name). ``local-jobqueue`` runs its "batch jobs" as local processes (dask-jobqueue's own
@@ -46,6 +47,11 @@ class ServiceConfig:
     #: ``--dask-cluster`` without TLS (by default the cluster makes a temporary CA).
     dask_insecure: bool = False
     threads_per_worker: int = 1
+    #: MB of data each local worker process may use (``RLIMIT_DATA``; a job needing more
+    #: fails with ``memory_limit_exceeded`` and its worker is replaced); 0: no limit.
+    #: ``None``: 80% of the machine's memory (or its cgroup's limit) shared among the
+    #: workers, at least 1024 (docs/service.md, "Worker memory").
+    worker_memory_mb: int | None = None
     #: Per-user QUEUED + RUNNING jobs; 0 (or ``None``) is unlimited.
     max_active_jobs: int | None = 1000
     #: Bytes one user's jobs may store (inputs, results, events; 0: no limit). A user at
@@ -160,6 +166,13 @@ class ServiceConfig:
             raise ValueError("ui_login_seconds and ui_max_logins must be positive")
         if self.ui_login_failures_per_minute <= 0 or self.ui_login_failure_burst < 1:
             raise ValueError("ui_login_failures_per_minute and its burst must be positive")
+        if self.worker_memory_mb is None:
+            self.worker_memory_mb = default_worker_memory_mb(self.workers)
+        if 0 < self.worker_memory_mb < MIN_WORKER_MEMORY_MB or self.worker_memory_mb < 0:
+            raise ValueError(
+                f"worker_memory_mb must be 0 (no limit) or at least {MIN_WORKER_MEMORY_MB}: "
+                "a worker holds about 250 MB before any job"
+            )
         self._check_dask()
 
     def _check_dask(self) -> None:

@@ -15,7 +15,11 @@ an event loop and threads that must not be duplicated into a child. A worker tha
 (segfault, OOM kill, ``kill -9``) fails only the job it was running, with a reason, and is
 replaced. Cancelling a running job kills its worker, which is then replaced too: a
 simulation in C++ cannot be interrupted any other way. So does a job that runs past the
-per-job time limit.
+per-job time limit. A worker runs under its memory limit (``--worker-memory-mb``,
+:mod:`.workermemory`): a job that needs more fails with ``memory_limit_exceeded``, not
+retried, whether its worker could say so (a ``MemoryError``) or died of it (an abort in
+C++ or Rust code, known by what it wrote on its stderr, which passes through the service's
+own); either way the worker is replaced.
 
 Faults: a worker goes back to the idle pool only if it replied and was never signalled
 (a cancel or the time limit may have killed it after its reply); every other way out of
@@ -42,7 +46,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
-from ..codes import TIME_LIMIT_EXCEEDED
+from ..codes import MEMORY_LIMIT_EXCEEDED, TIME_LIMIT_EXCEEDED
+from . import workermemory
 from .programs import ProgramRef, sharding
 
 log = logging.getLogger(__name__)
@@ -76,6 +81,15 @@ class Reply:
     error: str | None = None
     code: str = EXECUTION_FAILED
     timings: dict[str, float] | None = None
+    #: the worker is not to take another job (it ran out of memory: whatever failed to
+    #: allocate may have left a library half done)
+    retire: bool = False
+
+
+def _out_of_memory(timings: dict[str, float] | None = None) -> Reply:
+    return Reply(
+        error=workermemory.exceeded(), code=MEMORY_LIMIT_EXCEEDED, timings=timings, retire=True
+    )
 
 
 @dataclass(frozen=True)
@@ -168,6 +182,8 @@ def run_task(task: Task, threads: int, emit: OnEvent) -> Reply:
             try:
                 result, timings = run_program(task.program, task.backend, inputs, threads, emit)
             except ProgramFailed as exc:
+                if isinstance(exc.__cause__, MemoryError):
+                    return _out_of_memory(exc.timings)
                 message = exc.message
                 if span is not None:  # the pubs' indices in the message are the shard's
                     message = f"pubs {span.start}-{span.stop - 1} of {span.pubs}: {message}"
@@ -176,14 +192,30 @@ def run_task(task: Task, threads: int, emit: OnEvent) -> Reply:
                 result = sharding.envelope(span, result)
             return Reply(result=result, timings=timings)
         return Reply(error=f"job kind '{task.kind}' cannot run on this service")
+    except MemoryError:
+        return _out_of_memory()
     except Exception as exc:
         return Reply(error=f"{type(exc).__name__}: {exc}")
 
 
-def _worker_main(conn: Connection, threads: int) -> None:
+def _worker_main(
+    conn: Connection,
+    threads: int,
+    memory_mb: int = 0,
+    stderr: Connection | None = None,
+    peak: Any = None,
+) -> None:
     """A local worker: run tasks from ``conn`` until the service goes away. A program's
     events go out on the same pipe, ahead of the reply: ``(kind, data)``, then
-    ``("reply", Reply, seconds)``."""
+    ``("reply", Reply, seconds)``. Its stderr goes to ``stderr`` (the service passes it
+    on, keeping the last lines), its data segment is limited to ``memory_mb`` and the most
+    it used since the service last reset it is in ``peak`` (a shared integer)."""
+    if stderr is not None:
+        os.dup2(stderr.fileno(), 2)
+        stderr.close()
+    workermemory.apply(memory_mb)
+    if memory_mb and peak is not None:
+        workermemory.watch(peak)
     # Ctrl-C, or a SIGTERM sent to the whole process group (systemd's default KillMode), is
     # for the service: it lets this worker finish its job while it drains, then stops it
     # itself (SIGKILL). Orphaned by a service that died, a worker exits at its pipe's EOF.
@@ -210,10 +242,49 @@ def _worker_main(conn: Connection, threads: int) -> None:
             return
 
 
+# How much of what a worker last wrote on its stderr is kept, to tell why it died.
+_STDERR_TAIL = 4096
+
+
+class _Stderr:
+    """A worker's stderr: passed on to the service's as it comes, its end kept."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._tail = b""
+        self._done = threading.Event()
+        threading.Thread(target=self._pump, name="qd-worker-stderr", daemon=True).start()
+
+    def _pump(self) -> None:
+        fd = self._conn.fileno()
+        try:
+            while data := os.read(fd, 65536):
+                self._tail = (self._tail + data)[-_STDERR_TAIL:]
+                with contextlib.suppress(OSError):
+                    while data:
+                        data = data[os.write(2, data) :]
+        except OSError:
+            pass  # closed under us: the service is stopping
+        finally:
+            self._done.set()
+
+    def tail(self, wait: float) -> bytes:
+        """What the worker wrote last, once it has exited (at most ``wait`` seconds)."""
+        self._done.wait(wait)
+        return self._tail
+
+    def close(self) -> None:
+        """Once the worker has exited and its last words are read."""
+        self._done.wait(1.0)
+        self._conn.close()
+
+
 class _Worker:
-    def __init__(self, process: BaseProcess, conn: Connection) -> None:
+    def __init__(self, process: BaseProcess, conn: Connection, stderr: _Stderr, peak: Any) -> None:
         self.process = process
         self.conn = conn
+        self.stderr = stderr
+        self.peak = peak  # the most data (bytes) it used in its current job, shared
         self.job_id: str | None = None
         self.state = "starting"  # → idle ⇄ busy → retired
         self.cancelled = False  # killed by cancel()
@@ -227,15 +298,23 @@ class _Worker:
 
 class LocalExecutor:
     """A pool of ``workers`` spawned processes, each running one job at a time; a job
-    running longer than ``time_limit`` seconds is stopped (its worker is killed)."""
+    running longer than ``time_limit`` seconds is stopped (its worker is killed), and each
+    worker may use ``memory_mb`` of data (0: no limit; :mod:`.workermemory`)."""
 
     def __init__(
-        self, workers: int, threads_per_worker: int = 1, time_limit: float | None = None
+        self,
+        workers: int,
+        threads_per_worker: int = 1,
+        time_limit: float | None = None,
+        memory_mb: int = 0,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.capacity = workers
         self.time_limit = time_limit
+        self.memory_mb = memory_mb
+        if memory_mb:
+            workermemory.prepare_environment()
         self._threads = threads_per_worker
         self._ctx = multiprocessing.get_context("spawn")
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
@@ -278,12 +357,18 @@ class LocalExecutor:
 
     async def _spawn_one(self) -> bool:
         parent, child = self._ctx.Pipe()
+        err_read, err_write = self._ctx.Pipe(duplex=False)
+        peak = self._ctx.Value("q", 0, lock=False)
         process = self._ctx.Process(
-            target=_worker_main, args=(child, self._threads), name="qdispatch-worker", daemon=True
+            target=_worker_main,
+            args=(child, self._threads, self.memory_mb, err_write, peak),
+            name="qdispatch-worker",
+            daemon=True,
         )
         process.start()
         child.close()
-        worker = _Worker(process, parent)
+        err_write.close()
+        worker = _Worker(process, parent, _Stderr(err_read), peak)
         self._all.add(worker)
         loop = asyncio.get_running_loop()
         try:
@@ -294,6 +379,7 @@ class LocalExecutor:
             self._all.discard(worker)
             if process.is_alive():
                 process.kill()
+            err_read.close()
             raise
         if self._closing:
             return True
@@ -301,6 +387,7 @@ class LocalExecutor:
             log.error("a worker process exited at start (exit code %s)", process.exitcode)
             self._all.discard(worker)
             parent.close()
+            worker.stderr.close()
             return False
         worker.state = "idle"
         self._idle.put_nowait(worker)
@@ -368,6 +455,7 @@ class LocalExecutor:
         died = False
         timer = None
         try:
+            worker.peak.value = 0
             worker.conn.send(task)
             if self.time_limit:
                 timer = loop.call_later(self.time_limit, self._expire, worker, task.job_id)
@@ -387,7 +475,12 @@ class LocalExecutor:
                 timer.cancel()
             self._busy.pop(task.job_id, None)
             worker.job_id = None
-            if message is not None and not worker.signalled and not self._closing:
+            if (
+                message is not None
+                and not worker.signalled
+                and not message[1].retire
+                and not self._closing
+            ):
                 worker.state = "idle"
                 self._idle.put_nowait(worker)
             else:
@@ -430,6 +523,7 @@ class LocalExecutor:
         if worker.process.is_alive():
             worker.process.kill()
         worker.conn.close()
+        worker.stderr.close()
 
     async def _died(self, worker: _Worker, start: float) -> Outcome:
         """The worker is gone under a job: say why."""
@@ -440,6 +534,18 @@ class LocalExecutor:
             return Outcome("cancelled", seconds=elapsed)
         if worker.timed_out:
             return time_limit_outcome(self.time_limit or 0.0, elapsed)
+        last_words = await loop.run_in_executor(self._waiters, worker.stderr.tail, 2.0)
+        if self.memory_mb and (
+            workermemory.says_out_of_memory(last_words)
+            or workermemory.came_near(worker.peak.value, self.memory_mb)
+        ):
+            # Deterministic: the same job would kill the next worker too.
+            return Outcome(
+                "error",
+                error=workermemory.exceeded(self.memory_mb),
+                seconds=elapsed,
+                code=MEMORY_LIMIT_EXCEEDED,
+            )
         code = worker.process.exitcode
         how = (
             f"killed by signal {signal.Signals(-code).name}"
@@ -474,6 +580,7 @@ class LocalExecutor:
         for worker in list(self._all):
             worker.process.join(2.0)
             worker.conn.close()
+            worker.stderr.close()
         self._waiters.shutdown(wait=False, cancel_futures=True)
 
 

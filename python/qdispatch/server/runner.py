@@ -23,6 +23,7 @@ from qdispatch.disassembler import (
     _loads,
     qobj_bytes_to_circuits,
 )
+from qdispatch.server import workermemory
 from qdispatch.server.backends import BACKEND_VERSION, DIRECTIVES, BackendDef, catalog, simulator
 
 __all__ = ["QobjExecutionError", "run_qobj"]
@@ -55,6 +56,17 @@ def _run_options(config: dict[str, Any]) -> dict[str, Any]:
         if key in known and key not in _CONTROLLED_OPTIONS and value is not None
     }
     return options
+
+
+def _name_the_limit(res: dict[str, Any]) -> None:
+    # Aer's refusal names its own max_memory_mb, which the service set below the worker's.
+    status = res.get("status")
+    if not res.get("success") and isinstance(status, str) and "Insufficient memory" in status:
+        limit = workermemory.limit_mb()
+        if limit:
+            res["status"] = (
+                f"{status} (a worker may use {limit} MB: the service's --worker-memory-mb)"
+            )
 
 
 def _lower_unsupported(circuits: list[QuantumCircuit], experiments: list[dict[str, Any]]) -> None:
@@ -204,6 +216,8 @@ def _run_qobj(backend_name: str, qobj_json: bytes, job_id: str, max_parallel_thr
                 max_parallel_experiments=threads,
                 **options,
             ).result()
+        except MemoryError:
+            raise  # the worker's limit (Aer's std::bad_alloc): the worker says so, typed
         except Exception as exc:
             names = ", ".join(f"'{c.name}'" for c in batch[:5])
             more = f" and {len(batch) - 5} more" if len(batch) > 5 else ""
@@ -230,6 +244,7 @@ def _run_qobj(backend_name: str, qobj_json: bytes, job_id: str, max_parallel_thr
             res["header"] = header
             res.setdefault("data", {})
             res.setdefault("shots", options["shots"])
+            _name_the_limit(res)
             results[i] = res
 
     success = all(r is not None and r.get("success") for r in results)

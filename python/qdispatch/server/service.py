@@ -106,7 +106,10 @@ class Service:
     def _executor(self) -> Executor:
         if self.config.executor == "local":
             return LocalExecutor(
-                self.config.workers, self.config.threads_per_worker, self.config.job_time_limit
+                self.config.workers,
+                self.config.threads_per_worker,
+                self.config.job_time_limit,
+                memory_mb=self.config.worker_memory_mb or 0,
             )
         if self.config.executor == "dask":
             return DaskExecutor(

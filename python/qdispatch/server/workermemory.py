@@ -1,0 +1,163 @@
+"""A local worker's memory limit (``serve --worker-memory-mb``).
+
+A job can make the process that runs it allocate without bound: a statevector of many
+qubits, a result of millions of memory strings, inputs that decode into large arrays.
+Without a limit of its own, one worker takes the machine (and every other user's jobs)
+down with it. Each local worker therefore runs under ``RLIMIT_DATA``: the kernel refuses
+the allocation that would take its private writable memory past the limit, and the
+library that asked fails (Python's ``MemoryError``, Aer's failed experiment, or an abort
+of C++ or Rust code, which kills the worker; :mod:`.executors` tells the job why and
+starts another worker).
+
+``RLIMIT_DATA``, not ``RLIMIT_AS``: the address space also counts what is reserved and
+never used (glibc's 64 MiB arena per thread that allocates, every thread's stack, the
+shared libraries), so a limit on it grows with Aer's OpenMP threads rather than with the
+job. qiskit's Rust allocator (mimalloc) reserves, and maps writable, a 1 GiB arena up
+front, which ``RLIMIT_DATA`` would count: :func:`prepare_environment` makes it reserve
+64 MiB at a time instead (before a worker starts, as it reads its options at load).
+
+Aer's own ``max_memory_mb`` is set below the limit (:func:`aer_max_memory_mb`), so that a
+statevector too large for the worker is refused by Aer, cleanly, before it allocates.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+#: The smallest limit ``--worker-memory-mb`` takes (0 aside): a worker holds about 250 MB
+#: before any job (Python, qiskit, Aer), measured with ``/proc/self/status``'s ``VmData``.
+MIN_WORKER_MEMORY_MB = 512
+#: The default per worker: this share of the machine's memory (or its cgroup's limit),
+#: divided among the workers, and at least this much.
+DEFAULT_SHARE = 0.8
+DEFAULT_FLOOR_MB = 1024
+# What the limit keeps from Aer's statevector: the worker's own ~250 MB, the job's
+# circuits and its result (at least this much, or a quarter of the limit).
+_AER_RESERVE_MB = 256
+_MIMALLOC_ARENA = "MIMALLOC_ARENA_RESERVE"
+
+# This process's limit in MB, once apply() has set it (0: none).
+_limit_mb = 0
+
+
+def machine_memory_bytes(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """Physical memory, or the cgroup v2 ``memory.max`` of this process's group when it
+    is lower (a container, a Slurm allocation); 0 when neither can be read."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        total = 0
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+        groups = [line[3:] for line in lines if line.startswith("0::")]  # cgroup v2
+        for group in groups:
+            text = (cgroup_root / group.strip("/") / "memory.max").read_text().strip()
+            if text.isdigit() and (total == 0 or int(text) < total):
+                total = int(text)
+    except OSError:
+        pass
+    return total
+
+
+def default_worker_memory_mb(workers: int) -> int:
+    """The default limit of each of ``workers`` local workers: all of them at their limit
+    still fit in ``DEFAULT_SHARE`` of the machine's memory (the rest is the service's and
+    the system's), but never less than ``DEFAULT_FLOOR_MB``."""
+    share = int(machine_memory_bytes() * DEFAULT_SHARE) // max(1, workers) >> 20
+    return max(DEFAULT_FLOOR_MB, share)
+
+
+def prepare_environment() -> None:
+    """Before workers are spawned: qiskit's allocator (mimalloc) is to reserve 64 MiB at
+    a time, not a 1 GiB arena that ``RLIMIT_DATA`` counts from the start (an operator's
+    own setting is kept)."""
+    os.environ.setdefault(_MIMALLOC_ARENA, "64MiB")
+
+
+def apply(limit_mb: int) -> None:
+    """In a worker, at start: limit its data segment to ``limit_mb`` (0: no limit)."""
+    global _limit_mb  # the process's one limit, read by its jobs
+    if limit_mb <= 0:
+        return
+    limit = limit_mb << 20
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    _limit_mb = limit_mb
+
+
+def limit_mb() -> int:
+    """This process's memory limit in MB (0: none was applied)."""
+    return _limit_mb
+
+
+def aer_max_memory_mb() -> int | None:
+    """Aer's ``max_memory_mb`` for this process: below its limit by what the worker needs
+    besides the statevector; ``None`` without a limit (Aer's own default then)."""
+    if not _limit_mb:
+        return None
+    return max(1, _limit_mb - max(_AER_RESERVE_MB, _limit_mb // 4))
+
+
+def exceeded(limit: int | None = None) -> str:
+    """The error of a job that needed more memory than its worker may use."""
+    limit = _limit_mb if limit is None else limit
+    if not limit:
+        return "the job ran out of memory in its worker (MemoryError)"
+    return (
+        f"the job needed more memory than a worker may use: {limit} MB (the service's "
+        "--worker-memory-mb); the worker was replaced"
+    )
+
+
+# How often a worker notes how much it uses, and how near its limit a worker that died of
+# a signal must have come for its death to be put down to the limit: not every library
+# checks what malloc returns (orjson, writing a result, dies of SIGSEGV at the limit).
+_WATCH_SECONDS = 0.05
+NEAR_LIMIT = 0.8
+
+
+def _data_bytes() -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmData:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def watch(peak: Any) -> None:
+    """In a worker with a limit: keep ``peak.value`` (shared with the service, which sets
+    it to 0 as it hands over a job) at the most data the process has used since."""
+
+    def sample() -> None:
+        while True:
+            used = _data_bytes()
+            peak.value = max(peak.value, used)
+            time.sleep(_WATCH_SECONDS)
+
+    threading.Thread(target=sample, name="qd-memory-watch", daemon=True).start()
+
+
+def came_near(peak_bytes: int, limit: int) -> bool:
+    """Whether a worker that used ``peak_bytes`` came near its limit of ``limit`` MB."""
+    return bool(limit) and peak_bytes >= NEAR_LIMIT * (limit << 20)
+
+
+# What a process says on stderr as an allocation at its limit kills it: C++'s uncaught
+# std::bad_alloc, Rust's alloc error handler, mimalloc, Python's fatal error, libc.
+OUT_OF_MEMORY_MARKERS = (
+    b"std::bad_alloc",
+    b"memory allocation of ",
+    b"mimalloc: error: unable to allocate",
+    b"MemoryError",
+    b"Cannot allocate memory",
+    b"out of memory",
+)
+
+
+def says_out_of_memory(stderr_tail: bytes) -> bool:
+    """Whether a dead worker's last words are those of a refused allocation."""
+    return any(marker in stderr_tail for marker in OUT_OF_MEMORY_MARKERS)

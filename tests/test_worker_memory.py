@@ -1,0 +1,154 @@
+"""A local worker's memory limit (``serve --worker-memory-mb``): a job that needs more
+memory than a worker may use ends ERROR saying so, its worker is replaced, and the next
+job on the same service runs. Real services, real allocations (docs/service.md, "Worker
+memory")."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from qiskit import QuantumCircuit, qpy
+
+from qdispatch.codes import MEMORY_LIMIT_EXCEEDED
+from qdispatch.constants import DONE, ERROR
+from qdispatch.server.config import ServiceConfig
+from qdispatch.server.workermemory import MIN_WORKER_MEMORY_MB, default_worker_memory_mb
+from qobjs import bell_qobj, ghz, qobj
+from support import ServiceProcess, submit, wait_final
+
+LIMIT_MB = 600
+WAIT = 240.0  # seconds: a loaded machine, a worker to respawn
+
+
+@pytest.fixture
+def limited(service_factory: Callable[..., ServiceProcess]) -> ServiceProcess:
+    return service_factory("--workers", "1", "--worker-memory-mb", str(LIMIT_MB))
+
+
+def run(service: ServiceProcess, job_qobj: dict[str, Any]) -> dict[str, Any]:
+    client = service.client()
+    job = submit(client, "aer_simulator", job_qobj)
+    return wait_final(client, job["id"], timeout=WAIT)
+
+
+def assert_the_limits_error(job: dict[str, Any]) -> None:
+    assert job["status"] == ERROR, job
+    assert job["error"]["code"] == MEMORY_LIMIT_EXCEEDED, job["error"]
+    message = job["error"]["message"]
+    assert f"{LIMIT_MB} MB" in message, message
+    assert "--worker-memory-mb" in message, message
+    assert "attempt" not in message, message  # failed at once, not requeued as a lost worker
+
+
+def assert_next_job_runs(service: ServiceProcess) -> None:
+    done = run(service, bell_qobj(shots=100))
+    assert done["status"] == DONE, done
+    assert service.proc is not None
+    assert service.proc.poll() is None
+
+
+def test_a_statevector_too_large_is_refused_by_aer_below_the_limit(
+    limited: ServiceProcess,
+) -> None:
+    # 26 qubits: 1 GiB of amplitudes. Aer's max_memory_mb is set below the worker's
+    # limit, so Aer refuses the experiment before allocating, naming both.
+    failed = run(limited, qobj([ghz(26)], shots=10, method="statevector"))
+    assert failed["status"] == ERROR, failed
+    message = failed["error"]["message"]
+    assert "Insufficient memory" in message, message
+    assert f"a worker may use {LIMIT_MB} MB" in message, message
+    assert "--worker-memory-mb" in message, message
+    assert_next_job_runs(limited)
+
+
+def shot_memory_hog(experiments: int) -> dict[str, Any]:
+    """One-qubit experiments at the backend's most shots (100 000), memory=True: every
+    shot's outcome is kept, in Aer (C++) and then in the Python result the worker writes;
+    millions of them need more than the worker may use."""
+    return qobj([ghz(1, f"e{i}") for i in range(experiments)], shots=100_000, memory=True)
+
+
+def test_a_job_whose_python_side_runs_out_fails_alone_and_its_worker_is_replaced(
+    limited: ServiceProcess,
+) -> None:
+    # Aer's run refuses an allocation (std::bad_alloc, which reaches Python as a
+    # MemoryError): the worker answers with the limit's error, once (not retried), and is
+    # replaced.
+    failed = run(limited, shot_memory_hog(40))
+    assert_the_limits_error(failed)
+    assert_next_job_runs(limited)
+
+
+def nested_body_declaring(n_qubits: int) -> bytes:
+    """QPY of an if_else whose body's own header declares ``n_qubits`` qubits: qiskit's
+    (Rust) reader makes them one by one, about 1 kB each (tests/test_control_flow.py has
+    the attack; the service's checking process, with its own 2 GiB, decodes a million)."""
+    circuit = QuantumCircuit(1, 1)
+    circuit.measure(0, 0)
+    body = QuantumCircuit(1, 1)
+    for _ in range(3):
+        body.x(0)
+    circuit.if_else((circuit.clbits[0], 1), body, None, [0], [0])
+    buffer = io.BytesIO()
+    qpy.dump(circuit, buffer)
+    raw = bytearray(buffer.getvalue())
+    header = struct.Struct("!H1cHIIQIQI")  # a circuit header: name size … instructions
+    offset = next(
+        offset
+        for offset in range(1, len(raw) - header.size)
+        if (fields := header.unpack_from(raw, offset))[3:5] == (1, 1) and fields[7] == 3
+    )
+    fields = list(header.unpack_from(raw, offset))
+    fields[3] = n_qubits
+    header.pack_into(raw, offset, *fields)
+    return bytes(raw)
+
+
+def test_a_job_that_kills_its_worker_at_the_limit_fails_alone(limited: ServiceProcess) -> None:
+    # Decoding the QPY experiment in the worker needs ~1 GB: qiskit's Rust allocator is
+    # refused, and Rust aborts the worker ("memory allocation of … failed" on its stderr).
+    experiment = {
+        "header": {"name": "wide_body", "n_qubits": 1, "memory_slots": 1},
+        "config": {},
+        "instructions": [],
+        "qpy": base64.b64encode(nested_body_declaring(1_000_000)).decode(),
+    }
+    client = limited.client()
+    body = orjson.dumps(
+        {"backend": "aer_simulator", "qobj": {"qobj_id": "q", "config": {"shots": 10},
+                                              "experiments": [experiment]}}
+    )  # fmt: skip
+    answer = client.post("/jobs", content=body, timeout=WAIT)
+    assert answer.status_code == 201, answer.text  # the checking process decodes it
+    failed = wait_final(client, answer.json()["id"], timeout=WAIT)
+    assert_the_limits_error(failed)
+    assert_next_job_runs(limited)
+
+
+def test_other_users_jobs_keep_running(service_factory: Callable[..., ServiceProcess]) -> None:
+    service = service_factory("--workers", "2", "--worker-memory-mb", str(LIMIT_MB))
+    alice = service.client(service.token_for("alice"))
+    bob = service.client(service.token_for("bob"))
+    hog = submit(alice, "aer_simulator", shot_memory_hog(40))
+    fine = [submit(bob, "aer_simulator", bell_qobj(shots=100)) for _ in range(4)]
+    assert_the_limits_error(wait_final(alice, hog["id"], timeout=WAIT))
+    for job in fine:
+        assert wait_final(bob, job["id"], timeout=WAIT)["status"] == DONE
+
+
+def test_the_limit_is_configured_and_checked() -> None:
+    config = ServiceConfig(db=Path("unused.db"), workers=4)
+    assert config.worker_memory_mb == default_worker_memory_mb(4)
+    assert default_worker_memory_mb(4) >= 1024
+    # One worker per CPU on a machine with little memory still gets a usable worker.
+    assert default_worker_memory_mb(100_000) == 1024
+    assert ServiceConfig(db=config.db, worker_memory_mb=0).worker_memory_mb == 0
+    with pytest.raises(ValueError, match=f"at least {MIN_WORKER_MEMORY_MB}"):
+        ServiceConfig(db=config.db, worker_memory_mb=100)

@@ -46,10 +46,10 @@ def checker(tmp_path: Path) -> InputChecker:
     return InputChecker(tmp_path, processes=1, memory_bytes=1 << 30, seconds=5.0)
 
 
-def check(checker: InputChecker, how: str) -> tuple[int, int]:
+def check(checker: InputChecker, how: str) -> tuple[int, int, list[int] | None]:
     params = encoding.dumps({"how": how})
 
-    async def run() -> tuple[int, int]:
+    async def run() -> tuple[int, int, list[int] | None]:
         try:
             return await checker.check("probe", params, "aer_simulator", LIMITS)
         finally:
@@ -59,7 +59,7 @@ def check(checker: InputChecker, how: str) -> tuple[int, int]:
 
 
 def test_a_check_answers_the_estimate(checker: InputChecker) -> None:
-    assert check(checker, "fine") == (2, 100)
+    assert check(checker, "fine") == (2, 100, None)  # no pubs: it never runs as shards
     with pytest.raises(ServiceError, match="n must be positive") as info:
         check(checker, "refuse")
     assert (info.value.status, info.value.code) == (400, "invalid_params")
@@ -75,4 +75,4 @@ def test_a_runaway_check_is_refused_and_the_next_runs(
     with pytest.raises(ServiceError, match=message) as info:
         check(checker, how)
     assert (info.value.status, info.value.code) == (400, "invalid_params")
-    assert check(checker, "fine") == (2, 100)
+    assert check(checker, "fine") == (2, 100, None)  # no pubs: it never runs as shards

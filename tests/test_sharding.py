@@ -6,8 +6,10 @@ The shards' results are the pubs' results in pub order, shaped as the unsharded 
 circuits: exact counts and expectation values); a seeded job is reproducible; a cancel
 stops every shard; a worker killed under a shard costs that shard one attempt, and the
 job still ends DONE; fair share puts another user's job ahead of a big job's remaining
-shards; a service killed mid-job requeues the job, which completes once. In process, with
-a fake executor: the job's time limit bounds the sum of its shards' run times.
+shards; a service killed mid-job requeues the job, which completes once; a pub with many
+parameter sets gets a shard of its own, the others balanced around it. In process: how a
+job's pubs are cut into shards, and, with a fake executor, that no shard is empty and the
+job's time limit bounds the sum of its shards' run times. Faults: test_sharding_faults.py.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ from qdispatch.codes import TIME_LIMIT_EXCEEDED
 from qdispatch.constants import DONE, ERROR, RUNNING
 from qdispatch.server.executors import OnEvent, Outcome, Task
 from qdispatch.server.programs import BUILTIN, ProgramRef
+from qdispatch.server.programs.sharding import pub_runs, read_pub_runs
 from qdispatch.server.scheduler import Scheduler
+from qdispatch.server.shards import plan
 from qdispatch.server.store import NewJob, Store
 from qdispatch.server.stream import Hub
 from support import ServiceProcess, wait_final, wait_status
@@ -325,6 +329,62 @@ def test_a_service_killed_mid_job_requeues_it_and_it_completes_once(tmp_path: Pa
         svc.stop()
 
 
+SAMPLER = ProgramRef("sampler", BUILTIN, "qdispatch.server.programs.sampler")
+
+
+def cuts(executions: list[int], free: int, min_pubs: int) -> list[tuple[int, int, int]]:
+    spans = plan(SAMPLER, read_pub_runs(pub_runs(executions)), free, min_pubs)
+    # Whatever the plan: consecutive, non-empty, every pub once, in order.
+    assert [s.start for s in spans[1:]] == [s.stop for s in spans[:-1]]
+    assert all(s.start < s.stop for s in spans)
+    if spans:
+        assert (spans[0].start, spans[-1].stop) == (0, len(executions))
+        assert all(s.executions == sum(executions[s.start : s.stop]) for s in spans)
+    return [(s.start, s.stop, s.executions) for s in spans]
+
+
+def test_shards_balance_executions_and_are_never_empty() -> None:
+    # Alike pubs: as many shards as slots allow, of at least min_pubs executions each.
+    assert cuts([1] * 60, 2, 4) == [(0, 30, 30), (30, 60, 30)]
+    assert cuts([1] * 200, 8, 64) == [(0, 67, 67), (67, 133, 66), (133, 200, 67)]
+    assert cuts([1] * 127, 8, 64) == []  # two shards would hold fewer than 64
+    # Fewer pubs than free slots: one shard a pub, none empty (it was 8, 5 of them empty).
+    assert cuts([1000] * 3, 8, 64) == [(0, 1, 1000), (1, 2, 1000), (2, 3, 1000)]
+    # One pub of many parameter sets in a job of >= 2 x min_pubs pubs: it runs alone,
+    # the rest in one shard; more shards would not finish sooner (it was 8 shards).
+    assert cuts([10_000] + [1] * 200, 8, 64) == [(0, 1, 10_000), (1, 201, 200)]
+    # A heavy pub in the middle: the others balanced around it.
+    assert cuts([1] * 10 + [100] + [1] * 10, 4, 4) == [(0, 10, 10), (10, 11, 100), (11, 21, 10)]
+    assert cuts([4] * 50 + [1] * 100, 2, 4) == [(0, 37, 148), (37, 150, 152)]
+    # Too uneven to give every shard min_pubs: not sharded.
+    assert cuts([10_000, 1, 1, 1], 4, 64) == []
+    assert cuts([1] * 100, 1, 4) == []  # one free slot
+    assert cuts([1] * 100, 8, 0) == []  # sharding off
+
+
+def test_a_pub_with_many_parameter_sets_gets_a_shard_of_its_own(svc: ServiceProcess) -> None:
+    theta = Parameter("t")
+    flip = QuantumCircuit(1)
+    flip.rx(theta, 0)
+    flip.measure_all()
+    # 40 parameter sets reading 0 or 1 by turns, then 20 plain pubs: 60 executions; by
+    # pubs the first shard held 49 of them and the second 11.
+    values = [[np.pi * (k % 2)] for k in range(40)]
+    circuits = [deterministic(i) for i in range(20)]
+    with qdispatch.connect(svc.url, token=svc.token) as service:
+        sampler = Sampler(mode=service.backend("aer_simulator"))
+        job = sampler.run([(flip, values, 8), *((c, None, 8) for c in circuits)])
+        result = job.result()
+        progress = job.interim_results()
+    assert [p["shards"] for p in progress] == [2, 2]
+    # The heavy pub alone (1 pub), the other 20 together, whichever finished first.
+    assert [p["pubs_done"] for p in progress] in ([1, 21], [20, 21])
+    heavy = result[0].data.meas
+    assert heavy.shape == (40,)
+    assert [heavy.get_counts(k) for k in range(4)] == [{"0": 8}, {"1": 8}, {"0": 8}, {"1": 8}]
+    assert [pub.data.meas.get_counts() for pub in result[1:]] == expected_meas(circuits, 8)
+
+
 def test_a_dask_cluster_runs_the_shards(tmp_path: Path) -> None:
     distributed = pytest.importorskip("distributed")
     cluster = distributed.LocalCluster(
@@ -430,6 +490,7 @@ def test_the_time_limit_bounds_the_sum_of_the_shards_run_times(tmp_path: Path) -
                 shots=1,
                 n_instructions=0,
                 program_id="sampler",
+                pub_runs=pub_runs([1] * 100),
             )
             job, _ = store.create_job(new)
             sched.submit(job)

@@ -1,10 +1,12 @@
 """Type stubs of the native extension ``qdispatch._native`` (rust/py)."""
 
 from collections.abc import Sequence
-from typing import Any, final
+from typing import Any, TypeVar, final
 
 from qiskit.circuit import QuantumCircuit
 from qiskit.result import Counts
+
+_C = TypeVar("_C", bound=Counts)
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
@@ -119,6 +121,12 @@ class ResultOutline:
         """Experiment ``index``'s ``Counts``, equal to what ``Result.get_counts(index)``
         builds; ``None`` when the experiment did not succeed or its counts are left to
         qiskit."""
+    def bin_counts(self, index: int, cls: type[_C]) -> _C | None:
+        """Experiment ``index``'s keys and counts (those of ``counts(index)``) in a new
+        ``cls.__new__(cls)``, ``cls`` a ``Counts`` subclass, and nothing else: none of the
+        attributes ``counts`` sets (``hex_raw``, ``int_raw``, ``creg_sizes``,
+        ``memory_slots``, ``time_taken``), which ``cls`` makes from ``counts(index)`` when
+        one is first read. ``None`` where ``counts`` gives ``None``."""
 
 def validate_qobj(qobj: bytes, backend: BackendSpec) -> QobjSummary:
     """Validates a QasmQobj (JSON bytes) against a backend."""

@@ -10,6 +10,10 @@ the first time anything of them is read (each then *is* a plain ``ExperimentResu
 ``get_counts`` builds each ``Counts`` straight from the outline, equal to the one qiskit
 builds (keys, ``hex_raw``, ``int_raw``, ``creg_sizes``, ``memory_slots``); a lookup by
 name uses the outline's names while the experiments are unread and in their places.
+Those counts are :class:`LazyCounts`: qiskit's ``Counts`` holds each histogram three
+times (``hex_raw``, ``int_raw`` and the bitstrings), and most code reads only the
+bitstrings, so the other two (and the small attributes) are made the first time anything
+reads one of them.
 Everything else (``data``, ``get_memory``, ``to_dict``, ``repr``…) is qiskit's code on
 the experiments it reads. Pickling or deep-copying gives a plain ``Result``.
 
@@ -31,18 +35,119 @@ from typing import Any
 import orjson
 from qiskit.circuit import QuantumCircuit
 from qiskit.exceptions import QiskitError
-from qiskit.result import Result
+from qiskit.result import Counts, Result
 from qiskit.result.models import ExperimentResult
 
 from . import _native
 
-__all__ = ["LazyResult", "combine_result_json", "result_from_json"]
+__all__ = ["LazyCounts", "LazyResult", "combine_result_json", "result_from_json"]
 
 #: The key of an unbuilt experiment's state: ``(source, index)``.
 _LAZY = "_qdispatch_lazy"
 
-#: Building an experiment swaps its state and class; one thread at a time.
+#: Building an experiment swaps its state and class, and making a ``LazyCounts``'
+#: attributes fills its state; one thread at a time.
 _BUILD_LOCK = threading.Lock()
+
+#: The descriptor of a ``Counts``' own ``__dict__`` (``LazyCounts.__dict__`` shadows it).
+_COUNTS_STATE: Any = Counts.__dict__["__dict__"]
+
+
+def _make_state(counts: LazyCounts) -> dict[str, Any]:
+    """``counts``' own ``__dict__``, first given (if it has not been) the attributes
+    qiskit's constructor sets, in its order, from the outline's ``Counts`` of the
+    experiment; what was set on it since stays after them, as it would on qiskit's."""
+    state: dict[str, Any] = _COUNTS_STATE.__get__(counts)
+    with _BUILD_LOCK:
+        try:
+            outline = counts._qdispatch_outline
+        except AttributeError:  # made by ``LazyCounts(...)``: qiskit's constructor ran
+            return state
+        if outline is None:
+            return state
+        built = outline.counts(counts._qdispatch_index)
+        ordered = dict(_COUNTS_STATE.__get__(built))
+        ordered.update(state)
+        state.clear()
+        state.update(ordered)
+        # The outline is no longer needed (nor held: it may be all that keeps it).
+        counts._qdispatch_outline = None
+    return state
+
+
+def _made_on_first_read(name: str) -> property:
+    """The attribute ``name`` of qiskit's ``Counts``, read from (written to, deleted from)
+    the instance's own state once :func:`_make_state` has filled it."""
+
+    def get(self: LazyCounts) -> Any:
+        try:
+            return _make_state(self)[name]
+        except KeyError:  # deleted
+            raise AttributeError(
+                f"{type(self).__name__!r} object has no attribute {name!r}", name=name, obj=self
+            ) from None
+
+    def set_(self: LazyCounts, value: Any) -> None:
+        _make_state(self)[name] = value
+
+    def delete(self: LazyCounts) -> None:
+        try:
+            del _make_state(self)[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    return property(get, set_, delete, f"qiskit's ``Counts.{name}``, made on first read.")
+
+
+class LazyCounts(Counts):
+    """A ``qiskit.result.Counts`` whose attributes are made the first time one is read.
+
+    ``get_counts`` of a :class:`LazyResult` fills only the keys and counts (from the
+    native outline): qiskit's constructor also makes ``hex_raw`` and ``int_raw``, the
+    same histogram twice more, and most callers read only the bitstrings. Reading any of
+    ``hex_raw``, ``int_raw``, ``creg_sizes``, ``memory_slots``, ``time_taken`` or the
+    ``__dict__`` (so ``hex_outcomes``, ``int_outcomes``, ``vars``, pickling and copying
+    too) makes all five as qiskit's constructor does. Every other behaviour is qiskit's
+    ``Counts`` (a ``dict``); ``__class__`` says ``Counts``, and it pickles and copies as a
+    plain ``Counts`` (byte for byte the pickle of qiskit's)."""
+
+    # The outline and experiment index the attributes come from; ``None`` once made.
+    __slots__ = ("_qdispatch_index", "_qdispatch_outline")
+    _qdispatch_index: int
+    _qdispatch_outline: _native.ResultOutline | None
+
+    hex_raw = _made_on_first_read("hex_raw")
+    int_raw = _made_on_first_read("int_raw")
+    creg_sizes = _made_on_first_read("creg_sizes")
+    memory_slots = _made_on_first_read("memory_slots")
+    time_taken = _made_on_first_read("time_taken")
+
+    # Shadows the instance dict (``vars``, ``copy``…), to make it whole first.
+    @property
+    def __dict__(self) -> dict[str, Any]:  # type: ignore[override]  # read-only, as a view
+        return _make_state(self)
+
+    @property  # type: ignore[misc]  # read-only: pickle checks it, see ``__reduce_ex__``
+    def __class__(self) -> type[Counts]:
+        # ``type()`` still says ``LazyCounts``; ``isinstance`` reads both.
+        return Counts
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # What a plain ``Counts`` of the same keys and state reduces to, so the pickle is
+        # qiskit's byte for byte (the slots and this class stay out of it; pickle accepts
+        # ``Counts`` in ``__newobj__``'s arguments because ``__class__`` says so).
+        plain = Counts.__new__(Counts)
+        dict.update(plain, self)
+        _COUNTS_STATE.__get__(plain).update(_make_state(self))
+        return plain.__reduce_ex__(protocol)
+
+
+def _lazy_counts(outline: _native.ResultOutline, index: int) -> LazyCounts | None:
+    counts = outline.bin_counts(index, LazyCounts)
+    if counts is not None:
+        counts._qdispatch_outline = outline
+        counts._qdispatch_index = index
+    return counts
 
 
 class _Source:
@@ -242,7 +347,7 @@ class LazyResult(Result):
         if lazy is None:
             return None
         source, index = lazy
-        counts = source.outline.counts(index)
+        counts = _lazy_counts(source.outline, index)
         if counts is not None and name is not None and self._repeated(name):
             # qiskit's get_counts looks the name up three times, warning each time.
             for _ in range(3):
@@ -251,7 +356,10 @@ class LazyResult(Result):
 
     def get_counts(self, experiment: Any = None) -> Any:
         """Get the histogram data of an experiment (qiskit's ``Result.get_counts``)."""
-        keys: Sequence[Any] = range(len(self.results)) if experiment is None else [experiment]
+        if experiment is not None:
+            counts = self._fast_counts(experiment)
+            return counts if counts is not None else super().get_counts(experiment)
+        keys: Sequence[Any] = range(len(self.results))
         out = []
         for key in keys:
             counts = self._fast_counts(key)

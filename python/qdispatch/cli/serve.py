@@ -380,8 +380,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--shard-min-pubs",
         type=int,
         default=64,
-        help="run a sampler/estimator job as shards on the free workers, each of at least "
-        "this many pubs (estimated executions); 0: never shard",
+        help="run a sampler/estimator job as shards on the free workers, each a run of whole "
+        "pubs of at least this many estimated executions; 0: never shard",
     )
     serve.add_argument(
         "--dedicated-share",

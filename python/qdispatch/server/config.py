@@ -107,8 +107,8 @@ class ServiceConfig:
     heartbeat_seconds: float = 10.0
     max_attempts: int = 3
     #: Sharding (docs/service.md, "Sharding"): a sampler or estimator job runs as up to
-    #: as many shards as there are free slots, each of at least this many of its estimated
-    #: executions (its pubs, when they have no parameters); 0 never shards.
+    #: as many shards as there are free slots and pubs, each a run of whole pubs of at
+    #: least this many of its estimated executions, balanced by executions; 0 never shards.
     shard_min_pubs: int = 64
     #: On SIGTERM/SIGINT, seconds the running jobs get to finish before they are requeued.
     drain_timeout: float = 20.0

@@ -68,8 +68,9 @@ class Task:
     kind: str
     inputs: bytes
     program: ProgramRef | None = None
-    #: (index, count): run only this shard of a primitive job's pubs (``programs.sharding``)
-    shard: tuple[int, int] | None = None
+    #: (start, stop): run only these pubs of a primitive job, as one of its shards
+    #: (``programs.sharding``)
+    pubs: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -175,10 +176,8 @@ def run_task(task: Task, threads: int, emit: OnEvent) -> Reply:
             from .programs.worker import ProgramFailed, run_program  # noqa: PLC0415
 
             inputs, span = task.inputs, None
-            if task.shard is not None:
-                inputs, span = sharding.slice_inputs(task.inputs, *task.shard)
-                if span.start == span.stop:  # more shards than pubs: nothing to run
-                    return Reply(result=sharding.envelope(span, None), timings={})
+            if task.pubs is not None:
+                inputs, span = sharding.slice_inputs(task.inputs, *task.pubs)
             try:
                 result, timings = run_program(task.program, task.backend, inputs, threads, emit)
             except ProgramFailed as exc:

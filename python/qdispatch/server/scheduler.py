@@ -73,7 +73,7 @@ from ..constants import CANCELLED, DONE, ERROR, FINAL_STATUSES, QUEUED, RUNNING
 from .errors import StorageFull
 from .executors import Executor, Outcome, Task, time_limit_outcome
 from .programs import ProgramRef, sharding
-from .shards import SHARD_MIN_PUBS, ShardedJob, shard_count
+from .shards import SHARD_MIN_PUBS, ShardedJob, ShardSpan, plan
 from .spool import Spool
 from .store import Event, Job, Store, compress
 from .stream import Hub
@@ -683,10 +683,9 @@ class Scheduler:
                 )
                 self._publish(job.id, events)
                 return
-        free = self.executor.capacity - len(self._running)
-        count = shard_count(program, job.n_experiments, free, self.shard_min_pubs)
-        if program is not None and count > 1:
-            self._start_sharded(job, entry, program, count, quota_left)
+        spans = self._shard_plan(job, program)
+        if program is not None and spans:
+            self._start_sharded(job, entry, program, spans, quota_left)
             return
         # Everything that can fail comes before the slot is taken: nothing to undo.
         task = Task(job.id, job.backend, job.kind, self.store.inputs(job.id), program)
@@ -709,16 +708,33 @@ class Scheduler:
 
     # -- sharded jobs (server/shards.py) -------------------------------------------------
 
+    def _shard_plan(self, job: Job, program: ProgramRef | None) -> list[ShardSpan]:
+        """The shards ``job`` runs as if dispatched now (``[]``: not sharded)."""
+        free = self.executor.capacity - len(self._running)
+        if program is None or free < 2 or self.shard_min_pubs <= 0:
+            return []
+        if not sharding.shardable(program):
+            return []
+        stored = self.store.pub_runs(job.id)
+        if stored is None:  # not a primitive job, or stored before pub runs were kept
+            return []
+        try:
+            runs = sharding.read_pub_runs(stored)
+        except ValueError as exc:
+            log.error("job %s: its pubs' executions do not read (%s); not sharded", job.id, exc)
+            return []
+        return plan(program, runs, free, self.shard_min_pubs)
+
     def _start_sharded(
         self,
         job: Job,
         entry: _Queued,
         program: ProgramRef,
-        count: int,
+        spans: list[ShardSpan],
         quota_left: int | None,
     ) -> None:
-        """Start ``job`` as ``count`` shards: the first takes the slot the job was given,
-        the others wait at the head of the owner's queue, ranked by fair share."""
+        """Start ``job`` as the shards ``spans``: the first takes the slot the job was
+        given, the others wait at the head of the owner's queue, ranked by fair share."""
         parent = _Running(
             entry.owner,
             entry.backend,
@@ -731,12 +747,25 @@ class Scheduler:
         )
         self._limit_events(job, parent, quota_left)
         sharded = ShardedJob(
-            job.id, entry.owner, program, self.store.inputs(job.id), count, parent, entry.tier
+            job.id,
+            entry.owner,
+            program,
+            self.store.inputs(job.id),
+            spans,
+            parent,
+            entry.tier,
+            # This run is one of the job's attempts: its shards may rerun what is left.
+            attempt=job.attempts + 1,
         )
         self._sharded[job.id] = sharded
-        for index in reversed(range(count)):
+        for index in reversed(range(sharded.count)):
             self._queue_shard(sharded, index)
-        log.info("job %s runs as %d shards", job.id, count)
+        log.info(
+            "job %s runs as %d shards (pubs %s)",
+            job.id,
+            sharded.count,
+            ", ".join(f"{s.start}-{s.stop - 1}" for s in spans),
+        )
         first = self._tiers[entry.tier][entry.backend][entry.owner][0]
         self._dequeue(first)
         self._start_shard(first)
@@ -748,7 +777,7 @@ class Scheduler:
             sharding.shard_key(sharded.job_id, index),
             sharded.owner,
             parent.backend,
-            max(1, parent.n_experiments // sharded.count),
+            sharded.spans[index].executions,
             next(self._arrivals),
             sharded.tier,
             shard=index,
@@ -761,13 +790,14 @@ class Scheduler:
         if sharded is None or sharded.ended or entry.shard is None:
             return
         index = entry.shard
+        span = sharded.spans[index]
         task = Task(
             entry.job_id,
             entry.backend,
             "program",
             sharded.inputs,
             sharded.program,
-            shard=(index, sharded.count),
+            pubs=(span.start, span.stop),
         )
         running = _Running(
             entry.owner,
@@ -782,7 +812,6 @@ class Scheduler:
         self._running[entry.job_id] = running
         self._running_per_user[entry.owner] += 1
         sharded.running[index] = running
-        sharded.tries[index] = sharded.tries.get(index, 0) + 1
         running.task = asyncio.get_running_loop().create_task(
             self._run_shard(sharded, index, task, running)
         )
@@ -864,13 +893,26 @@ class Scheduler:
                 finally:
                     self._finishing.discard(finishing)
             return
-        if outcome.status == "error" and outcome.transient:
-            tries = sharded.tries.get(index, 0)
-            if tries < self.max_attempts:
+        if outcome.status == "cancelled" and self._cancelled_in_store(job_id):
+            # Stopped because the job was cancelled by a path that did not end its shards
+            # here: end them, and nothing more (its final status is written already).
+            sharded.parent.cancelled = True
+            self._end_sharded(sharded)
+            return
+        if outcome.status == "cancelled" or (outcome.status == "error" and outcome.transient):
+            # Lost through no fault of the job (a dead worker, a lost executor run, a stop
+            # by anything but the job's end): run again within the job's attempts.
+            span = sharded.spans[index]
+            what = f"shard {index + 1} of {sharded.count} (pubs {span.start}-{span.stop - 1})"
+            reason = outcome.error or (
+                "its run was stopped" if outcome.status == "cancelled" else "its run was lost"
+            )
+            lost = sharded.attempt + sharded.reruns
+            if sharded.may_rerun(self.max_attempts):
+                sharded.reruns += 1
                 note = (
-                    f"qdispatch: shard {index + 1} of {sharded.count}: "
-                    f"{outcome.error or 'its run was lost'}; requeued "
-                    f"(attempt {tries} of {self.max_attempts})\n"
+                    f"qdispatch: {what}: {reason}; requeued "
+                    f"(attempt {lost} of {self.max_attempts})\n"
                 )
                 self._event(job_id, sharded.parent, "log", note)
                 self._queue_shard(sharded, index)
@@ -878,16 +920,22 @@ class Scheduler:
                 return
             outcome = Outcome(
                 "error",
-                error=f"shard {index + 1} of {sharded.count}: {outcome.error or 'its run was lost'}"
-                f"; not trying again after {tries} attempts",
+                error=f"{what}: {reason}; not trying again after {lost} attempts "
+                f"(each shard rerun counts one)",
                 seconds=sharded.seconds + outcome.seconds,
                 code=outcome.code,
             )
-        elif outcome.status == "cancelled":
-            # Not by the service (that ends the job first): lost like a dead worker's.
-            outcome = Outcome("error", error="a shard was stopped", transient=True)
         self._end_sharded(sharded)
         self._settle(job_id, sharded.parent, outcome, None)
+
+    def _cancelled_in_store(self, job_id: str) -> bool:
+        """Whether the store says the job is CANCELLED (a store that cannot say: no)."""
+        try:
+            job = self.store.job(job_id)
+        except Exception:
+            log.exception("could not read job %s", job_id)
+            return False
+        return job is not None and job.status == CANCELLED
 
     async def _finish_sharded(self, sharded: ShardedJob) -> None:
         """Every shard is in: store the job's result, the pubs' results in pub order.

@@ -354,6 +354,9 @@ class NewJob:
     usage_estimation: dict[str, Any] | None = None
     #: ``inputs`` compressed already (off the event loop, for big ones), else ``None``
     inputs_blob: bytes | None = None
+    #: a shardable program job's pubs' executions (``programs.sharding.pub_runs``),
+    #: stored as its ``pubs`` data
+    pub_runs: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -787,6 +790,10 @@ class Store:
                 "INSERT INTO job_data VALUES (?, 'inputs', ?)",
                 (job_id, new.inputs_blob or compress(new.inputs)),
             )
+            if new.pub_runs is not None:
+                db.execute(
+                    "INSERT INTO job_data VALUES (?, 'pubs', ?)", (job_id, compress(new.pub_runs))
+                )
             event = Event(job_id, 1, "status", orjson.dumps({"status": QUEUED, "time": now}))
             db.execute("INSERT INTO events VALUES (?, ?, ?, ?)", (job_id, 1, "status", event.data))
         job = self.job(job_id)
@@ -915,6 +922,12 @@ class Store:
         if blob is None:
             raise KeyError(f"job '{job_id}' has no stored inputs")
         return zlib.decompress(blob)
+
+    def pub_runs(self, job_id: str) -> bytes | None:
+        """A shardable program job's pubs' executions (``programs.sharding.pub_runs``);
+        ``None`` for other jobs, and for jobs stored before the service kept them."""
+        blob = self.data(job_id, "pubs")
+        return zlib.decompress(blob) if blob is not None else None
 
     def data(self, job_id: str, kind: str) -> bytes | None:
         """A stored blob of the job, still compressed (zlib)."""

@@ -153,6 +153,29 @@ impl ResultOutline {
         counts.setattr(intern!(py, "time_taken"), py.None())?;
         Ok(Some(counts))
     }
+
+    /// Experiment ``index``'s keys and counts (those of ``counts(index)``) in a new
+    /// ``cls.__new__(cls)``, ``cls`` a ``Counts`` subclass, and nothing else: none of the
+    /// attributes ``counts`` sets (``hex_raw``, ``int_raw``, ``creg_sizes``,
+    /// ``memory_slots``, ``time_taken``), which ``cls`` makes from ``counts(index)`` when
+    /// one is first read. ``None`` where ``counts`` gives ``None``.
+    fn bin_counts<'py>(
+        &self,
+        py: Python<'py>,
+        index: usize,
+        cls: &Bound<'py, PyType>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let exp = self.experiment(index)?;
+        let (true, Some(fast)) = (exp.success, exp.counts.as_ref()) else {
+            return Ok(None);
+        };
+        let counts = cls.call_method1(intern!(py, "__new__"), (cls,))?;
+        let bins = counts.cast::<PyDict>()?;
+        for &(_, b, n) in &self.outline.pairs[fast.pairs.0..fast.pairs.1] {
+            bins.set_item(self.bins[b as usize].bind(py), n)?;
+        }
+        Ok(Some(counts))
+    }
 }
 
 impl ResultOutline {

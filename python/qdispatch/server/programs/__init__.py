@@ -125,6 +125,24 @@ class Program:
             limits.total(n_executions * shots, what)
         return n_executions, shots
 
+    def estimate_pubs(
+        self, inputs: dict[str, Any], limits: Limits | None = None
+    ) -> tuple[list[int], int]:
+        """``estimate`` pub by pub, for the programs that run as shards (their module's
+        ``estimate_pubs``): each pub's executions and the shots, with ``estimate``'s
+        checks. ``RuntimeError`` for a program without ``estimate_pubs``."""
+        _check_signature(self, inputs)
+        estimate: Callable[..., Any] | None = getattr(self.module, "estimate_pubs", None)
+        if estimate is None:
+            raise RuntimeError(f"program '{self.id}' does not estimate pub by pub")
+        executions, shots = estimate(inputs, limits=limits)
+        executions = [max(1, int(n)) for n in executions]
+        if limits is not None:
+            total = sum(executions)
+            limits.shots(shots, f"program '{self.id}': shots per execution")
+            limits.total(total * shots, f"program '{self.id}': {total} executions x {shots} shots")
+        return executions, int(shots)
+
 
 def _check_signature(program: Program, inputs: dict[str, Any]) -> None:
     """Refuse inputs ``main`` cannot take, before the job is queued rather than when it runs."""

@@ -92,23 +92,24 @@ def _ready() -> bool:
 
 
 def _check(program_id: str, params: bytes, backend: str, limits: Limits) -> tuple[Any, ...]:
-    """In the checking process: ``("ok", executions, shots)`` or ``("refused", status,
-    code, message)`` (exceptions with their own arguments do not travel well)."""
+    """In the checking process: ``("ok", executions, shots, each pub's executions or
+    None)`` or ``("refused", status, code, message)`` (exceptions with their own arguments
+    do not travel well)."""
     assert _registry is not None
     program = _registry.get(program_id)
     if program is None:
         return ("refused", 400, E.UNKNOWN_PROGRAM, f"unknown program {program_id!r}")
     try:
-        executions, shots = decode_and_estimate(program, params, _specs[backend], limits)
+        executions, shots, per_pub = decode_and_estimate(program, params, _specs[backend], limits)
     except ServiceError as exc:
         return ("refused", exc.status, exc.code, exc.message)
     except MemoryError:
         return ("refused", 400, E.INVALID_PARAMS, _too_big())
-    return ("ok", executions, shots)
+    return ("ok", executions, shots, per_pub)
 
 
 def _check_qobj(qobj: bytes) -> tuple[Any, ...]:
-    """In the checking process: ``("ok", experiments, 0)`` once every QPY experiment of
+    """In the checking process: ``("ok", experiments, 0, None)`` once every QPY experiment of
     the Qobj decodes and fits its header, else ``("refused", …)`` as :func:`_check`."""
     try:
         found = check_qpy_experiments(qobj)
@@ -116,7 +117,7 @@ def _check_qobj(qobj: bytes) -> tuple[Any, ...]:
         return ("refused", 400, E.INVALID_QOBJ, str(exc))
     except MemoryError:
         return ("refused", 400, E.INVALID_QOBJ, _too_big("the Qobj's QPY experiments"))
-    return ("ok", found, 0)
+    return ("ok", found, 0, None)
 
 
 def _too_big(what: str = "params") -> str:
@@ -180,9 +181,9 @@ class InputChecker:
 
     async def check(
         self, program_id: str, params: bytes, backend: str, limits: Limits
-    ) -> tuple[int, int]:
-        """(executions, shots per execution) of the program job, or the
-        :class:`ServiceError` that refuses it."""
+    ) -> tuple[int, int, list[int] | None]:
+        """(executions, shots per execution, each pub's executions for a program that may
+        run as shards) of the program job, or the :class:`ServiceError` that refuses it."""
         return await self._run(
             E.INVALID_PARAMS, "params", _check, program_id, params, backend, limits
         )
@@ -190,11 +191,16 @@ class InputChecker:
     async def check_qobj(self, qobj: bytes) -> int:
         """Decodes the Qobj's QPY experiments as a worker will (how many there are), or
         raises the :class:`ServiceError` that refuses the job (``400 invalid_qobj``)."""
-        found, _ = await self._run(E.INVALID_QOBJ, "the Qobj's QPY experiments", _check_qobj, qobj)
+        found, _, _ = await self._run(
+            E.INVALID_QOBJ, "the Qobj's QPY experiments", _check_qobj, qobj
+        )
         return found
 
-    async def _run(self, code: str, what: str, check: Any, *args: Any) -> tuple[int, int]:
-        """``check(*args)`` in a checking process: its two numbers, or the refusal."""
+    async def _run(
+        self, code: str, what: str, check: Any, *args: Any
+    ) -> tuple[int, int, list[int] | None]:
+        """``check(*args)`` in a checking process: its two numbers and its list, or the
+        refusal."""
         loop = asyncio.get_running_loop()
         answer: tuple[Any, ...] = ()
         for attempt in range(2):
@@ -225,7 +231,8 @@ class InputChecker:
         if answer[0] == "refused":
             _, status, code, message = answer
             raise ServiceError(status, code, message)
-        return int(answer[1]), int(answer[2])
+        per_pub = answer[3]
+        return int(answer[1]), int(answer[2]), [int(n) for n in per_pub] if per_pub else None
 
     def close(self) -> None:
         """Stop the checking processes, a check still running included (it would hold up

@@ -139,6 +139,13 @@ def estimate(inputs: dict[str, Any], limits: Limits | None = None) -> tuple[int,
     the most shots per execution). With ``limits``, refuses a precision under
     ``1/sqrt(max_shots)`` and pubs x parameter sets x settings x shots over
     ``max_job_shots``."""
+    executions, shots = estimate_pubs(inputs, limits)
+    return sum(executions), shots
+
+
+def estimate_pubs(inputs: dict[str, Any], limits: Limits | None = None) -> tuple[list[int], int]:
+    """:func:`estimate` pub by pub: (each pub's circuit executions, the most shots per
+    execution), what the service splits a job into shards by."""
     pubs, _ = _parse(inputs, limits)
     runs = [
         (max(1, pub.parameter_values.size) * _groups(pub), shots_for(pub.precision)) for pub in pubs
@@ -146,7 +153,7 @@ def estimate(inputs: dict[str, Any], limits: Limits | None = None) -> tuple[int,
     if limits is not None:
         total = sum(n * shots for n, shots in runs)
         limits.total(total, f"pubs ({len(pubs)} pub(s) x parameter sets x settings x shots)")
-    return sum(n for n, _ in runs), max(shots for _, shots in runs)
+    return [n for n, _ in runs], max(shots for _, shots in runs)
 
 
 def main(

@@ -127,8 +127,15 @@ def estimate(inputs: dict[str, Any], limits: Limits | None = None) -> tuple[int,
     """(circuit executions over all pubs, the most shots of a pub); with ``limits``,
     refuses shots over the backend's ``max_shots`` and pubs x parameter sets x shots
     over ``max_job_shots``."""
+    executions, shots = estimate_pubs(inputs, limits)
+    return sum(executions), shots
+
+
+def estimate_pubs(inputs: dict[str, Any], limits: Limits | None = None) -> tuple[list[int], int]:
+    """:func:`estimate` pub by pub: (each pub's circuit executions, the most shots of a
+    pub), what the service splits a job into shards by."""
     pubs, _ = _parse(inputs, limits)
-    return sum(p.size for p in pubs), max(p.shots for p in pubs)
+    return [p.size for p in pubs], max(p.shots for p in pubs)
 
 
 def main(

@@ -2,13 +2,14 @@
 (service side), as plain JSON, without qiskit (docs/service.md, "Sharding").
 
 A job of the built-in ``sampler`` or ``estimator`` program with many pubs may run as
-``count`` shards at once, on as many workers. Shard ``index`` runs the pubs
-``[n * index // count, n * (index + 1) // count)`` of the job's ``n`` pubs: its worker
-cuts them out of the job's inputs itself, so that the service never decodes what a user
-sent (it only says which shard to run). A shard's reply is an envelope,
-``{"start", "stop", "pubs", "result"}``, around the encoded ``PrimitiveResult`` of its
-pubs (``null`` for a shard with no pubs); :func:`merge` puts the pub results back in pub
-order, with the metadata of the unsharded result (``{"version": 2}`` for both programs).
+``count`` shards at once, on as many workers. Each shard runs a run of consecutive pubs
+``[start, stop)`` (never none; the scheduler chooses them from each pub's executions,
+which the submission's check wrote down as :func:`pub_runs`): its worker cuts them out
+of the job's inputs itself, so that the service never decodes what a user sent (it only
+says which pubs to run). A shard's reply is an envelope, ``{"start", "stop", "pubs",
+"result"}``, around the encoded ``PrimitiveResult`` of its pubs; :func:`merge` puts the
+pub results back in pub order, with the metadata of the unsharded result
+(``{"version": 2}`` for both programs).
 
 Seeds: a shard's ``options.seed_simulator`` is the job's plus the index of its first pub,
 so that two shards never draw the same samples. A seeded sharded job is reproducible for
@@ -44,6 +45,36 @@ def shard_key(job_id: str, index: int) -> str:
     return f"{job_id}#{index}"
 
 
+def pub_runs(executions: list[int]) -> bytes:
+    """Each pub's executions, as stored with a shardable job: JSON
+    ``[[executions, pubs], ...]``, consecutive pubs of equal executions written once (a
+    job's pubs are mostly alike, so this is a few bytes whatever their number)."""
+    runs: list[list[int]] = []
+    for n in executions:
+        if runs and runs[-1][0] == n:
+            runs[-1][1] += 1
+        else:
+            runs.append([n, 1])
+    return orjson.dumps(runs)
+
+
+def read_pub_runs(data: bytes) -> list[tuple[int, int]]:
+    """:func:`pub_runs`' ``(executions, pubs)`` pairs, checked. Raises ``ValueError``."""
+    value = orjson.loads(data)
+    if not isinstance(value, list):
+        raise ValueError("pub runs are not a list")
+    runs = []
+    for item in value:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not all(type(x) is int and x > 0 for x in item)
+        ):
+            raise ValueError(f"a pub run is not [executions, pubs]: {item!r}")
+        runs.append((item[0], item[1]))
+    return runs
+
+
 @dataclass(frozen=True)
 class Span:
     """The pubs ``[start, stop)`` of a job of ``pubs`` pubs that one shard runs."""
@@ -53,19 +84,19 @@ class Span:
     pubs: int
 
 
-def slice_inputs(inputs: bytes, index: int, count: int) -> tuple[bytes, Span]:
-    """A job's inputs (its params' JSON) cut down to shard ``index`` of ``count``: the
-    same inputs with only that shard's pubs and its seed. Raises ``ValueError`` for
-    inputs without a list of pubs (the program would refuse them too)."""
-    if not 0 <= index < count:
-        raise ValueError(f"shard {index} of {count} does not exist")
+def slice_inputs(inputs: bytes, start: int, stop: int) -> tuple[bytes, Span]:
+    """A job's inputs (its params' JSON) cut down to the pubs ``[start, stop)``: the same
+    inputs with only those pubs and the shard's seed. Raises ``ValueError`` for inputs
+    without a list of pubs (the program would refuse them too) or without those pubs."""
     rest, qobj = _native.split_member(inputs, _QOBJ, "params")
     params = orjson.loads(rest)
     if not isinstance(params, dict) or not isinstance(params.get(_PUBS), list):
         raise ValueError("the job's inputs have no list of pubs to shard")
     pubs: list[Any] = params[_PUBS]
     n = len(pubs)
-    span = Span(n * index // count, n * (index + 1) // count, n)
+    if not 0 <= start < stop <= n:
+        raise ValueError(f"a shard of pubs {start}-{stop} of a job of {n} pubs")
+    span = Span(start, stop, n)
     params[_PUBS] = pubs[span.start : span.stop]
     options = params.get("options")
     if isinstance(options, dict) and span.start:
@@ -77,10 +108,10 @@ def slice_inputs(inputs: bytes, index: int, count: int) -> tuple[bytes, Span]:
     return orjson.dumps(params), span
 
 
-def envelope(span: Span, result: bytes | None) -> bytes:
+def envelope(span: Span, result: bytes) -> bytes:
     """What a shard's worker replies: its span and its ``PrimitiveResult``, encoded."""
     head = orjson.dumps({"start": span.start, "stop": span.stop, "pubs": span.pubs})
-    return head[:-1] + b',"result":' + (result if result is not None else b"null") + b"}"
+    return head[:-1] + b',"result":' + result + b"}"
 
 
 @dataclass(frozen=True)
@@ -97,13 +128,8 @@ def read_part(reply: bytes) -> Part:
     value = orjson.loads(reply)
     try:
         span = Span(int(value["start"]), int(value["stop"]), int(value["pubs"]))
-        result = value["result"]
-        if result is None:
-            pub_results: list[Any] = []
-            metadata = None
-        else:
-            inner = result["__value__"]
-            pub_results, metadata = list(inner["pub_results"]), inner.get("metadata")
+        inner = value["result"]["__value__"]
+        pub_results, metadata = list(inner["pub_results"]), inner.get("metadata")
     except (KeyError, TypeError) as exc:
         raise ValueError(f"a shard's reply is not a shard envelope ({exc!r})") from None
     if len(pub_results) != span.stop - span.start:

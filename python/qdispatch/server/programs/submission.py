@@ -13,6 +13,7 @@ from qdispatch._native import BackendSpec
 from ... import codes as E
 from ..errors import ServiceError
 from . import Limits, Program, Registry
+from .sharding import pub_runs, shardable
 
 if TYPE_CHECKING:
     from .checker import InputChecker
@@ -20,10 +21,11 @@ if TYPE_CHECKING:
 
 def decode_and_estimate(
     program: Program, params: bytes, circuit_checks: BackendSpec, limits: Limits
-) -> tuple[int, int]:
+) -> tuple[int, int, list[int] | None]:
     """Decode a program job's params and run the program's ``estimate`` over them:
-    (executions, shots per execution), or the :class:`ServiceError` that refuses them.
-    The service runs it in a checking process (:mod:`.checker`), never in its own."""
+    (executions, shots per execution, each pub's executions for a program that may run
+    as shards, else ``None``), or the :class:`ServiceError` that refuses them. The service
+    runs it in a checking process (:mod:`.checker`), never in its own."""
     # Inputs a program declares as Qobjs (QOBJ_INPUTS) are validated natively, and
     # estimate() sees their summaries, never a Python tree of them (a Qobj of thousands
     # of circuits would take a second to build).
@@ -48,7 +50,11 @@ def decode_and_estimate(
         except ValueError as exc:  # MalformedPayloadError, InvalidQobjError
             raise ServiceError(400, E.INVALID_PARAMS, f"{key}: {exc}") from exc
     try:
-        return program.estimate(inputs, limits)
+        if shardable(program.ref):
+            per_pub, shots = program.estimate_pubs(inputs, limits)
+            return sum(per_pub), shots, per_pub
+        n_executions, shots = program.estimate(inputs, limits)
+        return n_executions, shots, None
     except (ValueError, TypeError) as exc:  # InvalidInputs is a ValueError
         raise ServiceError(400, E.INVALID_PARAMS, str(exc)) from exc
 
@@ -97,7 +103,7 @@ async def program_job_fields(
         )
     # Decoding what a user sent runs qiskit code that cannot all be bounded from outside:
     # in a checking process, with a memory and a time limit, never in the service's own.
-    n_executions, shots = await checker.check(program.id, raw, limits.backend, limits)
+    n_executions, shots, per_pub = await checker.check(program.id, raw, limits.backend, limits)
     return {
         "kind": "program",
         "program_id": program.id,
@@ -108,4 +114,6 @@ async def program_job_fields(
         "image": image,
         "program_version": program.version,
         "usage_estimation": {"quantum_seconds": n_executions * seconds_per_execution},
+        # What the scheduler splits the job into shards by (docs/service.md, "Sharding").
+        "pub_runs": pub_runs(per_pub) if per_pub else None,
     }

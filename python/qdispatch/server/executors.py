@@ -40,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, Protocol
 
 from ..codes import TIME_LIMIT_EXCEEDED
@@ -194,7 +195,7 @@ def _worker_main(conn: Connection, threads: int) -> None:
 
     def emit(kind: str, data: Any) -> None:
         with sending:
-            conn.send((kind, data))
+            _send(conn, (kind, data))
 
     while True:
         try:
@@ -205,9 +206,24 @@ def _worker_main(conn: Connection, threads: int) -> None:
         reply = run_task(task, threads, emit)
         try:
             with sending:
-                conn.send(("reply", reply, time.perf_counter() - start))
+                _send(conn, ("reply", reply, time.perf_counter() - start))
         except (EOFError, OSError):
             return
+
+
+#: The largest message a worker sends as it is; a larger one follows a ``("large",)``
+#: notice. The service reads a message on its event loop once the pipe holds it (no thread
+#: hop), which takes no time only for a message written whole (a connection writes up to
+#: 16 KiB in one call): a large one is read in a thread, while the worker still writes it.
+INLINE_MESSAGE_BYTES = 16 * 1024
+
+
+def _send(conn: Connection, message: tuple[Any, ...]) -> None:
+    """Send ``message`` to the service, announcing it first if it is large."""
+    data = ForkingPickler.dumps(message)
+    if len(data) > INLINE_MESSAGE_BYTES:
+        conn.send(("large",))
+    conn.send_bytes(data)
 
 
 class _Worker:
@@ -241,8 +257,8 @@ class LocalExecutor:
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
         self._busy: dict[str, _Worker] = {}
         self._all: set[_Worker] = set()
-        # One thread per worker waits on its pipe, so the event loop never blocks on one;
-        # the others join dying workers and wait for new ones to say hello.
+        # A running job's pipe is watched by the loop itself (``_receive``); these threads
+        # read a large message, join dying workers and wait for new ones to say hello.
         self._waiters = ThreadPoolExecutor(
             max_workers=2 * workers + 2, thread_name_prefix="qd-pipe"
         )
@@ -373,9 +389,7 @@ class LocalExecutor:
                 timer = loop.call_later(self.time_limit, self._expire, worker, task.job_id)
             _call(task.job_id, started)
             while True:
-                received: tuple[Any, ...] = await loop.run_in_executor(
-                    self._waiters, worker.conn.recv
-                )
+                received = await self._receive(worker.conn)
                 if received[0] == "reply":
                     message = received
                     break
@@ -398,6 +412,29 @@ class LocalExecutor:
             return await self._died(worker, start)
         _, reply, seconds = message
         return _outcome(reply, seconds)
+
+    async def _receive(self, conn: Connection) -> tuple[Any, ...]:
+        """The worker's next message. Read here, on the loop, once the pipe holds it (a
+        small message is written whole, so reading it never waits); a large one, which
+        the worker announces, in a thread. A worker gone raises ``EOFError``/``OSError``
+        (its end of the pipe reads as ready, then at its end)."""
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        fd = conn.fileno()
+
+        def readable() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(fd, readable)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(fd)
+        received: tuple[Any, ...] = conn.recv()
+        if received[0] == "large":
+            received = await loop.run_in_executor(self._waiters, conn.recv)
+        return received
 
     def _expire(self, worker: _Worker, job_id: str) -> None:
         if worker.job_id == job_id and not worker.signalled:

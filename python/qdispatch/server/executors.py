@@ -28,6 +28,7 @@ the scheduler requeues those, and fails the others at once.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import multiprocessing
@@ -36,7 +37,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -191,6 +192,7 @@ def _worker_main(conn: Connection, threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     conn.send(("ready", os.getpid()))
+    _run_aer_jobs_inline()
     sending = threading.Lock()  # a program may publish from threads of its own
 
     def emit(kind: str, data: Any) -> None:
@@ -209,6 +211,32 @@ def _worker_main(conn: Connection, threads: int) -> None:
                 _send(conn, ("reply", reply, time.perf_counter() - start))
         except (EOFError, OSError):
             return
+
+
+class InlineExecutor(concurrent.futures.Executor):
+    """Runs each call when it is submitted, in the caller's thread, and answers a future
+    that is already done (its result, or the exception it raised)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Run ``fn(*args, **kwargs)`` now; its outcome is the future's."""
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # as a pool thread does: the caller's result() raises it
+            future.set_exception(exc)
+        return future
+
+
+def _run_aer_jobs_inline() -> None:
+    """qiskit-aer runs every ``AerSimulator.run`` in a thread of its own executor, which
+    ``result()`` then waits for: two thread hops per simulation, a large part of a small
+    job's on a busy machine. A local worker runs one job at a time and waits for every
+    simulation it starts (the runner, the primitives), so it runs them in its own thread.
+    Only local workers: a Dask worker runs jobs in several threads at once."""
+    # qiskit-aer costs ~0.5 s to import: a worker pays it once, before its first job.
+    from qiskit_aer.jobs import utils  # noqa: PLC0415
+
+    utils.DEFAULT_EXECUTOR = InlineExecutor()
 
 
 #: The largest message a worker sends as it is; a larger one follows a ``("large",)``

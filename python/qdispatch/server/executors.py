@@ -459,6 +459,9 @@ class LocalExecutor:
             await ready
         finally:
             loop.remove_reader(fd)
+            # uvloop (libuv) makes a watched descriptor non-blocking, and leaves it so:
+            # a read would then fail on a message still being written.
+            os.set_blocking(fd, True)
         received: tuple[Any, ...] = conn.recv()
         if received[0] == "large":
             received = await loop.run_in_executor(self._waiters, conn.recv)

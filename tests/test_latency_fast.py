@@ -5,12 +5,15 @@ messages reach the service whole over the loop-watched pipe, small or large; a c
 a program's inputs that skips the "is its process up" round trip never counts a process
 start against its time, and still refuses what it refused; the primitives run in the
 worker's thread give what ``run().result()`` gave; local workers run qiskit-aer's jobs in
-their own thread with the same results and errors."""
+their own thread with the same results and errors; a circuit job still measures its
+backend once its DONE is out."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import textwrap
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
@@ -291,3 +294,25 @@ def test_a_local_worker_still_reports_a_failing_simulation(svc: ServiceProcess) 
     assert "Invalid simulation method (nonsense)" in job["error"]["message"]
     follow = submit(client, "aer_simulator", bell_qobj())["id"]
     assert wait_final(client, follow)["status"] == "DONE"
+
+
+def _stored_rate(svc: ServiceProcess) -> str | None:
+    with sqlite3.connect(f"file:{svc.db}?mode=ro", uri=True) as db:
+        row = db.execute("SELECT value FROM meta WHERE key = 'rate:aer_simulator'").fetchone()
+    return row[0] if row else None
+
+
+def test_a_circuit_job_still_measures_its_backend_after_its_done_is_out(
+    svc: ServiceProcess,
+) -> None:
+    # The rate's write waits for the loop's next turn (behind the streams): it is still
+    # made, once the job is DONE.
+    client = svc.client()
+    before = _stored_rate(svc)
+    job_id = submit(client, "aer_simulator", bell_qobj(shots=33))["id"]
+    assert wait_final(client, job_id)["status"] == "DONE"
+    deadline = time.monotonic() + 30
+    while _stored_rate(svc) == before:
+        assert time.monotonic() < deadline, "the backend's rate was not stored"
+        time.sleep(0.05)
+    assert float(_stored_rate(svc) or "nan") > 0

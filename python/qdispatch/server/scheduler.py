@@ -1149,10 +1149,13 @@ class Scheduler:
                 # measure the backend's rate, and only their results are Qobj results.
                 # After the outcome is stored, so that an outcome retried (the store was
                 # full) is measured once; the rate is an estimate, its write may fail.
+                # Its write (a commit of its own) waits for the loop's next turn, behind
+                # the streams that carry this job's DONE to its client.
+                measure = (running.backend, outcome.seconds, running.n_experiments)
                 try:
-                    self._measured(running.backend, outcome.seconds, running.n_experiments)
-                except Exception:
-                    log.warning("could not store the rate of %s", running.backend, exc_info=True)
+                    asyncio.get_running_loop().call_soon(self._measure, *measure)
+                except RuntimeError:  # no loop running (not the service's case): now
+                    self._measure(*measure)
         else:
             events = self.store.set_status(
                 job_id,
@@ -1228,6 +1231,12 @@ class Scheduler:
 
     def _too_large(self, result: bytes) -> bool:
         return self.max_result_bytes is not None and len(result) > self.max_result_bytes
+
+    def _measure(self, backend: str, seconds: float, n_experiments: int) -> None:
+        try:
+            self._measured(backend, seconds, n_experiments)
+        except Exception:
+            log.warning("could not store the rate of %s", backend, exc_info=True)
 
     def _measured(self, backend: str, seconds: float, n_experiments: int) -> None:
         sample = seconds / max(1, n_experiments)

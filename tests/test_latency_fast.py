@@ -70,6 +70,14 @@ def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     proc.stop()
 
 
+def _ran_once(client: Any, job_id: str) -> None:
+    """The job's statuses were QUEUED, RUNNING, DONE: never requeued (a pipe read that
+    failed would look like a worker that died, and run the job again)."""
+    events = client.get(f"/jobs/{job_id}/events").json()["events"]
+    statuses = [e["data"]["status"] for e in events if e["type"] == "status"]
+    assert statuses == ["QUEUED", "RUNNING", "DONE"], events
+
+
 def _statuses(ws: Any, job_ids: set[str]) -> dict[str, list[tuple[int, str]]]:
     """(seq, status) of each job's status events, as they arrive, until all are final."""
     seen: dict[str, list[tuple[int, str]]] = {job_id: [] for job_id in job_ids}
@@ -131,6 +139,7 @@ def test_a_circuit_result_over_the_inline_size_arrives_whole(svc: ServiceProcess
     data = orjson.loads(raw)["results"][0]["data"]
     assert len(data["memory"]) == shots
     assert sum(data["counts"].values()) == shots
+    _ran_once(client, job_id)
 
 
 def test_large_and_small_messages_of_a_program_arrive_whole_and_in_order(
@@ -148,6 +157,7 @@ def test_large_and_small_messages_of_a_program_arrive_whole_and_in_order(
     interim = client.get(f"/jobs/{job_id}/interim_results").json()
     published = [encoding.loads(orjson.dumps(item)) for item in interim]
     assert published == ["first", "x" * size, "last"]
+    _ran_once(client, job_id)
     # The worker is reused after a large reply: the next job runs on it.
     follow = submit(client, "aer_simulator", bell_qobj())["id"]
     assert wait_final(client, follow)["status"] == "DONE"

@@ -503,6 +503,9 @@ async def create_job(request: Request, svc: Svc, who: Who) -> Response:
     # free, and a job that cannot start ends at once): subscribers see its events in order.
     svc.hub.publish(job, [event])
     svc.scheduler.submit(job, payload["inputs"])
+    # One turn of the loop before answering: a job that submit() started reaches its
+    # worker now (its task's first step sends it), and simulates while the answer travels.
+    await asyncio.sleep(0)
     return json_response(view(svc, job, queue_info=False), 201)
 
 

@@ -32,6 +32,7 @@ the scheduler requeues those, and fails the others at once.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import multiprocessing
@@ -40,10 +41,11 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, Protocol
 
 from ..codes import MEMORY_LIMIT_EXCEEDED, TIME_LIMIT_EXCEEDED
@@ -221,11 +223,12 @@ def _worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     conn.send(("ready", os.getpid()))
+    _run_aer_jobs_inline()
     sending = threading.Lock()  # a program may publish from threads of its own
 
     def emit(kind: str, data: Any) -> None:
         with sending:
-            conn.send((kind, data))
+            _send(conn, (kind, data))
 
     while True:
         try:
@@ -236,7 +239,7 @@ def _worker_main(
         reply = run_task(task, threads, emit)
         try:
             with sending:
-                conn.send(("reply", reply, time.perf_counter() - start))
+                _send(conn, ("reply", reply, time.perf_counter() - start))
         except (EOFError, OSError):
             return
 
@@ -276,6 +279,47 @@ class _Stderr:
         """Once the worker has exited and its last words are read."""
         self._done.wait(1.0)
         self._conn.close()
+
+
+class InlineExecutor(concurrent.futures.Executor):
+    """Runs each call when it is submitted, in the caller's thread, and answers a future
+    that is already done (its result, or the exception it raised)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Run ``fn(*args, **kwargs)`` now; its outcome is the future's."""
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # as a pool thread does: the caller's result() raises it
+            future.set_exception(exc)
+        return future
+
+
+def _run_aer_jobs_inline() -> None:
+    """qiskit-aer runs every ``AerSimulator.run`` in a thread of its own executor, which
+    ``result()`` then waits for: two thread hops per simulation, a large part of a small
+    job's on a busy machine. A local worker runs one job at a time and waits for every
+    simulation it starts (the runner, the primitives), so it runs them in its own thread.
+    Only local workers: a Dask worker runs jobs in several threads at once."""
+    # qiskit-aer costs ~0.5 s to import: a worker pays it once, before its first job.
+    from qiskit_aer.jobs import utils  # noqa: PLC0415
+
+    utils.DEFAULT_EXECUTOR = InlineExecutor()
+
+
+#: The largest message a worker sends as it is; a larger one follows a ``("large",)``
+#: notice. The service reads a message on its event loop once the pipe holds it (no thread
+#: hop), which takes no time only for a message written whole (a connection writes up to
+#: 16 KiB in one call): a large one is read in a thread, while the worker still writes it.
+INLINE_MESSAGE_BYTES = 16 * 1024
+
+
+def _send(conn: Connection, message: tuple[Any, ...]) -> None:
+    """Send ``message`` to the service, announcing it first if it is large."""
+    data = ForkingPickler.dumps(message)
+    if len(data) > INLINE_MESSAGE_BYTES:
+        conn.send(("large",))
+    conn.send_bytes(data)
 
 
 class _Worker:
@@ -319,8 +363,8 @@ class LocalExecutor:
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
         self._busy: dict[str, _Worker] = {}
         self._all: set[_Worker] = set()
-        # One thread per worker waits on its pipe, so the event loop never blocks on one;
-        # the others join dying workers and wait for new ones to say hello.
+        # A running job's pipe is watched by the loop itself (``_receive``); these threads
+        # read a large message, join dying workers and wait for new ones to say hello.
         self._waiters = ThreadPoolExecutor(
             max_workers=2 * workers + 2, thread_name_prefix="qd-pipe"
         )
@@ -460,9 +504,7 @@ class LocalExecutor:
                 timer = loop.call_later(self.time_limit, self._expire, worker, task.job_id)
             _call(task.job_id, started)
             while True:
-                received: tuple[Any, ...] = await loop.run_in_executor(
-                    self._waiters, worker.conn.recv
-                )
+                received = await self._receive(worker.conn)
                 if received[0] == "reply":
                     message = received
                     break
@@ -490,6 +532,32 @@ class LocalExecutor:
             return await self._died(worker, start)
         _, reply, seconds = message
         return _outcome(reply, seconds)
+
+    async def _receive(self, conn: Connection) -> tuple[Any, ...]:
+        """The worker's next message. Read here, on the loop, once the pipe holds it (a
+        small message is written whole, so reading it never waits); a large one, which
+        the worker announces, in a thread. A worker gone raises ``EOFError``/``OSError``
+        (its end of the pipe reads as ready, then at its end)."""
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        fd = conn.fileno()
+
+        def readable() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(fd, readable)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(fd)
+            # uvloop (libuv) makes a watched descriptor non-blocking, and leaves it so:
+            # a read would then fail on a message still being written.
+            os.set_blocking(fd, True)
+        received: tuple[Any, ...] = conn.recv()
+        if received[0] == "large":
+            received = await loop.run_in_executor(self._waiters, conn.recv)
+        return received
 
     def _expire(self, worker: _Worker, job_id: str) -> None:
         if worker.job_id == job_id and not worker.signalled:

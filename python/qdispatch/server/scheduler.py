@@ -198,6 +198,9 @@ class Scheduler:
         self._unsettled: dict[str, tuple[_Running, Outcome, _Prepared | None]] = {}
         self._order_cache: dict[str, tuple[int, dict[str, tuple[int, float]]]] = {}
         self._version = 0
+        # The job being submitted, with its inputs, while submit() dispatches: _start takes
+        # them from here rather than from the store.
+        self._fresh: tuple[Job, bytes | None] | None = None
         # Where outcomes the store still refuses at stop are kept for the next start.
         self._spool = spool
         self._draining = False
@@ -404,9 +407,20 @@ class Scheduler:
 
     # -- queueing -----------------------------------------------------------------------
 
-    def submit(self, job: Job) -> None:
-        """Queue a job the store has just accepted."""
+    def submit(self, job: Job, inputs: bytes | None = None) -> None:
+        """Queue a job the store has just accepted and, if a worker is free, start it now:
+        the worker has it while the answer to its ``POST`` is on its way (a small job's
+        round trip, docs/service.md). ``inputs`` are the job's inputs as stored, which
+        the store would otherwise be asked for again."""
         self._enqueue(job)
+        self._fresh = (job, inputs)
+        try:
+            self._dispatch()
+        except Exception:
+            # The job is stored and queued: the dispatch loop, woken by _enqueue, retries.
+            log.exception("dispatching at the submission of job %s failed", job.id)
+        finally:
+            self._fresh = None
 
     def _enqueue(self, job: Job) -> None:
         if job.id in self._queued or job.id in self._running or job.id in self._sharded:
@@ -656,7 +670,13 @@ class Scheduler:
         if entry.shard is not None:
             self._start_shard(entry)
             return
-        job = self.store.job(entry.job_id)
+        fresh = self._fresh
+        inputs: bytes | None = None
+        if fresh is not None and fresh[0].id == entry.job_id:
+            job: Job | None
+            job, inputs = fresh
+        else:
+            job = self.store.job(entry.job_id)
         if job is None or job.status != QUEUED:
             return
         quota_left = self._storage_left(job.owner)
@@ -688,7 +708,9 @@ class Scheduler:
             self._start_sharded(job, entry, program, spans, quota_left)
             return
         # Everything that can fail comes before the slot is taken: nothing to undo.
-        task = Task(job.id, job.backend, job.kind, self.store.inputs(job.id), program)
+        if inputs is None:
+            inputs = self.store.inputs(job.id)
+        task = Task(job.id, job.backend, job.kind, inputs, program)
         running = _Running(
             entry.owner,
             entry.backend,
@@ -1175,10 +1197,13 @@ class Scheduler:
                 # measure the backend's rate, and only their results are Qobj results.
                 # After the outcome is stored, so that an outcome retried (the store was
                 # full) is measured once; the rate is an estimate, its write may fail.
+                # Its write (a commit of its own) waits for the loop's next turn, behind
+                # the streams that carry this job's DONE to its client.
+                measure = (running.backend, outcome.seconds, running.n_experiments)
                 try:
-                    self._measured(running.backend, outcome.seconds, running.n_experiments)
-                except Exception:
-                    log.warning("could not store the rate of %s", running.backend, exc_info=True)
+                    asyncio.get_running_loop().call_soon(self._measure, *measure)
+                except RuntimeError:  # no loop running (not the service's case): now
+                    self._measure(*measure)
         else:
             events = self.store.set_status(
                 job_id,
@@ -1254,6 +1279,12 @@ class Scheduler:
 
     def _too_large(self, result: bytes) -> bool:
         return self.max_result_bytes is not None and len(result) > self.max_result_bytes
+
+    def _measure(self, backend: str, seconds: float, n_experiments: int) -> None:
+        try:
+            self._measured(backend, seconds, n_experiments)
+        except Exception:
+            log.warning("could not store the rate of %s", backend, exc_info=True)
 
     def _measured(self, backend: str, seconds: float, n_experiments: int) -> None:
         sample = seconds / max(1, n_experiments)

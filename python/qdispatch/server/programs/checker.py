@@ -73,7 +73,7 @@ def _address_space() -> int:
     return 0
 
 
-def _start(programs_dir: Path | None, memory_bytes: int) -> None:
+def _start(programs_dir: Path | None, memory_bytes: int, started: Any) -> None:
     global _registry
     _registry = Registry.discover(programs_dir)
     _specs.update(program_specs())
@@ -81,6 +81,8 @@ def _start(programs_dir: Path | None, memory_bytes: int) -> None:
     if used and memory_bytes:
         limit = used + memory_bytes
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    with started.get_lock():
+        started.value += 1
 
 
 _specs: dict[str, Any] = {}
@@ -144,6 +146,12 @@ class InputChecker:
         self._seconds = seconds
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
+        # How many of ``_pool``'s processes have started (shared with them), and how many
+        # checks it has now: while fewer checks are out than processes are up, one that
+        # is up is free and takes the next check at once (a process spawned meanwhile is
+        # still importing), so the check goes in one round trip, without asking first.
+        self._started: Any = None
+        self._out = 0
         # One check per process at a time, so that a check's time counts from when a
         # process takes it, not from when it joined the queue (per event loop: asyncio
         # primitives belong to one).
@@ -152,13 +160,26 @@ class InputChecker:
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
             if self._pool is None:
+                context = multiprocessing.get_context("spawn")
+                self._started = context.Value("i", 0)
+                self._out = 0
                 self._pool = ProcessPoolExecutor(
                     self._processes,
-                    mp_context=multiprocessing.get_context("spawn"),
+                    mp_context=context,
                     initializer=_start,
-                    initargs=self._args,
+                    initargs=(*self._args, self._started),
                 )
             return self._pool
+
+    def _free_process_up(self, pool: ProcessPoolExecutor) -> bool:
+        """Whether a process of ``pool`` that has started is free for the next check."""
+        with self._lock:
+            return pool is self._pool and self._out < self._started.value
+
+    def _count_out(self, pool: ProcessPoolExecutor, delta: int) -> None:
+        with self._lock:
+            if pool is self._pool:
+                self._out += delta
 
     def _discard(self, pool: ProcessPoolExecutor) -> None:
         """Drop ``pool`` (broken, or running a check past its time): its processes are
@@ -210,10 +231,15 @@ class InputChecker:
                     # A process that is starting (the first check, or the one after a
                     # runaway) is waited for apart: on a busy machine spawning and
                     # importing qiskit alone can take longer than a check may.
-                    await asyncio.wait_for(loop.run_in_executor(pool, _ready), START_SECONDS)
-                    answer = await asyncio.wait_for(
-                        loop.run_in_executor(pool, check, *args), self._seconds
-                    )
+                    if not self._free_process_up(pool):
+                        await asyncio.wait_for(loop.run_in_executor(pool, _ready), START_SECONDS)
+                    self._count_out(pool, 1)
+                    try:
+                        answer = await asyncio.wait_for(
+                            loop.run_in_executor(pool, check, *args), self._seconds
+                        )
+                    finally:
+                        self._count_out(pool, -1)
                 break
             except BrokenProcessPool as exc:
                 # Another check's process may have died under this one: one more try, in

@@ -23,12 +23,30 @@ __all__ = [
     "is_isa",
     "optional_int",
     "positive_int",
+    "run_here",
 ]
 
 #: The seed every built-in transpiles with: the same inputs give the same circuits.
 TRANSPILER_SEED = 0
 # Directives that every target takes on any qubits (the transpiler never refuses them).
 _ANYWHERE = frozenset({"barrier"})
+
+
+def run_here(primitive: Any, pubs: list[Any]) -> Any:
+    """``primitive.run(pubs).result()``, run in this thread.
+
+    A V2 primitive's ``run`` starts a thread for every job (qiskit's ``PrimitiveJob``) and
+    ``result()`` waits for it: for a small job that costs as much as its simulation. The
+    pubs are coerced already (their shots or precision set), which ``run``'s coercion
+    leaves as they are; its checks (``_validate_pubs``) are made here all the same. A
+    primitive without those methods runs as ``run`` does.
+    """
+    validate = getattr(primitive, "_validate_pubs", None)
+    run = getattr(primitive, "_run", None)
+    if validate is None or run is None:
+        return primitive.run(pubs).result()
+    validate(pubs)
+    return run(pubs)
 
 
 class InvalidInputs(ValueError):

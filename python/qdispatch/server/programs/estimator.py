@@ -13,7 +13,7 @@ from qiskit.primitives import BackendEstimatorV2
 from qiskit.primitives.containers.estimator_pub import EstimatorPub
 from qiskit.quantum_info import PauliList
 
-from .common import InvalidInputs, Limits, check_options, for_backend, optional_int
+from .common import InvalidInputs, Limits, check_options, for_backend, optional_int, run_here
 
 VERSION = "1"
 DESCRIPTION = "EstimatorV2: expectation values and standard errors, measured with shots."
@@ -185,7 +185,7 @@ def main(
             "seed_simulator": opts.get("seed_simulator"),
         },
     )
-    return estimator.run(ready).result()
+    return run_here(estimator, ready)
 
 
 def _estimator(backend: Any, options: dict[str, Any]) -> BackendEstimatorV2:

@@ -18,6 +18,7 @@ from .common import (
     for_backend,
     optional_int,
     positive_int,
+    run_here,
 )
 
 VERSION = "1"
@@ -175,4 +176,4 @@ def main(
         circuit = from_qobj[pub.circuit] if isinstance(pub.circuit, int) else pub.circuit
         ready.append(SamplerPub.coerce((fitted[id(circuit)], pub.parameter_values, pub.shots)))
     sampler = SamplerV2.from_backend(backend, seed=opts.get("seed_simulator"))
-    return sampler.run(ready).result()
+    return run_here(sampler, ready)

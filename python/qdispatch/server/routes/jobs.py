@@ -499,8 +499,13 @@ async def create_job(request: Request, svc: Svc, who: Who) -> Response:
         if earlier is None:
             raise
         return json_response(view(svc, earlier, queue_info=False), 200)
-    svc.scheduler.submit(job)
+    # QUEUED is published before the job may start (submit() dispatches it if a worker is
+    # free, and a job that cannot start ends at once): subscribers see its events in order.
     svc.hub.publish(job, [event])
+    svc.scheduler.submit(job, payload["inputs"])
+    # One turn of the loop before answering: a job that submit() started reaches its
+    # worker now (its task's first step sends it), and simulates while the answer travels.
+    await asyncio.sleep(0)
     return json_response(view(svc, job, queue_info=False), 201)
 
 

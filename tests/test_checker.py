@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,11 @@ PROGRAM = textwrap.dedent(
 
     def estimate(inputs):
         how = inputs.get("how")
+        if "log" in inputs:  # one line a time this check runs
+            with open(inputs["log"], "a") as log:
+                log.write(how + "\\n")
+        if how == "slow":
+            time.sleep(inputs["seconds"])
         if how == "crash":
             os.abort()  # as a failed allocation in a native library ends a process
         if how == "hang":
@@ -76,3 +82,96 @@ def test_a_runaway_check_is_refused_and_the_next_runs(
         check(checker, how)
     assert (info.value.status, info.value.code) == (400, "invalid_params")
     assert check(checker, "fine") == (2, 100, None)  # no pubs: it never runs as shards
+
+
+def _runs(log: Path, how: str) -> int:
+    return log.read_text().split().count(how) if log.exists() else 0
+
+
+async def _check(checker: InputChecker, how: str, delay: float = 0.0, **inputs: object) -> object:
+    """The check's answer, or the ServiceError that refused it, after ``delay`` seconds."""
+    await asyncio.sleep(delay)
+    try:
+        return await checker.check(
+            "probe", encoding.dumps({"how": how, **inputs}), "aer_simulator", LIMITS
+        )
+    except ServiceError as exc:
+        return exc
+
+
+def test_a_check_that_kills_its_process_alone_is_not_run_twice(
+    checker: InputChecker, tmp_path: Path
+) -> None:
+    """A hostile input that fills the checking process to its limit costs one process, not
+    two: the second try exists for checks that were running beside it."""
+    log = tmp_path / "runs.log"
+    with pytest.raises(ServiceError, match="memory limit"):
+        check_with(checker, "crash", log=str(log))
+    assert _runs(log, "crash") == 1
+    assert check(checker, "fine") == (2, 100, None)
+
+
+def check_with(checker: InputChecker, how: str, **inputs: object) -> tuple[Any, ...]:
+    async def run() -> tuple[Any, ...]:
+        try:
+            return await checker.check(
+                "probe", encoding.dumps({"how": how, **inputs}), "aer_simulator", LIMITS
+            )
+        finally:
+            checker.close()
+
+    return asyncio.run(run())
+
+
+async def _start_both(checker: InputChecker) -> None:
+    """Both checking processes up (each takes seconds to start), so that the checks after
+    run side by side from when they are sent."""
+    both = await asyncio.gather(*(_check(checker, "slow", seconds=0.5) for _ in range(2)))
+    assert both == [(2, 100, None), (2, 100, None)]
+
+
+def test_a_check_beside_one_that_kills_the_process_is_tried_again(tmp_path: Path) -> None:
+    """Two checking processes: one check's crash breaks the pool under the other, which is
+    tried again in a fresh process and answers; the crashing one, not alone the first time,
+    gets its second try and is refused after it."""
+    (tmp_path / "probe.py").write_text(PROGRAM)
+    checker = InputChecker(tmp_path, processes=2, memory_bytes=1 << 30, seconds=60.0)
+    log = tmp_path / "runs.log"
+
+    async def run() -> list[object]:
+        try:
+            await _start_both(checker)
+            return await asyncio.gather(
+                _check(checker, "slow", seconds=4.0, log=str(log)),
+                _check(checker, "crash", delay=1.0, log=str(log)),
+            )
+        finally:
+            checker.close()
+
+    innocent, crashed = asyncio.run(run())
+    assert innocent == (2, 100, None)
+    assert isinstance(crashed, ServiceError)
+    assert "memory limit" in crashed.message
+    assert _runs(log, "slow") == 2  # cut short once, then run through
+    assert _runs(log, "crash") == 2
+
+
+def test_a_check_beside_a_runaway_that_is_stopped_is_tried_again(tmp_path: Path) -> None:
+    """A check running past its time has its processes killed: a check running beside it
+    did not kill them, and is tried again rather than refused as too big."""
+    (tmp_path / "probe.py").write_text(PROGRAM)
+    checker = InputChecker(tmp_path, processes=2, memory_bytes=1 << 30, seconds=4.0)
+
+    async def run() -> list[object]:
+        try:
+            await _start_both(checker)
+            return await asyncio.gather(
+                _check(checker, "hang"), _check(checker, "slow", delay=2.0, seconds=3.0)
+            )
+        finally:
+            checker.close()
+
+    runaway, innocent = asyncio.run(run())
+    assert isinstance(runaway, ServiceError)
+    assert "longer than" in runaway.message
+    assert innocent == (2, 100, None)

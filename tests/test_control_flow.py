@@ -419,13 +419,14 @@ def _nested_body_declaring(n_qubits: int) -> bytes:
 
 
 def test_hostile_qpy_fails_its_job_alone(service_factory: Callable[..., ServiceProcess]) -> None:
-    service = service_factory("--workers", "1")
+    # The nested header's qubits fill the checking process to its limit: a small limit
+    # refuses it sooner.
+    service = service_factory("--workers", "1", "--check-memory-mb", "512")
     client = service.client()
 
     def post(*experiments: dict[str, Any]) -> Any:
         qobj = {"qobj_id": "q", "config": {"shots": 10}, "experiments": list(experiments)}
-        # A payload that grows to the checking process's memory limit takes a while (twice:
-        # a process that died is tried once more, in a fresh one).
+        # A payload that grows to the checking process's memory limit takes a while.
         body = orjson.dumps({"backend": "aer_simulator", "qobj": qobj})
         return client.post("/jobs", content=body, timeout=240)
 
@@ -456,7 +457,7 @@ def test_hostile_qpy_fails_its_job_alone(service_factory: Callable[..., ServiceP
     }
     cases["nested_width"] = (
         base64.b64encode(_nested_body_declaring(20_000_000)).decode(),
-        "do not decode within the service's memory limit",
+        "do not decode within the service's memory limit for checking inputs (512 MiB",
     )
     for name, (payload, expected) in cases.items():
         answer = post(_qpy_experiment(good, "fine"), _qpy_experiment(payload, name))

@@ -611,7 +611,9 @@ class Opaque:
     """Has no runtime encoding."""
 
 
-@pytest.mark.parametrize("value", [Opaque(), [1, {"x": Opaque()}], b"raw"], ids=repr)
+@pytest.mark.parametrize(
+    "value", [Opaque(), [1, {"x": Opaque()}], b"raw"], ids=["opaque", "nested", "bytes"]
+)
 def test_unencodable_objects_raise_type_error(codec: Codec, value: Any) -> None:
     name = "bytes" if isinstance(value, bytes) else "Opaque"
     with pytest.raises(TypeError, match=f"{name} is not runtime-JSON encodable"):

@@ -87,6 +87,7 @@ def _config(args: argparse.Namespace, db: Path, port: int) -> ServiceConfig:
         max_job_shots=args.max_job_shots,
         max_result_bytes=int(args.max_result_mb * 1024 * 1024),
         max_job_event_bytes=int(args.max_job_events_mb * 1024 * 1024),
+        check_memory_bytes=int(args.check_memory_mb * 1024 * 1024),
         dedicated_share=args.dedicated_share,
         session_max_time=args.session_max_time,
         session_max_time_ceiling=args.session_max_time_ceiling,
@@ -375,6 +376,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=float,
         default=64,
         help="a job's interim results and log lines, in all; later ones are dropped (0: none)",
+    )
+    serve.add_argument(
+        "--check-memory-mb",
+        type=float,
+        default=2048,
+        help="memory a process checking a job's inputs may take; inputs that do not decode "
+        "within it are refused (at least 256)",
     )
     serve.add_argument(
         "--shard-min-pubs",

@@ -97,6 +97,11 @@ class ServiceConfig:
     #: A job's interim results and log lines together, as stored; later ones are dropped
     #: (0: no limit).
     max_job_event_bytes: int = 64 * 1024 * 1024
+    #: Memory a process checking a job's inputs (program params, a Qobj's QPY
+    #: experiments) may take beyond what it holds once started; inputs that do not decode
+    #: within it are refused (400). Decoded params are at most 256 MiB of payloads plus the
+    #: objects built from them: 2 GiB is room for any honest job.
+    check_memory_bytes: int = 2 * 1024**3
     #: The share of the workers whose free slots go to dedicated sessions' jobs first.
     dedicated_share: float = 0.5
     #: A session's ``max_time`` when it asks for none, and the most it may ask for.
@@ -150,6 +155,8 @@ class ServiceConfig:
             raise ValueError("shard_min_pubs must be 0 (never shard) or more")
         if self.max_active_jobs is not None and self.max_active_jobs < 0:
             raise ValueError("max_active_jobs must be 0 (unlimited) or more")
+        if self.check_memory_bytes < 256 * 1024 * 1024:
+            raise ValueError("check_memory_bytes must be at least 256 MiB")
         if self.max_job_shots < 1 or self.max_result_bytes < 1:
             raise ValueError("max_job_shots and max_result_bytes must be positive")
         if not 0.0 <= self.dedicated_share <= 1.0:

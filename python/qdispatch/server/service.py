@@ -72,7 +72,9 @@ class Service:
         )
         self.catalog = bk.catalog()
         self.specs = {name: bk.native_spec(defn) for name, defn in self.catalog.items()}
-        self.input_checker = InputChecker(config.programs_dir)
+        self.input_checker = InputChecker(
+            config.programs_dir, memory_bytes=config.check_memory_bytes
+        )
         self.hub = Hub(self.visible)
         self.programs = Registry.discover(config.programs_dir)
         self.scheduler = Scheduler(

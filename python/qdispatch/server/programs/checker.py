@@ -24,6 +24,7 @@ import contextlib
 import multiprocessing
 import resource
 import threading
+from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -36,9 +37,10 @@ from ..errors import ServiceError
 from . import Limits, Registry
 from .submission import decode_and_estimate
 
-#: Address space a checking process may add to what it holds once its imports are done.
-#: Decoded params are at most 256 MiB of payloads (``encoding.MAX_DECODED_BYTES``) plus the
-#: objects built from them; 2 GiB is room for any honest job.
+#: Address space a checking process may add to what it holds once its imports are done
+#: (``ServiceConfig.check_memory_bytes``, ``serve --check-memory-mb``). Decoded params are
+#: at most 256 MiB of payloads (``encoding.MAX_DECODED_BYTES``) plus the objects built from
+#: them; 2 GiB is room for any honest job.
 CHECK_MEMORY_BYTES = 2 << 30
 #: Seconds one check may take, once its process is up.
 CHECK_SECONDS = 30.0
@@ -54,6 +56,7 @@ _PROGRAM_MAX_CIRCUITS = 10_000_000
 
 # The checking process's own state, made once by its initializer.
 _registry: Registry | None = None
+_memory_bytes = CHECK_MEMORY_BYTES
 
 
 def program_specs() -> dict[str, Any]:
@@ -74,7 +77,8 @@ def _address_space() -> int:
 
 
 def _start(programs_dir: Path | None, memory_bytes: int, started: Any) -> None:
-    global _registry
+    global _registry, _memory_bytes
+    _memory_bytes = memory_bytes
     _registry = Registry.discover(programs_dir)
     _specs.update(program_specs())
     used = _address_space()
@@ -106,7 +110,7 @@ def _check(program_id: str, params: bytes, backend: str, limits: Limits) -> tupl
     except ServiceError as exc:
         return ("refused", exc.status, exc.code, exc.message)
     except MemoryError:
-        return ("refused", 400, E.INVALID_PARAMS, _too_big())
+        return ("refused", 400, E.INVALID_PARAMS, _too_big("params", _memory_bytes))
     return ("ok", executions, shots, per_pub)
 
 
@@ -118,15 +122,26 @@ def _check_qobj(qobj: bytes) -> tuple[Any, ...]:
     except QobjExecutionError as exc:
         return ("refused", 400, E.INVALID_QOBJ, str(exc))
     except MemoryError:
-        return ("refused", 400, E.INVALID_QOBJ, _too_big("the Qobj's QPY experiments"))
+        return ("refused", 400, E.INVALID_QOBJ, _too_big(_QPY, _memory_bytes))
     return ("ok", found, 0, None)
 
 
-def _too_big(what: str = "params") -> str:
+_QPY = "the Qobj's QPY experiments"
+
+
+def _too_big(what: str, memory_bytes: int) -> str:
     return (
         f"{what} do not decode within the service's memory limit for checking inputs "
-        f"({CHECK_MEMORY_BYTES >> 20} MiB beyond its own)"
+        f"({memory_bytes >> 20} MiB beyond its own)"
     )
+
+
+class _CheckerDied(Exception):
+    """The checking process died under a check; ``alone``: no other check ran in its pool."""
+
+    def __init__(self, alone: bool) -> None:
+        super().__init__("the checking process died")
+        self.alone = alone
 
 
 class InputChecker:
@@ -142,27 +157,30 @@ class InputChecker:
         seconds: float = CHECK_SECONDS,
     ) -> None:
         self._args = (programs_dir, memory_bytes)
+        self._memory_bytes = memory_bytes
         self._processes = processes
         self._seconds = seconds
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
-        # How many of ``_pool``'s processes have started (shared with them), and how many
-        # checks it has now: while fewer checks are out than processes are up, one that
-        # is up is free and takes the next check at once (a process spawned meanwhile is
-        # still importing), so the check goes in one round trip, without asking first.
+        # How many of ``_pool``'s processes have started (shared with them). While fewer
+        # checks run in it than processes are up, one that is up is free and takes the
+        # next check at once (a process spawned meanwhile is still importing), so the
+        # check goes in one round trip, without asking first.
         self._started: Any = None
-        self._out = 0
         # One check per process at a time, so that a check's time counts from when a
         # process takes it, not from when it joined the queue (per event loop: asyncio
         # primitives belong to one).
-        self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
+        self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore, asyncio.Lock] | None = None
+        # Checks running in each pool, and how many were running when it broke: a check
+        # that was running alone when its process died is what killed it.
+        self._running: dict[ProcessPoolExecutor, int] = {}
+        self._running_at_break: dict[ProcessPoolExecutor, int] = {}
 
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
             if self._pool is None:
                 context = multiprocessing.get_context("spawn")
                 self._started = context.Value("i", 0)
-                self._out = 0
                 self._pool = ProcessPoolExecutor(
                     self._processes,
                     mp_context=context,
@@ -174,12 +192,7 @@ class InputChecker:
     def _free_process_up(self, pool: ProcessPoolExecutor) -> bool:
         """Whether a process of ``pool`` that has started is free for the next check."""
         with self._lock:
-            return pool is self._pool and self._out < self._started.value
-
-    def _count_out(self, pool: ProcessPoolExecutor, delta: int) -> None:
-        with self._lock:
-            if pool is self._pool:
-                self._out += delta
+            return pool is self._pool and self._running.get(pool, 0) < self._started.value
 
     def _discard(self, pool: ProcessPoolExecutor) -> None:
         """Drop ``pool`` (broken, or running a check past its time): its processes are
@@ -187,6 +200,8 @@ class InputChecker:
         with self._lock:
             if self._pool is pool:
                 self._pool = None
+        if pool in self._running:  # the checks still running there did not kill it
+            self._running_at_break.setdefault(pool, 0)
         # The executor has no public way to stop a running call (3.14 adds one). Checks
         # queued behind it fail with BrokenProcessPool, and are tried again.
         for process in list((getattr(pool, "_processes", None) or {}).values()):
@@ -194,11 +209,32 @@ class InputChecker:
                 process.kill()
         pool.shutdown(wait=False)
 
-    def _semaphore(self) -> asyncio.Semaphore:
+    def _loop_slots(self) -> tuple[asyncio.Semaphore, asyncio.Lock]:
         loop = asyncio.get_running_loop()
         if self._slots is None or self._slots[0] is not loop:
-            self._slots = (loop, asyncio.Semaphore(self._processes))
-        return self._slots[1]
+            self._slots = (loop, asyncio.Semaphore(self._processes), asyncio.Lock())
+        return self._slots[1], self._slots[2]
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, alone: bool) -> AsyncIterator[None]:
+        """One checking process for a check, or (``alone``) every one: a check tried again
+        after its process died runs with no other beside it, so that if its process dies
+        again it is the check that killed it, and a check that was beside it is not."""
+        semaphore, gathering = self._loop_slots()
+        taken = 0
+        try:
+            if alone:
+                async with gathering:  # one gathers at a time: two half-gathered would wait forever
+                    for _ in range(self._processes):
+                        await semaphore.acquire()
+                        taken += 1
+            else:
+                await semaphore.acquire()
+                taken = 1
+            yield
+        finally:
+            for _ in range(taken):
+                semaphore.release()
 
     async def check(
         self, program_id: str, params: bytes, backend: str, limits: Limits
@@ -212,9 +248,7 @@ class InputChecker:
     async def check_qobj(self, qobj: bytes) -> int:
         """Decodes the Qobj's QPY experiments as a worker will (how many there are), or
         raises the :class:`ServiceError` that refuses the job (``400 invalid_qobj``)."""
-        found, _, _ = await self._run(
-            E.INVALID_QOBJ, "the Qobj's QPY experiments", _check_qobj, qobj
-        )
+        found, _, _ = await self._run(E.INVALID_QOBJ, _QPY, _check_qobj, qobj)
         return found
 
     async def _run(
@@ -227,26 +261,23 @@ class InputChecker:
         for attempt in range(2):
             pool = self._executor()
             try:
-                async with self._semaphore():
+                async with self._slot(alone=attempt > 0):
                     # A process that is starting (the first check, or the one after a
                     # runaway) is waited for apart: on a busy machine spawning and
                     # importing qiskit alone can take longer than a check may.
                     if not self._free_process_up(pool):
                         await asyncio.wait_for(loop.run_in_executor(pool, _ready), START_SECONDS)
-                    self._count_out(pool, 1)
-                    try:
-                        answer = await asyncio.wait_for(
-                            loop.run_in_executor(pool, check, *args), self._seconds
-                        )
-                    finally:
-                        self._count_out(pool, -1)
+                    answer = await self._timed(pool, check, *args)
                 break
-            except BrokenProcessPool as exc:
+            except (BrokenProcessPool, _CheckerDied) as exc:
                 # Another check's process may have died under this one: one more try, in
-                # a fresh process, tells the two apart.
+                # a fresh process with no other check beside it, tells the two apart. A
+                # check that was already running alone killed its process itself, and is
+                # not given a second process to fill.
+                alone = isinstance(exc, _CheckerDied) and exc.alone
                 self._discard(pool)
-                if attempt:
-                    raise ServiceError(400, code, _too_big(what)) from exc
+                if attempt or alone:
+                    raise ServiceError(400, code, _too_big(what, self._memory_bytes)) from exc
             except asyncio.TimeoutError as exc:  # TimeoutError itself from 3.11
                 self._discard(pool)
                 raise ServiceError(
@@ -259,6 +290,25 @@ class InputChecker:
             raise ServiceError(status, code, message)
         per_pub = answer[3]
         return int(answer[1]), int(answer[2]), [int(n) for n in per_pub] if per_pub else None
+
+    async def _timed(self, pool: ProcessPoolExecutor, check: Any, *args: Any) -> tuple[Any, ...]:
+        """``check(*args)`` in ``pool`` within the check's time, counted as running there."""
+        loop = asyncio.get_running_loop()
+        self._running[pool] = self._running.get(pool, 0) + 1
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(pool, check, *args), self._seconds)
+        except BrokenProcessPool as exc:
+            # Every check running in the pool hears of the break at once, each in turn:
+            # the first to hear it notes how many there were.
+            running = self._running_at_break.setdefault(pool, self._running[pool])
+            raise _CheckerDied(alone=running == 1) from exc
+        finally:
+            left = self._running[pool] - 1
+            if left:
+                self._running[pool] = left
+            else:
+                del self._running[pool]
+                self._running_at_break.pop(pool, None)
 
     def close(self) -> None:
         """Stop the checking processes, a check still running included (it would hold up

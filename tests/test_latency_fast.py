@@ -187,7 +187,7 @@ def test_a_check_never_counts_a_process_start_and_still_refuses() -> None:
     checker = InputChecker(None, processes=2, seconds=3.0)
     good = _estimator_params({"ZZ": 1.0})
 
-    async def checks() -> list[tuple[int, int]]:
+    async def checks() -> list[tuple[int, int, list[int] | None]]:
         first = await asyncio.gather(
             *(checker.check("estimator", good, "aer_simulator", LIMITS) for _ in range(2))
         )
@@ -202,12 +202,12 @@ def test_a_check_never_counts_a_process_start_and_still_refuses() -> None:
         return caught.value
 
     try:
-        assert asyncio.run(checks()) == [(1, 4096)] * 5
+        assert asyncio.run(checks()) == [(1, 4096, [1])] * 5
         error = asyncio.run(refused())
         assert (error.status, error.code) == (400, E.INVALID_PARAMS)
         # The refusal left the processes as they were: the next check is answered.
         again = checker.check("estimator", good, "aer_simulator", LIMITS)
-        assert asyncio.run(again) == (1, 4096)
+        assert asyncio.run(again) == (1, 4096, [1])
     finally:
         checker.close()
 

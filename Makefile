@@ -5,21 +5,26 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install build demo test test-python test-rust lint bench wheel test-wheel clean
+.PHONY: install build demo test test-python test-rust lint lint-rust lint-python bench dist-tools \
+	wheel test-wheel clean
+
+# The Cargo profile of the extension built in place: `develop` (Cargo.toml) builds in a
+# fraction of release's time; `make bench` builds with release, as wheels are.
+PROFILE ?= develop
 
 # The venv is rebuilt when the project's dependencies or Rust sources change.
 $(BIN)/.installed: pyproject.toml Cargo.toml Cargo.lock $(shell find rust -name '*.rs' -o -name Cargo.toml)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
+	MATURIN_PEP517_ARGS="--profile $(PROFILE)" $(BIN)/python -m pip install --quiet -e '.[test,lint]'
 	touch $@
 
 install: $(BIN)/.installed
 
-# Rebuild the extension in place after changing Rust code (release profile).
+# Rebuild the extension in place after changing Rust code.
 build: install
 	test -x $(BIN)/maturin || $(BIN)/python -m pip install --quiet 'maturin>=1.9.3,<2'
-	$(BIN)/maturin develop --release --quiet
+	$(BIN)/maturin develop --profile $(PROFILE) --quiet
 
 demo: install
 	$(BIN)/qdispatch demo
@@ -29,23 +34,35 @@ test: test-rust test-python
 test-rust:
 	cargo test --locked -p qdispatch-wire -p qdispatch-client --quiet
 
-test-python: install
-	$(BIN)/python -m pytest -q
+# Test files run side by side in PYTEST_WORKERS processes (pytest-xdist), a file's tests
+# in one of them (module fixtures start one service a file): most of a test's time is spent
+# waiting on services, workers and clocks, so two run in about half the time on two cores.
+PYTEST_WORKERS ?= 2
 
-lint: install
+test-python: install
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+
+lint: lint-rust lint-python
+
+lint-rust:
 	cargo fmt --all --check
 	cargo clippy --locked --all-targets -- -D warnings
+
+lint-python: install
 	$(BIN)/ruff check python tests benches
 	$(BIN)/ruff format --check python tests benches
 	$(BIN)/mypy
 	$(BIN)/python -m mypy.stubtest qdispatch._native --mypy-config-file pyproject.toml
 
+# Its install builds the extension anew with the release profile (maturin's default).
 bench: install
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m pytest benches --benchmark-enable -q
 
 # The tools `make wheel` needs (maturin, ziglang, auditwheel, twine): pyproject.toml's
 # `dist` dependency group, which pip >= 25.1 installs without building the project.
+dist-tools: $(BIN)/.dist-tools
+
 $(BIN)/.dist-tools: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade 'pip>=25.1'

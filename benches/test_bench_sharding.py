@@ -12,6 +12,7 @@ run, decoded and ``get_counts`` of every pub:
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -104,3 +105,58 @@ def test_ibm_runtime_local_mode(benchmark: Any, circuits: list[QuantumCircuit]) 
 
     assert benchmark.pedantic(run, rounds=2, warmup_rounds=1) == N * SHOTS
     benchmark.extra_info["circuits_per_second"] = N / benchmark.stats.stats.median
+
+
+# -- Dask: the same job on a cluster of 1 and of 2 workers --------------------------------
+
+# The speed-up a Dask cluster gives one job from 1 to 2 workers (one process, one thread
+# each), for the 2-worker row's extra_info. On the 2 cores of a small machine the client and
+# the service share the cores with the workers, so 2 workers cannot reach 2x there.
+_dask_seconds: dict[int, float] = {}
+
+
+@pytest.fixture(params=[1, 2], ids=["1 dask worker", "2 dask workers"])
+def on_dask(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[int, ServiceProcess]]:
+    distributed = pytest.importorskip("distributed")
+    workers: int = request.param
+    cluster = distributed.LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=":0",
+    )
+    try:
+        proc = ServiceProcess(
+            tmp_path_factory.mktemp(f"bench-dask-{workers}"),
+            "--executor",
+            "dask",
+            "--scheduler",
+            cluster.scheduler_address,
+        ).start()
+        try:
+            yield workers, proc
+        finally:
+            proc.stop()
+    finally:
+        cluster.close()
+
+
+@pytest.mark.timeout(1200)  # three runs each; minutes on a loaded machine
+@pytest.mark.benchmark(group="sampler 2000 pubs, one job, dask")
+def test_one_job_on_dask(
+    benchmark: Any, on_dask: tuple[int, ServiceProcess], circuits: list[QuantumCircuit]
+) -> None:
+    workers, svc = on_dask
+    client = svc.client()
+    for _ in range(600):  # the cluster's workers register with the service's executor
+        if client.get("/info").json()["capacity"] == workers:
+            break
+        time.sleep(0.1)
+    progress = _one_job(benchmark, svc, circuits)
+    benchmark.extra_info["shards"] = progress[-1]["shards"] if progress else 1
+    _dask_seconds[workers] = benchmark.stats.stats.median
+    if workers == 2 and 1 in _dask_seconds:
+        benchmark.extra_info["speedup_vs_1_worker"] = round(_dask_seconds[1] / _dask_seconds[2], 2)

@@ -18,7 +18,7 @@ import pytest
 from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister
 from qiskit.result import Counts, Result, marginal_counts
 
-from qdispatch import IBMQJobManager
+from qdispatch import IBMQJobManager, results
 from qdispatch.api import Family
 from qdispatch.results import LazyCounts, LazyResult, combine_result_json, result_from_json
 
@@ -196,6 +196,53 @@ def test_pickles_are_qiskits_byte_for_byte(protocol: int) -> None:
     read = lazy_counts()[1]
     read.int_outcomes()
     assert pickle.dumps(read, protocol) == pickle.dumps(eager_counts()[1], protocol)
+
+
+def test_getstate_and_reduce_are_qiskits() -> None:
+    for fresh, eager in zip(lazy_counts(), eager_counts(), strict=True):
+        # The plain state dict (not ``object.__getstate__``'s pair with the slots).
+        assert ordered(fresh.__getstate__()) == ordered(eager.__getstate__())
+        # Protocol 0's reduce (``object.__reduce__`` refuses a class with slots).
+        func, args, made = fresh.__reduce__()
+        eager_func, eager_args, eager_made = eager.__reduce__()
+        assert func is eager_func
+        assert ordered(list(args)) == ordered(list(eager_args))
+        assert ordered(made) == ordered(eager_made)
+        back = func(*args)
+        back.__dict__.update(made)
+        assert type(back) is Counts
+        assert state(back) == state(eager)
+        reduced = fresh.__reduce_ex__(2)
+        eager_reduced = eager.__reduce_ex__(2)
+        assert reduced[:2] == eager_reduced[:2]
+        assert ordered(reduced[2]) == ordered(eager_reduced[2])
+        assert list(reduced[4]) == list(eager_reduced[4])
+    # Once made, ``__getstate__`` is the instance's own dict, as on qiskit's.
+    read = lazy_counts()[0]
+    assert read.__getstate__() is read.__dict__ is OWN_STATE.__get__(read)
+
+
+def test_once_made_reads_do_not_take_the_build_lock() -> None:
+    made, unmade = lazy_counts()[:2]
+    made.hex_raw  # noqa: B018  # the first read makes the attributes
+    # The outline is dropped with the first read (an unread one holds it).
+    assert made._qdispatch_outline is None
+    assert unmade._qdispatch_outline is not None
+    seen: list[Any] = []
+    reader = threading.Thread(target=lambda: seen.append((made.hex_raw, made.__getstate__())))
+    with results._BUILD_LOCK:  # another thread building: a made one must not wait for it
+        reader.start()
+        reader.join(timeout=30)
+        assert not reader.is_alive()
+    assert seen == [(eager_counts()[0].hex_raw, OWN_STATE.__get__(made))]
+    # An unmade one still makes its attributes under the lock.
+    waiting = threading.Thread(target=lambda: seen.append(unmade.int_raw))
+    with results._BUILD_LOCK:
+        waiting.start()
+        waiting.join(timeout=0.2)
+        assert waiting.is_alive()
+    waiting.join(timeout=30)
+    assert seen[-1] == eager_counts()[1].int_raw
 
 
 def test_copies_are_plain_counts_equal_to_qiskits() -> None:

@@ -58,12 +58,14 @@ def _make_state(counts: LazyCounts) -> dict[str, Any]:
     qiskit's constructor sets, in its order, from the outline's ``Counts`` of the
     experiment; what was set on it since stays after them, as it would on qiskit's."""
     state: dict[str, Any] = _COUNTS_STATE.__get__(counts)
+    # Every attribute read comes here: once made (or never lazy) it answers without the
+    # process-wide lock. The slot is set to ``None`` only after the state is whole, under
+    # the lock, so seeing ``None`` here means there is nothing left to make.
+    if getattr(counts, "_qdispatch_outline", None) is None:
+        return state
     with _BUILD_LOCK:
-        try:
-            outline = counts._qdispatch_outline
-        except AttributeError:  # made by ``LazyCounts(...)``: qiskit's constructor ran
-            return state
-        if outline is None:
+        outline = counts._qdispatch_outline
+        if outline is None:  # another thread made it while this one waited
             return state
         built = outline.counts(counts._qdispatch_index)
         ordered = dict(_COUNTS_STATE.__get__(built))
@@ -109,7 +111,13 @@ class LazyCounts(Counts):
     ``__dict__`` (so ``hex_outcomes``, ``int_outcomes``, ``vars``, pickling and copying
     too) makes all five as qiskit's constructor does. Every other behaviour is qiskit's
     ``Counts`` (a ``dict``); ``__class__`` says ``Counts``, and it pickles and copies as a
-    plain ``Counts`` (byte for byte the pickle of qiskit's)."""
+    plain ``Counts`` (byte for byte the pickle of qiskit's); ``__getstate__``,
+    ``__reduce__`` and ``__reduce_ex__`` answer what a plain ``Counts`` answers.
+
+    Memory: until one of those attributes is first read, it holds a reference to the whole
+    ``ResultOutline`` it came from (the outline of every experiment of the document, not
+    only its own), so an unread ``LazyCounts`` kept alone keeps that outline alive; the
+    first read drops the reference."""
 
     # The outline and experiment index the attributes come from; ``None`` once made.
     __slots__ = ("_qdispatch_index", "_qdispatch_outline")
@@ -132,14 +140,29 @@ class LazyCounts(Counts):
         # ``type()`` still says ``LazyCounts``; ``isinstance`` reads both.
         return Counts
 
+    def __getstate__(self) -> dict[str, Any]:
+        # ``object.__getstate__`` would add the slots (outline and index) to the state;
+        # qiskit's ``Counts`` gives its ``__dict__`` itself.
+        return _make_state(self)
+
     def __reduce_ex__(self, protocol: Any) -> Any:
         # What a plain ``Counts`` of the same keys and state reduces to, so the pickle is
         # qiskit's byte for byte (the slots and this class stay out of it; pickle accepts
         # ``Counts`` in ``__newobj__``'s arguments because ``__class__`` says so).
-        plain = Counts.__new__(Counts)
-        dict.update(plain, self)
-        _COUNTS_STATE.__get__(plain).update(_make_state(self))
-        return plain.__reduce_ex__(protocol)
+        return _plain_counts(self).__reduce_ex__(protocol)
+
+    def __reduce__(self) -> Any:
+        # ``object.__reduce__`` (protocol 0's ``copyreg._reduce_ex``) refuses a class
+        # with ``__slots__``; a plain ``Counts`` gives ``_reconstructor`` and its state.
+        return _plain_counts(self).__reduce__()
+
+
+def _plain_counts(counts: LazyCounts) -> Counts:
+    """A plain ``Counts`` of the same keys and (made) state as ``counts``."""
+    plain = Counts.__new__(Counts)
+    dict.update(plain, counts)
+    _COUNTS_STATE.__get__(plain).update(_make_state(counts))
+    return plain
 
 
 def _lazy_counts(outline: _native.ResultOutline, index: int) -> LazyCounts | None:

@@ -95,6 +95,7 @@ def _config(args: argparse.Namespace, db: Path, port: int) -> ServiceConfig:
         heartbeat_seconds=args.heartbeat,
         max_attempts=args.max_attempts,
         shard_min_pubs=args.shard_min_pubs,
+        shard_max_pubs=args.shard_max_pubs,
         drain_timeout=args.drain_timeout,
         job_time_limit=args.job_time_limit or None,
         retention=args.retention,
@@ -390,6 +391,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=64,
         help="run a sampler/estimator job as shards on the free workers, each a run of whole "
         "pubs of at least this many estimated executions; 0: never shard",
+    )
+    serve.add_argument(
+        "--shard-max-pubs",
+        type=int,
+        default=20_000,
+        help="a sampler/estimator job of more pubs than this runs unsharded (the work of "
+        "cutting it is linear in its pubs, on the service's event loop); 0: never shard",
     )
     serve.add_argument(
         "--dedicated-share",

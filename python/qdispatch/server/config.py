@@ -115,6 +115,10 @@ class ServiceConfig:
     #: as many shards as there are free slots and pubs, each a run of whole pubs of at
     #: least this many of its estimated executions, balanced by executions; 0 never shards.
     shard_min_pubs: int = 64
+    #: A sampler or estimator job of more pubs than this runs unsharded: its pubs'
+    #: executions are neither kept nor read (``programs.sharding.SHARD_MAX_PUBS``, this
+    #: default, says why; not imported: it would bring qiskit into the config).
+    shard_max_pubs: int = 20_000
     #: On SIGTERM/SIGINT, seconds the running jobs get to finish before they are requeued.
     drain_timeout: float = 20.0
     #: seconds a job may run on a worker before it is stopped (``None``: no limit)
@@ -153,6 +157,8 @@ class ServiceConfig:
         # A limit that cannot hold is refused at start, not found out by the first user.
         if self.shard_min_pubs < 0:
             raise ValueError("shard_min_pubs must be 0 (never shard) or more")
+        if self.shard_max_pubs < 0:
+            raise ValueError("shard_max_pubs must be 0 (never shard) or more")
         if self.max_active_jobs is not None and self.max_active_jobs < 0:
             raise ValueError("max_active_jobs must be 0 (unlimited) or more")
         if self.check_memory_bytes < 256 * 1024 * 1024:

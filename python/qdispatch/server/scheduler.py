@@ -168,9 +168,11 @@ class Scheduler:
         spool: Spool | None = None,
         max_user_store_bytes: int | None = None,
         shard_min_pubs: int = SHARD_MIN_PUBS,
+        shard_max_pubs: int = sharding.SHARD_MAX_PUBS,
     ):
         self.store = store
         self.shard_min_pubs = shard_min_pubs
+        self.shard_max_pubs = shard_max_pubs
         # Jobs running as shards (docs/service.md, "Sharding"), by job id.
         self._sharded: dict[str, ShardedJob] = {}
         # Tasks merging and storing a sharded job whose last shard has given back its slot.
@@ -705,7 +707,7 @@ class Scheduler:
                 return
         spans = self._shard_plan(job, program)
         if program is not None and spans:
-            self._start_sharded(job, entry, program, spans, quota_left)
+            self._start_sharded(job, entry, program, spans, quota_left, inputs)
             return
         # Everything that can fail comes before the slot is taken: nothing to undo.
         if inputs is None:
@@ -733,7 +735,7 @@ class Scheduler:
     def _shard_plan(self, job: Job, program: ProgramRef | None) -> list[ShardSpan]:
         """The shards ``job`` runs as if dispatched now (``[]``: not sharded)."""
         free = self.executor.capacity - len(self._running)
-        if program is None or free < 2 or self.shard_min_pubs <= 0:
+        if program is None or free < 2 or self.shard_min_pubs <= 0 or self.shard_max_pubs <= 0:
             return []
         if not sharding.shardable(program):
             return []
@@ -741,10 +743,12 @@ class Scheduler:
         if stored is None:  # not a primitive job, or stored before pub runs were kept
             return []
         try:
-            runs = sharding.read_pub_runs(stored)
+            runs = sharding.read_pub_runs(stored, self.shard_max_pubs)
         except ValueError as exc:
             log.error("job %s: its pubs' executions do not read (%s); not sharded", job.id, exc)
             return []
+        if runs is None:  # more pubs than ``shard_max_pubs`` (kept before the bound, or under
+            return []  # a larger one): read no further, as if never kept
         return plan(program, runs, free, self.shard_min_pubs)
 
     def _start_sharded(
@@ -754,9 +758,12 @@ class Scheduler:
         program: ProgramRef,
         spans: list[ShardSpan],
         quota_left: int | None,
+        inputs: bytes | None = None,
     ) -> None:
         """Start ``job`` as the shards ``spans``: the first takes the slot the job was
-        given, the others wait at the head of the owner's queue, ranked by fair share."""
+        given, the others wait at the head of the owner's queue, ranked by fair share.
+        ``inputs``: the job's stored inputs when at hand (a job started at its
+        submission), else read from the store."""
         parent = _Running(
             entry.owner,
             entry.backend,
@@ -772,7 +779,7 @@ class Scheduler:
             job.id,
             entry.owner,
             program,
-            self.store.inputs(job.id),
+            inputs if inputs is not None else self.store.inputs(job.id),
             spans,
             parent,
             entry.tier,

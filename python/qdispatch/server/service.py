@@ -89,6 +89,7 @@ class Service:
             spool=Spool(spool_path(config.db)),
             max_user_store_bytes=config.max_user_store_bytes or None,
             shard_min_pubs=config.shard_min_pubs,
+            shard_max_pubs=config.shard_max_pubs,
         )
         self.sessions = Sessions(self.store, self.scheduler, config.session_idle_timeout)
         self.retention = Retention(self.store, config.retention) if config.retention else None

@@ -35,6 +35,7 @@ from ...disassembler import QobjExecutionError, check_qpy_experiments
 from .. import backends as bk
 from ..errors import ServiceError
 from . import Limits, Registry
+from .sharding import SHARD_MAX_PUBS
 from .submission import decode_and_estimate
 
 #: Address space a checking process may add to what it holds once its imports are done
@@ -97,10 +98,13 @@ def _ready() -> bool:
     return _registry is not None
 
 
-def _check(program_id: str, params: bytes, backend: str, limits: Limits) -> tuple[Any, ...]:
+def _check(
+    program_id: str, params: bytes, backend: str, limits: Limits, max_pubs: int
+) -> tuple[Any, ...]:
     """In the checking process: ``("ok", executions, shots, each pub's executions or
     None)`` or ``("refused", status, code, message)`` (exceptions with their own arguments
-    do not travel well)."""
+    do not travel well). Each pub's executions only for at most ``max_pubs`` pubs: a job
+    of more runs unsharded, and nothing per pub crosses to the service's event loop."""
     assert _registry is not None
     program = _registry.get(program_id)
     if program is None:
@@ -111,6 +115,8 @@ def _check(program_id: str, params: bytes, backend: str, limits: Limits) -> tupl
         return ("refused", exc.status, exc.code, exc.message)
     except MemoryError:
         return ("refused", 400, E.INVALID_PARAMS, _too_big("params", _memory_bytes))
+    if per_pub is not None and len(per_pub) > max_pubs:
+        per_pub = None
     return ("ok", executions, shots, per_pub)
 
 
@@ -237,12 +243,18 @@ class InputChecker:
                 semaphore.release()
 
     async def check(
-        self, program_id: str, params: bytes, backend: str, limits: Limits
+        self,
+        program_id: str,
+        params: bytes,
+        backend: str,
+        limits: Limits,
+        max_pubs: int = SHARD_MAX_PUBS,
     ) -> tuple[int, int, list[int] | None]:
         """(executions, shots per execution, each pub's executions for a program that may
-        run as shards) of the program job, or the :class:`ServiceError` that refuses it."""
+        run as shards and has at most ``max_pubs`` pubs) of the program job, or the
+        :class:`ServiceError` that refuses it."""
         return await self._run(
-            E.INVALID_PARAMS, "params", _check, program_id, params, backend, limits
+            E.INVALID_PARAMS, "params", _check, program_id, params, backend, limits, max_pubs
         )
 
     async def check_qobj(self, qobj: bytes) -> int:

@@ -32,6 +32,19 @@ from . import BUILTIN, ProgramRef
 #: result is the ``PrimitiveResult`` of the pubs, each pub's result its own.
 SHARDABLE = frozenset({"sampler", "estimator"})
 _PUBS = "pubs"
+
+#: The default of ``--shard-max-pubs``: the most pubs a job may have and still run as
+#: shards. The pubs' executions are written down at submission and read back and cut at
+#: each dispatch, on the event loop, in time linear in the runs of equal executions, which
+#: a hostile job makes one per pub (sizes 1, 2, 1, 2…): at 1M pubs that stalled every
+#: user for seconds. At this bound the worst case costs the loop some 20 ms at
+#: submission and 30 ms at dispatch; 20,000 pubs (each a circuit of its own) is far
+#: beyond the primitive jobs the service sees, and a job of more still runs, unsharded.
+SHARD_MAX_PUBS = 20_000
+
+#: The most bytes one run takes as :func:`pub_runs` writes it: ``[e,p],`` of two
+#: integers of at most 20 digits.
+_RUN_BYTES = 44
 _QOBJ = "circuits"  # the sampler's circuits, a QasmQobj the pubs index: kept whole, raw
 
 
@@ -58,21 +71,29 @@ def pub_runs(executions: list[int]) -> bytes:
     return orjson.dumps(runs)
 
 
-def read_pub_runs(data: bytes) -> list[tuple[int, int]]:
-    """:func:`pub_runs`' ``(executions, pubs)`` pairs, checked. Raises ``ValueError``."""
+def read_pub_runs(data: bytes, max_pubs: int = SHARD_MAX_PUBS) -> list[tuple[int, int]] | None:
+    """:func:`pub_runs`' ``(executions, pubs)`` pairs, checked; ``None`` for more than
+    ``max_pubs`` pubs (the job runs unsharded), found out in time bounded by
+    ``max_pubs`` whatever ``data`` holds (a job stored before the bound, or under a
+    larger one). Raises ``ValueError`` for data that are not runs."""
+    if len(data) > 2 + _RUN_BYTES * max_pubs:
+        return None  # more runs than the bound allows pubs
     value = orjson.loads(data)
     if not isinstance(value, list):
         raise ValueError("pub runs are not a list")
+    if len(value) > max_pubs:
+        return None
     runs = []
+    total = 0
     for item in value:
-        if (
-            not isinstance(item, list)
-            or len(item) != 2
-            or not all(type(x) is int and x > 0 for x in item)
-        ):
+        if type(item) is not list or len(item) != 2:
             raise ValueError(f"a pub run is not [executions, pubs]: {item!r}")
-        runs.append((item[0], item[1]))
-    return runs
+        executions, pubs = item
+        if type(executions) is not int or type(pubs) is not int or executions < 1 or pubs < 1:
+            raise ValueError(f"a pub run is not [executions, pubs]: {item!r}")
+        total += pubs
+        runs.append((executions, pubs))
+    return runs if total <= max_pubs else None
 
 
 @dataclass(frozen=True)

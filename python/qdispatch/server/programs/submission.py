@@ -13,7 +13,7 @@ from qdispatch._native import BackendSpec
 from ... import codes as E
 from ..errors import ServiceError
 from . import Limits, Program, Registry
-from .sharding import pub_runs, shardable
+from .sharding import SHARD_MAX_PUBS, pub_runs, shardable
 
 if TYPE_CHECKING:
     from .checker import InputChecker
@@ -67,6 +67,7 @@ async def program_job_fields(
     params: bytes | None,
     seconds_per_execution: float,
     limits: Limits,
+    max_shard_pubs: int = SHARD_MAX_PUBS,
 ) -> dict[str, Any]:
     """The :class:`~qdispatch.server.store.NewJob` fields of a program job submitted with
     ``program_id`` and ``image`` (the request's, already checked to be strings) and
@@ -75,7 +76,8 @@ async def program_job_fields(
     the program's ``estimate`` refuses them, or they are over the job's ``limits``: shots
     over the backend's ``max_shots``, shots in all over ``max_job_shots``).
     ``usage_estimation`` is the estimated
-    number of executions times ``seconds_per_execution``."""
+    number of executions times ``seconds_per_execution``. Each pub's executions, what
+    the scheduler shards the job by, are kept for at most ``max_shard_pubs`` pubs."""
     program = registry.get(program_id)
     if program is None:
         raise ServiceError(
@@ -103,7 +105,9 @@ async def program_job_fields(
         )
     # Decoding what a user sent runs qiskit code that cannot all be bounded from outside:
     # in a checking process, with a memory and a time limit, never in the service's own.
-    n_executions, shots, per_pub = await checker.check(program.id, raw, limits.backend, limits)
+    n_executions, shots, per_pub = await checker.check(
+        program.id, raw, limits.backend, limits, max_shard_pubs
+    )
     return {
         "kind": "program",
         "program_id": program.id,
@@ -114,6 +118,8 @@ async def program_job_fields(
         "image": image,
         "program_version": program.version,
         "usage_estimation": {"quantum_seconds": n_executions * seconds_per_execution},
-        # What the scheduler splits the job into shards by (docs/service.md, "Sharding").
-        "pub_runs": pub_runs(per_pub) if per_pub else None,
+        # What the scheduler splits the job into shards by (docs/service.md, "Sharding"):
+        # at most ``max_shard_pubs`` figures (the check sends none for more), so this and
+        # the reading at each dispatch stay short on the event loop.
+        "pub_runs": pub_runs(per_pub) if per_pub and len(per_pub) <= max_shard_pubs else None,
     }

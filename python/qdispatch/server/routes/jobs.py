@@ -458,6 +458,7 @@ async def create_job(request: Request, svc: Svc, who: Who) -> Response:
             params,
             rate,
             svc.limits(backend_name),
+            svc.config.shard_max_pubs,
         )
     else:
         assert qobj is not None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -152,3 +153,35 @@ def test_the_limit_is_configured_and_checked() -> None:
     assert ServiceConfig(db=config.db, worker_memory_mb=0).worker_memory_mb == 0
     with pytest.raises(ValueError, match=f"at least {MIN_WORKER_MEMORY_MB}"):
         ServiceConfig(db=config.db, worker_memory_mb=100)
+
+
+def post_qpy_job(service: ServiceProcess, qpy_data: bytes) -> dict[str, Any]:
+    """Submit one QPY experiment as a Qobj job and wait for its end."""
+    experiment = {
+        "header": {"name": "wide_body", "n_qubits": 1, "memory_slots": 1},
+        "config": {},
+        "instructions": [],
+        "qpy": base64.b64encode(qpy_data).decode(),
+    }
+    client = service.client()
+    body = orjson.dumps(
+        {"backend": "aer_simulator", "qobj": {"qobj_id": "q", "config": {"shots": 10},
+                                              "experiments": [experiment]}}
+    )  # fmt: skip
+    answer = client.post("/jobs", content=body, timeout=WAIT)
+    assert answer.status_code == 201, answer.text
+    return wait_final(client, answer.json()["id"], timeout=WAIT)
+
+
+def test_a_worker_left_holding_much_memory_is_replaced(
+    service_factory: Callable[..., ServiceProcess],
+) -> None:
+    # Decoding 500k qubits takes ~500 MB of qiskit's Rust allocator (mimalloc), which keeps
+    # it after the job: over half the limit, so the worker is replaced, not left to fail
+    # every later job on it.
+    service = service_factory("--workers", "1", "--worker-memory-mb", "1024", "--log-level", "info")
+    post_qpy_job(service, nested_body_declaring(500_000))
+    retired = re.findall(r"worker (\d+) holds over half its memory limit", service.log())
+    assert len(retired) == 1, service.log()
+    assert_next_job_runs(service)
+    assert not Path(f"/proc/{retired[0]}").exists()  # replaced: the next job ran elsewhere

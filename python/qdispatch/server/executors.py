@@ -521,6 +521,7 @@ class LocalExecutor:
                 and not worker.signalled
                 and not message[1].retire
                 and not self._closing
+                and not self._bloated(worker, task.job_id)
             ):
                 worker.state = "idle"
                 self._idle.put_nowait(worker)
@@ -532,6 +533,20 @@ class LocalExecutor:
             return await self._died(worker, start)
         _, reply, seconds = message
         return _outcome(reply, seconds)
+
+    def _bloated(self, worker: _Worker, job_id: str) -> bool:
+        """Whether ``worker`` kept too much of what its job took to be given another
+        (:func:`.workermemory.holds_too_much`): a large job must not leave its worker near
+        the limit, failing every later job on it."""
+        if not workermemory.holds_too_much(worker.process.pid, self.memory_mb):
+            return False
+        log.info(
+            "worker %s holds over half its memory limit of %d MB after job %s: replacing it",
+            worker.process.pid,
+            self.memory_mb,
+            job_id,
+        )
+        return True
 
     async def _receive(self, conn: Connection) -> tuple[Any, ...]:
         """The worker's next message. Read here, on the loop, once the pipe holds it (a

@@ -120,12 +120,29 @@ _WATCH_SECONDS = 0.05
 NEAR_LIMIT = 0.8
 
 
-def _data_bytes() -> int:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmData:"):
-                return int(line.split()[1]) * 1024
+def data_bytes(pid: int | str = "self") -> int:
+    """The data segment (``VmData``) of process ``pid`` in bytes; 0 when it cannot be read
+    (the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmData:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return 0
     return 0
+
+
+#: A worker that holds more than this share of its limit after a job is replaced: qiskit's
+#: Rust allocator (mimalloc) keeps what a large job took, so the worker would stay near its
+#: limit and every later job on it, anyone's, would fail to allocate.
+RETIRE_SHARE = 0.5
+
+
+def holds_too_much(pid: int | None, limit: int) -> bool:
+    """Whether a worker (process ``pid``, limit ``limit`` MB) kept so much of what its last
+    job took that it is to be replaced rather than given another job."""
+    return bool(limit) and pid is not None and data_bytes(pid) > RETIRE_SHARE * (limit << 20)
 
 
 def watch(peak: Any) -> None:
@@ -134,7 +151,7 @@ def watch(peak: Any) -> None:
 
     def sample() -> None:
         while True:
-            used = _data_bytes()
+            used = data_bytes()
             peak.value = max(peak.value, used)
             time.sleep(_WATCH_SECONDS)
 

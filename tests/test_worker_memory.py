@@ -5,11 +5,15 @@ memory")."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import os
 import re
+import signal
 import struct
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +24,12 @@ from qiskit import QuantumCircuit, qpy
 from qdispatch.codes import MEMORY_LIMIT_EXCEEDED
 from qdispatch.constants import DONE, ERROR
 from qdispatch.server.config import ServiceConfig
-from qdispatch.server.workermemory import MIN_WORKER_MEMORY_MB, default_worker_memory_mb
+from qdispatch.server.executors import LocalExecutor, Task
+from qdispatch.server.workermemory import (
+    MIN_WORKER_MEMORY_MB,
+    default_worker_memory_mb,
+    says_out_of_memory,
+)
 from qobjs import bell_qobj, ghz, qobj
 from support import ServiceProcess, submit, wait_final
 
@@ -185,3 +194,53 @@ def test_a_worker_left_holding_much_memory_is_replaced(
     assert len(retired) == 1, service.log()
     assert_next_job_runs(service)
     assert not Path(f"/proc/{retired[0]}").exists()  # replaced: the next job ran elsewhere
+
+
+def test_only_a_jobs_own_last_words_tell_its_death() -> None:
+    """What a worker wrote on its stderr before it took a job ("Cannot allocate memory",
+    printed by an earlier one) does not make a later death by another cause count as the
+    memory limit's (never retried); the same words written during the job do."""
+
+    async def scenario() -> None:
+        executor = LocalExecutor(1, memory_mb=LIMIT_MB)
+        await executor.start()
+        # A job of a kind no worker runs: answered at once, without importing qiskit.
+        quick = Task("warm-up", "aer_simulator", "nothing", b"")
+        assert "cannot run" in ((await executor.execute(quick, lambda: None)).error or "")
+
+        def say_out_of_memory() -> None:
+            (pid,) = executor.pids
+            # The worker's stderr is a pipe: this writes into it, as the worker would.
+            with open(f"/proc/{pid}/fd/2", "wb") as stderr:
+                stderr.write(b"mimalloc: error: Cannot allocate memory\n")
+
+        def killer(words: bool) -> Callable[[], None]:
+            def started() -> None:  # called once the worker has the task
+                if words:
+                    say_out_of_memory()
+                os.kill(executor.pids[0], signal.SIGKILL)
+
+            return started
+
+        say_out_of_memory()  # before the job: an earlier job's words
+        await asyncio.sleep(1.0)  # passed on by the service already
+        # A circuit job: the worker imports qiskit first, so it is killed mid-job.
+        slow = replace(quick, kind="circuit", inputs=b"{}")
+        unrelated = await executor.execute(replace(slow, job_id="a"), killer(words=False))
+        assert unrelated.transient, unrelated
+        assert unrelated.code != MEMORY_LIMIT_EXCEEDED, unrelated
+        assert "killed by signal SIGKILL" in (unrelated.error or ""), unrelated
+        at_the_limit = await executor.execute(replace(slow, job_id="b"), killer(words=True))
+        assert at_the_limit.code == MEMORY_LIMIT_EXCEEDED, at_the_limit
+        assert not at_the_limit.transient
+        await executor.close()
+
+    asyncio.run(scenario())
+
+
+def test_only_allocator_aborts_count_as_the_limits() -> None:
+    assert says_out_of_memory(b"memory allocation of 1024 bytes failed\n")
+    assert says_out_of_memory(b"terminate called after ... 'std::bad_alloc'")
+    # A traceback a job printed, or its own message, is not an allocator's abort.
+    assert not says_out_of_memory(b"Traceback ...\nMemoryError\n")
+    assert not says_out_of_memory(b"the simulation ran out of memory\n")

@@ -210,7 +210,8 @@ def _worker_main(
     events go out on the same pipe, ahead of the reply: ``(kind, data)``, then
     ``("reply", Reply, seconds)``. Its stderr goes to ``stderr`` (the service passes it
     on, keeping the last lines), its data segment is limited to ``memory_mb`` and the most
-    it used since the service last reset it is in ``peak`` (a shared integer)."""
+    it used since it took its current task is in ``peak`` (a shared integer that only the
+    worker writes)."""
     if stderr is not None:
         os.dup2(stderr.fileno(), 2)
         stderr.close()
@@ -235,6 +236,7 @@ def _worker_main(
             task = conn.recv()
         except (EOFError, OSError):
             return  # the service closed the pipe or died
+        workermemory.restart_peak()
         start = time.perf_counter()
         reply = run_task(task, threads, emit)
         try:
@@ -254,6 +256,7 @@ class _Stderr:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self._tail = b""
+        self._lock = threading.Lock()  # restart() against the pump's append
         self._done = threading.Event()
         threading.Thread(target=self._pump, name="qd-worker-stderr", daemon=True).start()
 
@@ -261,7 +264,8 @@ class _Stderr:
         fd = self._conn.fileno()
         try:
             while data := os.read(fd, 65536):
-                self._tail = (self._tail + data)[-_STDERR_TAIL:]
+                with self._lock:
+                    self._tail = (self._tail + data)[-_STDERR_TAIL:]
                 with contextlib.suppress(OSError):
                     while data:
                         data = data[os.write(2, data) :]
@@ -269,6 +273,12 @@ class _Stderr:
             pass  # closed under us: the service is stopping
         finally:
             self._done.set()
+
+    def restart(self) -> None:
+        """As the worker is handed a task: what an earlier job wrote says nothing of why
+        this one may die."""
+        with self._lock:
+            self._tail = b""
 
     def tail(self, wait: float) -> bytes:
         """What the worker wrote last, once it has exited (at most ``wait`` seconds)."""
@@ -498,7 +508,7 @@ class LocalExecutor:
         died = False
         timer = None
         try:
-            worker.peak.value = 0
+            worker.stderr.restart()
             worker.conn.send(task)
             if self.time_limit:
                 timer = loop.call_later(self.time_limit, self._expire, worker, task.job_id)
@@ -617,9 +627,13 @@ class LocalExecutor:
         if worker.timed_out:
             return time_limit_outcome(self.time_limit or 0.0, elapsed)
         last_words = await loop.run_in_executor(self._waiters, worker.stderr.tail, 2.0)
+        code = worker.process.exitcode
+        # Near the limit counts only for a death by a signal (a library that does not
+        # check what malloc returns): a worker that exited on its own said why, or not.
+        signalled = code is not None and code < 0
         if self.memory_mb and (
             workermemory.says_out_of_memory(last_words)
-            or workermemory.came_near(worker.peak.value, self.memory_mb)
+            or (signalled and workermemory.came_near(worker.peak.value, self.memory_mb))
         ):
             # Deterministic: the same job would kill the next worker too.
             return Outcome(
@@ -628,10 +642,9 @@ class LocalExecutor:
                 seconds=elapsed,
                 code=MEMORY_LIMIT_EXCEEDED,
             )
-        code = worker.process.exitcode
         how = (
             f"killed by signal {signal.Signals(-code).name}"
-            if code is not None and code < 0
+            if signalled and code is not None
             else f"exit code {code}"
         )
         return Outcome(

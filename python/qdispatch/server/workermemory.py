@@ -145,17 +145,36 @@ def holds_too_much(pid: int | None, limit: int) -> bool:
     return bool(limit) and pid is not None and data_bytes(pid) > RETIRE_SHARE * (limit << 20)
 
 
+# The shared peak of this worker, once watch() has started, and what keeps its watcher
+# and restart_peak() (this process's two threads, its only writers) from losing a write.
+_peak: Any = None
+_peak_lock = threading.Lock()
+
+
 def watch(peak: Any) -> None:
-    """In a worker with a limit: keep ``peak.value`` (shared with the service, which sets
-    it to 0 as it hands over a job) at the most data the process has used since."""
+    """In a worker with a limit: keep ``peak.value`` (read by the service when the worker
+    dies) at the most data the process has used since it last took a job. Only the worker
+    writes it: a reset by the service could be lost to the watcher's unlocked max."""
+    global _peak  # the process's one watcher
+    _peak = peak
 
     def sample() -> None:
         while True:
             used = data_bytes()
-            peak.value = max(peak.value, used)
+            with _peak_lock:
+                peak.value = max(peak.value, used)
             time.sleep(_WATCH_SECONDS)
 
     threading.Thread(target=sample, name="qd-memory-watch", daemon=True).start()
+
+
+def restart_peak() -> None:
+    """In a worker, as it takes a job: the peak counts from what it uses now, not from
+    what an earlier job took."""
+    if _peak is None:
+        return
+    with _peak_lock:
+        _peak.value = data_bytes()
 
 
 def came_near(peak_bytes: int, limit: int) -> bool:
@@ -164,17 +183,18 @@ def came_near(peak_bytes: int, limit: int) -> bool:
 
 
 # What a process says on stderr as an allocation at its limit kills it: C++'s uncaught
-# std::bad_alloc, Rust's alloc error handler, mimalloc, Python's fatal error, libc.
+# std::bad_alloc, Rust's alloc error handler, mimalloc, libc (posix_memalign's ENOMEM).
+# Only allocator aborts: a job's own words ("MemoryError" in a traceback it printed) are not
+# a death by the limit.
 OUT_OF_MEMORY_MARKERS = (
     b"std::bad_alloc",
     b"memory allocation of ",
-    b"mimalloc: error: unable to allocate",
-    b"MemoryError",
+    b"mimalloc: error",
     b"Cannot allocate memory",
-    b"out of memory",
 )
 
 
 def says_out_of_memory(stderr_tail: bytes) -> bool:
-    """Whether a dead worker's last words are those of a refused allocation."""
+    """Whether a dead worker's last words (since it took its job) are those of a refused
+    allocation."""
     return any(marker in stderr_tail for marker in OUT_OF_MEMORY_MARKERS)

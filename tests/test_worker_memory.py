@@ -244,3 +244,37 @@ def test_only_allocator_aborts_count_as_the_limits() -> None:
     # A traceback a job printed, or its own message, is not an allocator's abort.
     assert not says_out_of_memory(b"Traceback ...\nMemoryError\n")
     assert not says_out_of_memory(b"the simulation ran out of memory\n")
+
+
+def test_a_workers_pipes_are_closed_once_it_is_gone() -> None:
+    """Each worker's stderr pipe is closed by the thread that reads it, at the worker's
+    exit (never under it, where its number could be reused): a pool started, its workers
+    replaced, and closed, leaves no descriptor open."""
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    async def cycle() -> None:
+        executor = LocalExecutor(2, memory_mb=LIMIT_MB)
+        await executor.start()
+        quick = Task("warm-up", "aer_simulator", "nothing", b"")
+        for job_id in ("a", "b"):
+            await executor.execute(replace(quick, job_id=job_id), lambda: None)
+        # A worker killed under a job is replaced (its pipes are the bury's and the pump's).
+        await executor.execute(
+            replace(quick, job_id="c", kind="circuit", inputs=b"{}"),
+            lambda: os.kill(executor.pids[0], signal.SIGKILL),
+        )
+        await executor.close()
+
+    async def scenario() -> None:
+        await cycle()  # what stays for good (multiprocessing's shared memory) is open now
+        before = open_fds()
+        await cycle()
+        for _ in range(300):  # the pumps see their workers' exit
+            if open_fds() <= before:
+                break
+            await asyncio.sleep(0.1)
+        assert open_fds() <= before, sorted(os.listdir("/proc/self/fd"))
+
+    asyncio.run(scenario())

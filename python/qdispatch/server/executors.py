@@ -251,7 +251,8 @@ _STDERR_TAIL = 4096
 
 
 class _Stderr:
-    """A worker's stderr: passed on to the service's as it comes, its end kept."""
+    """A worker's stderr: passed on to the service's as it comes, its end kept; its pipe
+    is closed by the thread that reads it, at its end (the worker's exit)."""
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
@@ -270,8 +271,12 @@ class _Stderr:
                     while data:
                         data = data[os.write(2, data) :]
         except OSError:
-            pass  # closed under us: the service is stopping
+            pass
         finally:
+            # The pump closes its own end, once the worker (and whatever inherited its
+            # stderr) is gone: closed by anyone else while it reads, the descriptor's number
+            # could be reused and another file's data read and passed on as the worker's.
+            self._conn.close()
             self._done.set()
 
     def restart(self) -> None:
@@ -284,11 +289,6 @@ class _Stderr:
         """What the worker wrote last, once it has exited (at most ``wait`` seconds)."""
         self._done.wait(wait)
         return self._tail
-
-    def close(self) -> None:
-        """Once the worker has exited and its last words are read."""
-        self._done.wait(1.0)
-        self._conn.close()
 
 
 class InlineExecutor(concurrent.futures.Executor):
@@ -431,8 +431,7 @@ class LocalExecutor:
         except BaseException:  # cancelled by close(): no loop calls here, it may be gone
             self._all.discard(worker)
             if process.is_alive():
-                process.kill()
-            err_read.close()
+                process.kill()  # its stderr's pump ends, and closes its pipe, at its EOF
             raise
         if self._closing:
             return True
@@ -440,7 +439,6 @@ class LocalExecutor:
             log.error("a worker process exited at start (exit code %s)", process.exitcode)
             self._all.discard(worker)
             parent.close()
-            worker.stderr.close()
             return False
         worker.state = "idle"
         self._idle.put_nowait(worker)
@@ -615,7 +613,6 @@ class LocalExecutor:
         if worker.process.is_alive():
             worker.process.kill()
         worker.conn.close()
-        worker.stderr.close()
 
     async def _died(self, worker: _Worker, start: float) -> Outcome:
         """The worker is gone under a job: say why."""
@@ -675,7 +672,6 @@ class LocalExecutor:
         for worker in list(self._all):
             worker.process.join(2.0)
             worker.conn.close()
-            worker.stderr.close()
         self._waiters.shutdown(wait=False, cancel_futures=True)
 
 

@@ -12,6 +12,8 @@ import os
 import re
 import signal
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -28,6 +30,7 @@ from qdispatch.server.executors import LocalExecutor, Task
 from qdispatch.server.workermemory import (
     MIN_WORKER_MEMORY_MB,
     default_worker_memory_mb,
+    max_limit_mb,
     says_out_of_memory,
 )
 from qobjs import bell_qobj, ghz, qobj
@@ -278,3 +281,41 @@ def test_a_workers_pipes_are_closed_once_it_is_gone() -> None:
         assert open_fds() <= before, sorted(os.listdir("/proc/self/fd"))
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--worker-memory-mb", str(2**43), "--worker-memory-mb (worker_memory_mb) must be"),
+        ("--worker-memory-mb", "100", "--worker-memory-mb (worker_memory_mb) must be"),
+        ("--check-memory-mb", "inf", "argument --check-memory-mb: 'inf': give a finite"),
+        ("--check-memory-mb", "nan", "argument --check-memory-mb: 'nan': give a finite"),
+        ("--check-memory-mb", "1e30", "--check-memory-mb (check_memory_bytes) must be"),
+    ],
+)
+def test_serve_refuses_a_memory_limit_that_cannot_hold(
+    tmp_path: Path, flag: str, value: str, says: str
+) -> None:
+    # Refused at start with one line naming the flag: no traceback, no worker respawned
+    # forever, no checking process failing every job.
+    answer = subprocess.run(
+        [sys.executable, "-m", "qdispatch", "serve", "--port", "0", "--db",
+         str(tmp_path / "x.db"), flag, value],
+        check=False, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert answer.returncode == 2, answer.stderr
+    assert says in answer.stderr, answer.stderr
+    assert "Traceback" not in answer.stderr, answer.stderr
+
+
+def test_the_limits_upper_bound() -> None:
+    db = Path("unused.db")
+    top = max_limit_mb()
+    assert top >= 1 << 20  # 1 TiB at least
+    assert ServiceConfig(db=db, worker_memory_mb=top).worker_memory_mb == top
+    for bad in (top + 1, 2**43):
+        with pytest.raises(ValueError, match="--worker-memory-mb"):
+            ServiceConfig(db=db, worker_memory_mb=bad)
+    for bad_bytes in (float("nan"), float("inf"), (top + 1) << 20):
+        with pytest.raises(ValueError, match="--check-memory-mb"):
+            ServiceConfig(db=db, check_memory_bytes=bad_bytes)  # type: ignore[arg-type]

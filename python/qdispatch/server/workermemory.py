@@ -72,6 +72,18 @@ def default_worker_memory_mb(workers: int) -> int:
     return max(DEFAULT_FLOOR_MB, share)
 
 
+#: The largest memory limit (a worker's, a checking process's) the service takes: 1 TiB,
+#: or the machine's memory where that is more. Beyond it a limit means nothing, and a big
+#: enough one overflows ``setrlimit`` (every worker would die at start, respawned forever).
+MAX_LIMIT_FLOOR_MB = 1 << 20
+
+
+def max_limit_mb() -> int:
+    """The largest memory limit, in MB, that ``--worker-memory-mb`` or
+    ``--check-memory-mb`` takes on this machine."""
+    return max(MAX_LIMIT_FLOOR_MB, machine_memory_bytes() >> 20)
+
+
 def prepare_environment() -> None:
     """Before workers are spawned: qiskit's allocator (mimalloc) is to reserve 64 MiB at
     a time, not a 1 GiB arena that ``RLIMIT_DATA`` counts from the start (an operator's

@@ -31,6 +31,7 @@ from qdispatch.server.workermemory import (
     MIN_WORKER_MEMORY_MB,
     default_worker_memory_mb,
     max_limit_mb,
+    overcommitted,
     says_out_of_memory,
 )
 from qobjs import bell_qobj, ghz, qobj
@@ -319,3 +320,25 @@ def test_the_limits_upper_bound() -> None:
     for bad_bytes in (float("nan"), float("inf"), (top + 1) << 20):
         with pytest.raises(ValueError, match="--check-memory-mb"):
             ServiceConfig(db=db, check_memory_bytes=bad_bytes)  # type: ignore[arg-type]
+
+
+def test_limits_beyond_the_machine_are_warned_of() -> None:
+    gib = 1 << 30
+    # The 1024 MB floor: 8 workers on a 4 GB machine may hold 8 GB together.
+    warning = overcommitted(8, 1024, machine_bytes=4 * gib)
+    assert warning is not None
+    assert "8 workers x 1024 MB" in warning, warning
+    assert "machine's 4096 MB" in warning, warning
+    assert overcommitted(4, 1024, machine_bytes=4 * gib) is None
+    assert overcommitted(8, 0, machine_bytes=4 * gib) is None  # no limit, nothing claimed
+
+
+def test_the_start_warns_when_the_workers_limits_exceed_the_machine(
+    service_factory: Callable[..., ServiceProcess],
+) -> None:
+    # 1 TiB per worker is more than this machine has (the ceiling is 1 TiB, or the
+    # machine's memory where that is more).
+    top = max_limit_mb()
+    service = service_factory("--workers", "2", "--worker-memory-mb", str(top))
+    assert_next_job_runs(service)
+    assert f"2 workers x {top} MB (--worker-memory-mb) is more than" in service.log()

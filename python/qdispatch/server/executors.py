@@ -384,6 +384,9 @@ class LocalExecutor:
 
     async def start(self) -> None:
         """Start the workers (they finish importing in the background)."""
+        warning = workermemory.overcommitted(self.capacity, self.memory_mb)
+        if warning:
+            log.warning("%s", warning)
         for _ in range(self.capacity):
             self._spawn_later()
 

@@ -84,6 +84,20 @@ def max_limit_mb() -> int:
     return max(MAX_LIMIT_FLOOR_MB, machine_memory_bytes() >> 20)
 
 
+def overcommitted(workers: int, limit_mb: int, machine_bytes: int | None = None) -> str | None:
+    """Why ``workers`` workers of ``limit_mb`` each do not protect the machine (their
+    limits together exceed its memory, as the 1024 MB floor allows on a small machine with
+    many CPUs), or ``None``."""
+    machine = machine_memory_bytes() if machine_bytes is None else machine_bytes
+    if not limit_mb or not machine or workers * (limit_mb << 20) <= machine:
+        return None
+    return (
+        f"{workers} workers x {limit_mb} MB (--worker-memory-mb) is more than the machine's "
+        f"{machine >> 20} MB: several large jobs at once can still exhaust it; fewer "
+        "--workers or a lower --worker-memory-mb keep them within it"
+    )
+
+
 def prepare_environment() -> None:
     """Before workers are spawned: qiskit's allocator (mimalloc) is to reserve 64 MiB at
     a time, not a 1 GiB arena that ``RLIMIT_DATA`` counts from the start (an operator's

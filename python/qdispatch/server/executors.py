@@ -19,7 +19,8 @@ per-job time limit. A worker runs under its memory limit (``--worker-memory-mb``
 :mod:`.workermemory`): a job that needs more fails with ``memory_limit_exceeded``, not
 retried, whether its worker could say so (a ``MemoryError``) or died of it (an abort in
 C++ or Rust code, known by what it wrote on its stderr, which passes through the service's
-own); either way the worker is replaced.
+own); either way the worker is replaced. So is a worker that, after a job, still holds over
+half its limit (qiskit's allocator keeps what a large job took): it would fail the next.
 
 Faults: a worker goes back to the idle pool only if it replied and was never signalled
 (a cancel or the time limit may have killed it after its reply); every other way out of

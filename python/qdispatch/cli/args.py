@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 from ..constants import utc_iso
 from ..local import default_data_dir
 
-__all__ = ["db_path", "duration_arg", "parse_duration", "parse_expires"]
+__all__ = ["db_path", "duration_arg", "megabytes_arg", "parse_duration", "parse_expires"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -56,6 +57,19 @@ def duration_arg(text: str) -> float:
         return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def megabytes_arg(text: str) -> float:
+    """An argparse type for an amount of memory in MB: a finite number, not negative
+    (argparse names the flag in its error; ``inf`` or ``nan`` would otherwise reach the
+    service's arithmetic as a traceback)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number of MB")
+    return value
 
 
 def db_path(args: argparse.Namespace) -> Path:

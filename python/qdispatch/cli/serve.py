@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..storelock import StoreBusyError, StoreLock
-from .args import db_path, duration_arg
+from .args import db_path, duration_arg, megabytes_arg
 
 if TYPE_CHECKING:
     from ..server.config import ServiceConfig
@@ -380,7 +380,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     serve.add_argument(
         "--check-memory-mb",
-        type=float,
+        type=megabytes_arg,
         default=2048,
         help="memory a process checking a job's inputs may take; inputs that do not decode "
         "within it are refused (at least 256)",

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .cpus import usable_cpus
-from .workermemory import MIN_WORKER_MEMORY_MB, default_worker_memory_mb
+from .workermemory import MIN_WORKER_MEMORY_MB, default_worker_memory_mb, max_limit_mb
 
 #: ``serve --dask-cluster`` kinds → the dask-jobqueue class that makes the cluster (module,
 #: name). ``local-jobqueue`` runs its "batch jobs" as local processes (dask-jobqueue's own
@@ -161,8 +161,13 @@ class ServiceConfig:
             raise ValueError("shard_max_pubs must be 0 (never shard) or more")
         if self.max_active_jobs is not None and self.max_active_jobs < 0:
             raise ValueError("max_active_jobs must be 0 (unlimited) or more")
-        if self.check_memory_bytes < 256 * 1024 * 1024:
-            raise ValueError("check_memory_bytes must be at least 256 MiB")
+        # Written as a range, so that NaN (no comparison holds) is refused too.
+        if not 256 * 1024 * 1024 <= self.check_memory_bytes <= max_limit_mb() << 20:
+            raise ValueError(
+                "--check-memory-mb (check_memory_bytes) must be at least 256 MiB and at most "
+                f"{max_limit_mb()} MB (1 TiB, or the machine's memory if more), "
+                f"got {self.check_memory_bytes / 2**20:g} MB"
+            )
         if self.max_job_shots < 1 or self.max_result_bytes < 1:
             raise ValueError("max_job_shots and max_result_bytes must be positive")
         if not 0.0 <= self.dedicated_share <= 1.0:
@@ -181,10 +186,14 @@ class ServiceConfig:
             raise ValueError("ui_login_failures_per_minute and its burst must be positive")
         if self.worker_memory_mb is None:
             self.worker_memory_mb = default_worker_memory_mb(self.workers)
-        if 0 < self.worker_memory_mb < MIN_WORKER_MEMORY_MB or self.worker_memory_mb < 0:
+        if self.worker_memory_mb != 0 and not (
+            MIN_WORKER_MEMORY_MB <= self.worker_memory_mb <= max_limit_mb()
+        ):
             raise ValueError(
-                f"worker_memory_mb must be 0 (no limit) or at least {MIN_WORKER_MEMORY_MB}: "
-                "a worker holds about 250 MB before any job"
+                "--worker-memory-mb (worker_memory_mb) must be 0 (no limit) or at least "
+                f"{MIN_WORKER_MEMORY_MB} (a worker holds about 250 MB before any job) and at "
+                f"most {max_limit_mb()} (1 TiB, or the machine's memory if more), "
+                f"got {self.worker_memory_mb}"
             )
         self._check_dask()
 

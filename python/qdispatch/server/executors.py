@@ -19,7 +19,8 @@ per-job time limit. A worker runs under its memory limit (``--worker-memory-mb``
 :mod:`.workermemory`): a job that needs more fails with ``memory_limit_exceeded``, not
 retried, whether its worker could say so (a ``MemoryError``) or died of it (an abort in
 C++ or Rust code, known by what it wrote on its stderr, which passes through the service's
-own); either way the worker is replaced.
+own); either way the worker is replaced. So is a worker that, after a job, still holds over
+half its limit (qiskit's allocator keeps what a large job took): it would fail the next.
 
 Faults: a worker goes back to the idle pool only if it replied and was never signalled
 (a cancel or the time limit may have killed it after its reply); every other way out of
@@ -210,7 +211,8 @@ def _worker_main(
     events go out on the same pipe, ahead of the reply: ``(kind, data)``, then
     ``("reply", Reply, seconds)``. Its stderr goes to ``stderr`` (the service passes it
     on, keeping the last lines), its data segment is limited to ``memory_mb`` and the most
-    it used since the service last reset it is in ``peak`` (a shared integer)."""
+    it used since it took its current task is in ``peak`` (a shared integer that only the
+    worker writes)."""
     if stderr is not None:
         os.dup2(stderr.fileno(), 2)
         stderr.close()
@@ -235,6 +237,7 @@ def _worker_main(
             task = conn.recv()
         except (EOFError, OSError):
             return  # the service closed the pipe or died
+        workermemory.restart_peak()
         start = time.perf_counter()
         reply = run_task(task, threads, emit)
         try:
@@ -249,11 +252,13 @@ _STDERR_TAIL = 4096
 
 
 class _Stderr:
-    """A worker's stderr: passed on to the service's as it comes, its end kept."""
+    """A worker's stderr: passed on to the service's as it comes, its end kept; its pipe
+    is closed by the thread that reads it, at its end (the worker's exit)."""
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self._tail = b""
+        self._lock = threading.Lock()  # restart() against the pump's append
         self._done = threading.Event()
         threading.Thread(target=self._pump, name="qd-worker-stderr", daemon=True).start()
 
@@ -261,24 +266,30 @@ class _Stderr:
         fd = self._conn.fileno()
         try:
             while data := os.read(fd, 65536):
-                self._tail = (self._tail + data)[-_STDERR_TAIL:]
+                with self._lock:
+                    self._tail = (self._tail + data)[-_STDERR_TAIL:]
                 with contextlib.suppress(OSError):
                     while data:
                         data = data[os.write(2, data) :]
         except OSError:
-            pass  # closed under us: the service is stopping
+            pass
         finally:
+            # The pump closes its own end, once the worker (and whatever inherited its
+            # stderr) is gone: closed by anyone else while it reads, the descriptor's number
+            # could be reused and another file's data read and passed on as the worker's.
+            self._conn.close()
             self._done.set()
+
+    def restart(self) -> None:
+        """As the worker is handed a task: what an earlier job wrote says nothing of why
+        this one may die."""
+        with self._lock:
+            self._tail = b""
 
     def tail(self, wait: float) -> bytes:
         """What the worker wrote last, once it has exited (at most ``wait`` seconds)."""
         self._done.wait(wait)
         return self._tail
-
-    def close(self) -> None:
-        """Once the worker has exited and its last words are read."""
-        self._done.wait(1.0)
-        self._conn.close()
 
 
 class InlineExecutor(concurrent.futures.Executor):
@@ -374,6 +385,9 @@ class LocalExecutor:
 
     async def start(self) -> None:
         """Start the workers (they finish importing in the background)."""
+        warning = workermemory.overcommitted(self.capacity, self.memory_mb)
+        if warning:
+            log.warning("%s", warning)
         for _ in range(self.capacity):
             self._spawn_later()
 
@@ -421,8 +435,7 @@ class LocalExecutor:
         except BaseException:  # cancelled by close(): no loop calls here, it may be gone
             self._all.discard(worker)
             if process.is_alive():
-                process.kill()
-            err_read.close()
+                process.kill()  # its stderr's pump ends, and closes its pipe, at its EOF
             raise
         if self._closing:
             return True
@@ -430,7 +443,6 @@ class LocalExecutor:
             log.error("a worker process exited at start (exit code %s)", process.exitcode)
             self._all.discard(worker)
             parent.close()
-            worker.stderr.close()
             return False
         worker.state = "idle"
         self._idle.put_nowait(worker)
@@ -498,7 +510,7 @@ class LocalExecutor:
         died = False
         timer = None
         try:
-            worker.peak.value = 0
+            worker.stderr.restart()
             worker.conn.send(task)
             if self.time_limit:
                 timer = loop.call_later(self.time_limit, self._expire, worker, task.job_id)
@@ -521,6 +533,7 @@ class LocalExecutor:
                 and not worker.signalled
                 and not message[1].retire
                 and not self._closing
+                and not self._bloated(worker, task.job_id)
             ):
                 worker.state = "idle"
                 self._idle.put_nowait(worker)
@@ -532,6 +545,20 @@ class LocalExecutor:
             return await self._died(worker, start)
         _, reply, seconds = message
         return _outcome(reply, seconds)
+
+    def _bloated(self, worker: _Worker, job_id: str) -> bool:
+        """Whether ``worker`` kept too much of what its job took to be given another
+        (:func:`.workermemory.holds_too_much`): a large job must not leave its worker near
+        the limit, failing every later job on it."""
+        if not workermemory.holds_too_much(worker.process.pid, self.memory_mb):
+            return False
+        log.info(
+            "worker %s holds over half its memory limit of %d MB after job %s: replacing it",
+            worker.process.pid,
+            self.memory_mb,
+            job_id,
+        )
+        return True
 
     async def _receive(self, conn: Connection) -> tuple[Any, ...]:
         """The worker's next message. Read here, on the loop, once the pipe holds it (a
@@ -590,7 +617,6 @@ class LocalExecutor:
         if worker.process.is_alive():
             worker.process.kill()
         worker.conn.close()
-        worker.stderr.close()
 
     async def _died(self, worker: _Worker, start: float) -> Outcome:
         """The worker is gone under a job: say why."""
@@ -602,9 +628,13 @@ class LocalExecutor:
         if worker.timed_out:
             return time_limit_outcome(self.time_limit or 0.0, elapsed)
         last_words = await loop.run_in_executor(self._waiters, worker.stderr.tail, 2.0)
+        code = worker.process.exitcode
+        # Near the limit counts only for a death by a signal (a library that does not
+        # check what malloc returns): a worker that exited on its own said why, or not.
+        signalled = code is not None and code < 0
         if self.memory_mb and (
             workermemory.says_out_of_memory(last_words)
-            or workermemory.came_near(worker.peak.value, self.memory_mb)
+            or (signalled and workermemory.came_near(worker.peak.value, self.memory_mb))
         ):
             # Deterministic: the same job would kill the next worker too.
             return Outcome(
@@ -613,10 +643,9 @@ class LocalExecutor:
                 seconds=elapsed,
                 code=MEMORY_LIMIT_EXCEEDED,
             )
-        code = worker.process.exitcode
         how = (
             f"killed by signal {signal.Signals(-code).name}"
-            if code is not None and code < 0
+            if signalled and code is not None
             else f"exit code {code}"
         )
         return Outcome(
@@ -647,7 +676,6 @@ class LocalExecutor:
         for worker in list(self._all):
             worker.process.join(2.0)
             worker.conn.close()
-            worker.stderr.close()
         self._waiters.shutdown(wait=False, cancel_futures=True)
 
 

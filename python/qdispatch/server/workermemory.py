@@ -72,6 +72,32 @@ def default_worker_memory_mb(workers: int) -> int:
     return max(DEFAULT_FLOOR_MB, share)
 
 
+#: The largest memory limit (a worker's, a checking process's) the service takes: 1 TiB,
+#: or the machine's memory where that is more. Beyond it a limit means nothing, and a big
+#: enough one overflows ``setrlimit`` (every worker would die at start, respawned forever).
+MAX_LIMIT_FLOOR_MB = 1 << 20
+
+
+def max_limit_mb() -> int:
+    """The largest memory limit, in MB, that ``--worker-memory-mb`` or
+    ``--check-memory-mb`` takes on this machine."""
+    return max(MAX_LIMIT_FLOOR_MB, machine_memory_bytes() >> 20)
+
+
+def overcommitted(workers: int, limit_mb: int, machine_bytes: int | None = None) -> str | None:
+    """Why ``workers`` workers of ``limit_mb`` each do not protect the machine (their
+    limits together exceed its memory, as the 1024 MB floor allows on a small machine with
+    many CPUs), or ``None``."""
+    machine = machine_memory_bytes() if machine_bytes is None else machine_bytes
+    if not limit_mb or not machine or workers * (limit_mb << 20) <= machine:
+        return None
+    return (
+        f"{workers} workers x {limit_mb} MB (--worker-memory-mb) is more than the machine's "
+        f"{machine >> 20} MB: several large jobs at once can still exhaust it; fewer "
+        "--workers or a lower --worker-memory-mb keep them within it"
+    )
+
+
 def prepare_environment() -> None:
     """Before workers are spawned: qiskit's allocator (mimalloc) is to reserve 64 MiB at
     a time, not a 1 GiB arena that ``RLIMIT_DATA`` counts from the start (an operator's
@@ -120,25 +146,61 @@ _WATCH_SECONDS = 0.05
 NEAR_LIMIT = 0.8
 
 
-def _data_bytes() -> int:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmData:"):
-                return int(line.split()[1]) * 1024
+def data_bytes(pid: int | str = "self") -> int:
+    """The data segment (``VmData``) of process ``pid`` in bytes; 0 when it cannot be read
+    (the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmData:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return 0
     return 0
 
 
+#: A worker that holds more than this share of its limit after a job is replaced: qiskit's
+#: Rust allocator (mimalloc) keeps what a large job took, so the worker would stay near its
+#: limit and every later job on it, anyone's, would fail to allocate.
+RETIRE_SHARE = 0.5
+
+
+def holds_too_much(pid: int | None, limit: int) -> bool:
+    """Whether a worker (process ``pid``, limit ``limit`` MB) kept so much of what its last
+    job took that it is to be replaced rather than given another job."""
+    return bool(limit) and pid is not None and data_bytes(pid) > RETIRE_SHARE * (limit << 20)
+
+
+# The shared peak of this worker, once watch() has started, and what keeps its watcher
+# and restart_peak() (this process's two threads, its only writers) from losing a write.
+_peak: Any = None
+_peak_lock = threading.Lock()
+
+
 def watch(peak: Any) -> None:
-    """In a worker with a limit: keep ``peak.value`` (shared with the service, which sets
-    it to 0 as it hands over a job) at the most data the process has used since."""
+    """In a worker with a limit: keep ``peak.value`` (read by the service when the worker
+    dies) at the most data the process has used since it last took a job. Only the worker
+    writes it: a reset by the service could be lost to the watcher's unlocked max."""
+    global _peak  # the process's one watcher
+    _peak = peak
 
     def sample() -> None:
         while True:
-            used = _data_bytes()
-            peak.value = max(peak.value, used)
+            used = data_bytes()
+            with _peak_lock:
+                peak.value = max(peak.value, used)
             time.sleep(_WATCH_SECONDS)
 
     threading.Thread(target=sample, name="qd-memory-watch", daemon=True).start()
+
+
+def restart_peak() -> None:
+    """In a worker, as it takes a job: the peak counts from what it uses now, not from
+    what an earlier job took."""
+    if _peak is None:
+        return
+    with _peak_lock:
+        _peak.value = data_bytes()
 
 
 def came_near(peak_bytes: int, limit: int) -> bool:
@@ -147,17 +209,18 @@ def came_near(peak_bytes: int, limit: int) -> bool:
 
 
 # What a process says on stderr as an allocation at its limit kills it: C++'s uncaught
-# std::bad_alloc, Rust's alloc error handler, mimalloc, Python's fatal error, libc.
+# std::bad_alloc, Rust's alloc error handler, mimalloc, libc (posix_memalign's ENOMEM).
+# Only allocator aborts: a job's own words ("MemoryError" in a traceback it printed) are not
+# a death by the limit.
 OUT_OF_MEMORY_MARKERS = (
     b"std::bad_alloc",
     b"memory allocation of ",
-    b"mimalloc: error: unable to allocate",
-    b"MemoryError",
+    b"mimalloc: error",
     b"Cannot allocate memory",
-    b"out of memory",
 )
 
 
 def says_out_of_memory(stderr_tail: bytes) -> bool:
-    """Whether a dead worker's last words are those of a refused allocation."""
+    """Whether a dead worker's last words (since it took its job) are those of a refused
+    allocation."""
     return any(marker in stderr_tail for marker in OUT_OF_MEMORY_MARKERS)

@@ -194,7 +194,7 @@ def test_a_worker_left_holding_much_memory_is_replaced(
     # every later job on it.
     service = service_factory("--workers", "1", "--worker-memory-mb", "1024", "--log-level", "info")
     post_qpy_job(service, nested_body_declaring(500_000))
-    retired = re.findall(r"worker (\d+) holds over half its memory limit", service.log())
+    retired = re.findall(r"worker (\d+) holds over half of what its memory limit", service.log())
     assert len(retired) == 1, service.log()
     assert_next_job_runs(service)
     assert not Path(f"/proc/{retired[0]}").exists()  # replaced: the next job ran elsewhere

@@ -224,8 +224,9 @@ def _worker_main(
     # itself (SIGKILL). Orphaned by a service that died, a worker exits at its pipe's EOF.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    conn.send(("ready", os.getpid()))
     _run_aer_jobs_inline()
+    # What it holds before any job, with its imports: the base its growth is measured from.
+    conn.send(("ready", os.getpid(), workermemory.data_bytes()))
     sending = threading.Lock()  # a program may publish from threads of its own
 
     def emit(kind: str, data: Any) -> None:
@@ -237,6 +238,8 @@ def _worker_main(
             task = conn.recv()
         except (EOFError, OSError):
             return  # the service closed the pipe or died
+        except MemoryError:  # unpickling the job's task, outside the job's own code
+            os._exit(workermemory.EXIT_OUT_OF_MEMORY)
         workermemory.restart_peak()
         start = time.perf_counter()
         reply = run_task(task, threads, emit)
@@ -245,6 +248,11 @@ def _worker_main(
                 _send(conn, ("reply", reply, time.perf_counter() - start))
         except (EOFError, OSError):
             return
+        except MemoryError:  # pickling the job's reply
+            os._exit(workermemory.EXIT_OUT_OF_MEMORY)
+        # Not held while waiting for the next job, anyone's: it would count against its
+        # memory limit.
+        del task, reply
 
 
 # How much of what a worker last wrote on its stderr is kept, to tell why it died.
@@ -337,6 +345,7 @@ class _Worker:
     def __init__(self, process: BaseProcess, conn: Connection, stderr: _Stderr, peak: Any) -> None:
         self.process = process
         self.conn = conn
+        self.baseline = 0  # bytes of data it held when it said it was ready
         self.stderr = stderr
         self.peak = peak  # the most data (bytes) it used in its current job, shared
         self.job_id: str | None = None
@@ -444,6 +453,7 @@ class LocalExecutor:
             self._all.discard(worker)
             parent.close()
             return False
+        worker.baseline = int(hello[2]) if len(hello) > 2 else 0
         worker.state = "idle"
         self._idle.put_nowait(worker)
         return True
@@ -550,10 +560,11 @@ class LocalExecutor:
         """Whether ``worker`` kept too much of what its job took to be given another
         (:func:`.workermemory.holds_too_much`): a large job must not leave its worker near
         the limit, failing every later job on it."""
-        if not workermemory.holds_too_much(worker.process.pid, self.memory_mb):
+        if not workermemory.holds_too_much(worker.process.pid, self.memory_mb, worker.baseline):
             return False
         log.info(
-            "worker %s holds over half its memory limit of %d MB after job %s: replacing it",
+            "worker %s holds over half of what its memory limit of %d MB leaves beyond its "
+            "start, after job %s: replacing it",
             worker.process.pid,
             self.memory_mb,
             job_id,
@@ -632,9 +643,12 @@ class LocalExecutor:
         # Near the limit counts only for a death by a signal (a library that does not
         # check what malloc returns): a worker that exited on its own said why, or not.
         signalled = code is not None and code < 0
-        if self.memory_mb and (
-            workermemory.says_out_of_memory(last_words)
-            or (signalled and workermemory.came_near(worker.peak.value, self.memory_mb))
+        if code == workermemory.EXIT_OUT_OF_MEMORY or (
+            self.memory_mb
+            and (
+                workermemory.says_out_of_memory(last_words)
+                or (signalled and workermemory.came_near(worker.peak.value, self.memory_mb))
+            )
         ):
             # Deterministic: the same job would kill the next worker too.
             return Outcome(

@@ -159,16 +159,26 @@ def data_bytes(pid: int | str = "self") -> int:
     return 0
 
 
-#: A worker that holds more than this share of its limit after a job is replaced: qiskit's
-#: Rust allocator (mimalloc) keeps what a large job took, so the worker would stay near its
-#: limit and every later job on it, anyone's, would fail to allocate.
+#: A worker that kept more than this share of what its limit leaves beyond what it held at
+#: start is replaced after its job: qiskit's Rust allocator (mimalloc) keeps what a large
+#: job took, so the worker would stay near its limit and every later job on it, anyone's,
+#: would fail to allocate. Measured from its start, so that a small limit, most of it
+#: imports, does not replace the worker after every job.
 RETIRE_SHARE = 0.5
 
+#: A worker's exit status when a MemoryError is raised outside a job's own code (unpickling
+#: its task, pickling its reply): its job failed for memory, not a transient death.
+EXIT_OUT_OF_MEMORY = 75
 
-def holds_too_much(pid: int | None, limit: int) -> bool:
-    """Whether a worker (process ``pid``, limit ``limit`` MB) kept so much of what its last
-    job took that it is to be replaced rather than given another job."""
-    return bool(limit) and pid is not None and data_bytes(pid) > RETIRE_SHARE * (limit << 20)
+
+def holds_too_much(pid: int | None, limit: int, baseline: int = 0) -> bool:
+    """Whether a worker (process ``pid``, limit ``limit`` MB, ``baseline`` bytes held when
+    it started) kept so much of what its last job took that it is to be replaced rather
+    than given another job."""
+    if not limit or pid is None:
+        return False
+    budget = (limit << 20) - baseline
+    return data_bytes(pid) > baseline + RETIRE_SHARE * budget
 
 
 # The shared peak of this worker, once watch() has started, and what keeps its watcher
@@ -215,7 +225,7 @@ def came_near(peak_bytes: int, limit: int) -> bool:
 OUT_OF_MEMORY_MARKERS = (
     b"std::bad_alloc",
     b"memory allocation of ",
-    b"mimalloc: error",
+    b"mimalloc: error: unable to allocate",
     b"Cannot allocate memory",
 )
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import io
-import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +17,7 @@ from qiskit.circuit.classical import expr, types
 from qiskit.circuit.library import UnitaryGate
 from qiskit_aer import AerSimulator
 
+from circuits import nested_body_declaring
 from qdispatch import IBMQJobManager, Sampler
 from qdispatch.codes import TIME_LIMIT_EXCEEDED
 from qdispatch.constants import DONE, ERROR
@@ -395,29 +395,6 @@ def test_qiskits_reader_calls_what_a_payload_names_and_the_guard_refuses_it() ->
     assert guarded_load(_class_renamed(b"UnitaryGate", b"UnitaryGate"))[0].num_qubits == 1
 
 
-def _nested_body_declaring(n_qubits: int) -> bytes:
-    """QPY of an if_else whose body's own header declares ``n_qubits`` qubits: qiskit's
-    reader makes them one by one before it reads on (the top header says 1; no check
-    before loading reads a nested one)."""
-    circuit = QuantumCircuit(1, 1)
-    circuit.measure(0, 0)
-    body = QuantumCircuit(1, 1)
-    for _ in range(3):
-        body.x(0)
-    circuit.if_else((circuit.clbits[0], 1), body, None, [0], [0])
-    raw = bytearray(_qpy_of(circuit))
-    header = struct.Struct("!H1cHIIQIQI")  # a circuit header: name size … instructions
-    nested = [
-        offset
-        for offset in range(1, len(raw) - header.size)
-        if (fields := header.unpack_from(raw, offset))[3:5] == (1, 1) and fields[7] == 3
-    ]
-    fields = list(header.unpack_from(raw, nested[0]))
-    fields[3] = n_qubits
-    header.pack_into(raw, nested[0], *fields)
-    return bytes(raw)
-
-
 def test_hostile_qpy_fails_its_job_alone(service_factory: Callable[..., ServiceProcess]) -> None:
     # The nested header's qubits fill the checking process to its limit: a small limit
     # refuses it sooner.
@@ -456,7 +433,7 @@ def test_hostile_qpy_fails_its_job_alone(service_factory: Callable[..., ServiceP
         "wrong_width": (base64.b64encode(_qpy_of(QuantumCircuit(1, 2))).decode(), "memory_slots"),
     }
     cases["nested_width"] = (
-        base64.b64encode(_nested_body_declaring(20_000_000)).decode(),
+        base64.b64encode(nested_body_declaring(20_000_000)).decode(),
         "do not decode within the service's memory limit for checking inputs (512 MiB",
     )
     for name, (payload, expected) in cases.items():

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import os
 import re
 import signal
-import struct
 import subprocess
 import sys
 from collections.abc import Callable
@@ -21,8 +19,8 @@ from typing import Any
 
 import orjson
 import pytest
-from qiskit import QuantumCircuit, qpy
 
+from circuits import nested_body_declaring
 from qdispatch.codes import MEMORY_LIMIT_EXCEEDED
 from qdispatch.constants import DONE, ERROR
 from qdispatch.server.config import ServiceConfig
@@ -98,31 +96,6 @@ def test_a_job_whose_python_side_runs_out_fails_alone_and_its_worker_is_replaced
     failed = run(limited, shot_memory_hog(40))
     assert_the_limits_error(failed)
     assert_next_job_runs(limited)
-
-
-def nested_body_declaring(n_qubits: int) -> bytes:
-    """QPY of an if_else whose body's own header declares ``n_qubits`` qubits: qiskit's
-    (Rust) reader makes them one by one, about 1 kB each (tests/test_control_flow.py has
-    the attack; the service's checking process, with its own 2 GiB, decodes a million)."""
-    circuit = QuantumCircuit(1, 1)
-    circuit.measure(0, 0)
-    body = QuantumCircuit(1, 1)
-    for _ in range(3):
-        body.x(0)
-    circuit.if_else((circuit.clbits[0], 1), body, None, [0], [0])
-    buffer = io.BytesIO()
-    qpy.dump(circuit, buffer)
-    raw = bytearray(buffer.getvalue())
-    header = struct.Struct("!H1cHIIQIQI")  # a circuit header: name size … instructions
-    offset = next(
-        offset
-        for offset in range(1, len(raw) - header.size)
-        if (fields := header.unpack_from(raw, offset))[3:5] == (1, 1) and fields[7] == 3
-    )
-    fields = list(header.unpack_from(raw, offset))
-    fields[3] = n_qubits
-    header.pack_into(raw, offset, *fields)
-    return bytes(raw)
 
 
 def test_a_job_that_kills_its_worker_at_the_limit_fails_alone(limited: ServiceProcess) -> None:

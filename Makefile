@@ -31,8 +31,9 @@ demo: install
 
 test: test-rust test-python
 
+# With the extension's profile: the dependencies `make install` built are built once.
 test-rust:
-	cargo test --locked -p qdispatch-wire -p qdispatch-client --quiet
+	cargo test --locked --profile $(PROFILE) -p qdispatch-wire -p qdispatch-client --quiet
 
 # Test files run side by side in PYTEST_WORKERS processes (pytest-xdist), a file's tests
 # in one of them (module fixtures start one service a file): most of a test's time is spent

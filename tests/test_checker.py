@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from qiskit import QuantumCircuit
 
-from qdispatch import encoding
+import qdispatch
+from qdispatch import Sampler, encoding
 from qdispatch.server.errors import ServiceError
 from qdispatch.server.programs import Limits
 from qdispatch.server.programs.checker import InputChecker
+from support import ServiceProcess
 
 LIMITS = Limits("aer_simulator", 100_000, 30_000_000, 128 << 20)
 
@@ -175,3 +179,29 @@ def test_a_check_beside_a_runaway_that_is_stopped_is_tried_again(tmp_path: Path)
     assert isinstance(runaway, ServiceError)
     assert "longer than" in runaway.message
     assert innocent == (2, 100, None)
+
+
+def test_a_service_killed_outright_leaves_no_process_behind(
+    service_factory: Callable[..., ServiceProcess],
+) -> None:
+    """kill -9 gives the service no chance to stop its checking processes or its workers:
+    they see it gone (the checkers' parent changes, the workers' pipes end) and exit."""
+    psutil = pytest.importorskip("psutil")
+    service = service_factory("--workers", "1")
+    with qdispatch.connect(service.url, token=service.token) as connected:
+        job = Sampler(mode=connected.backend("aer_simulator")).run([_bell()], shots=10)
+        assert sum(job.result()[0].data.c.get_counts().values()) == 10  # a check ran
+    assert service.proc is not None
+    children = psutil.Process(service.proc.pid).children(recursive=True)
+    assert len(children) >= 2  # a worker and a checking process, at least
+    service.kill()
+    _, alive = psutil.wait_procs(children, timeout=60)
+    assert not alive, [p.cmdline() for p in alive]
+
+
+def _bell() -> QuantumCircuit:
+    circuit = QuantumCircuit(2, 2)
+    circuit.h(0)
+    circuit.cx(0, 1)
+    circuit.measure([0, 1], [0, 1])
+    return circuit

@@ -22,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import os
 import resource
 import threading
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -77,8 +79,25 @@ def _address_space() -> int:
     return 0
 
 
+#: How often a checking process looks whether the service that started it is still there.
+PARENT_POLL_SECONDS = 1.0
+
+
+def _exit_with(parent: int) -> None:
+    """Ends this process once ``parent`` is gone. A service killed outright (kill -9, the
+    OOM killer) cannot stop its pool, and the pool's processes hold both ends of their call
+    queue, so they would wait on it for good: a process and its memory left behind on each
+    such restart."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_SECONDS)
+    os._exit(0)
+
+
 def _start(programs_dir: Path | None, memory_bytes: int, started: Any) -> None:
     global _registry, _memory_bytes
+    threading.Thread(
+        target=_exit_with, args=(os.getppid(),), name="qd-check-parent", daemon=True
+    ).start()
     _memory_bytes = memory_bytes
     _registry = Registry.discover(programs_dir)
     _specs.update(program_specs())

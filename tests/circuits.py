@@ -8,6 +8,15 @@ import struct
 from qiskit import QuantumCircuit, qpy
 
 
+def bell() -> QuantumCircuit:
+    """A Bell pair, measured into ``c``."""
+    circuit = QuantumCircuit(2, 2)
+    circuit.h(0)
+    circuit.cx(0, 1)
+    circuit.measure([0, 1], [0, 1])
+    return circuit
+
+
 def slow_circuit(name: str = "slow") -> QuantumCircuit:
     """Seconds of work at a few thousand shots: measuring and resetting qubits
     mid-circuit makes Aer simulate a 12-qubit statevector shot by shot."""

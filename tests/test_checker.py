@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from qiskit import QuantumCircuit
 
 import qdispatch
+from circuits import bell
 from qdispatch import Sampler, encoding
 from qdispatch.server.errors import ServiceError
 from qdispatch.server.programs import Limits
@@ -189,7 +189,7 @@ def test_a_service_killed_outright_leaves_no_process_behind(
     psutil = pytest.importorskip("psutil")
     service = service_factory("--workers", "1")
     with qdispatch.connect(service.url, token=service.token) as connected:
-        job = Sampler(mode=connected.backend("aer_simulator")).run([_bell()], shots=10)
+        job = Sampler(mode=connected.backend("aer_simulator")).run([bell()], shots=10)
         assert sum(job.result()[0].data.c.get_counts().values()) == 10  # a check ran
     assert service.proc is not None
     children = psutil.Process(service.proc.pid).children(recursive=True)
@@ -197,11 +197,3 @@ def test_a_service_killed_outright_leaves_no_process_behind(
     service.kill()
     _, alive = psutil.wait_procs(children, timeout=60)
     assert not alive, [p.cmdline() for p in alive]
-
-
-def _bell() -> QuantumCircuit:
-    circuit = QuantumCircuit(2, 2)
-    circuit.h(0)
-    circuit.cx(0, 1)
-    circuit.measure([0, 1], [0, 1])
-    return circuit

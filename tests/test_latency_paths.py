@@ -19,6 +19,7 @@ from qiskit.result import Result
 from websockets.sync.client import ClientConnection, connect
 
 import qdispatch
+from circuits import bell
 from qdispatch import Estimator, QDispatchService, Sampler, Session
 from qdispatch.api import Family
 from qobjs import bell_qobj, slow_qobj
@@ -26,14 +27,6 @@ from support import ServiceProcess, submit, wait_final, wait_status
 
 # A result of 2 experiments x 1,000 shots with memory is tens of kilobytes: over this.
 SMALL_INLINE_KB = 4
-
-
-def _bell() -> QuantumCircuit:
-    circuit = QuantumCircuit(2, 2)
-    circuit.h(0)
-    circuit.cx(0, 1)
-    circuit.measure([0, 1], [0, 1])
-    return circuit
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +64,7 @@ def test_a_small_result_rides_the_stream_and_is_the_fetched_one(
     svc: ServiceProcess, service: QDispatchService
 ) -> None:
     backend = service.backend("aer_simulator")
-    job = backend.run(_bell(), shots=200, seed_simulator=5)
+    job = backend.run(bell(), shots=200, seed_simulator=5)
     pushed = _pushed(service, job.job_id())
     assert pushed is not None, "a result under the limit rides the stream"
     assert pushed == _fetched(svc, job.job_id())
@@ -79,7 +72,7 @@ def test_a_small_result_rides_the_stream_and_is_the_fetched_one(
     assert service.api.client.take_result(job.job_id(), 0.5) is None
     assert service.api.job_results(job.job_id(), Family.IBMQ) == pushed
     # The Result the job builds from it is the fetched one.
-    again = backend.run(_bell(), shots=200, seed_simulator=5)
+    again = backend.run(bell(), shots=200, seed_simulator=5)
     result = again.result()
     fetched = Result.from_dict(orjson.loads(_fetched(svc, again.job_id())))
     assert result.to_dict() == fetched.to_dict()
@@ -88,7 +81,7 @@ def test_a_small_result_rides_the_stream_and_is_the_fetched_one(
 
 def test_a_result_over_the_limit_is_fetched(svc: ServiceProcess, service: QDispatchService) -> None:
     backend = service.backend("aer_simulator")
-    circuits = [_bell(), _bell()]
+    circuits = [bell(), bell()]
     job = backend.run(circuits, shots=1000, memory=True, seed_simulator=3)
     assert _pushed(service, job.job_id()) is None, "too large to ride the stream"
     fetched = orjson.loads(_fetched(svc, job.job_id()))
@@ -162,7 +155,7 @@ def test_nobody_else_sees_a_result_on_their_stream(svc: ServiceProcess) -> None:
 
 
 def test_a_done_job_has_its_details_when_asked(service: QDispatchService) -> None:
-    job = service.backend("aer_simulator").run(_bell(), shots=100)
+    job = service.backend("aer_simulator").run(bell(), shots=100)
     job.result()
     steps = job.time_per_step()
     assert steps is not None
@@ -176,7 +169,7 @@ def test_primitive_results_ride_the_stream_and_match_the_fetched(
     svc: ServiceProcess, service: QDispatchService
 ) -> None:
     sampler = Sampler(mode=service.backend("aer_simulator"))
-    job = sampler.run([_bell()], shots=300)
+    job = sampler.run([bell()], shots=300)
     pushed = _pushed(service, job.job_id())
     assert pushed is not None
     assert pushed == _fetched(svc, job.job_id())

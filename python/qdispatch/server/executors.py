@@ -273,14 +273,14 @@ class _Stderr:
     def _pump(self) -> None:
         fd = self._conn.fileno()
         try:
-            while data := os.read(fd, 65536):
-                with self._lock:
-                    self._tail = (self._tail + data)[-_STDERR_TAIL:]
-                with contextlib.suppress(OSError):
-                    while data:
-                        data = data[os.write(2, data) :]
-        except OSError:
-            pass
+            # A read error ends the pump as the worker's EOF does: its pipe is unusable.
+            with contextlib.suppress(OSError):
+                while data := os.read(fd, 65536):
+                    with self._lock:
+                        self._tail = (self._tail + data)[-_STDERR_TAIL:]
+                    with contextlib.suppress(OSError):  # the service's stderr closed
+                        while data:
+                            data = data[os.write(2, data) :]
         finally:
             # The pump closes its own end, once the worker (and whatever inherited its
             # stderr) is gone: closed by anyone else while it reads, the descriptor's number

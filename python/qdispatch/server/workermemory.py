@@ -22,6 +22,7 @@ statevector too large for the worker is refused by Aer, cleanly, before it alloc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import threading
@@ -52,15 +53,14 @@ def machine_memory_bytes(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
         total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError):
         total = 0
-    try:
+    # No cgroup v2 file to read (cgroup v1, no /proc): physical memory stands.
+    with contextlib.suppress(OSError):
         lines = Path("/proc/self/cgroup").read_text().splitlines()
         groups = [line[3:] for line in lines if line.startswith("0::")]  # cgroup v2
         for group in groups:
             text = (cgroup_root / group.strip("/") / "memory.max").read_text().strip()
             if text.isdigit() and (total == 0 or int(text) < total):
                 total = int(text)
-    except OSError:
-        pass
     return total
 
 

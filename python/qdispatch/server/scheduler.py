@@ -101,6 +101,13 @@ _SHARED = 1  # every other job
 _Queues = dict[str, dict[str, "deque[_Queued]"]]
 # A finished job's error (or None) and its result, compressed.
 _Prepared = tuple[dict[str, Any] | None, bytes]
+# One reading of the clocks queue estimates are made from: (time.monotonic(), UTC now).
+Clock = tuple[float, datetime]
+
+
+def now() -> Clock:
+    """The clocks read once, for :meth:`Scheduler.queue_info` of several jobs."""
+    return time.monotonic(), datetime.now(timezone.utc)
 
 
 @dataclass
@@ -1357,14 +1364,18 @@ class Scheduler:
         self._publish(job.id, events)
         return events
 
-    def queue_info(self, job: Job) -> dict[str, Any] | None:
-        """Position and estimated start/completion of a queued job; ``None`` otherwise."""
+    def queue_info(self, job: Job, clock: Clock | None = None) -> dict[str, Any] | None:
+        """Position and estimated start/completion of a queued job; ``None`` otherwise.
+
+        ``clock`` (:func:`clock`), read once for a request about several jobs, keeps their
+        estimates in the order of their positions: a job due now is estimated to start at
+        the clock's time, and two readings of the clock would differ."""
         if job.status != QUEUED or job.id not in self._queued:
             return None
         position, start_at = self._fair_order(job.backend)[job.id]
         rate = self._rate(job.backend)
-        start_in = max(0.0, start_at - time.monotonic())
-        utc = datetime.now(timezone.utc)
+        monotonic, utc = clock or now()
+        start_in = max(0.0, start_at - monotonic)
         start = utc + timedelta(seconds=start_in)
         complete = start + timedelta(seconds=rate * job.n_experiments)
         return {

@@ -43,6 +43,7 @@ from ...constants import (
     SHARE_LEVELS,
 )
 from ...monitor import set_tags_problem
+from .. import scheduler as scheduling
 from ..deps import (
     Svc,
     Who,
@@ -555,13 +556,14 @@ async def bulk_status(body: BulkStatus, svc: Svc, who: Who) -> Response:
     """Status of many jobs in one call; ids the caller cannot see are ``missing``."""
     found = svc.store.jobs_by_ids(body.ids)
     out: dict[str, Any] = {}
+    clock = scheduling.now()  # one reading: the estimates keep the queue's order
     for job_id, job in found.items():
         if can_see(svc, who, job):
             out[job_id] = {
                 "status": job.status,
                 "error": job.error,
                 "last_seq": job.last_seq,
-                "queue_info": svc.scheduler.queue_info(job),
+                "queue_info": svc.scheduler.queue_info(job, clock),
             }
     return json_response({"statuses": out, "missing": [i for i in body.ids if i not in out]})
 

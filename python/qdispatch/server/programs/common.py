@@ -3,6 +3,7 @@ fit for the backend they run on."""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ __all__ = [
     "InvalidInputs",
     "Limits",
     "check_options",
+    "fix_target",
     "for_backend",
     "is_isa",
     "optional_int",
@@ -137,7 +139,33 @@ def check_options(options: Any, known: Sequence[str]) -> dict[str, Any]:
     return dict(options)
 
 
-def _supported(target: Target) -> dict[str, frozenset[tuple[int, ...]] | None]:
+# What ``for_backend`` reads of a backend's target, for backends whose options no longer
+# change (``fix_target``): the target, and the qubit tuples of each of its operations.
+_Supported = dict[str, frozenset[tuple[int, ...]] | None]
+_fixed: weakref.WeakKeyDictionary[Any, tuple[Target, _Supported]] = weakref.WeakKeyDictionary()
+
+
+def fix_target(backend: BackendV2) -> None:
+    """Read ``backend``'s target once, for every later :func:`for_backend` on it.
+
+    qiskit-aer builds a simulator's ``Target`` anew at each read (its options may have
+    changed the configuration since): about 2 ms, as much as a small job's simulation.
+    Only for a backend that nothing reconfigures after this call (the workers' own copies
+    for the built-in programs, ``programs.worker.program_backend``).
+    """
+    target = backend.target
+    _fixed[backend] = (target, _supported(target))
+
+
+def _target_of(backend: BackendV2) -> tuple[Target, _Supported]:
+    fixed = _fixed.get(backend)
+    if fixed is not None:
+        return fixed
+    target = backend.target
+    return target, _supported(target)
+
+
+def _supported(target: Target) -> _Supported:
     """Operation name -> the qubit tuples it is supported on (``None``: any)."""
     table: dict[str, frozenset[tuple[int, ...]] | None] = {}
     for name in target.operation_names:
@@ -208,8 +236,7 @@ def for_backend(
     (a device) they are transpiled for it; on an all-to-all one (the ideal simulator) only
     the gates it lacks are decomposed, so that the circuits keep their qubits and layout.
     ``force`` transpiles every circuit, whatever the target."""
-    target = backend.target
-    supported = _supported(target)
+    target, supported = _target_of(backend)
     todo = [
         i
         for i, c in enumerate(circuits)

@@ -11,6 +11,7 @@ run, decoded and ``get_counts`` of every pub:
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -155,8 +156,45 @@ def test_one_job_on_dask(
         if client.get("/info").json()["capacity"] == workers:
             break
         time.sleep(0.1)
+    before = _cpu_by_role(svc)
     progress = _one_job(benchmark, svc, circuits)
+    after = _cpu_by_role(svc)
     benchmark.extra_info["shards"] = progress[-1]["shards"] if progress else 1
+    # CPU seconds a run took in each process role (warm-up and rounds alike), and the
+    # shortest a run could take if every core were kept busy: what bounds the speed-up
+    # on a machine with as few cores as workers plus the rest.
+    runs = 3  # the warm-up round and the two rounds of _one_job
+    cpu = {role: round((after[role] - before[role]) / runs, 2) for role in after}
+    benchmark.extra_info["cpu_seconds_per_run"] = cpu
+    cores = os.cpu_count() or 1
+    benchmark.extra_info["cores"] = cores
+    benchmark.extra_info["cpu_floor_seconds"] = round(sum(cpu.values()) / cores, 2)
     _dask_seconds[workers] = benchmark.stats.stats.median
     if workers == 2 and 1 in _dask_seconds:
         benchmark.extra_info["speedup_vs_1_worker"] = round(_dask_seconds[1] / _dask_seconds[2], 2)
+
+
+def _cpu_by_role(svc: ServiceProcess) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the service (with its children), the
+    Dask cluster's processes (workers and nannies, children of this process) and this
+    process (the client, and the cluster's scheduler, which LocalCluster runs here)."""
+    psutil = pytest.importorskip("psutil")
+    assert svc.proc is not None
+
+    def used(process: Any) -> float:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            return 0.0
+        return float(times.user + times.system)
+
+    me = psutil.Process()
+    service = psutil.Process(svc.proc.pid)
+    service_tree = [service, *service.children(recursive=True)]
+    in_service = {p.pid for p in service_tree}
+    cluster = [p for p in me.children(recursive=True) if p.pid not in in_service]
+    return {
+        "service": sum(used(p) for p in service_tree),
+        "dask_cluster": sum(used(p) for p in cluster),
+        "client_and_scheduler": used(me),
+    }

@@ -22,8 +22,9 @@ DEFAULT_PRECISION = 0.015625
 _OPTIONS = ("seed_simulator",)
 # BackendEstimatorV2 builds a one-qubit optimisation pass from its backend's target when it
 # is created: ~30 ms, twenty times a small job's simulation. It is built once per catalog
-# backend (each run gets a copy of the same simulator) and per thread (a pass manager's
-# passes hold the state of the run in progress; a dask worker runs jobs in threads).
+# backend (the runs of a thread share its simulator: programs.worker.program_backend) and
+# per thread (a pass manager's passes hold the state of the run in progress; a dask worker
+# runs jobs in threads).
 _estimators = threading.local()
 
 

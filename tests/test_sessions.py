@@ -307,6 +307,16 @@ def test_dedicated_sessions_go_first_batches_do_not(service_factory: Any, mode: 
         <= queue[first[1]]["estimated_start_time"]
         <= queue[then[0]]["estimated_start_time"]
     )
+    # The list (newest first) estimates from one reading of the clock too: jobs due now
+    # are not estimated later the earlier they are listed.
+    listed = alice.get("/jobs", params={"status": "QUEUED"}).json()["jobs"]
+    estimates = sorted(
+        (j["queue_info"]["position"], j["queue_info"]["estimated_start_time"])
+        for j in listed
+        if j["queue_info"]
+    )
+    assert [position for position, _ in estimates] == [1, 2, 3, 4]  # Bob's are shared
+    assert [start for _, start in estimates] == sorted(start for _, start in estimates)
     assert alice.get("/backends/aer_simulator/status").json()["pending_jobs"] == 4
 
     alice.post(f"/jobs/{blocker['id']}/cancel")

@@ -323,10 +323,17 @@ def _memory_on(qobj: bytes) -> bool:
 # -- the JSON form of a job --------------------------------------------------------------
 
 
-def view(svc: Service, job: Job, queue_info: bool = True, attempts: bool = False) -> dict[str, Any]:
+def view(
+    svc: Service,
+    job: Job,
+    queue_info: bool = True,
+    attempts: bool = False,
+    clock: scheduling.Clock | None = None,
+) -> dict[str, Any]:
     """The JSON form of a job (``queue_info`` only when asked: it costs a pass over the
-    backend's queue the first time after each change; ``attempts``, each run on a worker
-    and how it ended, only for one job: it reads the job's status events)."""
+    backend's queue the first time after each change; ``clock``, one reading for a list of
+    jobs; ``attempts``, each run on a worker and how it ended, only for one job: it reads
+    the job's status events)."""
     extra = {"attempts": svc.store.attempts(job.id)} if attempts else {}
     return {
         "id": job.id,
@@ -347,7 +354,7 @@ def view(svc: Service, job: Job, queue_info: bool = True, attempts: bool = False
         "shots": job.shots,
         "error": job.error,
         "run_mode": svc.sessions.run_mode(job),
-        "queue_info": svc.scheduler.queue_info(job) if queue_info else None,
+        "queue_info": svc.scheduler.queue_info(job, clock) if queue_info else None,
         "last_seq": job.last_seq,
         "run_seconds": job.run_seconds,
         "image": job.image,
@@ -548,7 +555,8 @@ async def list_jobs(
     )
     visible_to = None if who.operator else (who.user, who.project)
     jobs, total = svc.store.list_jobs(visible_to, filters, limit, skip, descending)
-    return json_response({"jobs": [view(svc, j) for j in jobs], "count": total})
+    clock = scheduling.now()  # one reading: the estimates keep the queue's order
+    return json_response({"jobs": [view(svc, j, clock=clock) for j in jobs], "count": total})
 
 
 @router.post("/jobs:status")

@@ -128,10 +128,44 @@ def _ratios(benchmark: Any, row: str, p50: float) -> None:
 
 
 @pytest.mark.parametrize("row", ROWS)
-def test_round_trip_qdispatch(benchmark: Any, service: QDispatchService, row: str) -> None:
+def test_round_trip_qdispatch(
+    benchmark: Any, svc: ServiceProcess, service: QDispatchService, row: str
+) -> None:
     benchmark.group = f"round trip: {row}"
-    p50 = _p50(benchmark, _qdispatch_call(row, service.backend("aer_simulator")))
+    call = _qdispatch_call(row, service.backend("aer_simulator"))
+    for _ in range(10):  # every worker and checking process warm: their start is not counted
+        call()
+    before = _cpu_by_role(svc)
+    p50 = _p50(benchmark, call)
+    after = _cpu_by_role(svc)
     _ratios(benchmark, row, p50)
+    # CPU milliseconds a round trip takes in each process (the mean over the warm-up and
+    # the rounds): on a machine of few cores, what the round trip cannot go below.
+    runs = ROUNDS + 3
+    benchmark.extra_info["cpu_ms_per_round_trip"] = {
+        role: round((after[role] - before[role]) / runs * 1e3, 2) for role in after
+    }
+
+
+def _cpu_by_role(svc: ServiceProcess) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by this process (the client), the service
+    process, and its workers and checking processes (its children)."""
+    psutil = pytest.importorskip("psutil")
+    assert svc.proc is not None
+
+    def used(process: Any) -> float:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            return 0.0
+        return float(times.user + times.system)
+
+    service = psutil.Process(svc.proc.pid)
+    return {
+        "client": used(psutil.Process()),
+        "service": used(service),
+        "workers_and_checkers": sum(used(p) for p in service.children(recursive=True)),
+    }
 
 
 @pytest.mark.parametrize("row", ROWS[1:])

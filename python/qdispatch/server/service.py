@@ -33,7 +33,7 @@ from .config import ServiceConfig
 from .executors import DaskExecutor, Executor, LocalExecutor
 from .metrics import Metrics
 from .programs import Limits, Registry
-from .programs.checker import InputChecker
+from .programs.checker import InputChecker, user_running
 from .retention import Retention
 from .scheduler import Scheduler, StopReport
 from .sessions import Sessions
@@ -73,7 +73,11 @@ class Service:
         self.catalog = bk.catalog()
         self.specs = {name: bk.native_spec(defn) for name, defn in self.catalog.items()}
         self.input_checker = InputChecker(
-            config.programs_dir, memory_bytes=config.check_memory_bytes
+            config.programs_dir,
+            config.check_processes,
+            memory_bytes=config.check_memory_bytes,
+            user_running=user_running(config.check_processes),
+            user_checks=config.max_checks_per_user,
         )
         self.hub = Hub(self.visible)
         self.programs = Registry.discover(config.programs_dir)

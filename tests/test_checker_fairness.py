@@ -21,7 +21,9 @@ import httpx
 import orjson
 import pytest
 
+import qdispatch
 from qdispatch import encoding
+from qdispatch.exceptions import IBMApiError
 from qdispatch.server.errors import ServiceError
 from qdispatch.server.programs import Limits
 from qdispatch.server.programs.checker import InputChecker
@@ -164,6 +166,15 @@ def test_a_user_filling_the_checks_delays_only_themselves(
     assert error["limit"] == 3
     assert "mallory" in error["message"]
     assert refused.headers["Retry-After"] == "1"
+    # The client retries it after Retry-After, a few times (not without end), then raises
+    # it with its status and code.
+    with (
+        qdispatch.connect(service.url, token=mallory) as connected,
+        pytest.raises(IBMApiError, match="being checked") as info,
+    ):
+        connected.run("probe", {"how": "fine"}, options={"backend": "aer_simulator"})
+    assert (info.value.status, info.value.code) == (429, "check_limit")
+    assert "gave up after 6 attempts" in info.value.message
     # Mallory's checks ran one at a time: the second had not started.
     assert _log_count(log, "slow") == 1
     assert service.client().get("/info").json()["max_checks_per_user"] == 3

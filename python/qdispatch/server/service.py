@@ -30,7 +30,7 @@ from ..storelock import this_host
 from . import backends as bk
 from .access import Access
 from .config import ServiceConfig
-from .executors import DaskExecutor, Executor, LocalExecutor
+from .executors import MESSAGE_OVERHEAD_BYTES, DaskExecutor, Executor, LocalExecutor
 from .metrics import Metrics
 from .programs import Limits, Registry
 from .programs.checker import InputChecker, user_running
@@ -117,6 +117,7 @@ class Service:
                 self.config.threads_per_worker,
                 self.config.job_time_limit,
                 memory_mb=self.config.worker_memory_mb or 0,
+                max_message_bytes=self.config.max_result_bytes + MESSAGE_OVERHEAD_BYTES,
             )
         if self.config.executor == "dask":
             return DaskExecutor(

@@ -208,6 +208,13 @@ def test_frames_fed_in_any_pieces_come_out_whole_and_in_order() -> None:
                 got.append(pickle.loads(frames.pop()))
         assert got == [*messages, ("huge", b"y" * 100)]
         assert frames.partial == 0
+    # Each read one whole frame, as a small message usually arrives.
+    frames = FrameReader(limit=1 << 20)
+    for message in messages:
+        frames.feed(_wire(message))
+        assert pickle.loads(frames.pop()) == message
+        assert not frames.ready
+        assert frames.partial == 0
 
 
 def test_a_header_over_the_limit_is_refused_before_its_bytes_are_kept() -> None:

@@ -356,8 +356,10 @@ class _Worker:
         self.state = "starting"  # → idle ⇄ busy → retired
         self.cancelled = False  # killed by cancel()
         self.timed_out = False  # killed at the time limit
-        # What its pipe holds of messages not yet whole, read while it is busy (``_watch``).
+        # What its pipe holds of messages not yet whole, read while it is busy (``_watch``),
+        # and the buffer each read lands in (one allocation, not one per read).
         self.frames: FrameReader | None = None
+        self.scratch = memoryview(bytearray(_READ_BYTES))
         self.pipe_error: BaseException | None = None  # the pipe's end, or a refused frame
         self.arrived: asyncio.Future[None] | None = None  # set when a frame or the end comes
 
@@ -628,10 +630,10 @@ class LocalExecutor:
         assert worker.frames is not None
         fd = worker.conn.fileno()
         try:
-            data = os.read(fd, _READ_BYTES)
-            if not data:
+            n = os.readv(fd, [worker.scratch])
+            if not n:
                 raise EOFError("the worker's pipe ended")
-            worker.frames.feed(data)
+            worker.frames.feed(worker.scratch[:n])
         except BlockingIOError:  # woken with nothing there (another reader, a signal)
             return
         except (EOFError, OSError, FrameError) as exc:

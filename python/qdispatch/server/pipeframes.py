@@ -58,6 +58,12 @@ class FrameReader:
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Take ``data``, the next bytes of the pipe; complete frames become ready."""
+        if not self._buffer and self._size is None and len(data) >= _SIZE.size:
+            # The usual case, a small message read whole: no copy into the buffer.
+            (size,) = _SIZE.unpack_from(data)
+            if 0 <= size <= self.limit and len(data) == _SIZE.size + size:
+                self._frames.append(bytes(data[_SIZE.size :]))
+                return
         self._buffer += data
         while True:
             if self._size is None and not self._header():

@@ -189,6 +189,9 @@ _SUBMIT_PROGRAM = Errors(
         codes.UNKNOWN_PROGRAM: Raise(RuntimeProgramNotFound),
         **dict.fromkeys(_INPUT_ERRORS, Raise(IBMInputValueError)),
         **_storage_full("job not submitted: {message}"),
+        # Too many of the caller's submissions being checked at once, still so after the
+        # native client's retries: IBMApiError carries the status and code to tell it by.
+        codes.CHECK_LIMIT: Raise(IBMApiError, "job not submitted: {message}"),
     },
 )
 

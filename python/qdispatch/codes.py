@@ -31,6 +31,9 @@ ACTIVE_JOB_LIMIT = "active_job_limit"
 RATE_LIMITED = "rate_limited"  # 429: the user is over their request rate
 UPLOAD_LIMIT = "upload_limit"  # 429: the user has as many big bodies in flight as allowed
 STREAM_LIMIT = "stream_limit"  # 429: the user has as many event streams open as allowed
+# 429: the user has as many submissions whose inputs are being checked as allowed
+# (--max-checks-per-user); the client retries after Retry-After, a few times.
+CHECK_LIMIT = "check_limit"
 SERVICE_BUSY = "service_busy"  # 503: the service reads as many big bodies as it allows
 # 408: the request's body came slower than the service's minimum rate (a slow or stalled
 # upload would otherwise hold its connection, and a big one its upload slot, for ever).
@@ -62,6 +65,7 @@ TLS_ERROR = "tls_error"
 
 __all__ = [
     "ACTIVE_JOB_LIMIT",
+    "CHECK_LIMIT",
     "CONNECTION_FAILED",
     "CSRF_FAILED",
     "INVALID_PARAMS",

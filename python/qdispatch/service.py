@@ -287,6 +287,10 @@ class QDispatchService:
             RuntimeProgramNotFound: If the service has no such program.
             IBMInputValueError: If the inputs or options cannot be used; the message names
                 the input.
+            IBMApiError: If the service's store is full or the caller's quota reached
+                (``storage_full``, ``storage_quota``), or the caller has as many jobs being
+                checked as allowed (``check_limit``, after retries); ``status`` and ``code``
+                say which.
             IBMRuntimeError: If the service refused the job for another reason.
         """
         return submit_program(

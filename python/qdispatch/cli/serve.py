@@ -88,6 +88,8 @@ def _config(args: argparse.Namespace, db: Path, port: int) -> ServiceConfig:
         max_result_bytes=int(args.max_result_mb * 1024 * 1024),
         max_job_event_bytes=int(args.max_job_events_mb * 1024 * 1024),
         check_memory_bytes=int(args.check_memory_mb * 1024 * 1024),
+        check_processes=args.check_processes,
+        max_checks_per_user=args.max_checks_per_user,
         dedicated_share=args.dedicated_share,
         session_max_time=args.session_max_time,
         session_max_time_ceiling=args.session_max_time_ceiling,
@@ -384,6 +386,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=2048,
         help="memory a process checking a job's inputs may take; inputs that do not decode "
         "within it are refused (at least 256)",
+    )
+    serve.add_argument(
+        "--check-processes",
+        type=int,
+        default=2,
+        help="processes checking job inputs at once; one user's checks hold at most half",
+    )
+    serve.add_argument(
+        "--max-checks-per-user",
+        type=int,
+        default=8,
+        help="submissions of one user being checked or waiting to be; beyond them 429 "
+        "check_limit (0: no limit)",
     )
     serve.add_argument(
         "--shard-min-pubs",

@@ -102,6 +102,13 @@ class ServiceConfig:
     #: within it are refused (400). Decoded params are at most 256 MiB of payloads plus the
     #: objects built from them: 2 GiB is room for any honest job.
     check_memory_bytes: int = 2 * 1024**3
+    #: Processes checking inputs at once (each a spawned interpreter with qiskit, ~150 MB).
+    #: One user's checks hold at most half of them (at least one) at once.
+    check_processes: int = 2
+    #: Submissions of one user whose inputs are being checked or wait to be (429
+    #: check_limit beyond; 0: no limit): one user's slow checks delay only that user. 8 is
+    #: what one client sends at once (``submit_many``'s concurrency), so it never meets it.
+    max_checks_per_user: int = 8
     #: The share of the workers whose free slots go to dedicated sessions' jobs first.
     dedicated_share: float = 0.5
     #: A session's ``max_time`` when it asks for none, and the most it may ask for.
@@ -168,6 +175,10 @@ class ServiceConfig:
                 f"{max_limit_mb()} MB (1 TiB, or the machine's memory if more), "
                 f"got {self.check_memory_bytes / 2**20:g} MB"
             )
+        if not 1 <= self.check_processes <= 64:
+            raise ValueError(f"check_processes must be 1 to 64, got {self.check_processes}")
+        if self.max_checks_per_user < 0:
+            raise ValueError("max_checks_per_user must be 0 (unlimited) or more")
         if self.max_job_shots < 1 or self.max_result_bytes < 1:
             raise ValueError("max_job_shots and max_result_bytes must be positive")
         if not 0.0 <= self.dedicated_share <= 1.0:

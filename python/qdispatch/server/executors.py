@@ -38,6 +38,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
 import threading
 import time
@@ -49,8 +50,9 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, Protocol
 
-from ..codes import MEMORY_LIMIT_EXCEEDED, TIME_LIMIT_EXCEEDED
+from ..codes import MEMORY_LIMIT_EXCEEDED, RESULT_TOO_LARGE, TIME_LIMIT_EXCEEDED
 from . import workermemory
+from .pipeframes import FrameError, FrameReader
 from .programs import ProgramRef, sharding
 
 log = logging.getLogger(__name__)
@@ -231,7 +233,7 @@ def _worker_main(
 
     def emit(kind: str, data: Any) -> None:
         with sending:
-            _send(conn, (kind, data))
+            conn.send((kind, data))
 
     while True:
         try:
@@ -245,7 +247,7 @@ def _worker_main(
         reply = run_task(task, threads, emit)
         try:
             with sending:
-                _send(conn, ("reply", reply, time.perf_counter() - start))
+                conn.send(("reply", reply, time.perf_counter() - start))
         except (EOFError, OSError):
             return
         except MemoryError:  # pickling the job's reply
@@ -326,19 +328,21 @@ def _run_aer_jobs_inline() -> None:
     utils.DEFAULT_EXECUTOR = InlineExecutor()
 
 
-#: The largest message a worker sends as it is; a larger one follows a ``("large",)``
-#: notice. The service reads a message on its event loop once the pipe holds it (no thread
-#: hop), which takes no time only for a message written whole (a connection writes up to
-#: 16 KiB in one call): a large one is read in a thread, while the worker still writes it.
+#: The largest message of a worker the service unpickles on its event loop; a larger one
+#: (a result, a large interim result) is unpickled in a thread. Either is read on the loop,
+#: without waiting, as its bytes arrive (:mod:`.pipeframes`).
 INLINE_MESSAGE_BYTES = 16 * 1024
-
-
-def _send(conn: Connection, message: tuple[Any, ...]) -> None:
-    """Send ``message`` to the service, announcing it first if it is large."""
-    data = ForkingPickler.dumps(message)
-    if len(data) > INLINE_MESSAGE_BYTES:
-        conn.send(("large",))
-    conn.send_bytes(data)
+#: What one message of a worker may be beyond the service's result limit (pickle's framing,
+#: the reply's timings and error): ``max_result_bytes`` + this is the most the service
+#: holds of one message. A larger one ends its job with ``result_too_large``.
+MESSAGE_OVERHEAD_BYTES = 16 * 1024 * 1024
+#: Bytes taken off a worker's pipe in one read: the event loop's work per turn for a pipe.
+_READ_BYTES = 256 * 1024
+#: The largest task sent to a worker from the event loop: a pipe with nothing in it takes
+#: this much without waiting (a Unix socket pair's buffer is ~200 KiB), even from a worker
+#: that is stopped. A larger one (a big Qobj) is written by a thread, which the job's time
+#: limit frees by killing the worker.
+SEND_INLINE_BYTES = 64 * 1024
 
 
 class _Worker:
@@ -352,6 +356,12 @@ class _Worker:
         self.state = "starting"  # → idle ⇄ busy → retired
         self.cancelled = False  # killed by cancel()
         self.timed_out = False  # killed at the time limit
+        # What its pipe holds of messages not yet whole, read while it is busy (``_watch``),
+        # and the buffer each read lands in (one allocation, not one per read).
+        self.frames: FrameReader | None = None
+        self.scratch = memoryview(bytearray(_READ_BYTES))
+        self.pipe_error: BaseException | None = None  # the pipe's end, or a refused frame
+        self.arrived: asyncio.Future[None] | None = None  # set when a frame or the end comes
 
     @property
     def signalled(self) -> bool:
@@ -362,7 +372,8 @@ class _Worker:
 class LocalExecutor:
     """A pool of ``workers`` spawned processes, each running one job at a time; a job
     running longer than ``time_limit`` seconds is stopped (its worker is killed), and each
-    worker may use ``memory_mb`` of data (0: no limit; :mod:`.workermemory`)."""
+    worker may use ``memory_mb`` of data (0: no limit; :mod:`.workermemory`). A message
+    of a worker over ``max_message_bytes`` stops its job (``result_too_large``)."""
 
     def __init__(
         self,
@@ -370,12 +381,14 @@ class LocalExecutor:
         threads_per_worker: int = 1,
         time_limit: float | None = None,
         memory_mb: int = 0,
+        max_message_bytes: int = 128 * 1024 * 1024 + MESSAGE_OVERHEAD_BYTES,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.capacity = workers
         self.time_limit = time_limit
         self.memory_mb = memory_mb
+        self.max_message_bytes = max_message_bytes
         if memory_mb:
             workermemory.prepare_environment()
         self._threads = threads_per_worker
@@ -383,8 +396,8 @@ class LocalExecutor:
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
         self._busy: dict[str, _Worker] = {}
         self._all: set[_Worker] = set()
-        # A running job's pipe is watched by the loop itself (``_receive``); these threads
-        # read a large message, join dying workers and wait for new ones to say hello.
+        # A running job's pipe is watched by the loop itself (``_watch``); these threads
+        # unpickle a large message, join dying workers and wait for new ones to say hello.
         self._waiters = ThreadPoolExecutor(
             max_workers=2 * workers + 2, thread_name_prefix="qd-pipe"
         )
@@ -519,21 +532,31 @@ class LocalExecutor:
         message: tuple[Any, ...] | None = None
         died = False
         timer = None
+        refused: FrameError | None = None
         try:
             worker.stderr.restart()
-            worker.conn.send(task)
             if self.time_limit:
                 timer = loop.call_later(self.time_limit, self._expire, worker, task.job_id)
+            data = ForkingPickler.dumps(task)
+            if len(data) <= SEND_INLINE_BYTES:
+                worker.conn.send_bytes(data)
+            else:
+                await loop.run_in_executor(self._waiters, worker.conn.send_bytes, data)
+            del data
+            self._watch(worker)
             _call(task.job_id, started)
             while True:
-                received = await self._receive(worker.conn)
+                received = await self._receive(worker)
                 if received[0] == "reply":
                     message = received
                     break
                 _deliver(task.job_id, on_event, received[0], received[1])
         except (EOFError, OSError):
             died = True
+        except FrameError as exc:
+            refused = exc  # the worker is killed below, and the job fails with its reason
         finally:
+            self._unwatch(worker)
             if timer is not None:
                 timer.cancel()
             self._busy.pop(task.job_id, None)
@@ -544,6 +567,7 @@ class LocalExecutor:
                 and not message[1].retire
                 and not self._closing
                 and not self._bloated(worker, task.job_id)
+                and not self._garbled(worker, task.job_id)
             ):
                 worker.state = "idle"
                 self._idle.put_nowait(worker)
@@ -551,6 +575,14 @@ class LocalExecutor:
                 # Killed by us (cancel, time limit) even after replying, dead on its own,
                 # or left mid-job by an exception: never handed another job.
                 self._retire(worker, kill=not died)
+        if refused is not None:
+            log.warning("job %s: %s", task.job_id, refused)
+            return Outcome(
+                "error",
+                error=str(refused),
+                seconds=time.perf_counter() - start,
+                code=RESULT_TOO_LARGE if refused.too_large else EXECUTION_FAILED,
+            )
         if message is None:
             return await self._died(worker, start)
         _, reply, seconds = message
@@ -571,30 +603,80 @@ class LocalExecutor:
         )
         return True
 
-    async def _receive(self, conn: Connection) -> tuple[Any, ...]:
-        """The worker's next message. Read here, on the loop, once the pipe holds it (a
-        small message is written whole, so reading it never waits); a large one, which
-        the worker announces, in a thread. A worker gone raises ``EOFError``/``OSError``
-        (its end of the pipe reads as ready, then at its end)."""
-        loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = loop.create_future()
-        fd = conn.fileno()
+    def _watch(self, worker: _Worker) -> None:
+        """Read ``worker``'s pipe on the event loop, while it runs a job, as bytes arrive:
+        non-blocking reads, whole frames only (:mod:`.pipeframes`). A worker stopped part
+        way through a message (``SIGSTOP``, a program writing to the pipe) then holds only
+        its own job, which ends by its time limit or a cancel, never the loop."""
+        if worker.frames is None:
+            worker.frames = FrameReader(self.max_message_bytes)
+        worker.pipe_error = None
+        fd = worker.conn.fileno()
+        os.set_blocking(fd, False)
+        asyncio.get_running_loop().add_reader(fd, self._readable, worker)
 
-        def readable() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        loop.add_reader(fd, readable)
-        try:
-            await ready
-        finally:
-            loop.remove_reader(fd)
-            # uvloop (libuv) makes a watched descriptor non-blocking, and leaves it so:
-            # a read would then fail on a message still being written.
+    def _unwatch(self, worker: _Worker) -> None:
+        if worker.conn.closed:
+            return
+        fd = worker.conn.fileno()
+        asyncio.get_running_loop().remove_reader(fd)
+        # The next task is sent with a blocking write (uvloop, like this, leaves a watched
+        # descriptor non-blocking: the write would fail on a task larger than the pipe).
+        with contextlib.suppress(OSError):
             os.set_blocking(fd, True)
-        received: tuple[Any, ...] = conn.recv()
-        if received[0] == "large":
-            received = await loop.run_in_executor(self._waiters, conn.recv)
+
+    def _readable(self, worker: _Worker) -> None:
+        """The loop's callback for a busy worker's pipe: what it holds now, never more."""
+        assert worker.frames is not None
+        fd = worker.conn.fileno()
+        try:
+            n = os.readv(fd, [worker.scratch])
+            if not n:
+                raise EOFError("the worker's pipe ended")
+            worker.frames.feed(worker.scratch[:n])
+        except BlockingIOError:  # woken with nothing there (another reader, a signal)
+            return
+        except (EOFError, OSError, FrameError) as exc:
+            # Nothing more is read: an ended pipe stays readable, a refused one is killed.
+            asyncio.get_running_loop().remove_reader(fd)
+            worker.pipe_error = exc
+        arrived = worker.arrived
+        if (worker.frames.ready or worker.pipe_error) and arrived and not arrived.done():
+            arrived.set_result(None)
+
+    def _garbled(self, worker: _Worker, job_id: str) -> bool:
+        """Whether ``worker``'s pipe held more than its messages after its reply: bytes a
+        program wrote to the pipe itself, which would be read as the next job's."""
+        frames = worker.frames
+        if frames is None or not (frames.ready or frames.partial):
+            return False
+        log.warning(
+            "worker %s left bytes on its pipe after job %s's reply: replacing it",
+            worker.process.pid,
+            job_id,
+        )
+        return True
+
+    async def _receive(self, worker: _Worker) -> tuple[Any, ...]:
+        """The worker's next message, once the loop has read all of it (``_watch``). A
+        worker gone raises ``EOFError``/``OSError`` once its whole messages are taken; a
+        message over the limit or malformed raises :class:`FrameError`."""
+        frames = worker.frames
+        assert frames is not None
+        loop = asyncio.get_running_loop()
+        while not frames.ready:
+            if worker.pipe_error is not None:
+                raise worker.pipe_error
+            worker.arrived = loop.create_future()
+            try:
+                await worker.arrived
+            finally:
+                worker.arrived = None
+        frame = frames.pop()
+        if len(frame) <= INLINE_MESSAGE_BYTES:
+            received: tuple[Any, ...] = pickle.loads(frame)
+        else:
+            received = await loop.run_in_executor(self._waiters, pickle.loads, frame)
         return received
 
     def _expire(self, worker: _Worker, job_id: str) -> None:

@@ -30,10 +30,10 @@ from ..storelock import this_host
 from . import backends as bk
 from .access import Access
 from .config import ServiceConfig
-from .executors import DaskExecutor, Executor, LocalExecutor
+from .executors import MESSAGE_OVERHEAD_BYTES, DaskExecutor, Executor, LocalExecutor
 from .metrics import Metrics
 from .programs import Limits, Registry
-from .programs.checker import InputChecker
+from .programs.checker import InputChecker, user_running
 from .retention import Retention
 from .scheduler import Scheduler, StopReport
 from .sessions import Sessions
@@ -73,7 +73,11 @@ class Service:
         self.catalog = bk.catalog()
         self.specs = {name: bk.native_spec(defn) for name, defn in self.catalog.items()}
         self.input_checker = InputChecker(
-            config.programs_dir, memory_bytes=config.check_memory_bytes
+            config.programs_dir,
+            config.check_processes,
+            memory_bytes=config.check_memory_bytes,
+            user_running=user_running(config.check_processes),
+            user_checks=config.max_checks_per_user,
         )
         self.hub = Hub(self.visible)
         self.programs = Registry.discover(config.programs_dir)
@@ -113,6 +117,7 @@ class Service:
                 self.config.threads_per_worker,
                 self.config.job_time_limit,
                 memory_mb=self.config.worker_memory_mb or 0,
+                max_message_bytes=self.config.max_result_bytes + MESSAGE_OVERHEAD_BYTES,
             )
         if self.config.executor == "dask":
             return DaskExecutor(

@@ -15,6 +15,13 @@ what a worker then decodes is known to fit.
 The processes are spawned (a tokio runtime and SQLite connections do not survive a
 fork), on demand, and each imports qiskit once (about a second); at most ``processes``
 checks run at once, the others wait their turn.
+
+One user may delay only themselves (docs/service.md, "Checking inputs fairly"): at most
+``user_running`` of a user's checks hold a checking process at once (the others wait
+behind their own, not in everyone's queue), at most ``user_checks`` are running or waiting
+(past them ``429 check_limit`` at once), and the second try of a check whose process died
+beside another runs in a process of its own, outside the shared ones, so that a check that
+kills processes holds no one else's slot while it is tried again.
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ CHECK_SECONDS = 30.0
 #: Seconds a fresh checking process may take to start (spawn, import qiskit, load the
 #: programs): not the user's time, so not counted in ``CHECK_SECONDS``.
 START_SECONDS = 120.0
+#: Seconds a client is told to wait (``Retry-After``) when refused ``429 check_limit``.
+CHECK_LIMIT_RETRY_AFTER = 1
 
 # The circuits a program job carries as a Qobj are checked for the job's backend's width
 # with the ideal simulator's gates (programs make circuits fit a device themselves,
@@ -169,10 +178,29 @@ class _CheckerDied(Exception):
         self.alone = alone
 
 
+def user_running(processes: int) -> int:
+    """Checks one user may have running at once among ``processes``: half of them (at
+    least one), so that the other half is always there for everyone else."""
+    return max(1, processes // 2)
+
+
+class _User:
+    """One user's checks: running or waiting (``checks``), and the checking processes they
+    may hold at once (``running``)."""
+
+    def __init__(self, running: int) -> None:
+        self.checks = 0
+        self.running = asyncio.Semaphore(running)
+
+
 class InputChecker:
     """Runs :func:`~qdispatch.server.programs.submission.decode_and_estimate` for the
     service in ``processes`` spawned processes, each limited to ``memory_bytes`` more
-    address space and each check to ``seconds``."""
+    address space and each check to ``seconds``.
+
+    Per user (the ``user`` a check names): at most ``user_running`` checks hold a process
+    at once (``None``: ``processes``, no bound) and at most ``user_checks`` are running or
+    waiting (``0``: no bound; past it :meth:`check` raises ``429 check_limit``)."""
 
     def __init__(
         self,
@@ -180,11 +208,16 @@ class InputChecker:
         processes: int = 2,
         memory_bytes: int = CHECK_MEMORY_BYTES,
         seconds: float = CHECK_SECONDS,
+        *,
+        user_running: int | None = None,
+        user_checks: int = 0,
     ) -> None:
         self._args = (programs_dir, memory_bytes)
         self._memory_bytes = memory_bytes
         self._processes = processes
         self._seconds = seconds
+        self._user_running = max(1, min(processes, user_running or processes))
+        self._user_checks = user_checks
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
         # How many of ``_pool``'s processes have started (shared with them). While fewer
@@ -195,7 +228,13 @@ class InputChecker:
         # One check per process at a time, so that a check's time counts from when a
         # process takes it, not from when it joined the queue (per event loop: asyncio
         # primitives belong to one).
-        self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore, asyncio.Lock] | None = None
+        self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore, asyncio.Semaphore] | None
+        self._slots = None
+        # Each user's checks (per event loop, as the slots); an entry lives while the user
+        # has a check running or waiting.
+        self._users: dict[str, _User] = {}
+        # The processes of second tries now (each discarded after its check).
+        self._lone: set[ProcessPoolExecutor] = set()
         # Checks running in each pool, and how many were running when it broke: a check
         # that was running alone when its process died is what killed it.
         self._running: dict[ProcessPoolExecutor, int] = {}
@@ -214,6 +253,15 @@ class InputChecker:
                 )
             return self._pool
 
+    def _lone_executor(self) -> ProcessPoolExecutor:
+        """A fresh process for one check's second try, apart from the shared ones."""
+        context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(
+            1, mp_context=context, initializer=_start, initargs=(*self._args, context.Value("i", 0))
+        )
+        self._lone.add(pool)
+        return pool
+
     def _free_process_up(self, pool: ProcessPoolExecutor) -> bool:
         """Whether a process of ``pool`` that has started is free for the next check."""
         with self._lock:
@@ -225,6 +273,7 @@ class InputChecker:
         with self._lock:
             if self._pool is pool:
                 self._pool = None
+        self._lone.discard(pool)
         if pool in self._running:  # the checks still running there did not kill it
             self._running_at_break.setdefault(pool, 0)
         # The executor has no public way to stop a running call (3.14 adds one). Checks
@@ -234,32 +283,59 @@ class InputChecker:
                 process.kill()
         pool.shutdown(wait=False)
 
-    def _loop_slots(self) -> tuple[asyncio.Semaphore, asyncio.Lock]:
+    def _loop_slots(self) -> tuple[asyncio.Semaphore, asyncio.Semaphore]:
+        """The shared checking processes' slots, and the slots of second tries (each in a
+        process of its own)."""
         loop = asyncio.get_running_loop()
         if self._slots is None or self._slots[0] is not loop:
-            self._slots = (loop, asyncio.Semaphore(self._processes), asyncio.Lock())
+            # Second tries are as many at once as shared processes: a user's checks hold at
+            # most half of those, so one user's second tries never keep another's waiting.
+            self._slots = (
+                loop,
+                asyncio.Semaphore(self._processes),
+                asyncio.Semaphore(self._processes),
+            )
+            self._users.clear()
         return self._slots[1], self._slots[2]
 
     @contextlib.asynccontextmanager
-    async def _slot(self, alone: bool) -> AsyncIterator[None]:
-        """One checking process for a check, or (``alone``) every one: a check tried again
-        after its process died runs with no other beside it, so that if its process dies
-        again it is the check that killed it, and a check that was beside it is not."""
-        semaphore, gathering = self._loop_slots()
-        taken = 0
+    async def _user(self, user: str, code: str) -> AsyncIterator[_User]:
+        """``user``'s place among the checks running or waiting, or ``429 check_limit``
+        at once when they have as many as allowed: a user's many slow checks wait behind
+        one another, never in everyone's queue without end."""
+        self._loop_slots()  # a new event loop starts with no user's checks
+        mine = self._users.get(user)
+        if mine is None:
+            mine = self._users[user] = _User(self._user_running)
+        if self._user_checks and mine.checks >= self._user_checks:
+            raise ServiceError(
+                429,
+                E.CHECK_LIMIT,
+                f"user '{user}' has {mine.checks} submissions whose inputs are being "
+                f"checked, the most allowed at once; retry when one is answered "
+                f"(refused: {code})",
+                headers={"Retry-After": str(CHECK_LIMIT_RETRY_AFTER)},
+                limit=self._user_checks,
+            )
+        mine.checks += 1
         try:
-            if alone:
-                async with gathering:  # one gathers at a time: two half-gathered would wait forever
-                    for _ in range(self._processes):
-                        await semaphore.acquire()
-                        taken += 1
-            else:
-                await semaphore.acquire()
-                taken = 1
-            yield
+            yield mine
         finally:
-            for _ in range(taken):
-                semaphore.release()
+            mine.checks -= 1
+            if not mine.checks and self._users.get(user) is mine:
+                del self._users[user]
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, mine: _User, again: bool) -> AsyncIterator[None]:
+        """One checking process for a check: one of the shared ones, taken once the user
+        holds fewer than their share; or (``again``) a fresh process of its own for a
+        second try, with no other check beside it, so that if it dies again it is the
+        check that killed it, and a check that was beside it is not. A second try takes
+        no shared process: a user whose checks kill processes holds no one else's slot
+        meanwhile."""
+        shared, apart = self._loop_slots()
+        async with mine.running, apart if again else shared:
+            yield
 
     async def check(
         self,
@@ -268,37 +344,64 @@ class InputChecker:
         backend: str,
         limits: Limits,
         max_pubs: int = SHARD_MAX_PUBS,
+        *,
+        user: str = "",
     ) -> tuple[int, int, list[int] | None]:
         """(executions, shots per execution, each pub's executions for a program that may
-        run as shards and has at most ``max_pubs`` pubs) of the program job, or the
+        run as shards and has at most ``max_pubs`` pubs) of ``user``'s program job, or the
         :class:`ServiceError` that refuses it."""
         return await self._run(
-            E.INVALID_PARAMS, "params", _check, program_id, params, backend, limits, max_pubs
+            user,
+            E.INVALID_PARAMS,
+            "params",
+            _check,
+            program_id,
+            params,
+            backend,
+            limits,
+            max_pubs,
         )
 
-    async def check_qobj(self, qobj: bytes) -> int:
-        """Decodes the Qobj's QPY experiments as a worker will (how many there are), or
-        raises the :class:`ServiceError` that refuses the job (``400 invalid_qobj``)."""
-        found, _, _ = await self._run(E.INVALID_QOBJ, _QPY, _check_qobj, qobj)
+    async def check_qobj(self, qobj: bytes, *, user: str = "") -> int:
+        """Decodes the Qobj's QPY experiments of ``user``'s job as a worker will (how many
+        there are), or raises the :class:`ServiceError` that refuses the job (``400
+        invalid_qobj``)."""
+        found, _, _ = await self._run(user, E.INVALID_QOBJ, _QPY, _check_qobj, qobj)
         return found
 
     async def _run(
-        self, code: str, what: str, check: Any, *args: Any
+        self, user: str, code: str, what: str, check: Any, *args: Any
     ) -> tuple[int, int, list[int] | None]:
-        """``check(*args)`` in a checking process: its two numbers and its list, or the
-        refusal."""
+        """``check(*args)`` in a checking process for ``user``: its two numbers and its
+        list, or the refusal."""
+        async with self._user(user, code) as mine:
+            answer = await self._attempts(mine, code, what, check, *args)
+        if answer[0] == "refused":
+            _, status, refusal, message = answer
+            raise ServiceError(status, refusal, message)
+        per_pub = answer[3]
+        return int(answer[1]), int(answer[2]), [int(n) for n in per_pub] if per_pub else None
+
+    async def _attempts(
+        self, mine: _User, code: str, what: str, check: Any, *args: Any
+    ) -> tuple[Any, ...]:
+        """The checking process's answer to ``check(*args)``, tried a second time in a
+        process of its own if its first process died beside another check."""
         loop = asyncio.get_running_loop()
         answer: tuple[Any, ...] = ()
         for attempt in range(2):
-            pool = self._executor()
+            # A second try gets a fresh process of its own, made for it and stopped after.
+            pool = self._executor() if attempt == 0 else self._lone_executor()
             try:
-                async with self._slot(alone=attempt > 0):
+                async with self._slot(mine, again=attempt > 0):
                     # A process that is starting (the first check, or the one after a
                     # runaway) is waited for apart: on a busy machine spawning and
                     # importing qiskit alone can take longer than a check may.
                     if not self._free_process_up(pool):
                         await asyncio.wait_for(loop.run_in_executor(pool, _ready), START_SECONDS)
                     answer = await self._timed(pool, check, *args)
+                if attempt:
+                    self._discard(pool)
                 break
             except (BrokenProcessPool, _CheckerDied) as exc:
                 # Another check's process may have died under this one: one more try, in
@@ -316,11 +419,11 @@ class InputChecker:
                     code,
                     f"checking {what} took longer than the service's {self._seconds:g} s",
                 ) from exc
-        if answer[0] == "refused":
-            _, status, code, message = answer
-            raise ServiceError(status, code, message)
-        per_pub = answer[3]
-        return int(answer[1]), int(answer[2]), [int(n) for n in per_pub] if per_pub else None
+            except BaseException:
+                if attempt:  # cancelled (the client went away): its process goes too
+                    self._discard(pool)
+                raise
+        return answer
 
     async def _timed(self, pool: ProcessPoolExecutor, check: Any, *args: Any) -> tuple[Any, ...]:
         """``check(*args)`` in ``pool`` within the check's time, counted as running there."""
@@ -344,6 +447,6 @@ class InputChecker:
     def close(self) -> None:
         """Stop the checking processes, a check still running included (it would hold up
         the service's exit)."""
-        pool = self._pool
-        if pool is not None:
-            self._discard(pool)
+        for pool in [self._pool, *self._lone]:
+            if pool is not None:
+                self._discard(pool)

@@ -68,6 +68,8 @@ async def program_job_fields(
     seconds_per_execution: float,
     limits: Limits,
     max_shard_pubs: int = SHARD_MAX_PUBS,
+    *,
+    user: str = "",
 ) -> dict[str, Any]:
     """The :class:`~qdispatch.server.store.NewJob` fields of a program job submitted with
     ``program_id`` and ``image`` (the request's, already checked to be strings) and
@@ -77,7 +79,8 @@ async def program_job_fields(
     over the backend's ``max_shots``, shots in all over ``max_job_shots``).
     ``usage_estimation`` is the estimated
     number of executions times ``seconds_per_execution``. Each pub's executions, what
-    the scheduler shards the job by, are kept for at most ``max_shard_pubs`` pubs."""
+    the scheduler shards the job by, are kept for at most ``max_shard_pubs`` pubs.
+    ``user``'s checks are bounded per user (``429 check_limit``)."""
     program = registry.get(program_id)
     if program is None:
         raise ServiceError(
@@ -106,7 +109,7 @@ async def program_job_fields(
     # Decoding what a user sent runs qiskit code that cannot all be bounded from outside:
     # in a checking process, with a memory and a time limit, never in the service's own.
     n_executions, shots, per_pub = await checker.check(
-        program.id, raw, limits.backend, limits, max_shard_pubs
+        program.id, raw, limits.backend, limits, max_shard_pubs, user=user
     )
     return {
         "kind": "program",

@@ -54,6 +54,7 @@ def _limits(svc: Service) -> dict[str, Any]:
         "max_connections": config.max_connections,
         "max_user_store_bytes": config.max_user_store_bytes,
         "max_streams_per_user": config.max_streams_per_user,
+        "max_checks_per_user": config.max_checks_per_user,
         "max_job_event_bytes": config.max_job_event_bytes,
         "stream_inline_result_bytes": config.stream_inline_result_bytes,
     }

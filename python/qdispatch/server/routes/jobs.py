@@ -467,6 +467,7 @@ async def create_job(request: Request, svc: Svc, who: Who) -> Response:
             rate,
             svc.limits(backend_name),
             svc.config.shard_max_pubs,
+            user=who.user,
         )
     else:
         assert qobj is not None
@@ -475,7 +476,7 @@ async def create_job(request: Request, svc: Svc, who: Who) -> Response:
         _check_qobj_limits(svc.limits(backend_name), qobj, summary.n_experiments, shots)
         if b'"qpy"' in qobj:
             # Dynamic circuits travel as QPY, which only a checking process decodes here.
-            await svc.input_checker.check_qobj(qobj)
+            await svc.input_checker.check_qobj(qobj, user=who.user)
         payload = {
             "kind": "circuit",
             "inputs": qobj,

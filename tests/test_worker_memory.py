@@ -12,7 +12,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -39,9 +39,16 @@ LIMIT_MB = 600
 WAIT = 240.0  # seconds: a loaded machine, a worker to respawn
 
 
-@pytest.fixture
-def limited(service_factory: Callable[..., ServiceProcess]) -> ServiceProcess:
-    return service_factory("--workers", "1", "--worker-memory-mb", str(LIMIT_MB))
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """One worker under the limit, shared by the tests of a job failing at it: each test
+    ends by running a job there (assert_next_job_runs), so the next finds the service up
+    and its one worker replaced and idle. One service start (~4 CPU-s) instead of three."""
+    service = ServiceProcess(
+        tmp_path_factory.mktemp("limited"), "--workers", "1", "--worker-memory-mb", str(LIMIT_MB)
+    ).start()
+    yield service
+    service.stop()
 
 
 def run(service: ServiceProcess, job_qobj: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from multiprocessing import Pipe
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 
@@ -229,3 +230,67 @@ def test_a_header_over_the_limit_is_refused_before_its_bytes_are_kept() -> None:
     with pytest.raises(FrameError, match="malformed") as info:
         frames.feed(struct.pack("!i", -2))
     assert not info.value.too_large
+
+
+# A program whose thread publishes after main has returned, while its worker may already
+# run the next job.
+LATE_PROGRAM = textwrap.dedent(
+    """
+    import threading
+    import time
+
+    def estimate(inputs):
+        return 1, 0
+
+    def main(backend, publisher, tag, later, run):
+        if later:
+            def late():
+                time.sleep(later)
+                publisher.publish({"from": tag})
+            threading.Thread(target=late, daemon=True).start()
+        publisher.publish({"own": tag})
+        time.sleep(run)
+        return {"me": tag}
+    """
+)
+
+
+def test_a_publish_after_its_job_ended_never_reaches_the_next_job(
+    tmp_path: Path, service_factory: Callable[..., ServiceProcess]
+) -> None:
+    """Job A's thread publishes a second after A returned, while B (the next job on the one
+    worker) runs: the event is dropped, and each job's interim results are its own."""
+    programs = tmp_path / "programs"
+    programs.mkdir()
+    (programs / "late.py").write_text(LATE_PROGRAM)
+    service = service_factory("--workers", "1", "--programs-dir", str(programs))
+    client = service.client()
+
+    def run(**params: object) -> str:
+        body = {
+            "program_id": "late",
+            "backend": "aer_simulator",
+            "params": orjson.Fragment(encoding.dumps(params)),
+        }
+        answer = client.post("/jobs", content=orjson.dumps(body))
+        assert answer.status_code == 201, answer.text
+        job_id: str = answer.json()["id"]
+        assert wait_final(client, job_id)["status"] == DONE
+        return job_id
+
+    first = run(tag="A", later=1.0, run=0.0)
+    second = run(tag="B", later=0, run=3.0)
+
+    def interim(job_id: str) -> list[object]:
+        return [encoding.loads(orjson.dumps(item)) for item in _interim(client, job_id)]
+
+    assert interim(first) == [{"own": "A"}]
+    assert interim(second) == [{"own": "B"}]
+    assert "event sent after its job ended was dropped" in service.log()
+
+
+def _interim(client: httpx.Client, job_id: str) -> list[object]:
+    answer = client.get(f"/jobs/{job_id}/interim_results")
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    return body if isinstance(body, list) else body["interim_results"]

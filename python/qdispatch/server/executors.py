@@ -40,6 +40,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -231,10 +232,6 @@ def _worker_main(
     conn.send(("ready", os.getpid(), workermemory.data_bytes()))
     sending = threading.Lock()  # a program may publish from threads of its own
 
-    def emit(kind: str, data: Any) -> None:
-        with sending:
-            conn.send((kind, data))
-
     while True:
         try:
             task = conn.recv()
@@ -244,9 +241,11 @@ def _worker_main(
             os._exit(workermemory.EXIT_OUT_OF_MEMORY)
         workermemory.restart_peak()
         start = time.perf_counter()
+        emit, end = _task_emit(conn, sending)
         reply = run_task(task, threads, emit)
         try:
             with sending:
+                end()
                 conn.send(("reply", reply, time.perf_counter() - start))
         except (EOFError, OSError):
             return
@@ -254,7 +253,30 @@ def _worker_main(
             os._exit(workermemory.EXIT_OUT_OF_MEMORY)
         # Not held while waiting for the next job, anyone's: it would count against its
         # memory limit.
-        del task, reply
+        del task, reply, emit
+
+
+def _task_emit(conn: Connection, sending: threading.Lock) -> tuple[OnEvent, Callable[[], None]]:
+    """One task's ``emit``, and what ends it (called under ``sending``, before the reply).
+
+    A thread a program started may outlive its ``main`` and publish later, while this
+    worker is idle or running the next job, maybe another user's: what it sends after its
+    task ended is dropped (a line on the worker's stderr says so), never read as the next
+    job's events."""
+    live = True
+
+    def emit(kind: str, data: Any) -> None:
+        with sending:
+            if live:
+                conn.send((kind, data))
+                return
+        print(f"a {kind} event sent after its job ended was dropped", file=sys.stderr)
+
+    def end() -> None:
+        nonlocal live
+        live = False
+
+    return emit, end
 
 
 # How much of what a worker last wrote on its stderr is kept, to tell why it died.

@@ -273,3 +273,29 @@ def test_a_user_over_the_limit_is_refused_and_others_are_not(
     assert over.extra == {"limit": 2}
     assert alice == (2, 100, None)
     assert again == (2, 100, None)
+
+
+def test_a_check_waiting_while_another_overruns_gets_a_fresh_process(tmp_path: Path) -> None:
+    """With one checking process, Alice's check waits while Mallory's runs past the time
+    limit; Mallory's check stops that process. Alice's check then runs in a fresh one and
+    is answered, rather than being handed the stopped pool it found on arrival (which
+    failed it with a 500)."""
+    (tmp_path / "probe.py").write_text(PROGRAM)
+    checker = InputChecker(tmp_path, processes=1, memory_bytes=1 << 30, seconds=3.0)
+
+    async def run() -> tuple[object, object]:
+        assert await _check(checker, "alice", {"how": "fine"}) == (2, 100, None)  # warm
+        hostile = asyncio.ensure_future(
+            _check(checker, "mallory", {"how": "slow", "seconds": 30.0})
+        )
+        await asyncio.sleep(0.5)  # Mallory's check holds the one process
+        innocent = await _check(checker, "alice", {"how": "fine"})
+        return await hostile, innocent
+
+    try:
+        hostile, innocent = asyncio.run(run())
+    finally:
+        checker.close()
+    assert isinstance(hostile, ServiceError)
+    assert "took longer than the service's 3 s" in hostile.message
+    assert innocent == (2, 100, None)

@@ -14,7 +14,8 @@ what a worker then decodes is known to fit.
 
 The processes are spawned (a tokio runtime and SQLite connections do not survive a
 fork), on demand, and each imports qiskit once (about a second); at most ``processes``
-checks run at once, the others wait their turn.
+first tries run at once in the shared processes, the others wait their turn (second tries,
+below, run in processes of their own: at most ``processes`` more).
 
 One user may delay only themselves (docs/service.md, "Checking inputs fairly"): at most
 ``user_running`` of a user's checks hold a checking process at once (the others wait
@@ -168,6 +169,16 @@ def _too_big(what: str, memory_bytes: int) -> str:
         f"{what} do not decode within the service's memory limit for checking inputs "
         f"({memory_bytes >> 20} MiB beyond its own)"
     )
+
+
+class _PoolGone(Exception):
+    """The checking processes a check was to run in were broken or stopped before it
+    reached them: it never ran there."""
+
+
+#: How many times a check waits for a fresh pool after its own was broken or stopped by
+#: others' checks before that counts as one of its tries.
+_REPLACEMENTS = 3
 
 
 class _CheckerDied(Exception):
@@ -387,50 +398,87 @@ class InputChecker:
     ) -> tuple[Any, ...]:
         """The checking process's answer to ``check(*args)``, tried a second time in a
         process of its own if its first process died beside another check."""
-        loop = asyncio.get_running_loop()
-        answer: tuple[Any, ...] = ()
-        for attempt in range(2):
-            # A second try gets a fresh process of its own, made for it and stopped after.
-            pool = self._executor() if attempt == 0 else self._lone_executor()
+        attempt = replaced = 0
+        while True:
+            again = attempt > 0
+            pool: ProcessPoolExecutor | None = None
             try:
-                async with self._slot(mine, again=attempt > 0):
-                    # A process that is starting (the first check, or the one after a
-                    # runaway) is waited for apart: on a busy machine spawning and
-                    # importing qiskit alone can take longer than a check may.
-                    if not self._free_process_up(pool):
-                        await asyncio.wait_for(loop.run_in_executor(pool, _ready), START_SECONDS)
-                    answer = await self._timed(pool, check, *args)
-                if attempt:
+                async with self._slot(mine, again=again):
+                    # Taken once this check has its turn: the shared pool it would have
+                    # found on arrival may have been discarded while it waited (another
+                    # check broke it or ran past its time). A second try gets a fresh
+                    # process of its own, made for it and stopped after.
+                    pool = self._lone_executor() if again else self._executor()
+                    answer = await self._in(pool, check, *args)
+                if again:
                     self._discard(pool)
-                break
+                return answer
+            except _PoolGone as exc:
+                # Broken or discarded before this check reached it: not this check's doing,
+                # and not one of its tries (a few times over: then it counts as one).
+                if pool is not None and not again:
+                    self._discard(pool)
+                replaced += 1
+                if replaced <= _REPLACEMENTS:
+                    continue
+                if again:
+                    raise ServiceError(400, code, _too_big(what, self._memory_bytes)) from exc
+                attempt += 1
             except (BrokenProcessPool, _CheckerDied) as exc:
                 # Another check's process may have died under this one: one more try, in
                 # a fresh process with no other check beside it, tells the two apart. A
                 # check that was already running alone killed its process itself, and is
                 # not given a second process to fill.
                 alone = isinstance(exc, _CheckerDied) and exc.alone
-                self._discard(pool)
-                if attempt or alone:
+                if pool is not None:
+                    self._discard(pool)
+                if again or alone:
                     raise ServiceError(400, code, _too_big(what, self._memory_bytes)) from exc
+                attempt += 1
             except asyncio.TimeoutError as exc:  # TimeoutError itself from 3.11
-                self._discard(pool)
+                if pool is not None:
+                    self._discard(pool)
                 raise ServiceError(
                     400,
                     code,
                     f"checking {what} took longer than the service's {self._seconds:g} s",
                 ) from exc
             except BaseException:
-                if attempt:  # cancelled (the client went away): its process goes too
+                if again and pool is not None:  # cancelled (the client went away)
                     self._discard(pool)
                 raise
-        return answer
+
+    async def _in(self, pool: ProcessPoolExecutor, check: Any, *args: Any) -> tuple[Any, ...]:
+        """``check(*args)`` in ``pool``, once a process of it is up. A process that is
+        starting (the first check, or the one after a runaway) is waited for apart: on a
+        busy machine spawning and importing qiskit alone can take longer than a check
+        may."""
+        loop = asyncio.get_running_loop()
+        if not self._free_process_up(pool):
+            started = self._submit(loop, pool, _ready)
+            await asyncio.wait_for(started, START_SECONDS)
+        return await self._timed(pool, check, *args)
+
+    def _submit(
+        self, loop: asyncio.AbstractEventLoop, pool: ProcessPoolExecutor, fn: Any, *args: Any
+    ) -> asyncio.Future[Any]:
+        """``fn(*args)`` handed to ``pool``, or :class:`_PoolGone` if the pool was broken
+        or shut down before it could take it (the call never ran)."""
+        try:
+            return loop.run_in_executor(pool, fn, *args)
+        except BrokenProcessPool as exc:
+            raise _PoolGone from exc
+        except RuntimeError as exc:  # "cannot schedule new futures after shutdown"
+            if pool is self._pool or pool in self._lone:
+                raise
+            raise _PoolGone from exc
 
     async def _timed(self, pool: ProcessPoolExecutor, check: Any, *args: Any) -> tuple[Any, ...]:
         """``check(*args)`` in ``pool`` within the check's time, counted as running there."""
         loop = asyncio.get_running_loop()
         self._running[pool] = self._running.get(pool, 0) + 1
         try:
-            return await asyncio.wait_for(loop.run_in_executor(pool, check, *args), self._seconds)
+            return await asyncio.wait_for(self._submit(loop, pool, check, *args), self._seconds)
         except BrokenProcessPool as exc:
             # Every check running in the pool hears of the break at once, each in turn:
             # the first to hear it notes how many there were.

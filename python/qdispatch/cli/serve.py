@@ -396,7 +396,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve.add_argument(
         "--max-checks-per-user",
         type=int,
-        default=8,
+        default=16,
         help="submissions of one user being checked or waiting to be; beyond them 429 "
         "check_limit (0: no limit)",
     )

@@ -106,9 +106,9 @@ class ServiceConfig:
     #: One user's checks hold at most half of them (at least one) at once.
     check_processes: int = 2
     #: Submissions of one user whose inputs are being checked or wait to be (429
-    #: check_limit beyond; 0: no limit): one user's slow checks delay only that user. 8 is
-    #: what one client sends at once (``submit_many``'s concurrency), so it never meets it.
-    max_checks_per_user: int = 8
+    #: check_limit beyond; 0: no limit): one user's slow checks delay only that user. 16 is
+    #: twice what one client sends at once (``submit_many``'s concurrency: 8).
+    max_checks_per_user: int = 16
     #: The share of the workers whose free slots go to dedicated sessions' jobs first.
     dedicated_share: float = 0.5
     #: A session's ``max_time`` when it asks for none, and the most it may ask for.

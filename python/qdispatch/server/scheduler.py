@@ -1367,7 +1367,7 @@ class Scheduler:
     def queue_info(self, job: Job, clock: Clock | None = None) -> dict[str, Any] | None:
         """Position and estimated start/completion of a queued job; ``None`` otherwise.
 
-        ``clock`` (:func:`clock`), read once for a request about several jobs, keeps their
+        ``clock`` (:func:`now`), read once for a request about several jobs, keeps their
         estimates in the order of their positions: a job due now is estimated to start at
         the clock's time, and two readings of the clock would differ."""
         if job.status != QUEUED or job.id not in self._queued:

@@ -9,11 +9,13 @@ announcing 2**60 bytes."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pickle
 import random
 import struct
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from multiprocessing import Pipe
@@ -26,6 +28,7 @@ import pytest
 from qdispatch import encoding
 from qdispatch.codes import RESULT_TOO_LARGE, TIME_LIMIT_EXCEEDED
 from qdispatch.constants import DONE, ERROR
+from qdispatch.server.executors import LocalExecutor, _Worker
 from qdispatch.server.pipeframes import FrameError, FrameReader
 from qobjs import bell_qobj
 from support import ServiceProcess, submit, wait_final
@@ -294,3 +297,40 @@ def _interim(client: httpx.Client, job_id: str) -> list[object]:
     assert answer.status_code == 200, answer.text
     body = answer.json()
     return body if isinstance(body, list) else body["interim_results"]
+
+
+def test_the_service_reads_a_busy_worker_one_whole_message_ahead() -> None:
+    """While whole messages wait to be taken the service reads no more of the pipe: a
+    program publishing faster than the service takes its events is held back by the pipe,
+    and the service keeps one message and one read's worth, not all it was sent."""
+    service_end, worker_end = Pipe()
+    executor = LocalExecutor(1)
+    worker = _Worker(None, service_end, None, None)  # type: ignore[arg-type]  # no process
+    payload = b"x" * (1 << 20)
+    messages = 6
+
+    def publish() -> None:
+        for i in range(messages):
+            worker_end.send(("interim", i, payload))
+
+    async def run() -> tuple[bool, int, list[int]]:
+        executor._watch(worker)
+        sender = threading.Thread(target=publish, daemon=True)
+        sender.start()
+        await asyncio.sleep(1.0)  # nothing takes the messages meanwhile
+        assert worker.frames is not None
+        held = sum(len(frame) for frame in worker.frames._frames) + worker.frames.partial
+        still_sending = sender.is_alive()  # blocked: the pipe is full, the service waits
+        taken = [(await executor._receive(worker))[1] for _ in range(messages)]
+        sender.join(10)
+        executor._unwatch(worker)
+        return still_sending, held, taken
+
+    try:
+        still_sending, held, taken = asyncio.run(run())
+    finally:
+        service_end.close()
+        worker_end.close()
+    assert still_sending
+    assert held < 2 * len(payload)
+    assert taken == list(range(messages))

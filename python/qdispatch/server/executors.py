@@ -39,6 +39,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import select
 import signal
 import sys
 import threading
@@ -384,6 +385,10 @@ class _Worker:
         self.scratch = memoryview(bytearray(_READ_BYTES))
         self.pipe_error: BaseException | None = None  # the pipe's end, or a refused frame
         self.arrived: asyncio.Future[None] | None = None  # set when a frame or the end comes
+        # The pipe's descriptor while the loop watches it, and whether the watch is paused
+        # (whole messages wait to be taken: ``_readable``).
+        self.fd: int | None = None
+        self.paused = False
 
     @property
     def signalled(self) -> bool:
@@ -633,24 +638,35 @@ class LocalExecutor:
         if worker.frames is None:
             worker.frames = FrameReader(self.max_message_bytes)
         worker.pipe_error = None
-        fd = worker.conn.fileno()
+        worker.fd = fd = worker.conn.fileno()
+        worker.paused = False
         os.set_blocking(fd, False)
         asyncio.get_running_loop().add_reader(fd, self._readable, worker)
 
     def _unwatch(self, worker: _Worker) -> None:
+        """Stop watching ``worker``'s pipe (before anything closes it: a watcher left on a
+        closed descriptor would fire for whatever reuses its number)."""
+        fd, worker.fd = worker.fd, None
+        if fd is None:
+            return
+        asyncio.get_running_loop().remove_reader(fd)
         if worker.conn.closed:
             return
-        fd = worker.conn.fileno()
-        asyncio.get_running_loop().remove_reader(fd)
         # The next task is sent with a blocking write (uvloop, like this, leaves a watched
         # descriptor non-blocking: the write would fail on a task larger than the pipe).
         with contextlib.suppress(OSError):
             os.set_blocking(fd, True)
 
     def _readable(self, worker: _Worker) -> None:
-        """The loop's callback for a busy worker's pipe: what it holds now, never more."""
+        """The loop's callback for a busy worker's pipe: what it holds now, never more.
+        Once whole messages wait to be taken it reads no more until they are
+        (``_receive``): a program publishing faster than the service takes its messages
+        makes the service hold one message and one read's worth, as the pipe did before."""
         assert worker.frames is not None
-        fd = worker.conn.fileno()
+        fd = worker.fd
+        if fd is None:
+            return
+        loop = asyncio.get_running_loop()
         try:
             n = os.readv(fd, [worker.scratch])
             if not n:
@@ -660,8 +676,11 @@ class LocalExecutor:
             return
         except (EOFError, OSError, FrameError) as exc:
             # Nothing more is read: an ended pipe stays readable, a refused one is killed.
-            asyncio.get_running_loop().remove_reader(fd)
+            loop.remove_reader(fd)
             worker.pipe_error = exc
+        if worker.frames.ready and worker.pipe_error is None:
+            loop.remove_reader(fd)
+            worker.paused = True
         arrived = worker.arrived
         if (worker.frames.ready or worker.pipe_error) and arrived and not arrived.done():
             arrived.set_result(None)
@@ -670,7 +689,7 @@ class LocalExecutor:
         """Whether ``worker``'s pipe held more than its messages after its reply: bytes a
         program wrote to the pipe itself, which would be read as the next job's."""
         frames = worker.frames
-        if frames is None or not (frames.ready or frames.partial):
+        if frames is None or not (frames.ready or frames.partial or _pending(worker.conn)):
             return False
         log.warning(
             "worker %s left bytes on its pipe after job %s's reply: replacing it",
@@ -689,6 +708,9 @@ class LocalExecutor:
         while not frames.ready:
             if worker.pipe_error is not None:
                 raise worker.pipe_error
+            if worker.paused and worker.fd is not None:  # the messages read are all taken
+                worker.paused = False
+                loop.add_reader(worker.fd, self._readable, worker)
             worker.arrived = loop.create_future()
             try:
                 await worker.arrived
@@ -793,8 +815,20 @@ class LocalExecutor:
             task.cancel()
         for worker in list(self._all):
             worker.process.join(2.0)
+            self._unwatch(worker)
             worker.conn.close()
         self._waiters.shutdown(wait=False, cancel_futures=True)
+
+
+def _pending(conn: Connection) -> bool:
+    """Whether ``conn`` has bytes (or its end) to read now."""
+    if conn.closed:
+        return False
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return bool(readable)
 
 
 def _deliver(job_id: str, on_event: OnEvent | None, kind: str, data: Any) -> None:

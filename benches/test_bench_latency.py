@@ -33,6 +33,7 @@ from qiskit_aer.primitives import EstimatorV2 as AerEstimator
 from qiskit_aer.primitives import SamplerV2 as AerSampler
 
 import qdispatch
+from cpu import cpu_seconds, psutil_module
 from qdispatch import Estimator, QDispatchService, Sampler, Session
 from support import ServiceProcess
 
@@ -150,21 +151,13 @@ def test_round_trip_qdispatch(
 def _cpu_by_role(svc: ServiceProcess) -> dict[str, float]:
     """CPU seconds (user + system) used so far by this process (the client), the service
     process, and its workers and checking processes (its children)."""
-    psutil = pytest.importorskip("psutil")
+    psutil = psutil_module()
     assert svc.proc is not None
-
-    def used(process: Any) -> float:
-        try:
-            times = process.cpu_times()
-        except psutil.NoSuchProcess:
-            return 0.0
-        return float(times.user + times.system)
-
     service = psutil.Process(svc.proc.pid)
     return {
-        "client": used(psutil.Process()),
-        "service": used(service),
-        "workers_and_checkers": sum(used(p) for p in service.children(recursive=True)),
+        "client": cpu_seconds(psutil.Process()),
+        "service": cpu_seconds(service),
+        "workers_and_checkers": cpu_seconds(*service.children(recursive=True)),
     }
 
 

@@ -22,6 +22,7 @@ from qiskit import QuantumCircuit
 from qiskit_aer import AerSimulator
 
 import qdispatch
+from cpu import cpu_seconds, psutil_module
 from qdispatch import Sampler
 from support import ServiceProcess
 from test_bench_manager import random_5q
@@ -178,23 +179,15 @@ def _cpu_by_role(svc: ServiceProcess) -> dict[str, float]:
     """CPU seconds (user + system) used so far by the service (with its children), the
     Dask cluster's processes (workers and nannies, children of this process) and this
     process (the client, and the cluster's scheduler, which LocalCluster runs here)."""
-    psutil = pytest.importorskip("psutil")
+    psutil = psutil_module()
     assert svc.proc is not None
-
-    def used(process: Any) -> float:
-        try:
-            times = process.cpu_times()
-        except psutil.NoSuchProcess:
-            return 0.0
-        return float(times.user + times.system)
-
     me = psutil.Process()
     service = psutil.Process(svc.proc.pid)
     service_tree = [service, *service.children(recursive=True)]
     in_service = {p.pid for p in service_tree}
     cluster = [p for p in me.children(recursive=True) if p.pid not in in_service]
     return {
-        "service": sum(used(p) for p in service_tree),
-        "dask_cluster": sum(used(p) for p in cluster),
-        "client_and_scheduler": used(me),
+        "service": cpu_seconds(*service_tree),
+        "dask_cluster": cpu_seconds(*cluster),
+        "client_and_scheduler": cpu_seconds(me),
     }

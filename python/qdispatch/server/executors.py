@@ -39,7 +39,6 @@ import logging
 import multiprocessing
 import os
 import pickle
-import select
 import signal
 import sys
 import threading
@@ -265,13 +264,18 @@ def _task_emit(conn: Connection, sending: threading.Lock) -> tuple[OnEvent, Call
     task ended is dropped (a line on the worker's stderr says so), never read as the next
     job's events."""
     live = True
+    warned = False
 
     def emit(kind: str, data: Any) -> None:
+        nonlocal warned
         with sending:
             if live:
                 conn.send((kind, data))
                 return
-        print(f"a {kind} event sent after its job ended was dropped", file=sys.stderr)
+            if warned:
+                return
+            warned = True
+        print(f"events sent after their job ended are dropped (first: {kind})", file=sys.stderr)
 
     def end() -> None:
         nonlocal live
@@ -678,18 +682,21 @@ class LocalExecutor:
             # Nothing more is read: an ended pipe stays readable, a refused one is killed.
             loop.remove_reader(fd)
             worker.pipe_error = exc
-        if worker.frames.ready and worker.pipe_error is None:
+        arrived = worker.arrived
+        waiting = arrived is not None and not arrived.done()
+        if worker.frames.ready and worker.pipe_error is None and not waiting:
+            # Nobody is about to take them: at most these and the one being taken are held.
             loop.remove_reader(fd)
             worker.paused = True
-        arrived = worker.arrived
-        if (worker.frames.ready or worker.pipe_error) and arrived and not arrived.done():
+        if (worker.frames.ready or worker.pipe_error) and waiting:
+            assert arrived is not None
             arrived.set_result(None)
 
     def _garbled(self, worker: _Worker, job_id: str) -> bool:
         """Whether ``worker``'s pipe held more than its messages after its reply: bytes a
         program wrote to the pipe itself, which would be read as the next job's."""
         frames = worker.frames
-        if frames is None or not (frames.ready or frames.partial or _pending(worker.conn)):
+        if frames is None or not (frames.ready or frames.midframe or _pending(worker.conn)):
             return False
         log.warning(
             "worker %s left bytes on its pipe after job %s's reply: replacing it",
@@ -816,19 +823,23 @@ class LocalExecutor:
         for worker in list(self._all):
             worker.process.join(2.0)
             self._unwatch(worker)
+            # A job still waiting on this pipe hears that it ended, rather than waiting on.
+            worker.pipe_error = worker.pipe_error or EOFError("the service is closing")
+            if worker.arrived is not None and not worker.arrived.done():
+                worker.arrived.set_result(None)
             worker.conn.close()
         self._waiters.shutdown(wait=False, cancel_futures=True)
 
 
 def _pending(conn: Connection) -> bool:
-    """Whether ``conn`` has bytes (or its end) to read now."""
+    """Whether ``conn`` has bytes (or its end) to read now (poll(2): any descriptor
+    number, where select's stop at 1024)."""
     if conn.closed:
         return False
     try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        return conn.poll(0)
     except (OSError, ValueError):
         return False
-    return bool(readable)
 
 
 def _deliver(job_id: str, on_event: OnEvent | None, kind: str, data: Any) -> None:
@@ -850,12 +861,17 @@ def _dask_run(task: Task, threads: int, events: str | None) -> Reply:
     """The dask task: run ``task``; its events go into the queue named ``events``."""
     queue: Any = None
     sending = threading.Lock()
+    # A thread the program started may publish after the task ended: dropped, not put in
+    # a queue made anew on the scheduler that nobody reads or closes.
+    live = True
 
     def emit(kind: str, data: Any) -> None:
         nonlocal queue
         if events is None:
             return
         with sending:
+            if not live:
+                return
             if queue is None:
                 from distributed import Queue  # noqa: PLC0415  (dask is optional: qdispatch[dask])
 
@@ -865,8 +881,10 @@ def _dask_run(task: Task, threads: int, events: str | None) -> Reply:
     try:
         return run_task(task, threads, emit)
     finally:
-        if queue is not None:
-            queue.close()
+        with sending:
+            live = False
+            if queue is not None:
+                queue.close()
 
 
 async def _drain(queue: Any, job_id: str, on_event: OnEvent | None) -> None:

@@ -52,6 +52,12 @@ class FrameReader:
         """Bytes held of frames not yet complete."""
         return len(self._buffer)
 
+    @property
+    def midframe(self) -> bool:
+        """Whether a frame has begun (bytes of it, or its length alone, were read) and is
+        not yet complete."""
+        return bool(self._buffer) or self._size is not None
+
     def pop(self) -> bytes | bytearray:
         """The oldest complete frame's bytes (``IndexError`` if none)."""
         return self._frames.popleft()

@@ -416,14 +416,21 @@ class InputChecker:
             except _PoolGone as exc:
                 # Broken or discarded before this check reached it: not this check's doing,
                 # and not one of its tries (a few times over: then it counts as one).
-                if pool is not None and not again:
+                if pool is not None:
                     self._discard(pool)
                 replaced += 1
                 if replaced <= _REPLACEMENTS:
                     continue
-                if again:
-                    raise ServiceError(400, code, _too_big(what, self._memory_bytes)) from exc
+                if again:  # others' checks keep breaking the processes: not the inputs' fault
+                    raise ServiceError(
+                        503,
+                        E.SERVICE_BUSY,
+                        f"checking {what}: the checking processes were replaced "
+                        f"{replaced} times while this check waited; retry",
+                        headers={"Retry-After": "1"},
+                    ) from exc
                 attempt += 1
+                replaced = 0
             except (BrokenProcessPool, _CheckerDied) as exc:
                 # Another check's process may have died under this one: one more try, in
                 # a fresh process with no other check beside it, tells the two apart. A

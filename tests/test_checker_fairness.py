@@ -4,8 +4,8 @@ checking processes, a user has at most ``--max-checks-per-user`` running or wait
 ``check_limit`` beyond), and the second try of a check whose process died runs in a process
 of its own rather than holding every shared one.
 
-No assertion of speed: each bound is far above what a check takes here, and far below
-what the stall it guards against lasts (a hostile check holds a process for up to 30 s)."""
+No assertion of speed: an innocent check is shown not to have waited by the order of
+events (it is answered while the hostile check it would wait behind is still running)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,9 @@ PROGRAM = textwrap.dedent(
                 log.write(how + "\\n")
         if how == "slow":
             time.sleep(inputs["seconds"])
+            if "log" in inputs:  # and once it has ended
+                with open(inputs["log"], "a") as log:
+                    log.write("slow-done\\n")
         if how == "crash-once":
             # Kills its process the first time; on its second try it holds its process as
             # long as a check may.
@@ -61,9 +64,6 @@ PROGRAM = textwrap.dedent(
 #: How long a hostile check holds its process: under the checker's 30 s, so it is not
 #: stopped as a runaway.
 HOSTILE_SECONDS = 27.0
-#: The most an innocent check may take here: room for a checking process to start on a
-#: loaded machine, and below what waiting behind one hostile check would take.
-INNOCENT_BOUND = 20.0
 
 
 def _log_count(log: Path, how: str) -> int:
@@ -153,11 +153,10 @@ def test_a_user_filling_the_checks_delays_only_themselves(
     _wait_for(lambda: _log_count(log, "slow") >= 1)
     time.sleep(0.5)  # the other two have reached the checker and wait there
 
-    start = time.monotonic()
     innocent = _post(service.url, alice, {"how": "fine"})
-    waited = time.monotonic() - start
     assert innocent.status_code == 201, innocent.text
-    assert waited < INNOCENT_BOUND, f"alice's check waited {waited:.1f} s behind mallory's"
+    # Answered while Mallory's first check still runs: Alice did not wait behind it.
+    assert _log_count(log, "slow-done") == 0
 
     refused = _post(service.url, mallory, {"how": "fine"})
     assert refused.status_code == 429, refused.text
@@ -166,6 +165,8 @@ def test_a_user_filling_the_checks_delays_only_themselves(
     assert error["limit"] == 3
     assert "mallory" in error["message"]
     assert refused.headers["Retry-After"] == "1"
+    # Refused with nothing created: Mallory's only job is the warm-up one.
+    assert service.client(mallory).get("/jobs").json()["count"] == 1
     # The client retries it after Retry-After, a few times (not without end), then raises
     # it with its status and code.
     with (
@@ -214,7 +215,7 @@ def test_the_second_try_of_a_crash_holds_no_one_elses_process(
     would keep it waiting those 40 s. Meanwhile Bob's first try takes a shared process."""
     marker = tmp_path / "crashed"
 
-    async def run() -> tuple[object, object, float]:
+    async def run() -> tuple[object, object]:
         warm = await asyncio.gather(
             _check(checker, "alice", {"how": "slow", "seconds": 0.5}),
             _check(checker, "bob", {"how": "slow", "seconds": 0.5}),
@@ -228,22 +229,18 @@ def test_the_second_try_of_a_crash_holds_no_one_elses_process(
             )
         )
         await asyncio.sleep(0.5)
-        start = time.monotonic()
         innocent = await _check(checker, "alice", {"how": "slow", "seconds": 3.0})
-        alice_waited = time.monotonic() - start
-        start = time.monotonic()
         bob = await _check(checker, "bob", {"how": "fine"})
-        bob_waited = time.monotonic() - start
-        assert alice_waited < INNOCENT_BOUND, f"alice's check waited {alice_waited:.1f} s"
         assert marker.exists()  # mallory's check did crash
-        assert not hostile.done()  # and its second try holds its own process
+        # Both were answered while its second try still holds its own process (40 s):
+        # neither waited behind it.
+        assert not hostile.done()
         hostile.cancel()
-        return innocent, bob, bob_waited
+        return innocent, bob
 
-    innocent, bob, bob_waited = asyncio.run(run())
+    innocent, bob = asyncio.run(run())
     assert innocent == (2, 100, None)
     assert bob == (2, 100, None)
-    assert bob_waited < INNOCENT_BOUND, f"bob's check waited {bob_waited:.1f} s"
 
 
 def test_a_user_over_the_limit_is_refused_and_others_are_not(

@@ -665,7 +665,7 @@ class LocalExecutor:
         """The loop's callback for a busy worker's pipe: what it holds now, never more.
         Once whole messages wait to be taken it reads no more until they are
         (``_receive``): a program publishing faster than the service takes its messages
-        makes the service hold one message and one read's worth, as the pipe did before."""
+        makes the service hold at most two messages and one read's worth, not all it sent."""
         assert worker.frames is not None
         fd = worker.fd
         if fd is None:
